@@ -1,0 +1,26 @@
+# ELUDe pipeline: cache -> topk -> cluster (unit shards) -> surgery (unit shards) -> merge -> verify,
+# evaluate -> report. All method logic lives in the `elude` package; see README.md and DESIGN.md.
+import sys
+
+sys.path.insert(0, workflow.basedir)  # `elude` from this checkout (jobs: workflow_scripts/_repo.py)
+
+
+configfile: "config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/backbone.smk"
+include: "rules/cache.smk"
+include: "rules/topk.smk"
+include: "rules/cluster.smk"
+include: "rules/surgery.smk"
+include: "rules/merge.smk"
+include: "rules/verify.smk"
+include: "rules/evaluate.smk"
+include: "rules/report.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        rules.report_publish.output,

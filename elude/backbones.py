@@ -1,0 +1,151 @@
+"""Models, target layers, and how a layer's activations become instances.
+
+A backbone is described by a small JSON-able spec (``model.json``) plus a weights file, so every stage
+rebuilds exactly the same network. Kinds: ``demo`` (a timm VisionTransformer trained by the backbone
+stage on the embedded digits data) and ``timm`` (any timm model by name, weights from a local file).
+"""
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+def build_timm(name: str, kwargs: dict) -> nn.Module:
+    import timm
+
+    return timm.create_model(name, pretrained=False, **kwargs)
+
+
+def demo_model_spec(arch: dict) -> dict:
+    """The timm spec of the demo ViT (random init until trained)."""
+    return {
+        "kind": "timm",
+        "name": "vit_tiny_patch16_224",  # overridden by kwargs below; timm needs a registered name
+        "kwargs": {
+            "img_size": arch["img_size"],
+            "patch_size": arch["patch_size"],
+            "in_chans": 1,
+            "num_classes": 10,
+            "embed_dim": arch["embed_dim"],
+            "depth": arch["depth"],
+            "num_heads": arch["num_heads"],
+            "mlp_ratio": arch["mlp_ratio"],
+        },
+    }
+
+
+def build_from_spec(spec: dict) -> nn.Module:
+    if spec["kind"] == "timm":
+        return build_timm(spec["name"], spec.get("kwargs", {}))
+    raise ValueError(f"backbone kind {spec['kind']!r} is not supported; allowed: 'timm'")
+
+
+def save_backbone(model: nn.Module, spec: dict, folder: Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
+    (folder / "model.json").write_text(json.dumps(spec, indent=2, sort_keys=True))
+
+
+def load_backbone(folder: str | Path) -> nn.Module:
+    """Rebuild a backbone saved by :func:`save_backbone`, in eval mode."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    spec = json.loads((folder / "model.json").read_text())
+    model = build_from_spec(spec)
+    model.load_state_dict(load_file(str(folder / "model.safetensors")))
+    return model.eval()
+
+
+def get_module(model: nn.Module, path: str) -> nn.Module:
+    """The submodule at a dotted path; a wrong path names the closest existing ones."""
+    names = dict(model.named_modules())
+    if path not in names:
+        close = difflib.get_close_matches(path, list(names), n=5, cutoff=0.5)
+        raise KeyError(
+            f"layer {path!r} is not a module of {type(model).__name__}; nearest existing names: {close}"
+        )
+    return names[path]
+
+
+def set_module(model: nn.Module, path: str, new: nn.Module) -> nn.Module:
+    """Replace the submodule at ``path`` and return the one that was there."""
+    parent_path, _, attr = path.rpartition(".")
+    parent = get_module(model, parent_path) if parent_path else model
+    old = getattr(parent, attr)
+    setattr(parent, attr, new)
+    return old
+
+
+def check_target_layer(layer: nn.Module, path: str) -> None:
+    is_conv1x1 = isinstance(layer, nn.Conv2d) and layer.kernel_size == (1, 1) and layer.groups == 1
+    if not (isinstance(layer, nn.Linear) or is_conv1x1):
+        raise TypeError(
+            f"layer {path!r} is a {type(layer).__name__}; ELUDe disentangles nn.Linear or 1x1 nn.Conv2d "
+            "(groups=1) layers only: pick such a layer (e.g. a ViT block's 'mlp.fc2')"
+        )
+
+
+def layer_weight_bias(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """(W, b) as (units, upstream) and (units,) float32, for Linear and 1x1 Conv2d alike."""
+    w = layer.weight.detach().float()
+    w = w.reshape(w.shape[0], -1)
+    b = layer.bias.detach().float() if layer.bias is not None else torch.zeros(w.shape[0])
+    return w, b
+
+
+def instances_of(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """(batch, instances per image, features) for the tensor a layer reads or writes."""
+    if isinstance(layer, nn.Conv2d):
+        return x.flatten(2).transpose(1, 2)  # (B, C, H, W) -> (B, H*W, C)
+    return x.reshape(x.shape[0], -1, x.shape[-1])  # (B, T, D); (B, D) becomes (B, 1, D)
+
+
+def pooled_embedding(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """The model's pooled pre-logit image embedding (timm ``forward_head(pre_logits=True)``)."""
+    return model.forward_head(model.forward_features(images), pre_logits=True)
+
+
+def train_demo(arch: dict, train: dict, images: torch.Tensor, labels: torch.Tensor) -> tuple[nn.Module, dict]:
+    """Train the demo ViT on the probe split; returns the model (eval mode) and training stats.
+
+    Augmentation: random integer shifts of up to one pixel (digits are tiny; this is enough to
+    generalise). Deterministic for a given seed and thread count.
+    """
+    torch.manual_seed(train["seed"])
+    spec = demo_model_spec(arch)
+    model = build_from_spec(spec)
+    opt = torch.optim.AdamW(model.parameters(), lr=train["lr"], weight_decay=train["weight_decay"])
+    steps_per_epoch = (len(labels) + train["batch_size"] - 1) // train["batch_size"]
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=train["lr"], total_steps=train["epochs"] * steps_per_epoch, pct_start=0.15
+    )
+    gen = torch.Generator().manual_seed(train["seed"])
+    t0 = time.time()
+    for epoch in range(train["epochs"]):
+        model.train()
+        order = torch.randperm(len(labels), generator=gen)
+        total = 0.0
+        for i in range(0, len(labels), train["batch_size"]):
+            idx = order[i : i + train["batch_size"]]
+            x = images[idx]
+            shift = torch.randint(-1, 2, (2,), generator=gen).tolist()
+            x = torch.roll(x, shifts=shift, dims=(2, 3)) if train.get("shift_aug", True) else x
+            loss = nn.functional.cross_entropy(model(x), labels[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item() * len(idx)
+        if (epoch + 1) % max(1, train["epochs"] // 10) == 0 or epoch == train["epochs"] - 1:
+            log.info("train epoch %d/%d loss %.4f (%.1fs)", epoch + 1, train["epochs"], total / len(labels), time.time() - t0)
+    return model.eval(), {"train_seconds": time.time() - t0, "final_loss": total / len(labels)}

@@ -1,0 +1,107 @@
+"""The run summary (summary.json) and a self-contained HTML report (numbers, K_u histogram, and the
+paper's Figure 3 layout: a parent's top-16 evaluation images next to each sub-unit's top 4)."""
+from __future__ import annotations
+
+import base64
+import html as html_lib
+import io
+
+import numpy as np
+
+
+def _pct(x):
+    return None if x is None else round(100.0 * x, 3)
+
+
+def summary(run_name: str, verify: dict, metrics: dict, artifacts: dict[str, str]) -> dict:
+    """The run's headline numbers. MS-Scores are percentages, as in the paper."""
+    return {
+        "run_name": run_name,
+        "lossless": {k: verify[k] for k in ("max_abs_diff", "max_rel_diff", "r2", "prediction_agreement", "lossless")},
+        "accuracy": metrics["accuracy"],
+        "ms_score": {k: _pct(v) for k, v in metrics["ms_score"].items()},
+        "ms_score_unit": "percent",
+        "ms_top_k": metrics["ms_top_k"],
+        "n_units": metrics["n_units"],
+        "n_subunits": metrics["n_subunits"],
+        "n_split_units": metrics["n_split_units"],
+        "expansion_factor": metrics["expansion_factor"],
+        "k_histogram": metrics["k_histogram"],
+        "artifacts": artifacts,
+    }
+
+
+def png_data_uri(img: np.ndarray, scale: int = 6) -> str:
+    from PIL import Image
+
+    im = Image.fromarray(img).resize((img.shape[1] * scale, img.shape[0] * scale), Image.NEAREST)
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _grid(images: np.ndarray, ids, cols: int, cls: str) -> str:
+    cells = "".join(f'<img src="{png_data_uri(images[i])}" title="eval image {i}">' for i in ids)
+    return f'<div class="grid {cls}" style="grid-template-columns: repeat({cols}, auto)">{cells}</div>'
+
+
+def _fmt(v) -> str:
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return "n/a"
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def html(summary: dict, metrics: dict, tables: dict, layer_meta: dict, images: np.ndarray, n_examples: int) -> str:
+    ms = summary["ms_score"]
+    lossless = summary["lossless"]
+    rows = "".join(f"<tr><td>{html_lib.escape(k)}</td><td>{_fmt(v)}</td></tr>" for k, v in [
+        ("max |output difference|", lossless["max_abs_diff"]), ("max relative output difference", lossless["max_rel_diff"]),
+        ("R² at the layer (pooled per-feature variance)", lossless["r2"]),
+        ("top-1 prediction agreement", lossless["prediction_agreement"]),
+        ("accuracy, original layer", summary["accuracy"]["original"]),
+        ("accuracy, disentangled layer", summary["accuracy"]["disentangled"]),
+        ("units", summary["n_units"]), ("sub-units", summary["n_subunits"]), ("units split (K ≥ 2)", summary["n_split_units"]),
+        ("effective expansion factor", summary["expansion_factor"])])
+    ms_rows = ""
+    for label, key in (("all", ""), ("split units only", "split_")):
+        for space, suf in (("layer output (paper, B.2)", ""), ("pooled pre-logit image embedding", "_pooled")):
+            ms_rows += (f"<tr><td>{label}</td><td>{space}</td><td>{_fmt(ms[f'{key}units_mean{suf}'])}</td>"
+                        f"<td>{_fmt(ms[f'{key}subunits_mean{suf}'])}</td><td>{_fmt(ms[f'{key}random_mean{suf}'])}</td></tr>")
+    hist = summary["k_histogram"]
+    top = max(hist.values())
+    bars = "".join(f'<div class="bar"><span>K={k}</span><div style="width:{300 * n / top:.0f}px"></div>{n}</div>'
+                   for k, n in sorted(hist.items(), key=lambda kv: int(kv[0])))
+    k_per_unit = tables["k_per_unit"]
+    parent = tables["parent"]
+    examples = ""
+    for u in sorted(range(len(k_per_unit)), key=lambda u: (-k_per_unit[u], u))[:n_examples]:
+        if k_per_unit[u] < 2:
+            break
+        subs = np.nonzero(parent == u)[0]
+        meta = layer_meta["units"][u]
+        panels = "".join(
+            f'<div class="panel"><div>sub-unit {s} (cluster {c}, {meta["cluster_sizes"][c]} instances)<br>'
+            f'MS {_fmt(_pct(float(tables["subunits_ms_layer"][s])))} / pooled {_fmt(_pct(float(tables["subunits_ms_pooled"][s])))}</div>'
+            f'{_grid(images, tables["subunits_top_images"][s][:4], 2, "sub")}</div>' for c, s in enumerate(subs))
+        examples += (f'<h3>Unit {u}: K = {k_per_unit[u]}, rho = {meta["rho"]}, noise = {meta["noise"]}</h3>'
+                     f'<div class="row"><div class="panel parent"><div>parent unit {u}<br>MS '
+                     f'{_fmt(_pct(float(tables["units_ms_layer"][u])))} / pooled {_fmt(_pct(float(tables["units_ms_pooled"][u])))}</div>'
+                     f'{_grid(images, tables["units_top_images"][u][:16], 4, "par")}</div>{panels}</div>')
+    artifacts = "".join(f"<tr><td>{s}</td><td><code>{html_lib.escape(p)}</code></td></tr>"
+                        for s, p in summary["artifacts"].items())
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>ELUDe run {html_lib.escape(summary['run_name'])}</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1200px}} table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:3px 8px;text-align:left}} .row{{display:flex;gap:12px;flex-wrap:wrap;align-items:flex-start}}
+.panel{{border:3px solid #e8a0c8;padding:4px;font-size:12px}} .parent{{border-color:#e8c840}}
+.grid{{display:grid;gap:2px}} .bar{{display:flex;gap:6px;align-items:center}} .bar span{{width:40px}}
+.bar div{{background:#6a8;height:14px}}</style></head><body>
+<h1>ELUDe run “{html_lib.escape(summary['run_name'])}” — layer <code>{html_lib.escape(layer_meta['layer'])}</code></h1>
+<h2>Lossless check and model accuracy</h2><table>{rows}</table>
+<h2>MS-Score (%, eq. 7; top {summary['ms_top_k']} evaluation images per unit)</h2>
+<p>Higher is more monosemantic. “Random” is Table 7's control: the same K<sub>u</sub> per unit, upstream
+dimensions assigned to sub-units at random. The paper's space embeds each image at the unit's argmax token in the
+layer's own output; the pooled space uses the model's pre-logit image embedding. Reported as measured.</p>
+<table><tr><th>units</th><th>embedding space</th><th>original units</th><th>ELUDe sub-units</th><th>random partition</th></tr>{ms_rows}</table>
+<h2>Sub-units per unit (K<sub>u</sub>)</h2>{bars}
+<h2>Most-split units (Figure 3 layout: parent top-16, sub-unit top-4; evaluation split)</h2>{examples or '<p>No unit was split.</p>'}
+<h2>Artifacts</h2><table>{artifacts}</table></body></html>"""

@@ -1,0 +1,261 @@
+"""One function per workflow stage: read inputs, call the method, write a content-addressed artifact.
+
+Each function takes a :class:`Stage` (name, id, parameters, input ids) and plain paths, and publishes
+its output folder atomically (see :func:`elude.artifacts.atomic_dir`). The Snakemake scripts in
+``workflow_scripts/`` only unpack ``snakemake.*`` and call these.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import backbones, cache as cache_mod, clustering, contributions, evaluation, surgery as surgery_mod
+from .artifacts import atomic_dir
+from .data import load_split
+from .layers import DisentangledLayer
+from .progress import progress
+from .topk import clamp_k, streaming_topk
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Stage:
+    name: str
+    id: str
+    params: dict
+    inputs: dict[str, str] = field(default_factory=dict)
+
+    def publish(self, out: str | Path, **extra):
+        return atomic_dir(out, self.name, self.id, self.params, self.inputs, extra)
+
+
+def shard_units(n_units: int, units_per_shard: int, shard: int) -> range:
+    return range(shard * units_per_shard, min((shard + 1) * units_per_shard, n_units))
+
+
+def n_shards(n_units: int, units_per_shard: int) -> int:
+    return (n_units + units_per_shard - 1) // units_per_shard
+
+
+def _load_layer(backbone_dir: str | Path):
+    model = backbones.load_backbone(backbone_dir)
+    info = json.loads((Path(backbone_dir) / "layer.json").read_text())
+    return model, backbones.get_module(model, info["path"]), info
+
+
+# --- backbone ---------------------------------------------------------------------------------------
+def backbone(st: Stage, out: str) -> None:
+    p = st.params
+    with st.publish(out) as (tmp, manifest):
+        if p["kind"] == "demo":
+            splits = {s: load_split(p["data"], s) for s in ("probe", "eval")}
+            model, stats = backbones.train_demo(p["demo"]["arch"], p["demo"]["train"],
+                                                splits["probe"].images, splits["probe"].labels)
+            with torch.no_grad():
+                logits = model(splits["eval"].images)
+            stats["eval_accuracy"] = float((logits.argmax(-1) == splits["eval"].labels).double().mean())
+            log.info("demo model: held-out accuracy %.4f", stats["eval_accuracy"])
+            manifest["training"] = stats
+            spec = backbones.demo_model_spec(p["demo"]["arch"])
+        elif p["kind"] == "timm":
+            spec = {"kind": "timm", "name": p["timm"]["name"], "kwargs": p["timm"].get("kwargs", {})}
+            model = backbones.build_from_spec(spec)
+            if p["timm"].get("weights"):
+                from safetensors.torch import load_file
+
+                w = p["timm"]["weights"]
+                state = load_file(w) if w.endswith(".safetensors") else torch.load(w, map_location="cpu")
+                model.load_state_dict(state)
+        else:
+            raise ValueError(f"backbone.kind: {p['kind']!r} is not one of 'demo', 'timm'")
+        layer = backbones.get_module(model, p["layer"])
+        backbones.check_target_layer(layer, p["layer"])
+        w, _ = backbones.layer_weight_bias(layer)
+        info = {"path": p["layer"], "type": type(layer).__name__, "n_units": w.shape[0], "n_upstream": w.shape[1]}
+        (tmp / "layer.json").write_text(json.dumps(info, indent=2))
+        backbones.save_backbone(model, spec, tmp)
+        manifest["layer"] = info
+
+
+# --- cache ------------------------------------------------------------------------------------------
+def cache(st: Stage, backbone_dir: str, out: str) -> None:
+    p = st.params
+    model, layer, _ = _load_layer(backbone_dir)
+    split = load_split(p["data"], "probe")
+    with st.publish(out) as (tmp, manifest):
+        manifest.update(cache_mod.write_cache(model, layer, split.images, tmp, batch_size=p["batch_size"],
+                                              dtype=p["dtype"], chunk_rows=p["chunk_rows"],
+                                              compressor=p["compressor"]))
+
+
+# --- top-k ------------------------------------------------------------------------------------------
+def topk(st: Stage, cache_dir: str, backbone_dir: str, out: str) -> None:
+    _, layer, info = _load_layer(backbone_dir)
+    w, b = backbones.layer_weight_bias(layer)
+    q, _ = cache_mod.open_cache(cache_dir)
+    k = clamp_k(st.params["k"], q.shape[0])
+    with st.publish(out) as (tmp, manifest):
+        idx, val = streaming_topk(q, w, b, k)
+        np.savez(tmp / "topk.npz", indices=idx, values=val)
+        manifest.update({"k": k, "k_requested": st.params["k"], "k_clamped": k != st.params["k"],
+                         "n_units": info["n_units"], "n_instances": int(q.shape[0])})
+
+
+# --- cluster (one unit shard) -----------------------------------------------------------------------
+def cluster_shard(st: Stage, shard: int, cache_dir: str, topk_dir: str, backbone_dir: str, out: str) -> None:
+    p = st.params
+    backend = clustering.resolve_backend(p["backend"])
+    _, layer, info = _load_layer(backbone_dir)
+    w, _ = backbones.layer_weight_bias(layer)
+    top = np.load(Path(topk_dir) / "topk.npz")
+    units = list(shard_units(info["n_units"], p["units_per_shard"], shard))
+    q, _ = cache_mod.open_cache(cache_dir)
+    rows = cache_mod.gather_rows(q, top["indices"][units].reshape(-1)).reshape(len(units), -1, q.shape[1])
+    labels, probs, reps, n_clusters = [], [], [], []
+    for i, u in progress(enumerate(units), len(units), f"cluster shard {shard} units"):
+        c = contributions.normalise_rows(contributions.contributions(rows[i], w[u].numpy()))
+        lab, pr = clustering.hdbscan_labels(c, min_cluster_size=p["min_cluster_size"], min_samples=p["min_samples"],
+                                            method=p["cluster_selection_method"], backend=backend)
+        r = clustering.representatives(c, lab, pr)
+        labels.append(lab), probs.append(pr), reps.append(r), n_clusters.append(len(r))
+    with st.publish(out, shard=shard, backend=backend) as (tmp, manifest):
+        np.savez(tmp / "clusters.npz", units=np.array(units), labels=np.stack(labels).astype(np.int32),
+                 probabilities=np.stack(probs), n_clusters=np.array(n_clusters),
+                 representatives=np.concatenate(reps) if sum(n_clusters) else np.zeros((0, q.shape[1]), np.float32))
+        manifest["n_clusters"] = dict(zip(map(str, units), n_clusters))
+
+
+def read_clusters(folder: str | Path) -> dict:
+    z = np.load(Path(folder) / "clusters.npz")
+    offsets = np.concatenate([[0], np.cumsum(z["n_clusters"])])
+    return {"units": z["units"], "labels": z["labels"], "probabilities": z["probabilities"],
+            "reps": [z["representatives"][offsets[i] : offsets[i + 1]] for i in range(len(z["units"]))]}
+
+
+# --- surgery (one unit shard) -----------------------------------------------------------------------
+def surgery_shard(st: Stage, cluster_dir: str, cache_dir: str, topk_dir: str, backbone_dir: str, out: str) -> None:
+    _, layer, _ = _load_layer(backbone_dir)
+    w, b = backbones.layer_weight_bias(layer)
+    cl = read_clusters(cluster_dir)
+    top = np.load(Path(topk_dir) / "topk.npz")
+    q, _ = cache_mod.open_cache(cache_dir)
+    units = cl["units"]
+    rows = cache_mod.gather_rows(q, top["indices"][units].reshape(-1)).reshape(len(units), -1, q.shape[1])
+    grid = st.params["rho_grid"]
+    fracs, omegas, rhos, scores = [], [], [], []
+    for i, u in progress(enumerate(units), len(units), "surgery units"):
+        contrib = contributions.contributions(rows[i], w[u].numpy()).astype(np.float64)
+        split = surgery_mod.split_unit(cl["reps"][i], contrib, float(b[u]), cl["labels"][i], grid)
+        fracs.append(split.fractions), omegas.append(split.omega)
+        rhos.append(np.nan if split.rho is None else split.rho)
+        scores.append(split.scores or [np.nan] * len(grid))
+    with st.publish(out) as (tmp, manifest):
+        np.savez(tmp / "surgery.npz", units=units, fractions=np.concatenate(fracs), omegas=np.concatenate(omegas),
+                 n_subunits=np.array([len(o) for o in omegas]), rho=np.array(rhos), scores=np.array(scores),
+                 rho_grid=np.array(grid))
+        manifest["rho"] = {str(u): (None if np.isnan(r) else r) for u, r in zip(units, rhos)}
+
+
+# --- merge ------------------------------------------------------------------------------------------
+def merge(st: Stage, surgery_dirs: list[str], cluster_dirs: list[str], backbone_dir: str, out: str) -> None:
+    _, layer, info = _load_layer(backbone_dir)
+    fracs, omegas, units_meta = {}, {}, {}
+    for s_dir, c_dir in zip(surgery_dirs, cluster_dirs):
+        z = np.load(Path(s_dir) / "surgery.npz")
+        cl = read_clusters(c_dir)
+        offsets = np.concatenate([[0], np.cumsum(z["n_subunits"])])
+        for i, u in enumerate(z["units"].tolist()):
+            fracs[u] = z["fractions"][offsets[i] : offsets[i + 1]]
+            omegas[u] = z["omegas"][offsets[i] : offsets[i + 1]]
+            lab = cl["labels"][i]
+            units_meta[u] = {"k": int(z["n_subunits"][i]), "rho": None if np.isnan(z["rho"][i]) else float(z["rho"][i]),
+                             "cluster_sizes": np.bincount(lab[lab >= 0]).tolist(), "noise": int((lab < 0).sum())}
+    if sorted(fracs) != list(range(info["n_units"])):
+        raise ValueError(f"merge: surgery shards cover {len(fracs)} of {info['n_units']} units")
+    order = range(info["n_units"])
+    meta = {"layer": info["path"], "units": [units_meta[u] for u in order]}
+    dl = DisentangledLayer.from_fractions(layer, [fracs[u] for u in order], [omegas[u] for u in order], meta)
+    with st.publish(out, n_subunits=dl.n_subunits) as (tmp, _):
+        dl.save(tmp)
+
+
+# --- verify -----------------------------------------------------------------------------------------
+class NotLosslessError(RuntimeError):
+    pass
+
+
+def verify(st: Stage, backbone_dir: str, merge_dir: str, out: str) -> dict:
+    p = st.params
+    model, _, info = _load_layer(backbone_dir)
+    split = load_split(p["data"], "eval")
+    result = evaluation.verify(model, info["path"], DisentangledLayer.load(merge_dir), split.images, p["batch_size"])
+    failures = evaluation.lossless_failures(result, p["max_rel_diff"])
+    result["lossless"] = not failures
+    log.info("verify: %s", json.dumps(result))
+    if failures:
+        raise NotLosslessError(f"verify (artifact {st.id}): the disentangled model is NOT lossless: "
+                               + "; ".join(failures))
+    with st.publish(out) as (tmp, _):
+        (tmp / "verify.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+# --- evaluate ---------------------------------------------------------------------------------------
+def evaluate(st: Stage, backbone_dir: str, merge_dir: str, out: str) -> None:
+    p = st.params
+    model, _, info = _load_layer(backbone_dir)
+    split = load_split(p["data"], "eval")
+    res = evaluation.evaluate(model, info["path"], DisentangledLayer.load(merge_dir), split.images, split.labels,
+                              ms_top_k=p["ms_top_k"], random_seed=p["random_seed"], batch_size=p["batch_size"])
+    log.info("evaluate: %s", json.dumps(res["summary"]))
+    with st.publish(out) as (tmp, _):
+        (tmp / "metrics.json").write_text(json.dumps(res["summary"], indent=2))
+        np.savez(tmp / "tables.npz", **res["tables"])
+
+
+# --- report -----------------------------------------------------------------------------------------
+def report(st: Stage, verify_dir: str, evaluate_dir: str, merge_dir: str, artifacts: dict[str, str],
+           out: str) -> None:
+    from . import report as report_mod
+
+    verify_res = json.loads((Path(verify_dir) / "verify.json").read_text())
+    metrics = json.loads((Path(evaluate_dir) / "metrics.json").read_text())
+    tables = dict(np.load(Path(evaluate_dir) / "tables.npz"))
+    layer_meta = json.loads((Path(merge_dir) / "layer.json").read_text())["metadata"]
+    summary = report_mod.summary(st.params["run_name"], verify_res, metrics, {**artifacts, "report": str(out)})
+    raw = load_split(st.params["data"], "eval").raw
+    with st.publish(out) as (tmp, _):
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=2))
+        (tmp / "report.html").write_text(report_mod.html(summary, metrics, tables, layer_meta, raw,
+                                                         st.params["n_examples"]))
+
+
+def publish_run(report_dir: str, summary_out: str, html_out: str) -> None:
+    """Copy the run's report to ``results/runs/<run name>/`` (a named alias of content-addressed files)."""
+    for src, dst in ((Path(report_dir) / "summary.json", summary_out), (Path(report_dir) / "report.html", html_out)):
+        Path(dst).parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(dst).with_name(f".{Path(dst).name}.tmp")
+        shutil.copyfile(src, tmp)
+        tmp.replace(dst)
+
+
+def run_logged(stage: dict, log_file: str, threads: int, fn) -> None:
+    """Run a stage job: logging to its log file and the terminal, torch threads, and a failure message
+    that names the stage, the artifact id and the log file."""
+    from .progress import setup_logging
+
+    setup_logging(log_file, f"{stage['name']} {stage['id']}")
+    torch.set_num_threads(max(1, int(threads)))
+    try:
+        fn(Stage(**stage))
+    except Exception as exc:
+        log.error("stage %s (artifact %s) failed: %s: %s -- log: %s", stage["name"], stage["id"],
+                  type(exc).__name__, exc, log_file)
+        raise

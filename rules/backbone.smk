@@ -1,0 +1,16 @@
+rule backbone:
+    """Build the model (demo: train it once) and check the target layer; writes weights + layer.json."""
+    output:
+        folder=directory(PATHS["backbone"]),
+    params:
+        stage=stage_info("backbone"),
+    log:
+        log_path("backbone"),
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../workflow_scripts/backbone.py"

@@ -1,0 +1,6 @@
+# Thin entry point: see elude.stages.backbone.
+import _repo  # noqa: F401,I001 (puts the checkout on sys.path)
+from elude.stages import backbone, run_logged
+
+sm = snakemake  # noqa: F821 (injected by Snakemake)
+run_logged(sm.params.stage, sm.log[0], sm.threads, lambda st: backbone(st, sm.output.folder))

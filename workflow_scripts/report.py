@@ -1,0 +1,8 @@
+# Thin entry point: see elude.stages.report.
+import _repo  # noqa: F401,I001 (puts the checkout on sys.path)
+from elude.stages import report, run_logged
+
+sm = snakemake  # noqa: F821 (injected by Snakemake)
+run_logged(sm.params.stage, sm.log[0], sm.threads,
+           lambda st: report(st, sm.input.verify, sm.input.evaluate, sm.input.merge, dict(sm.params.artifacts),
+                             sm.output.folder))
