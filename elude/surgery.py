@@ -6,6 +6,8 @@ Readings of the open choices, implemented exactly as stated here:
   its smallest |r_j| must exceed every outside |r_j| by the margin, so only the m largest |r_j| can
   form a winning set. Dimension j is won exclusively iff exactly one m in 1..K-1 satisfies
   rho * (m-th largest) > ((m+1)-th largest); otherwise it is shared equally (1/K each).
+  A consequence worth knowing: where the upstream layer has exact zeros (ReLU), a column such as
+  (0.3, 1e-6, 0) passes the margin twice (0.3 vs 1e-6 and 1e-6 vs 0) at every rho, so it is shared.
 * Fractions (eq. 4). f_j^(c) = w_j^(u,c) / W_{u,j} is 1/|S| for c in S, 0 for c outside S, or 1/K
   where shared. The fraction comes from the rule even where W_{u,j} = 0, so the bias split below is
   well defined for zero weights.

@@ -6,6 +6,8 @@ rule backbone:
         stage=stage_info("backbone"),
     log:
         log_path("backbone"),
+    benchmark:
+        bench_path("backbone"),
     threads: 2
     resources:
         mem_mb=4000,

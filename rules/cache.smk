@@ -8,6 +8,8 @@ rule cache:
         stage=stage_info("cache"),
     log:
         log_path("cache"),
+    benchmark:
+        bench_path("cache"),
     threads: 2
     resources:
         mem_mb=4000,

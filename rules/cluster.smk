@@ -12,6 +12,8 @@ rule cluster_shard:
         stage=stage_info("cluster"),
     log:
         log_path("cluster", "-shard-{shard}"),
+    benchmark:
+        bench_path("cluster", "-shard-{shard}"),
     threads: 1
     resources:
         mem_mb=4000,

@@ -60,3 +60,8 @@ def surgery_shards(wildcards):
 
 def cluster_shards(wildcards):
     return expand(f"{PATHS['cluster']}/shard-{{shard}}", shard=shard_ids(wildcards))
+
+
+def bench_path(stage, suffix=""):
+    """Snakemake benchmark (wall time, peak RSS) of a stage job, next to its log."""
+    return f"results/benchmarks/{stage}/{IDS[stage]}{suffix}.tsv"

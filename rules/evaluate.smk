@@ -9,6 +9,8 @@ rule evaluate:
         stage=stage_info("evaluate"),
     log:
         log_path("evaluate"),
+    benchmark:
+        bench_path("evaluate"),
     threads: 2
     resources:
         mem_mb=4000,

@@ -10,6 +10,8 @@ rule merge:
         stage=stage_info("merge"),
     log:
         log_path("merge"),
+    benchmark:
+        bench_path("merge"),
     threads: 1
     resources:
         mem_mb=4000,

@@ -11,6 +11,8 @@ rule report:
         artifacts={s: p for s, p in PATHS.items() if s != "report"},
     log:
         log_path("report"),
+    benchmark:
+        bench_path("report"),
     threads: 1
     resources:
         mem_mb=2000,

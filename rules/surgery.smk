@@ -13,6 +13,8 @@ rule surgery_shard:
         stage=stage_info("surgery"),
     log:
         log_path("surgery", "-shard-{shard}"),
+    benchmark:
+        bench_path("surgery", "-shard-{shard}"),
     threads: 1
     resources:
         mem_mb=4000,

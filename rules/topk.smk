@@ -9,6 +9,8 @@ checkpoint topk:
         stage=stage_info("topk"),
     log:
         log_path("topk"),
+    benchmark:
+        bench_path("topk"),
     threads: 2
     resources:
         mem_mb=4000,

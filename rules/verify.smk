@@ -9,6 +9,8 @@ rule verify:
         stage=stage_info("verify"),
     log:
         log_path("verify"),
+    benchmark:
+        bench_path("verify"),
     threads: 2
     resources:
         mem_mb=4000,

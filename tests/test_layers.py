@@ -1,0 +1,94 @@
+"""The merged layer (eq. 8): lossless hot-swap into real models, persistence, sub-unit access."""
+import numpy as np
+import pytest
+import timm
+import torch
+from torch import nn
+
+from elude.backbones import get_module
+from elude.layers import DisentangledLayer, swap_in, swap_out
+from elude.metrics import output_differences
+from elude.surgery import bias_fractions, fractions_for_rho
+
+
+def random_split(layer: nn.Module, rng, max_k: int = 6) -> DisentangledLayer:
+    w = layer.weight.reshape(layer.weight.shape[0], -1)
+    fracs = []
+    for _ in range(w.shape[0]):
+        k = int(rng.integers(1, max_k + 1))
+        fracs.append(fractions_for_rho(np.abs(rng.normal(size=(k, w.shape[1]))), float(rng.choice([0.3, 0.6, 0.9])))
+                     if k > 1 else np.ones((1, w.shape[1])))
+    return DisentangledLayer.from_fractions(layer, fracs, [bias_fractions(f) for f in fracs])
+
+
+def relative_error(y0, y1) -> float:
+    return output_differences(y0, y1)["max_rel_diff"]
+
+
+@torch.no_grad()
+def test_lossless_hot_swap_in_random_timm_vit(rng, tmp_path):
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, embed_dim=64,
+                              depth=3, num_heads=4, num_classes=10).eval()
+    x = torch.randn(6, 3, 32, 32)
+    y0 = model(x)
+    path = "blocks.2.mlp.fc2"
+    dl = random_split(get_module(model, path), rng)
+    assert dl.n_subunits > 64
+    original = swap_in(model, path, dl)
+    y1 = model(x)
+    assert relative_error(y0, y1) < 1e-5
+    assert torch.equal(y0.argmax(-1), y1.argmax(-1))
+    # sub-unit activations, summed per parent, are the original unit activations
+    capture = {}
+    original.register_forward_hook(lambda m, a, o: capture.__setitem__("in", a[0]))
+    assert swap_out(model, path, original) is dl
+    assert get_module(model, path) is original
+    assert torch.equal(model(x), y0)  # swapping out restores the exact original
+    s = dl.subunits(capture["in"])
+    summed = torch.zeros(*s.shape[:-1], 64).index_add_(-1, dl.parent, s)
+    assert torch.allclose(summed, original(capture["in"]), atol=1e-5)
+    # save + load round trip gives the same layer
+    dl.metadata = {"layer": path, "note": "test"}
+    dl.save(tmp_path)
+    loaded = DisentangledLayer.load(tmp_path)
+    assert loaded.metadata["note"] == "test" and torch.equal(loaded.parent, dl.parent)
+    swap_in(model, path, loaded)
+    assert torch.equal(model(x), y1)
+
+
+@torch.no_grad()
+def test_lossless_1x1_conv_and_inside_a_cnn(rng):
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 24, 1), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(24, 5)).eval()
+    x = torch.randn(4, 3, 9, 9)
+    y0 = net(x)
+    dl = random_split(net[2], rng)
+    assert dl.kind == "conv1x1"
+    swap_in(net, "2", dl)
+    y1 = net(x)
+    assert relative_error(y0, y1) < 1e-5
+    dl.record = True
+    net(x)
+    assert dl.last_subunits.shape == (4, 9, 9, dl.n_subunits)
+
+
+@torch.no_grad()
+def test_steering_gain_scales_only_chosen_subunits(rng):
+    torch.manual_seed(2)
+    layer = nn.Linear(10, 3)
+    dl = random_split(layer, rng, max_k=3)
+    x = torch.randn(5, 10)
+    subs = dl.subunits_of(1)
+    dl.subunit_gain = torch.ones(dl.n_subunits)
+    dl.subunit_gain[subs] = 0.0
+    out = dl(x)
+    s = dl.subunits(x)
+    assert torch.allclose(out[:, 1], layer(x)[:, 1] - s[:, subs].sum(-1), atol=1e-5)
+    assert torch.allclose(out[:, [0, 2]], layer(x)[:, [0, 2]], atol=1e-5)
+
+
+def test_rejects_non_contiguous_subunits():
+    with pytest.raises(ValueError, match="contiguously"):
+        DisentangledLayer(torch.zeros(3, 2), torch.zeros(3), torch.tensor([0, 1, 0]), 2)
