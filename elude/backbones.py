@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 log = logging.getLogger(__name__)
 
@@ -147,5 +148,6 @@ def train_demo(arch: dict, train: dict, images: torch.Tensor, labels: torch.Tens
             sched.step()
             total += loss.item() * len(idx)
         if (epoch + 1) % max(1, train["epochs"] // 10) == 0 or epoch == train["epochs"] - 1:
-            log.info("train epoch %d/%d loss %.4f (%.1fs)", epoch + 1, train["epochs"], total / len(labels), time.time() - t0)
+            meter = tqdm.format_meter(epoch + 1, train["epochs"], time.time() - t0, unit="epoch")
+            log.info("train loss %.4f, epochs %s", total / len(labels), meter)
     return model.eval(), {"train_seconds": time.time() - t0, "final_loss": total / len(labels)}

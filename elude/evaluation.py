@@ -56,15 +56,22 @@ def forward_capture(model: nn.Module, layer_path: str, images: torch.Tensor, bat
     return Capture(torch.cat(logits), torch.cat(ins), torch.cat(outs), torch.cat(pooled) if pooled else None)
 
 
-def verify(model: nn.Module, layer_path: str, disentangled: DisentangledLayer, images: torch.Tensor,
-           batch_size: int) -> dict:
-    """Compare the original and the disentangled model on the same inputs (the model is restored)."""
+def capture_original_and_disentangled(model: nn.Module, layer_path: str, disentangled: DisentangledLayer,
+                                      images: torch.Tensor, batch_size: int) -> tuple[Capture, Capture]:
+    """The same inputs through the model with its original layer, then with the disentangled one hot-swapped
+    in; the original layer is put back afterwards, even on error."""
     ref = forward_capture(model, layer_path, images, batch_size)
     original = swap_in(model, layer_path, disentangled)
     try:
-        new = forward_capture(model, layer_path, images, batch_size)
+        return ref, forward_capture(model, layer_path, images, batch_size)
     finally:
         swap_out(model, layer_path, original)
+
+
+def verify(model: nn.Module, layer_path: str, disentangled: DisentangledLayer, images: torch.Tensor,
+           batch_size: int) -> dict:
+    """Compare the original and the disentangled model on the same inputs (the model is restored)."""
+    ref, new = capture_original_and_disentangled(model, layer_path, disentangled, images, batch_size)
     diffs = output_differences(ref.logits, new.logits)
     agree = float((ref.logits.argmax(-1) == new.logits.argmax(-1)).double().mean())
     return {**diffs, "r2": layer_r2(ref.layer_out, new.layer_out), "prediction_agreement": agree,
@@ -98,12 +105,7 @@ def nanmean(x: np.ndarray) -> float | None:
 def evaluate(model: nn.Module, layer_path: str, disentangled: DisentangledLayer, images: torch.Tensor,
              labels: torch.Tensor, *, ms_top_k: int, random_seed: int, batch_size: int) -> dict:
     """Accuracy with both layers, MS-Score of units, sub-units and the random control, in two spaces."""
-    ref = forward_capture(model, layer_path, images, batch_size)
-    original = swap_in(model, layer_path, disentangled)
-    try:
-        new = forward_capture(model, layer_path, images, batch_size)
-    finally:
-        swap_out(model, layer_path, original)
+    ref, new = capture_original_and_disentangled(model, layer_path, disentangled, images, batch_size)
     layer = get_module(model, layer_path)
     pooled = ref.pooled if ref.pooled is not None else ref.layer_out.mean(1)
     parent = disentangled.parent

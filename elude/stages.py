@@ -86,6 +86,7 @@ def backbone(st: Stage, out: str) -> None:
 
 # --- cache ------------------------------------------------------------------------------------------
 def cache(st: Stage, backbone_dir: str, out: str) -> None:
+    """Memory: the model, one batch of activations and one chunk of rows (the probe images are in memory)."""
     p = st.params
     model, layer, _ = _load_layer(backbone_dir)
     split = load_split(p["data"], "probe")
@@ -97,6 +98,7 @@ def cache(st: Stage, backbone_dir: str, out: str) -> None:
 
 # --- top-k ------------------------------------------------------------------------------------------
 def topk(st: Stage, cache_dir: str, backbone_dir: str, out: str) -> None:
+    """Memory: O(k x units) plus one chunk of rows."""
     _, layer, info = _load_layer(backbone_dir)
     w, b = backbones.layer_weight_bias(layer)
     q, _ = cache_mod.open_cache(cache_dir)
@@ -110,6 +112,8 @@ def topk(st: Stage, cache_dir: str, backbone_dir: str, out: str) -> None:
 
 # --- cluster (one unit shard) -----------------------------------------------------------------------
 def cluster_shard(st: Stage, shard: int, cache_dir: str, topk_dir: str, backbone_dir: str, out: str) -> None:
+    """Memory: the shard's top-k rows (units_per_shard x k x upstream float32), gathered in one pass over
+    the cache, plus one unit's k x k distance matrix (float64) on the CPU backend."""
     p = st.params
     backend = clustering.resolve_backend(p["backend"])
     _, layer, info = _load_layer(backbone_dir)
@@ -124,7 +128,10 @@ def cluster_shard(st: Stage, shard: int, cache_dir: str, topk_dir: str, backbone
         lab, pr = clustering.hdbscan_labels(c, min_cluster_size=p["min_cluster_size"], min_samples=p["min_samples"],
                                             method=p["cluster_selection_method"], backend=backend)
         r = clustering.representatives(c, lab, pr)
-        labels.append(lab), probs.append(pr), reps.append(r), n_clusters.append(len(r))
+        labels.append(lab)
+        probs.append(pr)
+        reps.append(r)
+        n_clusters.append(len(r))
     with st.publish(out, shard=shard, backend=backend) as (tmp, manifest):
         np.savez(tmp / "clusters.npz", units=np.array(units), labels=np.stack(labels).astype(np.int32),
                  probabilities=np.stack(probs), n_clusters=np.array(n_clusters),
@@ -141,6 +148,7 @@ def read_clusters(folder: str | Path) -> dict:
 
 # --- surgery (one unit shard) -----------------------------------------------------------------------
 def surgery_shard(st: Stage, cluster_dir: str, cache_dir: str, topk_dir: str, backbone_dir: str, out: str) -> None:
+    """Memory: the shard's top-k rows, as in :func:`cluster_shard`, and 20 candidate splits of one unit."""
     _, layer, _ = _load_layer(backbone_dir)
     w, b = backbones.layer_weight_bias(layer)
     cl = read_clusters(cluster_dir)
@@ -153,7 +161,8 @@ def surgery_shard(st: Stage, cluster_dir: str, cache_dir: str, topk_dir: str, ba
     for i, u in progress(enumerate(units), len(units), "surgery units"):
         contrib = contributions.contributions(rows[i], w[u].numpy()).astype(np.float64)
         split = surgery_mod.split_unit(cl["reps"][i], contrib, float(b[u]), cl["labels"][i], grid)
-        fracs.append(split.fractions), omegas.append(split.omega)
+        fracs.append(split.fractions)
+        omegas.append(split.omega)
         rhos.append(np.nan if split.rho is None else split.rho)
         scores.append(split.scores or [np.nan] * len(grid))
     with st.publish(out) as (tmp, manifest):

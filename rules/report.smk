@@ -36,6 +36,9 @@ rule report_publish:
         html=f"{RUN_DIR}/report.html",
     log:
         f"results/logs/report/{IDS['report']}-publish.log",
+    resources:
+        mem_mb=500,
+        runtime=5,
     conda:
         "../envs/torch.yaml"
     script:
