@@ -23,10 +23,10 @@ CODE_VERSIONS = {
     "topk": "1",
     "cluster": "1",
     "surgery": "1",
-    "merge": "1",
+    "merge": "2",
     "verify": "1",
     "evaluate": "1",
-    "report": "1",
+    "report": "2",
 }
 
 _LIBRARIES = ("torch", "timm", "zarr", "numcodecs", "numpy", "hdbscan", "scikit-learn", "safetensors")

@@ -13,8 +13,10 @@ def _pct(x):
     return None if x is None else round(100.0 * x, 3)
 
 
-def summary(run_name: str, verify: dict, metrics: dict, artifacts: dict[str, str]) -> dict:
+def summary(run_name: str, verify: dict, metrics: dict, layer_meta: dict, artifacts: dict[str, str]) -> dict:
     """The run's headline numbers. MS-Scores are percentages, as in the paper."""
+    units = layer_meta["units"]
+    split = [u for u in units if u["k"] > 1]
     return {
         "run_name": run_name,
         "lossless": {k: verify[k] for k in ("max_abs_diff", "max_rel_diff", "r2", "prediction_agreement", "lossless")},
@@ -27,6 +29,10 @@ def summary(run_name: str, verify: dict, metrics: dict, artifacts: dict[str, str
         "n_split_units": metrics["n_split_units"],
         "expansion_factor": metrics["expansion_factor"],
         "k_histogram": metrics["k_histogram"],
+        "clustering": {
+            "noise_fraction_mean": float(np.mean([u["noise"] / u["top_k"] for u in units])),
+            "exclusive_fraction_mean_split_units": float(np.mean([u["exclusive_fraction"] for u in split])) if split else None,
+        },
         "artifacts": artifacts,
     }
 
@@ -61,7 +67,10 @@ def html(summary: dict, metrics: dict, tables: dict, layer_meta: dict, images: n
         ("accuracy, original layer", summary["accuracy"]["original"]),
         ("accuracy, disentangled layer", summary["accuracy"]["disentangled"]),
         ("units", summary["n_units"]), ("sub-units", summary["n_subunits"]), ("units split (K ≥ 2)", summary["n_split_units"]),
-        ("effective expansion factor", summary["expansion_factor"])])
+        ("effective expansion factor", summary["expansion_factor"]),
+        ("top-k instances left as noise by HDBSCAN (mean over units)", summary["clustering"]["noise_fraction_mean"]),
+        ("upstream dimensions assigned exclusively (mean over split units)",
+         summary["clustering"]["exclusive_fraction_mean_split_units"])])
     ms_rows = ""
     for label, key in (("all", ""), ("split units only", "split_")):
         for space, suf in (("layer output (paper, B.2)", ""), ("pooled pre-logit image embedding", "_pooled")):

@@ -184,8 +184,12 @@ def merge(st: Stage, surgery_dirs: list[str], cluster_dirs: list[str], backbone_
             fracs[u] = z["fractions"][offsets[i] : offsets[i + 1]]
             omegas[u] = z["omegas"][offsets[i] : offsets[i + 1]]
             lab = cl["labels"][i]
-            units_meta[u] = {"k": int(z["n_subunits"][i]), "rho": None if np.isnan(z["rho"][i]) else float(z["rho"][i]),
-                             "cluster_sizes": np.bincount(lab[lab >= 0]).tolist(), "noise": int((lab < 0).sum())}
+            k = int(z["n_subunits"][i])
+            units_meta[u] = {"k": k, "rho": None if np.isnan(z["rho"][i]) else float(z["rho"][i]),
+                             "cluster_sizes": np.bincount(lab[lab >= 0]).tolist(), "noise": int((lab < 0).sum()),
+                             "top_k": int(len(lab)),
+                             # share of upstream dimensions won by a proper subset of the sub-units (eq. 3)
+                             "exclusive_fraction": float((np.abs(fracs[u] - 1.0 / k) > 1e-12).any(0).mean())}
     if sorted(fracs) != list(range(info["n_units"])):
         raise ValueError(f"merge: surgery shards cover {len(fracs)} of {info['n_units']} units")
     order = range(info["n_units"])
@@ -238,7 +242,8 @@ def report(st: Stage, verify_dir: str, evaluate_dir: str, merge_dir: str, artifa
     metrics = json.loads((Path(evaluate_dir) / "metrics.json").read_text())
     tables = dict(np.load(Path(evaluate_dir) / "tables.npz"))
     layer_meta = json.loads((Path(merge_dir) / "layer.json").read_text())["metadata"]
-    summary = report_mod.summary(st.params["run_name"], verify_res, metrics, {**artifacts, "report": str(out)})
+    summary = report_mod.summary(st.params["run_name"], verify_res, metrics, layer_meta,
+                                 {**artifacts, "report": str(out)})
     raw = load_split(st.params["data"], "eval").raw
     with st.publish(out) as (tmp, _):
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2))
