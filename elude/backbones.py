@@ -104,9 +104,14 @@ def layer_weight_bias(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     return w, b
 
 
+def is_channels_first(layer: nn.Module) -> bool:
+    """Whether the layer reads and writes (B, C, H, W): a Conv2d, or a disentangled 1x1 conv."""
+    return isinstance(layer, nn.Conv2d) or getattr(layer, "kind", None) == "conv1x1"
+
+
 def instances_of(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """(batch, instances per image, features) for the tensor a layer reads or writes."""
-    if isinstance(layer, nn.Conv2d):
+    if is_channels_first(layer):
         return x.flatten(2).transpose(1, 2)  # (B, C, H, W) -> (B, H*W, C)
     return x.reshape(x.shape[0], -1, x.shape[-1])  # (B, T, D); (B, D) becomes (B, 1, D)
 

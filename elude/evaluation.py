@@ -110,8 +110,8 @@ def evaluate(model: nn.Module, layer_path: str, disentangled: DisentangledLayer,
     pooled = ref.pooled if ref.pooled is not None else ref.layer_out.mean(1)
     parent = disentangled.parent
     with torch.no_grad():
-        sub_acts = disentangled.subunits(ref.layer_in)
-        rand_acts = random_control(layer, parent, random_seed).subunits(ref.layer_in)
+        sub_acts = disentangled.subunits_of_instances(ref.layer_in)
+        rand_acts = random_control(layer, parent, random_seed).subunits_of_instances(ref.layer_in)
     ms = {name: ms_scores(a, ref.layer_out, pooled, ms_top_k)
           for name, a in (("units", ref.layer_out), ("subunits", sub_acts), ("random", rand_acts))}
     counts = torch.bincount(parent, minlength=layer_weight_bias(layer)[0].shape[0]).numpy()

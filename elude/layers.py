@@ -58,10 +58,14 @@ class DisentangledLayer(nn.Module):
         return self.weight.shape[0]
 
     def subunits(self, x: torch.Tensor) -> torch.Tensor:
-        """Sub-unit pre-activations, channels last: (..., n_subunits)."""
+        """Sub-unit pre-activations of a layer input, channels last: (..., n_subunits)."""
         if self.kind == "conv1x1":
             x = x.movedim(1, -1)  # (B, C, H, W) -> (B, H, W, C)
-        return F.linear(x, self.weight, self.bias)
+        return self.subunits_of_instances(x)
+
+    def subunits_of_instances(self, q: torch.Tensor) -> torch.Tensor:
+        """Sub-unit pre-activations of instance rows q (..., upstream), whatever the layer kind."""
+        return F.linear(q, self.weight, self.bias)
 
     def merge(self, s: torch.Tensor) -> torch.Tensor:
         """Eq. 8: a_u = sum over c of a_u^(c), back in the original layout."""

@@ -92,3 +92,21 @@ def test_steering_gain_scales_only_chosen_subunits(rng):
 def test_rejects_non_contiguous_subunits():
     with pytest.raises(ValueError, match="contiguously"):
         DisentangledLayer(torch.zeros(3, 2), torch.zeros(3), torch.tensor([0, 1, 0]), 2)
+
+
+def test_verify_and_evaluate_on_a_cnn_with_a_1x1_conv_target(rng):
+    """Instances of a conv layer are spatial positions; verify/evaluate handle the swapped layer alike."""
+    from elude.evaluation import evaluate, verify
+
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.GELU(), nn.Conv2d(8, 12, 1), nn.GELU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(12, 4)).eval()
+    images, labels = torch.randn(30, 1, 6, 6), torch.randint(0, 4, (30,))
+    dl = random_split(net[2], rng)
+    result = verify(net, "2", dl, images, batch_size=8)
+    assert result["max_rel_diff"] < 1e-5 and result["prediction_agreement"] == 1.0 and result["r2"] > 1 - 1e-9
+    assert isinstance(net[2], nn.Conv2d)  # restored
+    res = evaluate(net, "2", dl, images, labels, ms_top_k=10, random_seed=0, batch_size=8)
+    assert res["summary"]["n_units"] == 12 and res["summary"]["n_subunits"] == dl.n_subunits
+    assert res["tables"]["subunits_ms_layer"].shape == (dl.n_subunits,)
+    assert res["summary"]["accuracy"]["original"] == res["summary"]["accuracy"]["disentangled"]
