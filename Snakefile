@@ -23,4 +23,9 @@ include: "rules/report.smk"
 rule all:
     default_target: True
     input:
-        rules.report_publish.output,
+        final_report,
+
+
+onsuccess:
+    publish_run(PATHS["report"], RUN_DIR)
+    logger.info(f"ELUDe run {config['run_name']!r}: {RUN_DIR}/summary.json, {RUN_DIR}/report.html")

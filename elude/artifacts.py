@@ -17,16 +17,18 @@ from importlib import metadata
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
+
 CODE_VERSIONS = {
     "backbone": "1",
     "cache": "1",
-    "topk": "1",
-    "cluster": "1",
-    "surgery": "1",
-    "merge": "2",
-    "verify": "1",
-    "evaluate": "1",
-    "report": "2",
+    "topk": "2",
+    "cluster": "2",
+    "surgery": "2",
+    "merge": "3",
+    "verify": "2",
+    "evaluate": "2",
+    "report": "3",
 }
 
 _LIBRARIES = ("torch", "timm", "zarr", "numcodecs", "numpy", "hdbscan", "scikit-learn", "safetensors")
@@ -60,20 +62,28 @@ def content_checksum(folder: Path) -> str:
     return h.hexdigest()
 
 
+def partial_dir(final: str | Path) -> Path:
+    """Where a resumable stage keeps its work in progress: a hidden sibling of its final folder."""
+    final = Path(final)
+    return final.parent / f".{final.name}.partial"
+
+
 @contextlib.contextmanager
 def atomic_dir(final: str | Path, stage: str, artifact: str, params: dict, inputs: dict[str, str],
-               extra: dict | None = None) -> Iterator[tuple[Path, dict]]:
+               extra: dict | None = None, resumable: bool = False) -> Iterator[tuple[Path, dict]]:
     """Build an artifact folder in a temporary sibling; rename it into place only when complete.
 
     Yields (temporary folder, manifest dict); the caller may add entries to the manifest. A failure
-    removes the temporary folder and never touches a finished artifact at another path.
+    never touches a finished artifact. Non-resumable stages use a per-process folder, removed on
+    failure; resumable ones use :func:`partial_dir`, kept across failures and kills so that the next
+    run continues from the progress recorded there.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
-    if tmp.exists():
+    tmp = partial_dir(final) if resumable else final.parent / f".{final.name}.tmp-{os.getpid()}"
+    if tmp.exists() and not resumable:
         shutil.rmtree(tmp)
-    tmp.mkdir()
+    tmp.mkdir(exist_ok=resumable)
     manifest = {"stage": stage, "id": artifact, "params": params, "inputs": inputs, **(extra or {})}
     t0 = time.time()
     try:
@@ -86,5 +96,26 @@ def atomic_dir(final: str | Path, stage: str, artifact: str, params: dict, input
             shutil.rmtree(final)
         os.replace(tmp, final)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if not resumable:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def write_atomic(path: Path, write) -> None:
+    """Call ``write(temporary path)``, then rename the result to ``path`` (never a half-written file)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def save_arrays(path: str | Path, arrays: dict) -> None:
+    """Numpy arrays to safetensors: byte-for-byte deterministic (unlike npz, whose zip entries carry times)."""
+    from safetensors.numpy import save_file
+
+    write_atomic(Path(path), lambda tmp: save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp)))
+
+
+def load_arrays(path: str | Path) -> dict:
+    from safetensors.numpy import load_file
+
+    return load_file(str(path))

@@ -6,6 +6,7 @@ Memory bound: one batch of activations plus one chunk of rows.
 """
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import torch
 import zarr
 from torch import nn
 
+from .artifacts import write_atomic
 from .backbones import instances_of
 from .progress import progress
 
@@ -29,53 +31,80 @@ def _compressors(name: str):
     return BloscCodec(cname=cname, clevel=int(level or 1), shuffle="shuffle")
 
 
+PROGRESS = "progress.json"
+
+
 @torch.no_grad()
 def write_cache(model: nn.Module, layer: nn.Module, images: torch.Tensor, folder: Path, *, batch_size: int,
                 dtype: str, chunk_rows: int, compressor: str) -> dict:
-    """Run ``images`` through ``model`` and store the inputs of ``layer`` as instances."""
+    """Run ``images`` through ``model`` and store the inputs of ``layer`` as instances.
+
+    Resumable: only whole chunks are written, and ``folder/progress.json`` records how many are done.
+    A rerun on the same folder recomputes from the batch holding the first missing row (batches are
+    fixed, so the bytes are those of an uninterrupted run) and rewrites whole chunks from there.
+    """
     captured: list[torch.Tensor] = []
     handle = layer.register_forward_pre_hook(lambda _m, args: captured.append(args[0].detach()))
-    root = zarr.open_group(str(folder / "q.zarr"), mode="w")
-    q_arr = idx_arr = None
-    buf: list[np.ndarray] = []
-    buf_rows = written = 0
+    progress_file = folder / PROGRESS
+    state = json.loads(progress_file.read_text()) if progress_file.exists() else None
+    root = zarr.open_group(str(folder / "q.zarr"), mode="r+" if state else "w")
+    q_arr = root["q"] if state else None
+    written = state["chunks_done"] * chunk_rows if state else 0
+    n_tok = state["instances_per_image"] if state else None
     n_batches = (len(images) + batch_size - 1) // batch_size
+    first_batch = (written // n_tok) // batch_size if state else 0
+    if state:
+        log.info("cache: resuming after %d written chunks (%d rows), from batch %d", state["chunks_done"], written,
+                 first_batch)
+    pending: list[np.ndarray] = []
+    pending_start = first_batch * batch_size * (n_tok or 0)  # row index of pending's first row
+    chunks_written = 0
     try:
-        for b in progress(range(n_batches), n_batches, "cache batches"):
+        for b in progress(range(first_batch, n_batches), n_batches - first_batch, "cache batches"):
             captured.clear()
             model(images[b * batch_size : (b + 1) * batch_size])
             x = instances_of(layer, captured[0]).float()  # (B, T, D)
             if not torch.isfinite(x).all():
                 bad = torch.nonzero(~torch.isfinite(x))[0].tolist()
+                row = (b * batch_size + bad[0]) * x.shape[1] + bad[1]
                 raise FloatingPointError(
-                    f"non-finite activation at image {b * batch_size + bad[0]}, instance {bad[1]}, unit {bad[2]}"
-                )
-            n_img, n_tok, dim = x.shape
+                    f"non-finite activation at image {b * batch_size + bad[0]}, instance {bad[1]}, unit {bad[2]} "
+                    f"(cache row {row}, chunk {row // chunk_rows}): check the model and its inputs")
             if q_arr is None:
+                n_tok, dim = x.shape[1], x.shape[2]
                 total = len(images) * n_tok
                 q_arr = root.create_array("q", shape=(total, dim), chunks=(chunk_rows, dim), dtype=dtype,
                                           compressors=_compressors(compressor), fill_value=0)
-                idx_arr = root.create_array("index", shape=(total, 2), chunks=(chunk_rows, 2), dtype="int32",
-                                            fill_value=0)
+                idx = root.create_array("index", shape=(total, 2), chunks=(chunk_rows, 2), dtype="int32", fill_value=0)
                 img = np.repeat(np.arange(len(images), dtype=np.int32), n_tok)
                 tok = np.tile(np.arange(n_tok, dtype=np.int32), len(images))
-                idx_arr[:] = np.stack([img, tok], axis=1)
-            buf.append(x.reshape(-1, dim).numpy().astype(dtype))
-            buf_rows += n_img * n_tok
-            # Write whole chunks only, so every chunk is written once.
-            if buf_rows >= chunk_rows or b == n_batches - 1:
-                rows = np.concatenate(buf)
-                n_write = len(rows) if b == n_batches - 1 else (len(rows) // chunk_rows) * chunk_rows
+                idx[:] = np.stack([img, tok], axis=1)
+            pending.append(x.reshape(-1, x.shape[-1]).numpy().astype(dtype))
+            rows = np.concatenate(pending)
+            if pending_start < written:  # rows of chunks already on disk (resume)
+                rows = rows[written - pending_start :]
+                pending_start = written
+            # Write whole chunks only (and the final partial one), each exactly once per run.
+            n_write = len(rows) if b == n_batches - 1 else (len(rows) // chunk_rows) * chunk_rows
+            if n_write:
                 q_arr[written : written + n_write] = rows[:n_write]
                 written += n_write
-                buf = [rows[n_write:]]
-                buf_rows = len(buf[0])
+                chunks_written += -(-n_write // chunk_rows)
+                _save_progress(progress_file, -(-written // chunk_rows), n_tok)
+            pending = [rows[n_write:]]
+            pending_start = written
     finally:
         handle.remove()
     if q_arr is None:
-        raise ValueError("the probe set is empty: no images to cache")
+        raise ValueError("the probe set is empty: no images to cache (check the data section of the config)")
+    progress_file.unlink()
     return {"n_instances": int(q_arr.shape[0]), "n_upstream": int(q_arr.shape[1]),
-            "instances_per_image": int(q_arr.shape[0] // len(images)), "n_images": len(images)}
+            "instances_per_image": int(n_tok), "n_images": len(images),
+            "chunks_written_this_run": chunks_written, "chunks_resumed": (state or {}).get("chunks_done", 0)}
+
+
+def _save_progress(path: Path, chunks_done: int, n_tok: int) -> None:
+    write_atomic(path, lambda tmp: tmp.write_text(json.dumps({"chunks_done": chunks_done, "instances_per_image": n_tok})))
 
 
 def open_cache(folder: str | Path):

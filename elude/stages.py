@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from . import backbones, cache as cache_mod, clustering, contributions, evaluation, surgery as surgery_mod
-from .artifacts import atomic_dir
+from .artifacts import atomic_dir, load_arrays, save_arrays, write_atomic
 from .data import load_split
 from .layers import DisentangledLayer
 from .progress import progress
@@ -32,8 +32,8 @@ class Stage:
     params: dict
     inputs: dict[str, str] = field(default_factory=dict)
 
-    def publish(self, out: str | Path, **extra):
-        return atomic_dir(out, self.name, self.id, self.params, self.inputs, extra)
+    def publish(self, out: str | Path, resumable: bool = False, **extra):
+        return atomic_dir(out, self.name, self.id, self.params, self.inputs, extra, resumable)
 
 
 def shard_units(n_units: int, units_per_shard: int, shard: int) -> range:
@@ -86,14 +86,16 @@ def backbone(st: Stage, out: str) -> None:
 
 # --- cache ------------------------------------------------------------------------------------------
 def cache(st: Stage, backbone_dir: str, out: str) -> None:
-    """Memory: the model, one batch of activations and one chunk of rows (the probe images are in memory)."""
+    """Memory: the model, one batch of activations and one chunk of rows (the probe images are in memory).
+    Resumable per chunk (see :func:`elude.cache.write_cache`)."""
     p = st.params
     model, layer, _ = _load_layer(backbone_dir)
     split = load_split(p["data"], "probe")
-    with st.publish(out) as (tmp, manifest):
+    with st.publish(out, resumable=True) as (tmp, manifest):
         manifest.update(cache_mod.write_cache(model, layer, split.images, tmp, batch_size=p["batch_size"],
                                               dtype=p["dtype"], chunk_rows=p["chunk_rows"],
                                               compressor=p["compressor"]))
+        manifest["bad_images_skipped"] = split.skipped
 
 
 # --- top-k ------------------------------------------------------------------------------------------
@@ -105,7 +107,7 @@ def topk(st: Stage, cache_dir: str, backbone_dir: str, out: str) -> None:
     k = clamp_k(st.params["k"], q.shape[0])
     with st.publish(out) as (tmp, manifest):
         idx, val = streaming_topk(q, w, b, k)
-        np.savez(tmp / "topk.npz", indices=idx, values=val)
+        save_arrays(tmp / "topk.safetensors", {"indices": idx, "values": val})
         manifest.update({"k": k, "k_requested": st.params["k"], "k_clamped": k != st.params["k"],
                          "n_units": info["n_units"], "n_instances": int(q.shape[0])})
 
@@ -113,36 +115,59 @@ def topk(st: Stage, cache_dir: str, backbone_dir: str, out: str) -> None:
 # --- cluster (one unit shard) -----------------------------------------------------------------------
 def cluster_shard(st: Stage, shard: int, cache_dir: str, topk_dir: str, backbone_dir: str, out: str) -> None:
     """Memory: the shard's top-k rows (units_per_shard x k x upstream float32), gathered in one pass over
-    the cache, plus one unit's k x k distance matrix (float64) on the CPU backend."""
+    the cache, plus one unit's k x k distance matrix (float64) on the CPU backend.
+
+    Resumable per unit: each finished unit is saved in the partial folder, and a rerun skips it. A unit
+    whose top-k pre-activations are all <= 0 never activates: it is not clustered and stays one sub-unit.
+    """
     p = st.params
     backend = clustering.resolve_backend(p["backend"])
     _, layer, info = _load_layer(backbone_dir)
     w, _ = backbones.layer_weight_bias(layer)
-    top = np.load(Path(topk_dir) / "topk.npz")
+    top = load_arrays(Path(topk_dir) / "topk.safetensors")
     units = list(shard_units(info["n_units"], p["units_per_shard"], shard))
     q, _ = cache_mod.open_cache(cache_dir)
-    rows = cache_mod.gather_rows(q, top["indices"][units].reshape(-1)).reshape(len(units), -1, q.shape[1])
-    labels, probs, reps, n_clusters = [], [], [], []
-    for i, u in progress(enumerate(units), len(units), f"cluster shard {shard} units"):
-        c = contributions.normalise_rows(contributions.contributions(rows[i], w[u].numpy()))
-        lab, pr = clustering.hdbscan_labels(c, min_cluster_size=p["min_cluster_size"], min_samples=p["min_samples"],
-                                            method=p["cluster_selection_method"], backend=backend)
-        r = clustering.representatives(c, lab, pr)
-        labels.append(lab)
-        probs.append(pr)
-        reps.append(r)
-        n_clusters.append(len(r))
-    with st.publish(out, shard=shard, backend=backend) as (tmp, manifest):
-        np.savez(tmp / "clusters.npz", units=np.array(units), labels=np.stack(labels).astype(np.int32),
-                 probabilities=np.stack(probs), n_clusters=np.array(n_clusters),
-                 representatives=np.concatenate(reps) if sum(n_clusters) else np.zeros((0, q.shape[1]), np.float32))
-        manifest["n_clusters"] = dict(zip(map(str, units), n_clusters))
+    with st.publish(out, shard=shard, backend=backend, resumable=True) as (tmp, manifest):
+        unit_dir = tmp / "units"
+        unit_dir.mkdir(exist_ok=True)
+        unit_file = lambda u: unit_dir / f"unit-{u:06d}.safetensors"  # noqa: E731
+        todo = [u for u in units if not unit_file(u).exists()]
+        log.info("cluster shard %d: %d units, %d done in an earlier run, %d to cluster (backend %s)",
+                 shard, len(units), len(units) - len(todo), len(todo), backend)
+        rows = cache_mod.gather_rows(q, top["indices"][todo].reshape(-1)).reshape(len(todo), -1, q.shape[1])
+        for i, u in progress(enumerate(todo), len(todo), f"cluster shard {shard} units"):
+            never_active = bool(top["values"][u].max() <= 0)
+            c = contributions.normalise_rows(contributions.contributions(rows[i], w[u].numpy()))
+            if never_active:
+                lab, pr = np.full(len(c), -1, np.int64), np.zeros(len(c), np.float32)
+            else:
+                lab, pr = clustering.hdbscan_labels(c, min_cluster_size=p["min_cluster_size"],
+                                                    min_samples=p["min_samples"],
+                                                    method=p["cluster_selection_method"], backend=backend)
+            save_arrays(unit_file(u), {"labels": lab.astype(np.int32), "probabilities": pr.astype(np.float32),
+                                       "representatives": clustering.representatives(c, lab, pr),
+                                       "never_active": np.array([never_active])})
+        per_unit = [load_arrays(unit_file(u)) for u in units]
+        save_arrays(tmp / "clusters.safetensors", {
+            "units": np.array(units, np.int64),
+            "labels": np.stack([r["labels"] for r in per_unit]),
+            "probabilities": np.stack([r["probabilities"] for r in per_unit]),
+            "n_clusters": np.array([len(r["representatives"]) for r in per_unit], np.int64),
+            "representatives": np.concatenate([r["representatives"] for r in per_unit]),
+            "never_active": np.concatenate([r["never_active"] for r in per_unit])})
+        shutil.rmtree(unit_dir)
+        manifest["units_resumed"] = len(units) - len(todo)
+        manifest["n_clusters"] = {str(u): len(r["representatives"]) for u, r in zip(units, per_unit)}
+        manifest["never_active_units"] = [u for u, r in zip(units, per_unit) if r["never_active"][0]]
+        if manifest["never_active_units"]:
+            log.warning("units that never activate (left unchanged): %s", manifest["never_active_units"])
 
 
 def read_clusters(folder: str | Path) -> dict:
-    z = np.load(Path(folder) / "clusters.npz")
+    z = load_arrays(Path(folder) / "clusters.safetensors")
     offsets = np.concatenate([[0], np.cumsum(z["n_clusters"])])
     return {"units": z["units"], "labels": z["labels"], "probabilities": z["probabilities"],
+            "never_active": z["never_active"],
             "reps": [z["representatives"][offsets[i] : offsets[i + 1]] for i in range(len(z["units"]))]}
 
 
@@ -152,7 +177,7 @@ def surgery_shard(st: Stage, cluster_dir: str, cache_dir: str, topk_dir: str, ba
     _, layer, _ = _load_layer(backbone_dir)
     w, b = backbones.layer_weight_bias(layer)
     cl = read_clusters(cluster_dir)
-    top = np.load(Path(topk_dir) / "topk.npz")
+    top = load_arrays(Path(topk_dir) / "topk.safetensors")
     q, _ = cache_mod.open_cache(cache_dir)
     units = cl["units"]
     rows = cache_mod.gather_rows(q, top["indices"][units].reshape(-1)).reshape(len(units), -1, q.shape[1])
@@ -166,9 +191,10 @@ def surgery_shard(st: Stage, cluster_dir: str, cache_dir: str, topk_dir: str, ba
         rhos.append(np.nan if split.rho is None else split.rho)
         scores.append(split.scores or [np.nan] * len(grid))
     with st.publish(out) as (tmp, manifest):
-        np.savez(tmp / "surgery.npz", units=units, fractions=np.concatenate(fracs), omegas=np.concatenate(omegas),
-                 n_subunits=np.array([len(o) for o in omegas]), rho=np.array(rhos), scores=np.array(scores),
-                 rho_grid=np.array(grid))
+        save_arrays(tmp / "surgery.safetensors", {
+            "units": np.asarray(units, np.int64), "fractions": np.concatenate(fracs), "omegas": np.concatenate(omegas),
+            "n_subunits": np.array([len(o) for o in omegas], np.int64), "rho": np.array(rhos, np.float64),
+            "scores": np.array(scores, np.float64), "rho_grid": np.array(grid, np.float64)})
         manifest["rho"] = {str(u): (None if np.isnan(r) else r) for u, r in zip(units, rhos)}
 
 
@@ -177,7 +203,7 @@ def merge(st: Stage, surgery_dirs: list[str], cluster_dirs: list[str], backbone_
     _, layer, info = _load_layer(backbone_dir)
     fracs, omegas, units_meta = {}, {}, {}
     for s_dir, c_dir in zip(surgery_dirs, cluster_dirs):
-        z = np.load(Path(s_dir) / "surgery.npz")
+        z = load_arrays(Path(s_dir) / "surgery.safetensors")
         cl = read_clusters(c_dir)
         offsets = np.concatenate([[0], np.cumsum(z["n_subunits"])])
         for i, u in enumerate(z["units"].tolist()):
@@ -187,7 +213,7 @@ def merge(st: Stage, surgery_dirs: list[str], cluster_dirs: list[str], backbone_
             k = int(z["n_subunits"][i])
             units_meta[u] = {"k": k, "rho": None if np.isnan(z["rho"][i]) else float(z["rho"][i]),
                              "cluster_sizes": np.bincount(lab[lab >= 0]).tolist(), "noise": int((lab < 0).sum()),
-                             "top_k": int(len(lab)),
+                             "top_k": int(len(lab)), "never_active": bool(cl["never_active"][i]),
                              # share of upstream dimensions won by a proper subset of the sub-units (eq. 3)
                              "exclusive_fraction": float((np.abs(fracs[u] - 1.0 / k) > 1e-12).any(0).mean())}
     if sorted(fracs) != list(range(info["n_units"])):
@@ -211,6 +237,7 @@ def verify(st: Stage, backbone_dir: str, merge_dir: str, out: str) -> dict:
     result = evaluation.verify(model, info["path"], DisentangledLayer.load(merge_dir), split.images, p["batch_size"])
     failures = evaluation.lossless_failures(result, p["max_rel_diff"])
     result["lossless"] = not failures
+    result["bad_images_skipped"] = len(split.skipped)
     log.info("verify: %s", json.dumps(result))
     if failures:
         raise NotLosslessError(f"verify (artifact {st.id}): the disentangled model is NOT lossless: "
@@ -228,9 +255,9 @@ def evaluate(st: Stage, backbone_dir: str, merge_dir: str, out: str) -> None:
     res = evaluation.evaluate(model, info["path"], DisentangledLayer.load(merge_dir), split.images, split.labels,
                               ms_top_k=p["ms_top_k"], random_seed=p["random_seed"], batch_size=p["batch_size"])
     log.info("evaluate: %s", json.dumps(res["summary"]))
-    with st.publish(out) as (tmp, _):
+    with st.publish(out, bad_images_skipped=split.skipped) as (tmp, _):
         (tmp / "metrics.json").write_text(json.dumps(res["summary"], indent=2))
-        np.savez(tmp / "tables.npz", **res["tables"])
+        save_arrays(tmp / "tables.safetensors", res["tables"])
 
 
 # --- report -----------------------------------------------------------------------------------------
@@ -240,7 +267,7 @@ def report(st: Stage, verify_dir: str, evaluate_dir: str, merge_dir: str, artifa
 
     verify_res = json.loads((Path(verify_dir) / "verify.json").read_text())
     metrics = json.loads((Path(evaluate_dir) / "metrics.json").read_text())
-    tables = dict(np.load(Path(evaluate_dir) / "tables.npz"))
+    tables = load_arrays(Path(evaluate_dir) / "tables.safetensors")
     layer_meta = json.loads((Path(merge_dir) / "layer.json").read_text())["metadata"]
     summary = report_mod.summary(st.params["run_name"], verify_res, metrics, layer_meta,
                                  {**artifacts, "report": str(out)})
@@ -251,13 +278,16 @@ def report(st: Stage, verify_dir: str, evaluate_dir: str, merge_dir: str, artifa
                                                          st.params["n_examples"]))
 
 
-def publish_run(report_dir: str, summary_out: str, html_out: str) -> None:
-    """Copy the run's report to ``results/runs/<run name>/`` (a named alias of content-addressed files)."""
-    for src, dst in ((Path(report_dir) / "summary.json", summary_out), (Path(report_dir) / "report.html", html_out)):
-        Path(dst).parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(dst).with_name(f".{Path(dst).name}.tmp")
-        shutil.copyfile(src, tmp)
-        tmp.replace(dst)
+def publish_run(report_dir: str | Path, run_dir: str | Path) -> None:
+    """Copy a run's summary.json and report.html to ``results/runs/<run name>/``: a named alias of the
+    content-addressed report, refreshed after every successful run (even one that reran nothing)."""
+    report_dir, run_dir = Path(report_dir), Path(run_dir)
+    if not (report_dir / "summary.json").exists():
+        return  # a run that targeted an earlier stage
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("summary.json", "report.html"):
+        write_atomic(run_dir / name, lambda tmp: shutil.copyfile(report_dir / name, tmp))
+    log.info("published %s to %s", report_dir, run_dir)
 
 
 def run_logged(stage: dict, log_file: str, threads: int, fn) -> None:

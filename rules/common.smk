@@ -1,50 +1,34 @@
 # Config validation, content ids, artifact paths and input functions shared by all rules.
 import json
 
-from snakemake.utils import validate
+from snakemake.exceptions import WorkflowError
 
-from elude.artifacts import artifact_id
-from elude.stages import n_shards
+from elude.config import ConfigError, artifact_ids, validate_config
+from elude.stages import n_shards, publish_run
 
+try:
+    config.update(validate_config(config))  # defaults filled in; fails before any job with every problem
+except ConfigError as exc:
+    raise WorkflowError(str(exc)) from None
 
-validate(config, "../schemas/config.schema.yaml")
-
-DATA = config["data"]
-_backbone = {"kind": config["backbone"]["kind"], "layer": config["backbone"]["layer"]}
-_backbone[_backbone["kind"]] = config["backbone"][_backbone["kind"]]
-if _backbone["kind"] == "demo":
-    _backbone["data"] = DATA  # the demo model is trained on the probe split
-elif not config["backbone"]["timm"]["name"]:
-    raise ValueError("config: backbone.timm.name is required when backbone.kind is 'timm'")
-
-# Each stage: its own parameters, and the ids of the artifacts it reads (content addressing).
-STAGES = {
-    "backbone": (_backbone, []),
-    "cache": ({**config["cache"], "data": DATA}, ["backbone"]),
-    "topk": (config["topk"], ["cache"]),
-    "cluster": (config["cluster"], ["topk"]),
-    "surgery": (config["surgery"], ["cluster"]),
-    "merge": ({}, ["surgery"]),
-    "verify": ({**config["verify"], "data": DATA}, ["merge"]),
-    "evaluate": ({**config["evaluate"], "data": DATA}, ["merge"]),
-    "report": ({**config["report"], "data": DATA, "run_name": config["run_name"]}, ["verify", "evaluate"]),
-}
-IDS = {}
-INPUT_IDS = {}
-for _stage, (_params, _upstream) in STAGES.items():
-    INPUT_IDS[_stage] = {u: IDS[u] for u in _upstream}
-    IDS[_stage] = artifact_id(_stage, _params, INPUT_IDS[_stage])
-PATHS = {s: f"results/{s}/{IDS[s]}" for s in STAGES}
+ARTIFACTS = artifact_ids(config)
+IDS = {stage: a["id"] for stage, a in ARTIFACTS.items()}
+PATHS = {stage: f"results/{stage}/{i}" for stage, i in IDS.items()}
 RUN_DIR = f"results/runs/{config['run_name']}"
 
 
 def stage_info(stage):
     """What a workflow script needs to publish a stage's artifact: name, id, parameters, input ids."""
-    return {"name": stage, "id": IDS[stage], "params": STAGES[stage][0], "inputs": INPUT_IDS[stage]}
+    return {"name": stage, **ARTIFACTS[stage]}
 
 
 def log_path(stage, suffix=""):
     return f"results/logs/{stage}/{IDS[stage]}{suffix}.log"
+
+
+def bench_path(stage, suffix=""):
+    """Snakemake benchmark (wall time, peak RSS) of a stage job, next to its log."""
+    return f"results/benchmarks/{stage}/{IDS[stage]}{suffix}.tsv"
 
 
 def shard_ids(wildcards):
@@ -62,6 +46,10 @@ def cluster_shards(wildcards):
     return expand(f"{PATHS['cluster']}/shard-{{shard}}", shard=shard_ids(wildcards))
 
 
-def bench_path(stage, suffix=""):
-    """Snakemake benchmark (wall time, peak RSS) of a stage job, next to its log."""
-    return f"results/benchmarks/{stage}/{IDS[stage]}{suffix}.tsv"
+def final_report(wildcards):
+    """The run's report. results/runs/<run_name>/ is an alias of it, refreshed by the main process, not by
+    a job, so that going back to an earlier config runs nothing: here when the report already exists
+    (Snakemake calls no hook when there is nothing to do), and in `onsuccess` after a run that made it."""
+    if workflow.is_main_process and not workflow.dryrun:
+        publish_run(PATHS["report"], RUN_DIR)
+    return PATHS["report"]

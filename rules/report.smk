@@ -22,24 +22,3 @@ rule report:
     script:
         "../workflow_scripts/report.py"
 
-
-localrules:
-    report_publish,
-
-
-rule report_publish:
-    """Publish the report under the run's name: results/runs/<run_name>/ (an alias, not an artifact)."""
-    input:
-        report=PATHS["report"],
-    output:
-        summary=f"{RUN_DIR}/summary.json",
-        html=f"{RUN_DIR}/report.html",
-    log:
-        f"results/logs/report/{IDS['report']}-publish.log",
-    resources:
-        mem_mb=500,
-        runtime=5,
-    conda:
-        "../envs/torch.yaml"
-    script:
-        "../workflow_scripts/report_publish.py"

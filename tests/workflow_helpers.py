@@ -1,0 +1,64 @@
+"""Running the real workflow from tests: a tiny config, the executed rules, artifact ids."""
+import copy
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = Path(sys.executable).with_name("snakemake")
+
+# Small and quick, with many small cache chunks and units per shard so that kills land mid-stage.
+TINY = {
+    "run_name": "tiny",
+    "backbone": {"demo": {"arch": {"embed_dim": 32, "depth": 2, "num_heads": 2, "mlp_ratio": 4},
+                          "train": {"epochs": 4}},
+                 "layer": "blocks.1.mlp.fc2"},
+    "cache": {"batch_size": 2, "chunk_rows": 34},
+    "topk": {"k": 300},
+    "cluster": {"min_cluster_size": 15, "min_samples": 4, "units_per_shard": 12},
+    "evaluate": {"ms_top_k": 20},
+}
+
+
+def deep_update(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = deep_update(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def write_config(path: Path, *overrides: dict) -> Path:
+    cfg = TINY
+    for o in overrides:
+        cfg = deep_update(cfg, o)
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def ids_for(configfile: Path) -> dict[str, str]:
+    """The artifact ids Snakemake computes for config.yaml overridden by ``configfile``."""
+    from elude.config import artifact_ids, validate_config
+
+    base = yaml.safe_load((REPO / "config.yaml").read_text())
+    cfg = validate_config(deep_update(base, yaml.safe_load(configfile.read_text())))
+    return {s: a["id"] for s, a in artifact_ids(cfg).items()}
+
+
+def snakemake_cmd(workdir: Path, configfile: Path, *extra: str) -> list[str]:
+    return [str(SNAKEMAKE), "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+            "--profile", str(REPO / "profiles/local"), "--configfile", str(configfile), *extra]
+
+
+def snakemake(workdir: Path, configfile: Path, *extra: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(snakemake_cmd(workdir, configfile, *extra), capture_output=True, text=True, timeout=600)
+    if check:
+        assert proc.returncode == 0, proc.stderr[-5000:]
+    return proc
+
+
+def executed_rules(output: str) -> list[str]:
+    """Names of the jobs a run executed (one entry per job), from Snakemake's log."""
+    return re.findall(r"^(?:local)?(?:rule|checkpoint) (\w+):", output, flags=re.M)
