@@ -5,7 +5,7 @@ import sys
 sys.path.insert(0, workflow.basedir)  # `elude` from this checkout (jobs: workflow_scripts/_repo.py)
 
 
-configfile: "config.yaml"
+configfile: f"{workflow.basedir}/config.yaml"  # the embedded default, from any working directory
 
 
 include: "rules/common.smk"

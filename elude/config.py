@@ -20,6 +20,18 @@ class ConfigError(ValueError):
     pass
 
 
+def merge_config(base: dict, over: dict) -> dict:
+    """``over`` merged into a copy of ``base``: dicts key by key, other values replaced, as
+    ``snakemake --configfile`` extends the workflow's default config."""
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_config(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
 def load_schema() -> dict:
     return yaml.safe_load(SCHEMA_PATH.read_text())
 

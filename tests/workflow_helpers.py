@@ -1,11 +1,12 @@
 """Running the real workflow from tests: a tiny config, the executed rules, artifact ids."""
-import copy
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 import yaml
+
+from elude.config import merge_config
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
@@ -23,17 +24,10 @@ TINY = {
 }
 
 
-def deep_update(base: dict, over: dict) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        out[k] = deep_update(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def write_config(path: Path, *overrides: dict) -> Path:
     cfg = TINY
     for o in overrides:
-        cfg = deep_update(cfg, o)
+        cfg = merge_config(cfg, o)
     path.write_text(yaml.safe_dump(cfg))
     return path
 
@@ -43,7 +37,7 @@ def ids_for(configfile: Path) -> dict[str, str]:
     from elude.config import artifact_ids, validate_config
 
     base = yaml.safe_load((REPO / "config.yaml").read_text())
-    cfg = validate_config(deep_update(base, yaml.safe_load(configfile.read_text())))
+    cfg = validate_config(merge_config(base, yaml.safe_load(configfile.read_text())))
     return {s: a["id"] for s, a in artifact_ids(cfg).items()}
 
 
