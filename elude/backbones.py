@@ -125,8 +125,18 @@ def train_demo(arch: dict, train: dict, images: torch.Tensor, labels: torch.Tens
     """Train the demo ViT on the probe split; returns the model (eval mode) and training stats.
 
     Augmentation: random integer shifts of up to one pixel (digits are tiny; this is enough to
-    generalise). Deterministic for a given seed and thread count.
+    generalise). Deterministic for a given seed; CPU results depend on the thread count, so training
+    uses ``train['threads']`` (a parameter, part of the id) whatever the job was given.
     """
+    job_threads = torch.get_num_threads()
+    torch.set_num_threads(train["threads"])
+    try:
+        return _train(arch, train, images, labels)
+    finally:
+        torch.set_num_threads(job_threads)
+
+
+def _train(arch: dict, train: dict, images: torch.Tensor, labels: torch.Tensor) -> tuple[nn.Module, dict]:
     torch.manual_seed(train["seed"])
     spec = demo_model_spec(arch)
     model = build_from_spec(spec)
