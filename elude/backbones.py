@@ -97,10 +97,10 @@ def check_target_layer(layer: nn.Module, path: str) -> None:
 
 
 def layer_weight_bias(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-    """(W, b) as (units, upstream) and (units,) float32, for Linear and 1x1 Conv2d alike."""
-    w = layer.weight.detach().float()
+    """(W, b) as (units, upstream) and (units,) float32 CPU tensors, for Linear and 1x1 Conv2d alike."""
+    w = layer.weight.detach().float().cpu()
     w = w.reshape(w.shape[0], -1)
-    b = layer.bias.detach().float() if layer.bias is not None else torch.zeros(w.shape[0])
+    b = layer.bias.detach().float().cpu() if layer.bias is not None else torch.zeros(w.shape[0])
     return w, b
 
 
@@ -166,3 +166,11 @@ def _train(arch: dict, train: dict, images: torch.Tensor, labels: torch.Tensor) 
             meter = tqdm.format_meter(epoch + 1, train["epochs"], time.time() - t0, unit="epoch")
             log.info("train loss %.4f, epochs %s", total / len(labels), meter)
     return model.eval(), {"train_seconds": time.time() - t0, "final_loss": total / len(labels)}
+
+
+def resolve_device(name: str) -> torch.device:
+    """The torch device for ``compute.device``; 'cuda' without a visible GPU fails with what to do."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("compute.device is 'cuda' but torch sees no CUDA GPU here: run on a GPU node "
+                           "(the SLURM profile requests one per job) or set compute.device: cpu")
+    return torch.device(name)

@@ -36,7 +36,7 @@ PROGRESS = "progress.json"
 
 @torch.no_grad()
 def write_cache(model: nn.Module, layer: nn.Module, images: torch.Tensor, folder: Path, *, batch_size: int,
-                dtype: str, chunk_rows: int, compressor: str) -> dict:
+                dtype: str, chunk_rows: int, compressor: str, device: str | torch.device = "cpu") -> dict:
     """Run ``images`` through ``model`` and store the inputs of ``layer`` as instances.
 
     Resumable: only whole chunks are written, and ``folder/progress.json`` records how many are done.
@@ -62,8 +62,8 @@ def write_cache(model: nn.Module, layer: nn.Module, images: torch.Tensor, folder
     try:
         for b in progress(range(first_batch, n_batches), n_batches - first_batch, "cache batches"):
             captured.clear()
-            model(images[b * batch_size : (b + 1) * batch_size])
-            x = instances_of(layer, captured[0]).float()  # (B, T, D)
+            model(images[b * batch_size : (b + 1) * batch_size].to(device))
+            x = instances_of(layer, captured[0]).float().cpu()  # (B, T, D)
             if not torch.isfinite(x).all():
                 bad = torch.nonzero(~torch.isfinite(x))[0].tolist()
                 row = (b * batch_size + bad[0]) * x.shape[1] + bad[1]

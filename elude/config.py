@@ -105,13 +105,13 @@ def stage_specs(config: dict) -> dict[str, tuple[dict, list[str]]]:
         bb["data"] = data  # the demo model is trained on the probe split
     return {
         "backbone": (bb, []),
-        "cache": ({**config["cache"], "data": data}, ["backbone"]),
+        "cache": ({**config["cache"], "data": data, "device": config["compute"]["device"]}, ["backbone"]),
         "topk": (config["topk"], ["cache"]),
-        "cluster": (config["cluster"], ["topk"]),
+        "cluster": ({k: v for k, v in config["cluster"].items() if k != "minutes_per_unit"}, ["topk"]),
         "surgery": (config["surgery"], ["cluster"]),
         "merge": ({}, ["surgery"]),
-        "verify": ({**config["verify"], "data": data}, ["merge"]),
-        "evaluate": ({**config["evaluate"], "data": data}, ["merge"]),
+        "verify": ({**config["verify"], "data": data, "device": config["compute"]["device"]}, ["merge"]),
+        "evaluate": ({**config["evaluate"], "data": data, "device": config["compute"]["device"]}, ["merge"]),
         "report": ({**config["report"], "data": data, "run_name": config["run_name"]}, ["verify", "evaluate"]),
     }
 

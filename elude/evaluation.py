@@ -31,26 +31,28 @@ class Capture:
 
 @torch.no_grad()
 def forward_capture(model: nn.Module, layer_path: str, images: torch.Tensor, batch_size: int) -> Capture:
-    """Run the model, keeping the target layer's input and output and the pooled embedding."""
+    """Run the model (on its own device), keeping the target layer's input and output and the pooled
+    embedding; everything returned is on the CPU."""
     layer = get_module(model, layer_path)
+    device = next(model.parameters()).device
     ins, outs, logits, pooled = [], [], [], []
 
     def hook(mod, args, out):
-        ins.append(instances_of(mod, args[0]).float())
-        outs.append(instances_of(mod, out).float())
+        ins.append(instances_of(mod, args[0]).float().cpu())
+        outs.append(instances_of(mod, out).float().cpu())
 
     handle = layer.register_forward_hook(hook)
     has_head = hasattr(model, "forward_head") and hasattr(model, "forward_features")
     n_batches = (len(images) + batch_size - 1) // batch_size
     try:
         for b in progress(range(n_batches), n_batches, "forward batches"):
-            x = images[b * batch_size : (b + 1) * batch_size]
+            x = images[b * batch_size : (b + 1) * batch_size].to(device)
             if has_head:
                 feats = model.forward_features(x)
-                pooled.append(model.forward_head(feats, pre_logits=True).float())
-                logits.append(model.forward_head(feats).float())
+                pooled.append(model.forward_head(feats, pre_logits=True).float().cpu())
+                logits.append(model.forward_head(feats).float().cpu())
             else:
-                logits.append(model(x).float())
+                logits.append(model(x).float().cpu())
     finally:
         handle.remove()
     return Capture(torch.cat(logits), torch.cat(ins), torch.cat(outs), torch.cat(pooled) if pooled else None)
@@ -61,11 +63,13 @@ def capture_original_and_disentangled(model: nn.Module, layer_path: str, disenta
     """The same inputs through the model with its original layer, then with the disentangled one hot-swapped
     in; the original layer is put back afterwards, even on error."""
     ref = forward_capture(model, layer_path, images, batch_size)
-    original = swap_in(model, layer_path, disentangled)
+    device = next(model.parameters()).device
+    original = swap_in(model, layer_path, disentangled.to(device))
     try:
         return ref, forward_capture(model, layer_path, images, batch_size)
     finally:
         swap_out(model, layer_path, original)
+        disentangled.cpu()
 
 
 def verify(model: nn.Module, layer_path: str, disentangled: DisentangledLayer, images: torch.Tensor,

@@ -89,12 +89,13 @@ def cache(st: Stage, backbone_dir: str, out: str) -> None:
     """Memory: the model, one batch of activations and one chunk of rows (the probe images are in memory).
     Resumable per chunk (see :func:`elude.cache.write_cache`)."""
     p = st.params
+    device = backbones.resolve_device(p["device"])
     model, layer, _ = _load_layer(backbone_dir)
     split = load_split(p["data"], "probe")
     with st.publish(out, resumable=True) as (tmp, manifest):
-        manifest.update(cache_mod.write_cache(model, layer, split.images, tmp, batch_size=p["batch_size"],
+        manifest.update(cache_mod.write_cache(model.to(device), layer, split.images, tmp, batch_size=p["batch_size"],
                                               dtype=p["dtype"], chunk_rows=p["chunk_rows"],
-                                              compressor=p["compressor"]))
+                                              compressor=p["compressor"], device=device))
         manifest["bad_images_skipped"] = split.skipped
 
 
@@ -232,9 +233,10 @@ class NotLosslessError(RuntimeError):
 
 def verify(st: Stage, backbone_dir: str, merge_dir: str, out: str) -> dict:
     p = st.params
+    device = backbones.resolve_device(p["device"])
     model, _, info = _load_layer(backbone_dir)
     split = load_split(p["data"], "eval")
-    result = evaluation.verify(model, info["path"], DisentangledLayer.load(merge_dir), split.images, p["batch_size"])
+    result = evaluation.verify(model.to(device), info["path"], DisentangledLayer.load(merge_dir), split.images, p["batch_size"])
     failures = evaluation.lossless_failures(result, p["max_rel_diff"])
     result["lossless"] = not failures
     result["bad_images_skipped"] = len(split.skipped)
@@ -250,9 +252,10 @@ def verify(st: Stage, backbone_dir: str, merge_dir: str, out: str) -> dict:
 # --- evaluate ---------------------------------------------------------------------------------------
 def evaluate(st: Stage, backbone_dir: str, merge_dir: str, out: str) -> None:
     p = st.params
+    device = backbones.resolve_device(p["device"])
     model, _, info = _load_layer(backbone_dir)
     split = load_split(p["data"], "eval")
-    res = evaluation.evaluate(model, info["path"], DisentangledLayer.load(merge_dir), split.images, split.labels,
+    res = evaluation.evaluate(model.to(device), info["path"], DisentangledLayer.load(merge_dir), split.images, split.labels,
                               ms_top_k=p["ms_top_k"], random_seed=p["random_seed"], batch_size=p["batch_size"])
     log.info("evaluate: %s", json.dumps(res["summary"]))
     with st.publish(out, bad_images_skipped=split.skipped) as (tmp, _):

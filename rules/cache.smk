@@ -13,6 +13,7 @@ rule cache:
     threads: 2
     resources:
         mem_mb=4000,
+        gpu=FORWARD_GPUS,
         runtime=120,
     conda:
         "../envs/torch.yaml"

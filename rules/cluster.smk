@@ -16,9 +16,10 @@ rule cluster_shard:
         bench_path("cluster", "-shard-{shard}"),
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=240,
+        mem_mb=shard_mem_mb,
+        runtime=shard_runtime,
+        gpu=CLUSTER_GPUS,
     conda:
-        "../envs/cluster-cpu.yaml"
+        CLUSTER_ENV
     script:
         "../workflow_scripts/cluster_shard.py"

@@ -17,6 +17,52 @@ PATHS = {stage: f"results/{stage}/{i}" for stage, i in IDS.items()}
 RUN_DIR = f"results/runs/{config['run_name']}"
 
 
+# GPU requests (resource `gpu`: SLURM --gpus, and a concurrency limit under profiles/local).
+FORWARD_GPUS = int(config["compute"]["device"] == "cuda")  # cache, verify, evaluate
+CLUSTER_GPUS = int(config["cluster"]["backend"] == "cuml")  # 'auto' asks for none: it uses a GPU only if given one
+CLUSTER_ENV = f"../envs/cluster-{'cuml' if CLUSTER_GPUS else 'cpu'}.yaml"
+
+
+def preflight():
+    """Checks that need the executor: a local run that asks for cuML or CUDA where they cannot run fails
+    here, while the DAG is built and before any job starts. (On SLURM, jobs run on GPU nodes: there each
+    job checks first thing, with the same message.)"""
+    if not workflow.local_exec or workflow.dryrun:
+        return
+    from elude.backbones import resolve_device
+    from elude.clustering import resolve_backend
+
+    try:
+        if config["cluster"]["backend"] == "cuml":
+            resolve_backend("cuml")
+        if config["compute"]["device"] == "cuda":
+            resolve_device("cuda")
+    except RuntimeError as exc:
+        raise WorkflowError(str(exc)) from None
+
+
+def _layer_and_topk():
+    topk_dir = checkpoints.topk.get().output.folder
+    top = json.loads(open(f"{topk_dir}/manifest.json").read())
+    layer = json.loads(open(f"{PATHS['backbone']}/layer.json").read())
+    return layer["n_upstream"], top["k"]
+
+
+def shard_mem_mb(wildcards):
+    """Memory of a cluster/surgery shard job, from what it holds (see elude.stages.cluster_shard): the
+    shard's top-k rows in float32 (x2 for the gather), one unit's k x k float64 distances (x3 inside
+    hdbscan, CPU backend up to 6000 points), and ~1.5 GB for the Python/torch process."""
+    n_up, k = _layer_and_topk()
+    rows = 2 * config["cluster"]["units_per_shard"] * k * n_up * 4
+    dist = 3 * min(k, 6000) ** 2 * 8
+    return int(1500 + (rows + dist) / 2**20)
+
+
+def shard_runtime(wildcards):
+    """Minutes: 10 + units_per_shard x cluster.minutes_per_unit."""
+    return int(10 + config["cluster"]["units_per_shard"] * config["cluster"]["minutes_per_unit"])
+
+
 def stage_info(stage):
     """What a workflow script needs to publish a stage's artifact: name, id, parameters, input ids."""
     return {"name": stage, **ARTIFACTS[stage]}
@@ -50,6 +96,7 @@ def final_report(wildcards):
     """The run's report. results/runs/<run_name>/ is an alias of it, refreshed by the main process, not by
     a job, so that going back to an earlier config runs nothing: here when the report already exists
     (Snakemake calls no hook when there is nothing to do), and in `onsuccess` after a run that made it."""
+    preflight()
     if workflow.is_main_process and not workflow.dryrun:
         publish_run(PATHS["report"], RUN_DIR)
     return PATHS["report"]

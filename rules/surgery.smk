@@ -17,7 +17,7 @@ rule surgery_shard:
         bench_path("surgery", "-shard-{shard}"),
     threads: 1
     resources:
-        mem_mb=4000,
+        mem_mb=shard_mem_mb,
         runtime=60,
     conda:
         "../envs/torch.yaml"

@@ -14,6 +14,7 @@ rule verify:
     threads: 2
     resources:
         mem_mb=4000,
+        gpu=FORWARD_GPUS,
         runtime=30,
     conda:
         "../envs/torch.yaml"

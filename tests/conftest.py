@@ -13,3 +13,13 @@ def rng():
     import numpy as np
 
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """One uninterrupted local run of the tiny config: (workdir, configfile, completed process)."""
+    from workflow_helpers import snakemake, write_config
+
+    work = tmp_path_factory.mktemp("tiny")
+    cfg = write_config(work / "tiny.yaml")
+    return work, cfg, snakemake(work, cfg)

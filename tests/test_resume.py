@@ -72,12 +72,10 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-@pytest.fixture(scope="module")
-def reference_checkpoint(tmp_path_factory):
+@pytest.fixture
+def reference_checkpoint(tiny_run):
     """The disentangled checkpoint of an uninterrupted run of the tiny config."""
-    work = tmp_path_factory.mktemp("ref")
-    cfg = write_config(work / "tiny.yaml")
-    snakemake(work, cfg)
+    work, cfg, _ = tiny_run
     return sha256(work / "results/merge" / ids_for(cfg)["merge"] / "layer.safetensors")
 
 

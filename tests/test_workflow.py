@@ -10,14 +10,6 @@ import pytest
 from workflow_helpers import executed_rules, ids_for, snakemake, write_config
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    work = tmp_path_factory.mktemp("run")
-    cfg = write_config(work / "tiny.yaml")
-    proc = snakemake(work, cfg)
-    return work, cfg, proc
-
-
 def test_tiny_run_summary(tiny_run):
     work, _, proc = tiny_run
     assert {"backbone", "cache", "topk", "cluster_shard", "surgery_shard", "merge", "verify", "evaluate",
@@ -115,3 +107,17 @@ def test_same_config_gives_byte_identical_artifacts(tiny_run, tmp_path):
         assert manifests, stage
         for m in manifests:
             assert json.loads((a / m).read_text())["checksum"] == json.loads((b / m).read_text())["checksum"], (stage, m)
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"cluster": {"backend": "cuml"}}, "cluster.backend is 'cuml' but cuML cannot run here"),
+    ({"compute": {"device": "cuda"}}, "compute.device is 'cuda' but torch sees no CUDA GPU here"),
+])
+def test_gpu_requests_that_cannot_run_fail_before_any_job(tmp_path, override, message):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU, so the request can run")
+    proc = snakemake(tmp_path, write_config(tmp_path / "gpu.yaml", override), check=False)
+    assert proc.returncode != 0 and message in proc.stderr
+    assert executed_rules(proc.stderr) == [] and not (tmp_path / "results").exists()

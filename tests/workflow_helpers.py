@@ -41,13 +41,15 @@ def ids_for(configfile: Path) -> dict[str, str]:
     return {s: a["id"] for s, a in artifact_ids(cfg).items()}
 
 
-def snakemake_cmd(workdir: Path, configfile: Path, *extra: str) -> list[str]:
+def snakemake_cmd(workdir: Path, configfile: Path, *extra: str, profile: str = "local") -> list[str]:
     return [str(SNAKEMAKE), "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
-            "--profile", str(REPO / "profiles/local"), "--configfile", str(configfile), *extra]
+            "--profile", str(REPO / "profiles" / profile), "--configfile", str(configfile), *extra]
 
 
-def snakemake(workdir: Path, configfile: Path, *extra: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(snakemake_cmd(workdir, configfile, *extra), capture_output=True, text=True, timeout=600)
+def snakemake(workdir: Path, configfile: Path, *extra: str, check: bool = True, profile: str = "local",
+              timeout: float = 600) -> subprocess.CompletedProcess:
+    proc = subprocess.run(snakemake_cmd(workdir, configfile, *extra, profile=profile), capture_output=True, text=True,
+                          timeout=timeout)
     if check:
         assert proc.returncode == 0, proc.stderr[-5000:]
     return proc

@@ -1,0 +1,115 @@
+"""A real single-node SLURM cluster (slurmctld + slurmd + munged) for tests, on this machine.
+
+Needs root and Debian's `slurmctld slurmd slurm-client munge` (22.05). The config must live at
+/etc/slurm/slurm.conf: the executor plugin's job step strips SLURM_* variables (SLURM_CONF included)
+before its inner srun, so a config elsewhere makes every job fail. An existing slurm.conf is put back
+afterwards. State, spool and logs go to a temporary folder; daemons are stopped by PID.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+CONF = Path("/etc/slurm/slurm.conf")
+PARTITION = "debug"
+
+
+class SlurmUnavailable(RuntimeError):
+    pass
+
+
+def _conf(tmp: Path) -> str:
+    cpus = os.cpu_count() or 2
+    mem_mb = int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20 * 0.9)
+    return f"""ClusterName=elude-test
+SlurmctldHost=localhost
+SlurmUser=root
+AuthType=auth/munge
+CredType=cred/munge
+MailProg=/bin/true
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core_Memory
+AccountingStorageType=accounting_storage/none
+JobCompType=jobcomp/none
+MinJobAge=600
+ReturnToService=2
+SlurmctldPort=6817
+SlurmdPort=6818
+StateSaveLocation={tmp}/state
+SlurmdSpoolDir={tmp}/spool
+SlurmctldLogFile={tmp}/slurmctld.log
+SlurmdLogFile={tmp}/slurmd.log
+SlurmctldPidFile={tmp}/slurmctld.pid
+SlurmdPidFile={tmp}/slurmd.pid
+NodeName=localhost NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={mem_mb} State=UNKNOWN
+PartitionName={PARTITION} Nodes=localhost Default=YES MaxTime=INFINITE State=UP
+"""
+
+
+def _logs(tmp: Path) -> str:
+    out = []
+    for name in ("munged.log", "slurmctld.log", "slurmd.log"):
+        p = tmp / name
+        out.append(f"--- {name} ---\n" + (p.read_text()[-3000:] if p.exists() else "(none)"))
+    return "\n".join(out)
+
+
+@contextmanager
+def slurm_cluster(tmp: Path, timeout: float = 60.0):
+    """Start munged, slurmctld and slurmd; yield once `sinfo` shows the node idle; stop them by PID."""
+    for tool in ("slurmctld", "slurmd", "munged", "sbatch", "sinfo", "squeue"):
+        if not shutil.which(tool):
+            raise SlurmUnavailable(f"{tool} not found: install Debian's slurmctld slurmd slurm-client munge")
+    if os.geteuid() != 0:
+        raise SlurmUnavailable("the SLURM test cluster needs root (it writes /etc/slurm/slurm.conf)")
+    for d in ("state", "spool"):
+        (tmp / d).mkdir(parents=True, exist_ok=True)
+    backup = CONF.read_bytes() if CONF.exists() else None
+    CONF.parent.mkdir(parents=True, exist_ok=True)
+    CONF.write_text(_conf(tmp))
+    procs: list[subprocess.Popen] = []
+    try:
+        Path("/run/munge").mkdir(parents=True, exist_ok=True)
+        shutil.chown("/run/munge", "munge", "munge")
+        if not Path("/etc/munge/munge.key").exists():
+            subprocess.run(["mungekey", "--create"], check=True)
+        shutil.chown("/etc/munge/munge.key", "munge", "munge")
+        if subprocess.run("munge -n | unmunge", shell=True, capture_output=True).returncode != 0:
+            procs.append(subprocess.Popen(
+                ["setpriv", "--reuid=munge", "--regid=munge", "--init-groups", "/usr/sbin/munged", "-F"],
+                stdout=open(tmp / "munged.log", "w"), stderr=subprocess.STDOUT))
+            _wait(lambda: subprocess.run("munge -n | unmunge", shell=True, capture_output=True).returncode == 0,
+                  timeout, "munged did not start", tmp)
+        procs.append(subprocess.Popen(["slurmctld", "-D"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        procs.append(subprocess.Popen(["slurmd", "-D"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        _wait(lambda: "idle" in subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True).stdout,
+              timeout, "the SLURM node did not become idle", tmp)
+        yield tmp
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in reversed(procs):
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        if backup is None:
+            CONF.unlink(missing_ok=True)
+        else:
+            CONF.write_bytes(backup)
+
+
+def _wait(predicate, timeout: float, what: str, tmp: Path) -> None:
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if predicate():
+            return
+        time.sleep(0.5)
+    raise SlurmUnavailable(f"{what} within {timeout:.0f} s\n{_logs(tmp)}")
