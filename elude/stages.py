@@ -19,6 +19,7 @@ from . import backbones, cache as cache_mod, clustering, contributions, evaluati
 from .artifacts import atomic_dir, load_arrays, save_arrays, write_atomic
 from .data import load_split
 from .layers import DisentangledLayer
+from .metrics import accuracy
 from .progress import progress
 from .topk import clamp_k, streaming_topk
 
@@ -59,8 +60,7 @@ def backbone(st: Stage, out: str) -> None:
             model, stats = backbones.train_demo(p["demo"]["arch"], p["demo"]["train"],
                                                 splits["probe"].images, splits["probe"].labels)
             with torch.no_grad():
-                logits = model(splits["eval"].images)
-            stats["eval_accuracy"] = float((logits.argmax(-1) == splits["eval"].labels).double().mean())
+                stats["eval_accuracy"] = accuracy(model(splits["eval"].images), splits["eval"].labels)
             log.info("demo model: held-out accuracy %.4f", stats["eval_accuracy"])
             manifest["training"] = stats
             spec = backbones.demo_model_spec(p["demo"]["arch"])
