@@ -2,7 +2,12 @@
 
 A backbone is described by a small JSON-able spec (``model.json``) plus a weights file, so every stage
 rebuilds exactly the same network. Kinds: ``demo`` (a timm VisionTransformer trained by the backbone
-stage on the embedded digits data) and ``timm`` (any timm model by name, weights from a local file).
+stage on the embedded digits data), ``timm`` (any timm model by name, weights from a local file),
+``hub`` (a torch.hub entry point from a local repository clone, or ``owner/name`` found in the user's
+hub cache, e.g. ``facebookresearch/dinov2`` + ``dinov2_vitb14``) and ``factory`` (a user function
+``"package.module:function"`` returning a torch module, so any model can be disentangled). The backbone
+stage saves the built model's state dict; later stages rebuild the architecture (with
+``pretrained=False`` where the entry point takes it) and load those weights, so nothing is fetched again.
 """
 from __future__ import annotations
 
@@ -43,10 +48,48 @@ def demo_model_spec(arch: dict) -> dict:
     }
 
 
-def build_from_spec(spec: dict) -> nn.Module:
+def build_hub(repo: str, entry: str, kwargs: dict) -> nn.Module:
+    """torch.hub entry point: ``repo`` is a local clone (a folder with hubconf.py) or ``owner/name`` in the
+    hub cache (``$TORCH_HOME/hub``); no validation round trip to GitHub."""
+    local = Path(repo).expanduser()
+    if local.is_dir():
+        if not (local / "hubconf.py").exists():
+            raise FileNotFoundError(f"backbone.hub.repo: {repo} has no hubconf.py (expected a torch.hub repository)")
+        return torch.hub.load(str(local), entry, source="local", **kwargs)
+    return torch.hub.load(repo, entry, source="github", trust_repo=True, skip_validation=True, **kwargs)
+
+
+def build_factory(target: str, kwargs: dict) -> nn.Module:
+    """A user factory ``"package.module:function"`` (importable in every job) returning an nn.Module."""
+    import importlib
+
+    module_name, _, fn_name = target.partition(":")
+    if not module_name or not fn_name:
+        raise ValueError(f"backbone.factory.target: {target!r} must look like 'package.module:function'")
+    try:
+        fn = getattr(importlib.import_module(module_name), fn_name)
+    except (ImportError, AttributeError) as exc:
+        raise ImportError(f"backbone.factory.target: cannot import {target!r} ({exc}); make the module "
+                          "importable in every job (install it, or put its folder on PYTHONPATH)") from None
+    model = fn(**kwargs)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"backbone.factory.target: {target!r} returned a {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def build_from_spec(spec: dict, rebuild: bool = True) -> nn.Module:
+    """The architecture of a spec. ``rebuild``: weights will be loaded from the artifact, so an entry
+    point's own ``pretrained`` download/cache lookup is switched off."""
+    kwargs = dict(spec.get("kwargs", {}))
+    if rebuild and "pretrained" in kwargs:
+        kwargs["pretrained"] = False
     if spec["kind"] == "timm":
-        return build_timm(spec["name"], spec.get("kwargs", {}))
-    raise ValueError(f"backbone kind {spec['kind']!r} is not supported; allowed: 'timm'")
+        return build_timm(spec["name"], kwargs)
+    if spec["kind"] == "hub":
+        return build_hub(spec["repo"], spec["entry"], kwargs)
+    if spec["kind"] == "factory":
+        return build_factory(spec["target"], kwargs)
+    raise ValueError(f"backbone kind {spec['kind']!r} is not supported; allowed: 'timm', 'hub', 'factory'")
 
 
 def save_backbone(model: nn.Module, spec: dict, folder: Path) -> None:

@@ -73,8 +73,11 @@ def backbone(st: Stage, out: str) -> None:
                 w = p["timm"]["weights"]
                 state = load_file(w) if w.endswith(".safetensors") else torch.load(w, map_location="cpu")
                 model.load_state_dict(state)
+        elif p["kind"] in ("hub", "factory"):
+            spec = {"kind": p["kind"], **p[p["kind"]]}
+            model = backbones.build_from_spec(spec, rebuild=False)
         else:
-            raise ValueError(f"backbone.kind: {p['kind']!r} is not one of 'demo', 'timm'")
+            raise ValueError(f"backbone.kind: {p['kind']!r} is not one of 'demo', 'timm', 'hub', 'factory'")
         layer = backbones.get_module(model, p["layer"])
         backbones.check_target_layer(layer, p["layer"])
         w, _ = backbones.layer_weight_bias(layer)

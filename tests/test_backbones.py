@@ -37,3 +37,82 @@ def test_unknown_layer_names_nearest(tmp_path):
 def test_non_linear_layer_is_rejected(tmp_path):
     with pytest.raises(TypeError, match="Linear or 1x1"):
         run(tmp_path, "blocks.1.norm1")
+
+
+def _cache_matches_hook(tmp_path, out):
+    """The cache stage's instances equal the target layer's inputs captured directly with a hook."""
+    from elude.cache import open_cache
+    from elude.data import load_split
+    from elude.stages import cache
+
+    data = {"kind": "digits", "eval_fraction": 0.3, "split_seed": 0}
+    cache(Stage("cache", "c", {"data": data, "batch_size": 64, "dtype": "float32", "chunk_rows": 500,
+                               "compressor": "lz4-1", "device": "cpu"}), str(out), str(tmp_path / "cache"))
+    q, index = open_cache(tmp_path / "cache")
+    model = load_backbone(out)
+    layer_path = json.loads((out / "layer.json").read_text())["path"]
+    captured = []
+    dict(model.named_modules())[layer_path].register_forward_pre_hook(lambda m, a: captured.append(a[0]))
+    images = load_split(data, "probe").images[:10]
+    with torch.no_grad():
+        model(images)
+    direct = captured[0].reshape(-1, captured[0].shape[-1])
+    assert torch.allclose(torch.from_numpy(q[: len(direct)]), direct)
+    assert index[len(direct) - 1].tolist() == [9, captured[0].shape[1] - 1]  # (image, token)
+
+
+def test_factory_backbone(tmp_path, monkeypatch):
+    (tmp_path / "my_models.py").write_text(
+        "import timm\n"
+        "def tiny_vit(width):\n"
+        "    return timm.create_model('vit_tiny_patch16_224', pretrained=False, img_size=8, patch_size=2,\n"
+        "                             in_chans=1, num_classes=10, embed_dim=width, depth=1, num_heads=2)\n"
+        "def not_a_model():\n"
+        "    return 3\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "results/backbone/fac000000001"
+    params = {"kind": "factory", "layer": "blocks.0.mlp.fc2", "factory": {"target": "my_models:tiny_vit",
+                                                                         "kwargs": {"width": 16}}}
+    backbone(Stage("backbone", "fac000000001", params), str(out))
+    assert json.loads((out / "layer.json").read_text())["n_units"] == 16
+    _cache_matches_hook(tmp_path, out)
+    bad = {**params, "factory": {"target": "my_models:not_a_model", "kwargs": {}}}
+    with pytest.raises(TypeError, match="not a torch.nn.Module"):
+        backbone(Stage("backbone", "fac000000002", bad), str(tmp_path / "results/backbone/fac000000002"))
+    missing = {**params, "factory": {"target": "no_such_module:f", "kwargs": {}}}
+    with pytest.raises(ImportError, match="PYTHONPATH"):
+        backbone(Stage("backbone", "fac000000003", missing), str(tmp_path / "results/backbone/fac000000003"))
+
+
+def test_torch_hub_backbone_from_a_local_repository(tmp_path):
+    """A torch.hub repository made here (hubconf.py), loaded as DINOv2 would be from a local clone."""
+    repo = tmp_path / "hubrepo"
+    repo.mkdir()
+    (repo / "hubconf.py").write_text(
+        "dependencies = ['torch', 'timm']\n"
+        "import timm\n"
+        "import pathlib, torch\n"
+        "def vit_s(pretrained=True, width=24):\n"
+        "    m = timm.create_model('vit_tiny_patch16_224', pretrained=False, img_size=8, patch_size=2,\n"
+        "                          in_chans=1, num_classes=10, embed_dim=width, depth=2, num_heads=2)\n"
+        "    if pretrained:  # stands in for a download: count the calls, set known weights\n"
+        "        flag = pathlib.Path(__file__).with_name('pretrained_loads')\n"
+        "        flag.write_text(str(int(flag.read_text()) + 1 if flag.exists() else 1))\n"
+        "        torch.manual_seed(7)\n"
+        "        for p in m.parameters():\n"
+        "            torch.nn.init.normal_(p, std=0.05)\n"
+        "    return m\n")
+    out = tmp_path / "results/backbone/hub000000001"
+    params = {"kind": "hub", "layer": "blocks.1.mlp.fc2",
+              "hub": {"repo": str(repo), "entry": "vit_s", "kwargs": {"pretrained": True, "width": 24}}}
+    backbone(Stage("backbone", "hub000000001", params), str(out))
+    assert json.loads((out / "model.json").read_text())["entry"] == "vit_s"
+    _cache_matches_hook(tmp_path, out)
+    # the pretrained weights were fetched once, by the backbone stage; later stages load the artifact
+    assert (repo / "pretrained_loads").read_text() == "1"
+    torch.manual_seed(7)
+    expected = torch.nn.init.normal_(torch.empty(1, 1, 24), std=0.05)  # the first parameter: cls_token
+    assert torch.equal(load_backbone(out).cls_token, expected)
+    with pytest.raises(FileNotFoundError, match="hubconf.py"):
+        backbone(Stage("backbone", "hub000000002", {**params, "hub": {**params["hub"], "repo": str(tmp_path)}}),
+                 str(tmp_path / "results/backbone/hub000000002"))
