@@ -35,9 +35,20 @@ PROGRESS = "progress.json"
 
 
 @torch.no_grad()
+def sample_tokens(n_images: int, n_tokens: int, per_image: int, seed: int) -> np.ndarray:
+    """A seeded token dataset (Section 4.1, E.8): ``per_image`` distinct random instances of each image
+    (CLS eligible), sorted; image i's draw depends only on (seed, i), not on batches or shards."""
+    if per_image > n_tokens:
+        raise ValueError(f"cache.tokens_per_image={per_image} exceeds the {n_tokens} instances per image")
+    return np.stack([np.sort(np.random.default_rng([seed, i]).choice(n_tokens, per_image, replace=False))
+                     for i in range(n_images)]).astype(np.int32)
+
+
 def write_cache(model: nn.Module, layer: nn.Module, images: torch.Tensor, folder: Path, *, batch_size: int,
-                dtype: str, chunk_rows: int, compressor: str, device: str | torch.device = "cpu") -> dict:
-    """Run ``images`` through ``model`` and store the inputs of ``layer`` as instances.
+                dtype: str, chunk_rows: int, compressor: str, device: str | torch.device = "cpu",
+                tokens_per_image: int | None = None, token_seed: int = 42) -> dict:
+    """Run ``images`` through ``model`` and store the inputs of ``layer`` as instances: all of each
+    image's instances, or ``tokens_per_image`` of them drawn with ``token_seed`` (:func:`sample_tokens`).
 
     Resumable: only whole chunks are written, and ``folder/progress.json`` records how many are done.
     A rerun on the same folder recomputes from the batch holding the first missing row (batches are
@@ -59,6 +70,7 @@ def write_cache(model: nn.Module, layer: nn.Module, images: torch.Tensor, folder
     pending: list[np.ndarray] = []
     pending_start = first_batch * batch_size * (n_tok or 0)  # row index of pending's first row
     chunks_written = 0
+    tokens = None  # (images, tokens_per_image) when sampling
     try:
         for b in progress(range(first_batch, n_batches), n_batches - first_batch, "cache batches"):
             captured.clear()
@@ -70,6 +82,10 @@ def write_cache(model: nn.Module, layer: nn.Module, images: torch.Tensor, folder
                 raise FloatingPointError(
                     f"non-finite activation at image {b * batch_size + bad[0]}, instance {bad[1]}, unit {bad[2]} "
                     f"(cache row {row}, chunk {row // chunk_rows}): check the model and its inputs")
+            if tokens_per_image is not None and tokens is None:
+                tokens = sample_tokens(len(images), x.shape[1], tokens_per_image, token_seed)
+            if tokens is not None:
+                x = x[torch.arange(len(x))[:, None], torch.from_numpy(tokens[b * batch_size : b * batch_size + len(x)]).long()]
             if q_arr is None:
                 n_tok, dim = x.shape[1], x.shape[2]
                 total = len(images) * n_tok
@@ -77,7 +93,7 @@ def write_cache(model: nn.Module, layer: nn.Module, images: torch.Tensor, folder
                                           compressors=_compressors(compressor), fill_value=0)
                 idx = root.create_array("index", shape=(total, 2), chunks=(chunk_rows, 2), dtype="int32", fill_value=0)
                 img = np.repeat(np.arange(len(images), dtype=np.int32), n_tok)
-                tok = np.tile(np.arange(n_tok, dtype=np.int32), len(images))
+                tok = tokens.reshape(-1) if tokens is not None else np.tile(np.arange(n_tok, dtype=np.int32), len(images))
                 idx[:] = np.stack([img, tok], axis=1)
             pending.append(x.reshape(-1, x.shape[-1]).numpy().astype(dtype))
             rows = np.concatenate(pending)

@@ -98,7 +98,8 @@ def cache(st: Stage, backbone_dir: str, out: str) -> None:
     with st.publish(out, resumable=True) as (tmp, manifest):
         manifest.update(cache_mod.write_cache(model.to(device), layer, split.images, tmp, batch_size=p["batch_size"],
                                               dtype=p["dtype"], chunk_rows=p["chunk_rows"],
-                                              compressor=p["compressor"], device=device))
+                                              compressor=p["compressor"], device=device,
+                                              tokens_per_image=p["tokens_per_image"], token_seed=p["token_seed"]))
         manifest["bad_images_skipped"] = split.skipped
 
 

@@ -47,7 +47,7 @@ def _cache_matches_hook(tmp_path, out):
 
     data = {"kind": "digits", "eval_fraction": 0.3, "split_seed": 0}
     cache(Stage("cache", "c", {"data": data, "batch_size": 64, "dtype": "float32", "chunk_rows": 500,
-                               "compressor": "lz4-1", "device": "cpu"}), str(out), str(tmp_path / "cache"))
+                               "compressor": "lz4-1", "device": "cpu", "tokens_per_image": None, "token_seed": 42}), str(out), str(tmp_path / "cache"))
     q, index = open_cache(tmp_path / "cache")
     model = load_backbone(out)
     layer_path = json.loads((out / "layer.json").read_text())["path"]

@@ -46,7 +46,7 @@ def data_cfg(probe, on_bad_image="fail"):
 
 def cache_stage(data):
     return Stage("cache", "c0ffee000001", {"data": data, "batch_size": 4, "dtype": "float32", "chunk_rows": 16,
-                                           "compressor": "lz4-1", "device": "cpu"})
+                                           "compressor": "lz4-1", "device": "cpu", "tokens_per_image": None, "token_seed": 42})
 
 
 def test_corrupt_image_fails_naming_the_file_and_the_policy_key(tmp_path):

@@ -120,3 +120,31 @@ def test_ms_score_is_weighted_mean_offdiagonal_cosine(rng):
         assert abs(ms_score(e, w)[u].item() - num / den) < 1e-5
     same = torch.nn.functional.normalize(torch.ones(1, 4, 3), dim=-1)
     assert abs(ms_score(same, torch.ones(1, 4)).item() - 1) < 1e-6
+
+
+def test_seeded_token_dataset(tmp_path):
+    """T random tokens per image (CLS eligible), drawn per image from the seed: the same seed gives the same
+    tokens and rows (equal to the layer's inputs at those tokens), another seed other tokens."""
+    torch.manual_seed(0)
+    layer = nn.Linear(5, 3)
+    model = nn.Sequential(nn.Identity(), layer)
+    images = torch.randn(30, 17, 5)  # 30 images x 17 tokens
+    runs = {}
+    for name, seed in (("a", 42), ("b", 42), ("c", 123)):
+        folder = tmp_path / name
+        folder.mkdir()
+        stats = cache.write_cache(model, layer, images, folder, batch_size=4, dtype="float32", chunk_rows=8,
+                                  compressor="lz4-1", tokens_per_image=2, token_seed=seed)
+        q, index = cache.open_cache(folder)
+        runs[name] = (q[:], index[:])
+        assert stats["instances_per_image"] == 2 and q.shape == (60, 5)
+    (qa, ia), (qb, ib), (qc, ic) = runs["a"], runs["b"], runs["c"]
+    assert np.array_equal(qa, qb) and np.array_equal(ia, ib)
+    assert not np.array_equal(ia[:, 1], ic[:, 1])
+    np.testing.assert_array_equal(ia[:, 0], np.repeat(np.arange(30), 2))
+    assert all(ia[2 * i, 1] < ia[2 * i + 1, 1] for i in range(30))  # two distinct tokens per image
+    np.testing.assert_array_equal(qa, images[ia[:, 0], ia[:, 1]].numpy())
+    assert (ia[:, 1] == 0).any()  # CLS (token 0) is eligible
+    with pytest.raises(ValueError, match="tokens_per_image=18 exceeds the 17"):
+        cache.write_cache(model, layer, images, tmp_path / "a", batch_size=4, dtype="float32", chunk_rows=8,
+                          compressor="lz4-1", tokens_per_image=18)
