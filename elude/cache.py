@@ -71,6 +71,7 @@ def write_cache(model: nn.Module, layer: nn.Module, images: torch.Tensor, folder
     pending_start = first_batch * batch_size * (n_tok or 0)  # row index of pending's first row
     chunks_written = 0
     tokens = None  # (images, tokens_per_image) when sampling
+    writer = None
     try:
         for b in progress(range(first_batch, n_batches), n_batches - first_batch, "cache batches"):
             captured.clear()
@@ -95,7 +96,7 @@ def write_cache(model: nn.Module, layer: nn.Module, images: torch.Tensor, folder
                 img = np.repeat(np.arange(len(images), dtype=np.int32), n_tok)
                 tok = tokens.reshape(-1) if tokens is not None else np.tile(np.arange(n_tok, dtype=np.int32), len(images))
                 idx[:] = np.stack([img, tok], axis=1)
-            pending.append(x.reshape(-1, x.shape[-1]).numpy().astype(dtype))
+            pending.append(x.reshape(-1, x.shape[-1]).to(getattr(torch, dtype)).numpy())  # torch casts faster
             rows = np.concatenate(pending)
             if pending_start < written:  # rows of chunks already on disk (resume)
                 rows = rows[written - pending_start :]
@@ -103,20 +104,69 @@ def write_cache(model: nn.Module, layer: nn.Module, images: torch.Tensor, folder
             # Write whole chunks only (and the final partial one), each exactly once per run.
             n_write = len(rows) if b == n_batches - 1 else (len(rows) // chunk_rows) * chunk_rows
             if n_write:
-                q_arr[written : written + n_write] = rows[:n_write]
+                if writer is None:
+                    writer = _ChunkWriter(q_arr, progress_file, chunk_rows, n_tok)
+                writer.put(written, rows[:n_write])
                 written += n_write
                 chunks_written += -(-n_write // chunk_rows)
-                _save_progress(progress_file, -(-written // chunk_rows), n_tok)
             pending = [rows[n_write:]]
             pending_start = written
+        if writer is not None:
+            writer.close()
     finally:
         handle.remove()
+        if writer is not None:
+            writer.stop()
     if q_arr is None:
         raise ValueError("the probe set is empty: no images to cache (check the data section of the config)")
     progress_file.unlink()
     return {"n_instances": int(q_arr.shape[0]), "n_upstream": int(q_arr.shape[1]),
             "instances_per_image": int(n_tok), "n_images": len(images),
             "chunks_written_this_run": chunks_written, "chunks_resumed": (state or {}).get("chunks_done", 0)}
+
+
+class _ChunkWriter:
+    """Writes whole chunks in a background thread, so disk writes (and blosc compression, which
+    releases the GIL) overlap the next forward passes. At most ``depth`` writes wait in the queue,
+    which bounds memory; writes and their progress records happen in order, one at a time, so the
+    progress file never claims a chunk that is not on disk."""
+
+    def __init__(self, q_arr, progress_file: Path, chunk_rows: int, n_tok: int, depth: int = 2):
+        import queue
+        import threading
+
+        self.q_arr, self.progress_file, self.chunk_rows, self.n_tok = q_arr, progress_file, chunk_rows, n_tok
+        self.queue: "queue.Queue" = queue.Queue(maxsize=depth)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="cache-writer", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (item := self.queue.get()) is not None:
+            if self.error is not None:
+                continue  # drain after a failure
+            start, rows = item
+            try:
+                self.q_arr[start : start + len(rows)] = rows
+                _save_progress(self.progress_file, -(-(start + len(rows)) // self.chunk_rows), self.n_tok)
+            except BaseException as exc:  # re-raised in the producer
+                self.error = exc
+
+    def put(self, start: int, rows: np.ndarray) -> None:
+        if self.error is not None:
+            raise self.error
+        self.queue.put((start, rows))
+
+    def close(self) -> None:
+        """Wait for every queued write; raise the writer's error, if any."""
+        self.stop()
+        if self.error is not None:
+            raise self.error
+
+    def stop(self) -> None:
+        if self.thread.is_alive():
+            self.queue.put(None)
+            self.thread.join()
 
 
 def _save_progress(path: Path, chunks_done: int, n_tok: int) -> None:
