@@ -16,6 +16,7 @@ import torch
 log = logging.getLogger(__name__)
 
 REP_EPS = 1e-8  # eq. 2's epsilon
+PRECOMPUTED_MAX_ROWS = 6000  # CPU: exact torch distances up to this many points (6000^2 float64 = 288 MB)
 
 
 def cuml_available() -> tuple[bool, str]:
@@ -55,7 +56,7 @@ def pairwise_distances(x: np.ndarray, block: int = 2048) -> np.ndarray:
 
 
 def hdbscan_labels(x: np.ndarray, *, min_cluster_size: int, min_samples: int | None, method: str,
-                   backend: str, precomputed_max_rows: int = 6000) -> tuple[np.ndarray, np.ndarray]:
+                   backend: str, precomputed_max_rows: int = PRECOMPUTED_MAX_ROWS) -> tuple[np.ndarray, np.ndarray]:
     """(labels, membership probabilities); label -1 is noise.
 
     ``min_samples`` follows the hdbscan package's convention (the point itself counts); ``None`` means

@@ -45,6 +45,15 @@ def n_shards(n_units: int, units_per_shard: int) -> int:
     return (n_units + units_per_shard - 1) // units_per_shard
 
 
+def shard_memory_mb(units_per_shard: int, k: int, n_upstream: int) -> int:
+    """Memory request of a cluster/surgery shard job, from what :func:`cluster_shard` holds: the shard's
+    top-k rows in float32 (x2 while gathering), one unit's k x k float64 distance matrix (x3 inside
+    hdbscan; CPU backend, up to its precomputed limit), and ~1.5 GB for the Python/torch process."""
+    rows = 2 * units_per_shard * k * n_upstream * 4
+    dist = 3 * min(k, clustering.PRECOMPUTED_MAX_ROWS) ** 2 * 8
+    return int(1500 + (rows + dist) / 2**20)
+
+
 def _load_layer(backbone_dir: str | Path):
     model = backbones.load_backbone(backbone_dir)
     info = json.loads((Path(backbone_dir) / "layer.json").read_text())

@@ -4,7 +4,7 @@ import json
 from snakemake.exceptions import WorkflowError
 
 from elude.config import ConfigError, artifact_ids, validate_config
-from elude.stages import n_shards, publish_run
+from elude.stages import n_shards, publish_run, shard_memory_mb
 
 try:
     config.update(validate_config(config))  # defaults filled in; fails before any job with every problem
@@ -49,13 +49,9 @@ def _layer_and_topk():
 
 
 def shard_mem_mb(wildcards):
-    """Memory of a cluster/surgery shard job, from what it holds (see elude.stages.cluster_shard): the
-    shard's top-k rows in float32 (x2 for the gather), one unit's k x k float64 distances (x3 inside
-    hdbscan, CPU backend up to 6000 points), and ~1.5 GB for the Python/torch process."""
+    """Memory of a cluster/surgery shard job (elude.stages.shard_memory_mb)."""
     n_up, k = _layer_and_topk()
-    rows = 2 * config["cluster"]["units_per_shard"] * k * n_up * 4
-    dist = 3 * min(k, 6000) ** 2 * 8
-    return int(1500 + (rows + dist) / 2**20)
+    return shard_memory_mb(config["cluster"]["units_per_shard"], k, n_up)
 
 
 def shard_runtime(wildcards):
