@@ -1,5 +1,5 @@
-# ELUDe pipeline: cache -> topk -> cluster (unit shards) -> surgery (unit shards) -> merge -> verify,
-# evaluate -> report. All method logic lives in the `elude` package; see README.md and DESIGN.md.
+# ELUDe pipeline: cache (dataset shards) -> topk (partial per shard, merged) -> cluster (unit shards) ->
+# surgery (unit shards) -> merge -> verify, evaluate -> report [-> aggregate over token seeds]. All method logic lives in the `elude` package; see README.md and DESIGN.md.
 import sys
 
 sys.path.insert(0, workflow.basedir)  # `elude` from this checkout (jobs: workflow_scripts/_repo.py)
@@ -27,5 +27,5 @@ rule all:
 
 
 onsuccess:
-    publish_run(PATHS["report"], RUN_DIR)
+    publish()
     logger.info(f"ELUDe run {config['run_name']!r}: {RUN_DIR}/summary.json, {RUN_DIR}/report.html")

@@ -5,11 +5,13 @@ Prints per stage: wall time, throughput (instances/s) and peak memory (max RSS o
 process), the growth exponent of each between consecutive sizes (time ~ N^a, memory ~ N^b), and the
 cache stage's throughput as a ratio to the bare forward pass on the same inputs.
 
-    .venv/bin/python bench/scale.py [--sizes 8000 16000 32000 80000] [--k 2000] [--units 4]
+    .venv/bin/python bench/scale.py [--sizes 16000 32000 64000 160000] [--k 2000] [--units 4]
 
-Each stage runs in a fresh process (`--stage`), so peak memory is that stage's alone. Synthetic inputs
-are generated inside the cache process (and counted in its memory: the demo data path holds the
-probe set in memory; streaming data loading is issue 5's).
+Each stage runs in a fresh process (`--stage`), so peak memory is that stage's alone. The synthetic
+inputs are a map-style dataset that makes each image's activations on access (seeded by its index), so
+the cache stage streams them in batches exactly as it streams image files; the bare forward pass reads
+the same dataset through the same batch iterator, so the ratio isolates what caching adds (capture,
+fp16 cast, compression and writes).
 """
 from __future__ import annotations
 
@@ -29,18 +31,22 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 TOKENS = 10  # instances per synthetic "image"
-STAGES = ["forward", "cache", "topk", "cluster", "surgery"]
+STAGES = ["forward", "cache", "cache_t2", "topk", "cluster", "surgery"]  # cache_t2: 2 tokens per image
 
 
-def synthetic(n_rows: int) -> torch.Tensor:
-    """GELU of a low-rank Gaussian: activations with structure, (images, TOKENS, 3072)."""
-    g = torch.Generator().manual_seed(0)
-    basis = torch.randn(64, 3072, generator=g)
-    out = torch.empty(n_rows // TOKENS, TOKENS, 3072)
-    for i in range(0, len(out), 256):
-        z = torch.randn(min(256, len(out) - i), TOKENS, 64, generator=g)
-        out[i : i + 256] = nn.functional.gelu(z @ basis / 8)
-    return out
+class Synthetic(torch.utils.data.Dataset):
+    """GELU of a low-rank Gaussian, made on access: activations with structure, (TOKENS, 3072) per image."""
+
+    def __init__(self, n_rows: int):
+        self.n = n_rows // TOKENS
+        self.basis = torch.randn(64, 3072, generator=torch.Generator().manual_seed(0))
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        z = torch.randn(TOKENS, 64, generator=torch.Generator().manual_seed(i + 1))
+        return nn.functional.gelu(z @ self.basis / 8)
 
 
 def layer() -> nn.Module:
@@ -50,16 +56,17 @@ def layer() -> nn.Module:
 
 def run_stage(stage: str, n: int, work: Path, k: int, units: int) -> dict:
     from elude import backbones
-    from elude.stages import Stage, cache, cluster_shard, surgery_shard, topk
+    from elude.data import iter_batches
+    from elude.stages import Stage, cluster_shard, surgery_shard, topk, topk_part
 
     t0 = time.perf_counter()
     if stage == "forward":  # the bare forward pass the cache stage is compared with
-        model, x = layer(), synthetic(n)
+        model, x = layer(), Synthetic(n)
         t0 = time.perf_counter()
         with torch.no_grad():
-            for i in range(0, len(x), 256):
-                model(x[i : i + 256])
-    elif stage == "cache":
+            for batch in iter_batches(x, 256):
+                model(batch.inputs)
+    elif stage in ("cache", "cache_t2"):
         model = layer()
         bb = work / "backbone"
         if not bb.exists():
@@ -67,23 +74,29 @@ def run_stage(stage: str, n: int, work: Path, k: int, units: int) -> dict:
             spec = {"kind": "factory", "target": "bench.scale:layer", "kwargs": {}}
             backbones.save_backbone(model, spec, bb)
             (bb / "layer.json").write_text(json.dumps({"path": "1", "type": "Linear", "n_units": 768, "n_upstream": 3072}))
-        x = synthetic(n)
+        x = Synthetic(n)
         from elude.cache import write_cache
 
         t0 = time.perf_counter()
-        out = work / "cache"
+        out = work / stage
         out.mkdir()
-        write_cache(model, model[1], x, out, batch_size=256, dtype="float16", chunk_rows=4096, compressor="lz4-1")
-    elif stage == "topk":
-        topk(Stage("topk", "t", {"k": k}), str(work / "cache"), str(work / "backbone"), str(work / "topk"))
+        write_cache(model, model[1], x, out, batch_size=256, dtype="float16", chunk_rows=4096, compressor="lz4-1",
+                    tokens_per_image=2 if stage == "cache_t2" else None)
+        seconds = time.perf_counter() - t0
+        disk = sum(f.stat().st_size for f in (out / "q.zarr").rglob("*") if f.is_file())
+        return {"seconds": seconds, "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "disk_bytes": disk}
+    elif stage == "topk":  # one dataset shard's partial top-k, then the merge
+        topk_part(Stage("topk", "t", {"k": k}), str(work / "cache"), str(work / "backbone"), str(work / "part"))
+        topk(Stage("topk", "t", {"k": k}), [str(work / "part")], str(work / "backbone"), str(work / "topk"))
     elif stage == "cluster":
         p = {"backend": "cpu", "min_cluster_size": 50, "min_samples": 10, "cluster_selection_method": "leaf",
              "units_per_shard": units}
-        cluster_shard(Stage("cluster", "c", p), 0, str(work / "cache"), str(work / "topk"), str(work / "backbone"),
+        cluster_shard(Stage("cluster", "c", p), 0, [str(work / "cache")], str(work / "topk"), str(work / "backbone"),
                       str(work / "cluster"))
     elif stage == "surgery":
         surgery_shard(Stage("surgery", "s", {"rho_grid": [round(0.05 * i, 2) for i in range(1, 21)]}),
-                      str(work / "cluster"), str(work / "cache"), str(work / "topk"), str(work / "backbone"),
+                      str(work / "cluster"), [str(work / "cache")], str(work / "topk"), str(work / "backbone"),
                       str(work / "surgery"))
     seconds = time.perf_counter() - t0
     return {"seconds": seconds, "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
@@ -91,7 +104,7 @@ def run_stage(stage: str, n: int, work: Path, k: int, units: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", type=int, nargs="+", default=[8000, 16000, 32000, 80000])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[16000, 32000, 64000, 160000])
     ap.add_argument("--k", type=int, default=2000)
     ap.add_argument("--units", type=int, default=4, help="units in the one cluster/surgery shard")
     ap.add_argument("--stage", choices=STAGES)
@@ -125,9 +138,12 @@ def main() -> None:
                 b = f"{math.log(r['max_rss_mb'] / pr['max_rss_mb']) / math.log(n / pn):.2f}"
             print(f"{stage:8} {n:>9} {r['seconds']:8.2f} {n / r['seconds']:10.0f} {r['max_rss_mb']:8.0f} {a:>8} {b:>8}")
             prev = (n, r)
-    print("\ncache throughput / bare forward throughput (same inputs; goal >= 0.9):")
+    print("\ncache throughput / bare forward throughput (same inputs; goal >= 0.9), and bytes on disk per cached row:")
     for n in args.sizes:
-        print(f"  {n:>9} instances: {results['forward', n]['seconds'] / results['cache', n]['seconds']:.2f}")
+        f = results["forward", n]["seconds"]
+        print(f"  {n:>9} instances: all instances {f / results['cache', n]['seconds']:.2f} "
+              f"({results['cache', n]['disk_bytes'] / n:.0f} B/row); 2 tokens per image "
+              f"{f / results['cache_t2', n]['seconds']:.2f} ({results['cache_t2', n]['disk_bytes'] / (n // TOKENS * 2):.0f} B/row)")
 
 
 if __name__ == "__main__":

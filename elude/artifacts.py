@@ -20,18 +20,19 @@ from typing import Iterator
 import numpy as np
 
 CODE_VERSIONS = {
-    "backbone": "1",
-    "cache": "1",
-    "topk": "2",
+    "backbone": "2",
+    "cache": "2",
+    "topk": "3",
     "cluster": "2",
     "surgery": "2",
     "merge": "3",
-    "verify": "2",
-    "evaluate": "2",
-    "report": "3",
+    "verify": "3",
+    "evaluate": "3",
+    "report": "4",
+    "aggregate": "1",
 }
 
-_LIBRARIES = ("torch", "timm", "zarr", "numcodecs", "numpy", "hdbscan", "scikit-learn", "safetensors")
+_LIBRARIES = ("torch", "timm", "transformers", "zarr", "numcodecs", "numpy", "hdbscan", "scikit-learn", "safetensors")
 
 
 def artifact_id(stage: str, params: dict, inputs: dict[str, str]) -> str:

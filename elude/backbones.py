@@ -17,6 +17,7 @@ import logging
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
@@ -59,22 +60,63 @@ def build_hub(repo: str, entry: str, kwargs: dict) -> nn.Module:
     return torch.hub.load(repo, entry, source="github", trust_repo=True, skip_validation=True, **kwargs)
 
 
-def build_factory(target: str, kwargs: dict) -> nn.Module:
-    """A user factory ``"package.module:function"`` (importable in every job) returning an nn.Module."""
+def import_target(target: str, key: str):
+    """The object named by ``"package.module:function"`` (``key`` names the config key in errors)."""
     import importlib
 
     module_name, _, fn_name = target.partition(":")
     if not module_name or not fn_name:
-        raise ValueError(f"backbone.factory.target: {target!r} must look like 'package.module:function'")
+        raise ValueError(f"{key}: {target!r} must look like 'package.module:function'")
     try:
-        fn = getattr(importlib.import_module(module_name), fn_name)
+        return getattr(importlib.import_module(module_name), fn_name)
     except (ImportError, AttributeError) as exc:
-        raise ImportError(f"backbone.factory.target: cannot import {target!r} ({exc}); make the module "
+        raise ImportError(f"{key}: cannot import {target!r} ({exc}); make the module "
                           "importable in every job (install it, or put its folder on PYTHONPATH)") from None
-    model = fn(**kwargs)
+
+
+def build_factory(target: str, kwargs: dict) -> nn.Module:
+    """A user factory ``"package.module:function"`` (importable in every job) returning an nn.Module."""
+    model = import_target(target, "backbone.factory.target")(**kwargs)
     if not isinstance(model, nn.Module):
         raise TypeError(f"backbone.factory.target: {target!r} returned a {type(model).__name__}, not a torch.nn.Module")
     return model
+
+
+def _transformers():
+    try:
+        import transformers
+    except ImportError:
+        raise ImportError("backbone.kind hf needs the transformers package: pip install transformers") from None
+    return transformers
+
+
+def load_hf(model: str, cls: str, submodule: str | None, kwargs: dict) -> tuple[nn.Module, dict]:
+    """A Hugging Face model by hub id (from the user's cache, $HF_HOME) or local folder, loaded with
+    ``transformers.<cls>.from_pretrained``; ``submodule`` (dotted attributes, e.g. ``vision_model`` for
+    SigLIP2, ``model.vision_tower`` for LLaVA-OneVision) picks the part to disentangle. Returns the module
+    and the spec that rebuilds its architecture without the hub (class and config, see :func:`build_hf`)."""
+    tf = _transformers()
+    if not hasattr(tf, cls):
+        raise ValueError(f"backbone.hf.class: transformers has no class {cls!r} (e.g. AutoModel, "
+                         "LlavaOnevisionForConditionalGeneration)")
+    full = getattr(tf, cls).from_pretrained(model, **kwargs)
+    module = full
+    for attr in (submodule.split(".") if submodule else []):
+        if not hasattr(module, attr):
+            raise KeyError(f"backbone.hf.submodule: {type(module).__name__} has no attribute {attr!r}; its "
+                           f"children: {[n for n, _ in module.named_children()]}")
+        module = getattr(module, attr)
+    config = module.config
+    spec = {"kind": "hf", "model": model, "module": f"{type(module).__module__}:{type(module).__qualname__}",
+            "config_class": f"{type(config).__module__}:{type(config).__qualname__}", "config": config.to_dict()}
+    return module.float(), spec
+
+
+def build_hf(spec: dict) -> nn.Module:
+    """The architecture of a saved Hugging Face (sub)module: its class built from its config (no hub access)."""
+    _transformers()
+    config = import_target(spec["config_class"], "backbone.hf").from_dict(spec["config"])
+    return import_target(spec["module"], "backbone.hf")(config)
 
 
 def build_from_spec(spec: dict, rebuild: bool = True) -> nn.Module:
@@ -89,13 +131,16 @@ def build_from_spec(spec: dict, rebuild: bool = True) -> nn.Module:
         return build_hub(spec["repo"], spec["entry"], kwargs)
     if spec["kind"] == "factory":
         return build_factory(spec["target"], kwargs)
-    raise ValueError(f"backbone kind {spec['kind']!r} is not supported; allowed: 'timm', 'hub', 'factory'")
+    if spec["kind"] == "hf":
+        return build_hf(spec)
+    raise ValueError(f"backbone kind {spec['kind']!r} is not supported; allowed: 'timm', 'hub', 'hf', 'factory'")
 
 
 def save_backbone(model: nn.Module, spec: dict, folder: Path) -> None:
     from safetensors.torch import save_file
 
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
+    # clone: tied parameters share storage, which safetensors refuses to write twice
+    save_file({k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
     (folder / "model.json").write_text(json.dumps(spec, indent=2, sort_keys=True))
 
 
@@ -159,9 +204,81 @@ def instances_of(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return x.reshape(x.shape[0], -1, x.shape[-1])  # (B, T, D); (B, D) becomes (B, 1, D)
 
 
-def pooled_embedding(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """The model's pooled pre-logit image embedding (timm ``forward_head(pre_logits=True)``)."""
-    return model.forward_head(model.forward_features(images), pre_logits=True)
+IMAGENET_PREPROCESS = {"size": 224, "crop_pct": 0.875, "interpolation": "bicubic", "channels": 3,
+                       "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}  # DINOv2's eval transform
+
+
+def _input_geometry(model: nn.Module) -> tuple[int | None, int | None]:
+    """(image size, channels) the model itself declares, where it does (ViT patch embeddings, first conv)."""
+    size = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    size = size[0] if isinstance(size, (tuple, list)) else size
+    first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    return size, (first_conv.in_channels if first_conv is not None else None)
+
+
+def native_preprocess(model: nn.Module, spec: dict) -> dict | None:
+    """The model's own eval preprocessing as {size, crop_pct, mean, std, interpolation, channels}: timm's
+    data config (any timm model, also via torch.hub), the Hugging Face image processor saved with the
+    model, DINOv2's ImageNet transform for other hub models; None where the model declares none."""
+    pre = None
+    if hasattr(model, "pretrained_cfg") or spec["kind"] == "timm":
+        from timm.data import resolve_model_data_config
+
+        cfg = resolve_model_data_config(model)
+        pre = {"size": int(cfg["input_size"][-1]), "crop_pct": float(cfg["crop_pct"]), "mean": list(cfg["mean"]),
+               "std": list(cfg["std"]), "interpolation": cfg["interpolation"] or "bicubic", "channels": 3}
+    elif spec["kind"] == "hf":
+        pre = _hf_preprocess(spec["model"])
+    elif spec["kind"] == "hub":
+        pre = dict(IMAGENET_PREPROCESS)
+    elif hasattr(model, "preprocess"):  # a factory model may declare its own
+        pre = dict(model.preprocess)
+    if pre is not None:  # timm's data config keeps the pretrained 224 x 3 when a model is built smaller
+        size, channels = _input_geometry(model)
+        pre["size"], pre["channels"] = size or pre["size"], channels or pre["channels"]
+        if len(pre["mean"]) != pre["channels"]:
+            pre["mean"], pre["std"] = [float(np.mean(pre["mean"]))], [float(np.mean(pre["std"]))]
+    return pre
+
+
+def _hf_preprocess(model_id: str) -> dict | None:
+    from transformers import AutoImageProcessor
+
+    try:
+        proc = AutoImageProcessor.from_pretrained(model_id)
+    except (OSError, ValueError):
+        return None
+    size, crop = getattr(proc, "size", None) or {}, getattr(proc, "crop_size", None) or {}
+    side = size.get("height") or size.get("shortest_edge")
+    crop_side = crop.get("height") if getattr(proc, "do_center_crop", False) and crop else side
+    interp = {0: "nearest", 2: "bilinear", 3: "bicubic"}.get(int(getattr(proc, "resample", 3)), "bicubic")
+    squash = "height" in size and not getattr(proc, "do_center_crop", False)  # SigLIP: straight to H x W
+    return {"size": int(crop_side), "crop_pct": float(crop_side / side), "interpolation": interp, "channels": 3,
+            "mean": list(proc.image_mean), "std": list(proc.image_std), "resize": "squash" if squash else "short_side"}
+
+
+def call_model(model: nn.Module, inputs, device: torch.device | str | None = None):
+    """Forward a batch: a tensor positionally, a dict of tensors as keyword arguments."""
+    if isinstance(inputs, dict):
+        return model(**{k: v.to(device) if device is not None else v for k, v in inputs.items()})
+    return model(inputs.to(device) if device is not None else inputs)
+
+
+def output_tensors(out) -> list[torch.Tensor]:
+    """Every floating tensor in a model output (a tensor, tuple, dict or Hugging Face ModelOutput)."""
+    if isinstance(out, torch.Tensor):
+        return [out] if out.is_floating_point() else []
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, (tuple, list)):
+        return [t for o in out for t in output_tensors(o)]
+    return []
+
+
+def pooled_output(out) -> torch.Tensor | None:
+    """A Hugging Face model's ``pooler_output`` (B, D), if its output has one."""
+    pooled = out.get("pooler_output") if isinstance(out, dict) else None
+    return pooled if isinstance(pooled, torch.Tensor) and pooled.dim() == 2 else None
 
 
 def train_demo(arch: dict, train: dict, images: torch.Tensor, labels: torch.Tensor) -> tuple[nn.Module, dict]:

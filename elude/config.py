@@ -84,11 +84,17 @@ def validate_config(config: dict) -> dict:
     if errors:
         lines = "\n".join(f"  - {m}" for m in dict.fromkeys(_describe(e) for e in errors))
         raise ConfigError(f"invalid configuration ({SCHEMA_PATH.name} describes every key):\n{lines}")
+    if isinstance(full["cache"]["token_seed"], list) and full["cache"]["tokens_per_image"] is None:
+        raise ConfigError("invalid configuration: cache.token_seed is a list of seeds, but cache.tokens_per_image is "
+                          "null (every instance is cached, so all seeds give the same run): set "
+                          "cache.tokens_per_image (the paper uses 2) or give one seed")
     return full
 
 
 DATA_KEYS = {"digits": ("kind", "eval_fraction", "split_seed"),
-             "imagefolder": ("kind", "probe_dir", "eval_dir", "image_size", "channels", "on_bad_image")}
+             "imagefolder": ("kind", "probe_dir", "eval_dir", "on_bad_image"),
+             "filelist": ("kind", "probe_list", "eval_list", "on_bad_image"),
+             "factory": ("kind", "factory")}
 
 
 def data_params(data: dict) -> dict:
@@ -96,16 +102,28 @@ def data_params(data: dict) -> dict:
     return {k: data[k] for k in DATA_KEYS[data["kind"]]}
 
 
-def stage_specs(config: dict) -> dict[str, tuple[dict, list[str]]]:
-    """Each stage's own parameters and the stages whose artifacts it reads, in DAG order."""
+def token_seeds(config: dict) -> list[int]:
+    """The seeded token datasets of a run: one seed, or the list given in cache.token_seed."""
+    seed = config["cache"]["token_seed"]
+    return list(seed) if isinstance(seed, list) else [seed]
+
+
+def stage_specs(config: dict, seed: int | None = None) -> dict[str, tuple[dict, list[str]]]:
+    """Each stage's own parameters and the stages whose artifacts it reads, in DAG order, for one seeded
+    token dataset (``seed``; default: the config's only seed)."""
     data = data_params(config["data"])
-    bb = {"kind": config["backbone"]["kind"], "layer": config["backbone"]["layer"]}
+    bb = {"kind": config["backbone"]["kind"], "layer": config["backbone"]["layer"],
+          "preprocess": config["backbone"]["preprocess"]}
     bb[bb["kind"]] = config["backbone"][bb["kind"]]
     if bb["kind"] == "demo":
         bb["data"] = data  # the demo model is trained on the probe split
+    cache = {**config["cache"], "data": data, "device": config["compute"]["device"]}
+    cache["token_seed"] = token_seeds(config)[0] if seed is None else seed
+    if cache["tokens_per_image"] is None:
+        del cache["token_seed"]  # every instance is cached: the seed changes nothing
     return {
         "backbone": (bb, []),
-        "cache": ({**config["cache"], "data": data, "device": config["compute"]["device"]}, ["backbone"]),
+        "cache": (cache, ["backbone"]),
         "topk": (config["topk"], ["cache"]),
         "cluster": ({k: v for k, v in config["cluster"].items() if k != "minutes_per_unit"}, ["topk"]),
         "surgery": (config["surgery"], ["cluster"]),
@@ -116,10 +134,35 @@ def stage_specs(config: dict) -> dict[str, tuple[dict, list[str]]]:
     }
 
 
-def artifact_ids(config: dict) -> dict[str, dict]:
-    """Per stage: {"id", "params", "inputs" (stage -> id)} for a validated config."""
+def artifact_ids(config: dict, seed: int | None = None) -> dict[str, dict]:
+    """Per stage: {"id", "params", "inputs" (stage -> id)} for a validated config and one token seed."""
     out: dict[str, dict] = {}
-    for stage, (params, upstream) in stage_specs(config).items():
+    for stage, (params, upstream) in stage_specs(config, seed).items():
         inputs = {u: out[u]["id"] for u in upstream}
         out[stage] = {"id": artifact_id(stage, params, inputs), "params": params, "inputs": inputs}
     return out
+
+
+def run_artifacts(config: dict) -> dict:
+    """Every artifact of a run: {"seeds": {seed: artifact_ids}, "aggregate": {...} or None}. A run over
+    several token seeds adds an aggregate artifact over their reports."""
+    seeds = token_seeds(config)
+    per_seed = {s: artifact_ids(config, s) for s in seeds}
+    agg = None
+    if len(seeds) > 1:
+        params = {"run_name": config["run_name"], "token_seeds": seeds}
+        inputs = {f"report-{s}": per_seed[s]["report"]["id"] for s in seeds}
+        agg = {"id": artifact_id("aggregate", params, inputs), "params": params, "inputs": inputs}
+    return {"seeds": per_seed, "aggregate": agg}
+
+
+def all_ids(config: dict) -> dict[str, set[str]]:
+    """stage -> every id a run of ``config`` uses (all seeds, and the aggregate)."""
+    run = run_artifacts(config)
+    ids: dict[str, set[str]] = {}
+    for arts in run["seeds"].values():
+        for stage, a in arts.items():
+            ids.setdefault(stage, set()).add(a["id"])
+    if run["aggregate"]:
+        ids["aggregate"] = {run["aggregate"]["id"]}
+    return ids

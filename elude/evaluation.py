@@ -1,7 +1,9 @@
 """Verification (lossless check) and evaluation (accuracy, MS-Score, controls) of a disentangled layer.
 
-Memory bound: the evaluation split's layer inputs, outputs and sub-unit activations are held in
-memory (a few hundred images in the demo); paper-scale evaluation streams in a later issue.
+Both stream the evaluation set in batches. Memory: one batch of activations, per-unit running top-K
+image lists (units x K), the pooled embedding of every evaluation image (images x D), and in the
+second MS-Score pass the layer-output embeddings of the at most (units + 2 x sub-units) x K selected
+(image, instance) pairs; never the whole split's activations.
 """
 from __future__ import annotations
 
@@ -12,9 +14,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .backbones import get_module, instances_of, layer_weight_bias
+from .backbones import call_model, get_module, instances_of, layer_weight_bias, output_tensors, pooled_output
+from .data import Batch, iter_batches
 from .layers import DisentangledLayer, swap_in, swap_out
-from .metrics import accuracy, layer_r2, ms_scores, output_differences
+from .metrics import ms_score, output_differences
 from .progress import progress
 from .surgery import bias_fractions, random_partition
 
@@ -22,64 +25,103 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class Capture:
-    logits: torch.Tensor  # (N, classes)
-    layer_in: torch.Tensor  # (N, instances, upstream)
-    layer_out: torch.Tensor  # (N, instances, units)
-    pooled: torch.Tensor | None  # (N, D) pooled pre-logit embedding, where the model has one
+class Forward:
+    outputs: list[torch.Tensor]  # every floating output tensor, on the CPU
+    layer_in: torch.Tensor  # (B, instances, upstream)
+    layer_out: torch.Tensor  # (B, instances, units)
+    valid: torch.Tensor  # (B, instances) instances that count (dataset mask, skipped images)
+    pooled: torch.Tensor | None  # (B, D) pooled embedding, where the model has one
+    pooled_space: str | None = None
 
 
 @torch.no_grad()
-def forward_capture(model: nn.Module, layer_path: str, images: torch.Tensor, batch_size: int) -> Capture:
-    """Run the model (on its own device), keeping the target layer's input and output and the pooled
-    embedding; everything returned is on the CPU."""
+def forward_batch(model: nn.Module, layer_path: str, batch: Batch, pooled: bool = False) -> Forward:
+    """One batch through the model (on its own device), keeping the target layer's input and output."""
     layer = get_module(model, layer_path)
     device = next(model.parameters()).device
-    ins, outs, logits, pooled = [], [], [], []
+    seen = {}
 
     def hook(mod, args, out):
-        ins.append(instances_of(mod, args[0]).float().cpu())
-        outs.append(instances_of(mod, out).float().cpu())
+        seen["in"], seen["out"] = instances_of(mod, args[0]).float().cpu(), instances_of(mod, out).float().cpu()
 
     handle = layer.register_forward_hook(hook)
-    has_head = hasattr(model, "forward_head") and hasattr(model, "forward_features")
-    n_batches = (len(images) + batch_size - 1) // batch_size
     try:
-        for b in progress(range(n_batches), n_batches, "forward batches"):
-            x = images[b * batch_size : (b + 1) * batch_size].to(device)
-            if has_head:
-                feats = model.forward_features(x)
-                pooled.append(model.forward_head(feats, pre_logits=True).float().cpu())
-                logits.append(model.forward_head(feats).float().cpu())
-            else:
-                logits.append(model(x).float().cpu())
+        if pooled and hasattr(model, "forward_head") and hasattr(model, "forward_features"):
+            feats = model.forward_features(batch.inputs.to(device))
+            out, emb, space = model.forward_head(feats), model.forward_head(feats, pre_logits=True), "pre-logits"
+        else:
+            out = call_model(model, batch.inputs, device)
+            emb, space = (pooled_output(out) if pooled else None), "pooler output"
     finally:
         handle.remove()
-    return Capture(torch.cat(logits), torch.cat(ins), torch.cat(outs), torch.cat(pooled) if pooled else None)
+    return Forward([t.float().cpu() for t in output_tensors(out)], seen["in"], seen["out"],
+                   batch.valid_mask(seen["in"].shape[1]), None if emb is None else emb.float().cpu(),
+                   None if emb is None else space)
 
 
-def capture_original_and_disentangled(model: nn.Module, layer_path: str, disentangled: DisentangledLayer,
-                                      images: torch.Tensor, batch_size: int) -> tuple[Capture, Capture]:
-    """The same inputs through the model with its original layer, then with the disentangled one hot-swapped
-    in; the original layer is put back afterwards, even on error."""
-    ref = forward_capture(model, layer_path, images, batch_size)
-    device = next(model.parameters()).device
-    original = swap_in(model, layer_path, disentangled.to(device))
-    try:
-        return ref, forward_capture(model, layer_path, images, batch_size)
-    finally:
-        swap_out(model, layer_path, original)
-        disentangled.cpu()
+def logits_of(fwd: Forward) -> torch.Tensor | None:
+    """The classifier logits, when the model's first output is (batch, classes)."""
+    first = fwd.outputs[0] if fwd.outputs else None
+    return first if first is not None and first.dim() == 2 and first.shape[1] > 1 else None
 
 
-def verify(model: nn.Module, layer_path: str, disentangled: DisentangledLayer, images: torch.Tensor,
-           batch_size: int) -> dict:
-    """Compare the original and the disentangled model on the same inputs (the model is restored)."""
-    ref, new = capture_original_and_disentangled(model, layer_path, disentangled, images, batch_size)
-    diffs = output_differences(ref.logits, new.logits)
-    agree = float((ref.logits.argmax(-1) == new.logits.argmax(-1)).double().mean())
-    return {**diffs, "r2": layer_r2(ref.layer_out, new.layer_out), "prediction_agreement": agree,
-            "n_images": len(images)}
+class _Swapped:
+    """The disentangled layer hot-swapped in for the duration of a ``with`` block (restored on error)."""
+
+    def __init__(self, model, layer_path, disentangled):
+        self.model, self.path, self.dl = model, layer_path, disentangled
+
+    def __enter__(self):
+        self.original = swap_in(self.model, self.path, self.dl.to(next(self.model.parameters()).device))
+
+    def __exit__(self, *exc):
+        swap_out(self.model, self.path, self.original)
+        self.dl.cpu()
+
+
+class _R2:
+    """R^2 = 1 - SSE / SST over instances, SST around each feature's own mean, pooled over features."""
+
+    def __init__(self):
+        self.n, self.s, self.ss, self.sse = 0, 0.0, 0.0, 0.0
+
+    def update(self, ref: torch.Tensor, other: torch.Tensor) -> None:
+        o, r = ref.double(), other.double()
+        self.n += len(o)
+        self.s, self.ss = self.s + o.sum(0), self.ss + (o**2).sum(0)
+        self.sse += float(((o - r) ** 2).sum())
+
+    def value(self) -> float:
+        sst = float((self.ss - self.s**2 / max(self.n, 1)).sum())
+        return float(1.0 - self.sse / sst) if sst > 0 else float("nan")
+
+
+def verify(model: nn.Module, layer_path: str, disentangled: DisentangledLayer, dataset, batch_size: int,
+           workers: int = 0) -> dict:
+    """Compare the original and the disentangled model on every evaluation example (the model is restored):
+    max abs / relative difference over all output tensors, R^2 of the layer output, and top-1 agreement
+    when the model is a classifier."""
+    max_abs, max_rel, agree, n, r2, bad = 0.0, 0.0, 0, 0, _R2(), []
+    has_logits = True
+    for batch in progress(iter_batches(dataset, batch_size, workers=workers), -(-len(dataset) // batch_size),
+                          "verify batches"):
+        ref = forward_batch(model, layer_path, batch)
+        with _Swapped(model, layer_path, disentangled):
+            new = forward_batch(model, layer_path, batch)
+        y0 = torch.cat([t.double().reshape(len(batch), -1) for t in ref.outputs], 1)
+        y1 = torch.cat([t.double().reshape(len(batch), -1) for t in new.outputs], 1)
+        d = output_differences(y0, y1)
+        max_abs, max_rel = max(max_abs, d["max_abs_diff"]), max(max_rel, d["max_rel_diff"])
+        r2.update(ref.layer_out[ref.valid], new.layer_out[ref.valid])
+        l0, l1 = logits_of(ref), logits_of(new)
+        has_logits = has_logits and l0 is not None
+        if has_logits:
+            agree += int((l0.argmax(-1) == l1.argmax(-1)).sum())
+        n += len(batch)
+        bad += list(batch.bad.values())
+    return {"max_abs_diff": max_abs, "max_rel_diff": max_rel, "r2": r2.value(),
+            "prediction_agreement": agree / n if has_logits and n else None, "n_images": n,
+            "bad_images_skipped": bad}
 
 
 def lossless_failures(result: dict, max_rel_diff: float) -> list[str]:
@@ -87,7 +129,7 @@ def lossless_failures(result: dict, max_rel_diff: float) -> list[str]:
     bad = []
     if not result["max_rel_diff"] <= max_rel_diff:
         bad.append(f"max relative output difference {result['max_rel_diff']:.3g} > tolerance {max_rel_diff:g}")
-    if result["prediction_agreement"] < 1.0:
+    if result["prediction_agreement"] is not None and result["prediction_agreement"] < 1.0:
         bad.append(f"top-1 predictions differ on {(1 - result['prediction_agreement']) * result['n_images']:.0f} images")
     return bad
 
@@ -101,33 +143,106 @@ def random_control(layer: nn.Module, parent: torch.Tensor, seed: int) -> Disenta
     return DisentangledLayer.from_fractions(layer, fracs, [bias_fractions(f) for f in fracs])
 
 
+class TopImages:
+    """Streaming half of the MS-Score (Section B.2) for a set of units: per unit, the top-K images ranked
+    by their max activation over valid instances (with that instance), and the unit's activation range
+    over all valid evaluation instances."""
+
+    def __init__(self, n_units: int, k: int):
+        self.k = k
+        self.val = torch.full((n_units, 0), -torch.inf)
+        self.img = torch.zeros((n_units, 0), dtype=torch.int64)
+        self.inst = torch.zeros((n_units, 0), dtype=torch.int64)
+        self.lo = torch.full((n_units,), torch.inf)
+        self.hi = torch.full((n_units,), -torch.inf)
+
+    def update(self, acts: torch.Tensor, valid: torch.Tensor, images: torch.Tensor) -> None:
+        """acts (B, instances, units), valid (B, instances), images (B,) evaluation image ids."""
+        if valid.any():
+            v = acts[valid]
+            self.lo, self.hi = torch.minimum(self.lo, v.amin(0)), torch.maximum(self.hi, v.amax(0))
+        img_max, arg = acts.masked_fill(~valid[..., None], -torch.inf).max(1)  # (B, units)
+        vals = torch.cat([self.val, img_max.T], 1)
+        order = torch.sort(vals, dim=1, descending=True, stable=True).indices[:, : self.k]
+        self.val = torch.gather(vals, 1, order)
+        self.img = torch.gather(torch.cat([self.img, images.expand(len(vals), -1)], 1), 1, order)
+        self.inst = torch.gather(torch.cat([self.inst, arg.T], 1), 1, order)
+
+    def scores(self, layer_emb, pooled_emb: torch.Tensor) -> dict[str, np.ndarray]:
+        """Eq. 7 per unit in the layer space (``layer_emb(images, instances)`` -> (units, K, D)) and the
+        pooled space (``pooled_emb`` (images, D)); each image weighted by its activation min-max normalised
+        with the unit's range. Units that never activate (max <= 0) or are constant are NaN."""
+        k = int(torch.isfinite(self.val).all(0).sum())  # images with no valid instance never count
+        val, img, inst = self.val[:, :k], self.img[:, :k], self.inst[:, :k]
+        w = (val - self.lo[:, None]) / (self.hi - self.lo).clamp_min(1e-12)[:, None]
+        ok = ((self.hi > 0) & (self.hi > self.lo)).numpy()
+        out = {"top_images": img.numpy()}
+        for name, emb in (("layer", layer_emb(img, inst)), ("pooled", pooled_emb[img])):
+            out[name] = np.where(ok, ms_score(nn.functional.normalize(emb.float(), dim=-1), w).numpy(), np.nan)
+        return out
+
+
 def nanmean(x: np.ndarray) -> float | None:
     x = x[~np.isnan(x)]
     return float(x.mean()) if len(x) else None
 
 
-def evaluate(model: nn.Module, layer_path: str, disentangled: DisentangledLayer, images: torch.Tensor,
-             labels: torch.Tensor, *, ms_top_k: int, random_seed: int, batch_size: int) -> dict:
-    """Accuracy with both layers, MS-Score of units, sub-units and the random control, in two spaces."""
-    ref, new = capture_original_and_disentangled(model, layer_path, disentangled, images, batch_size)
+@torch.no_grad()
+def evaluate(model: nn.Module, layer_path: str, disentangled: DisentangledLayer, dataset, *, ms_top_k: int,
+             random_seed: int, batch_size: int, workers: int = 0, accuracy: str = "auto") -> dict:
+    """Accuracy with both layers, MS-Score of units, sub-units and the random control, in two spaces.
+
+    Pass 1 streams the evaluation set: accuracy, per-unit top-K images (:class:`TopImages`) and pooled
+    embeddings. Pass 2 re-runs only the selected images to embed each at its argmax instance.
+    ``accuracy``: auto = when the model outputs (batch, classes) logits and every label is a class index
+    (set ``never`` for a model whose 2-D output is an embedding wider than the number of classes).
+    """
     layer = get_module(model, layer_path)
-    pooled = ref.pooled if ref.pooled is not None else ref.layer_out.mean(1)
+    n_units = layer_weight_bias(layer)[0].shape[0]
     parent = disentangled.parent
-    with torch.no_grad():
-        sub_acts = disentangled.subunits_of_instances(ref.layer_in)
-        rand_acts = random_control(layer, parent, random_seed).subunits_of_instances(ref.layer_in)
-    ms = {name: ms_scores(a, ref.layer_out, pooled, ms_top_k)
-          for name, a in (("units", ref.layer_out), ("subunits", sub_acts), ("random", rand_acts))}
-    counts = torch.bincount(parent, minlength=layer_weight_bias(layer)[0].shape[0]).numpy()
+    control = random_control(layer, parent, random_seed)
+    k = min(ms_top_k, len(dataset))
+    tops = {"units": TopImages(n_units, k), "subunits": TopImages(len(parent), k),
+            "random": TopImages(len(parent), k)}
+    pooled, correct, n_labelled, classifier, pooled_space = {}, {"original": 0, "disentangled": 0}, 0, True, None
+    bad: list[str] = []
+    n_batches = -(-len(dataset) // batch_size)
+    for batch in progress(iter_batches(dataset, batch_size, workers=workers), n_batches, "evaluate batches"):
+        ref = forward_batch(model, layer_path, batch, pooled=True)
+        logits = logits_of(ref)
+        labelled = batch.labels >= 0
+        labelled[list(batch.bad)] = False  # unreadable images (on_bad_image: skip) do not count
+        bad += list(batch.bad.values())
+        classifier = classifier and logits is not None and bool((batch.labels < logits.shape[1]).all())
+        if classifier and accuracy != "never" and labelled.any():
+            with _Swapped(model, layer_path, disentangled):
+                new = logits_of(forward_batch(model, layer_path, batch))
+            correct["original"] += int((logits.argmax(-1) == batch.labels)[labelled].sum())
+            correct["disentangled"] += int((new.argmax(-1) == batch.labels)[labelled].sum())
+            n_labelled += int(labelled.sum())
+        # the pooled space: timm pre-logits or an HF pooler output; else the mean layer output
+        emb, pooled_space = ((ref.pooled, ref.pooled_space) if ref.pooled is not None else
+                             (_masked_mean(ref.layer_out, ref.valid), "mean of layer output over instances"))
+        pooled.update(zip(batch.index.tolist(), emb))
+        tops["units"].update(ref.layer_out, ref.valid, batch.index)
+        tops["subunits"].update(disentangled.subunits_of_instances(ref.layer_in), ref.valid, batch.index)
+        tops["random"].update(control.subunits_of_instances(ref.layer_in), ref.valid, batch.index)
+    layer_emb = _embed_selected(model, layer_path, dataset, tops.values(), batch_size, workers)
+    ids = torch.tensor(sorted(pooled))
+    pooled_emb = torch.zeros(int(ids.max()) + 1, len(pooled[int(ids[0])]))
+    pooled_emb[ids] = torch.stack([pooled[int(i)] for i in ids])
+    ms = {name: t.scores(layer_emb, pooled_emb) for name, t in tops.items()}
+    counts = torch.bincount(parent, minlength=n_units).numpy()
     split_units = counts > 1
     split_subs = split_units[parent.numpy()]
-    summary = {"accuracy": {"original": accuracy(ref.logits, labels), "disentangled": accuracy(new.logits, labels)},
+    acc_on = accuracy == "auto" and classifier and n_labelled > 0
+    summary = {"accuracy": {name: (c / n_labelled if acc_on and n_labelled else None) for name, c in correct.items()},
                "ms_score": {}, "n_units": int(len(counts)), "n_subunits": int(len(parent)),
                "expansion_factor": float(len(parent) / len(counts)),
                "n_split_units": int(split_units.sum()),
-               "k_histogram": {int(k): int((counts == k).sum()) for k in np.unique(counts)},
-               "ms_top_k": int(min(ms_top_k, len(images))), "pooled_space": "pre-logits" if ref.pooled is not None
-               else "mean of layer output over instances"}
+               "k_histogram": {int(c): int((counts == c).sum()) for c in np.unique(counts)},
+               "ms_top_k": int(ms["units"]["top_images"].shape[1]), "pooled_space": pooled_space,
+               "n_images": len(dataset), "bad_images_skipped": bad}
     for space in ("layer", "pooled"):
         suffix = "" if space == "layer" else "_pooled"
         summary["ms_score"].update({
@@ -144,3 +259,33 @@ def evaluate(model: nn.Module, layer_path: str, disentangled: DisentangledLayer,
               "units_top_images": ms["units"]["top_images"], "subunits_top_images": ms["subunits"]["top_images"],
               "parent": parent.numpy(), "k_per_unit": counts}
     return {"summary": summary, "tables": tables}
+
+
+def _masked_mean(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    v = valid[..., None].float()
+    return (x * v).sum(1) / v.sum(1).clamp_min(1)
+
+
+def _embed_selected(model, layer_path, dataset, tops, batch_size: int, workers: int):
+    """Second pass: the original layer output at every selected (image, instance) pair, re-running only the
+    selected images. Returns a lookup (images, instances) -> (..., D)."""
+    tops = list(tops)
+    n_inst_max = int(max(int(t.inst.max()) if t.inst.numel() else 0 for t in tops)) + 1
+    keys = np.unique(np.concatenate([(t.img * n_inst_max + t.inst).reshape(-1).numpy() for t in tops]))
+    images = np.unique(keys // n_inst_max)
+    table = None
+    n_batches = -(-len(images) // batch_size)
+    for batch in progress(iter_batches(dataset, batch_size, images.tolist(), workers), n_batches, "MS-Score embeddings"):
+        out = forward_batch(model, layer_path, batch).layer_out
+        if table is None:
+            table = torch.zeros(len(keys), out.shape[-1])
+        lo, hi = np.searchsorted(keys, [int(batch.index[0]) * n_inst_max, (int(batch.index[-1]) + 1) * n_inst_max])
+        sel = keys[lo:hi]
+        row = {int(i): j for j, i in enumerate(batch.index.tolist())}
+        table[lo:hi] = out[[row[int(i)] for i in sel // n_inst_max], torch.from_numpy(sel % n_inst_max)]
+    lookup = torch.from_numpy(keys)
+
+    def layer_emb(img: torch.Tensor, inst: torch.Tensor) -> torch.Tensor:
+        return table[torch.searchsorted(lookup, img * n_inst_max + inst)]
+
+    return layer_emb

@@ -6,9 +6,9 @@ Usage::
 
 Each ``--keep`` file is a YAML file of overrides merged over the base config (the repository's
 ``config.yaml``) exactly as ``snakemake --configfile`` does; without ``--keep`` the base config alone
-is kept. An artifact is *kept* when its id is one of the ids (:func:`elude.config.artifact_ids`) of a
+is kept. An artifact is *kept* when its id is one of the ids (:func:`elude.config.all_ids`: every token seed, and the aggregate) of a
 kept config, *unreferenced* otherwise. Hidden work in progress (``.<id>.partial``, ``.<id>.tmp-<pid>``,
-or a cluster/surgery folder holding ``.shard-*`` leftovers or no manifest at all) and logs without any
+or a sharded folder (cache, topk, cluster, surgery) holding hidden ``.shard-*``/``.part-*`` leftovers or no manifest at all) and logs without any
 folder are *incomplete*. An artifact's logs (``results/logs/<stage>/<id>*.log``) and benchmarks
 (``results/benchmarks/<stage>/<id>*.tsv``) count towards its size and go with it.
 
@@ -36,11 +36,11 @@ from pathlib import Path
 import yaml
 
 from .artifacts import CODE_VERSIONS
-from .config import ConfigError, artifact_ids, merge_config, validate_config
+from .config import ConfigError, all_ids, merge_config, validate_config
 
 REPO_CONFIG = Path(__file__).resolve().parents[1] / "config.yaml"
 STAGES = list(CODE_VERSIONS)  # every stage, in DAG order
-SHARDED = {"cluster", "surgery"}  # artifact folder = shard-NNNN subfolders, each with a manifest
+SHARDED = {"cache", "topk", "cluster", "surgery"}  # artifact folder = shard-NNNN (topk: part-NNNN, merged) subfolders, each with a manifest
 FINAL = re.compile(r"^([0-9a-f]{12})$")
 SIBLING = re.compile(r"^\.([0-9a-f]{12})\.(partial|tmp-\d+)$")  # see elude.artifacts.atomic_dir
 ID_PREFIX = re.compile(r"^([0-9a-f]{12})")
@@ -93,7 +93,7 @@ def kept_ids(base: Path, keep: list[Path]) -> set[tuple[str, str]]:
         except ConfigError as exc:  # its message lists one problem a line; the CLI promises one line
             first, *problems = str(exc).splitlines()
             raise UsageError(f"config {path}: {first} " + "; ".join(p.strip(" -") for p in problems)) from None
-        out |= {(stage, a["id"]) for stage, a in artifact_ids(config).items()}
+        out |= {(stage, i) for stage, ids in all_ids(config).items() for i in ids}
     return out
 
 
@@ -127,14 +127,14 @@ def scan(results: Path) -> list[Artifact]:
             if m := FINAL.match(entry.name):
                 art = found.setdefault((stage, m[1], False), Artifact(stage, m[1]))
                 art.paths.append(entry)
-                mfiles = sorted(entry.glob("shard-*/manifest.json")) if stage in SHARDED else [entry / "manifest.json"]
+                mfiles = sorted(entry.glob("*/manifest.json")) if stage in SHARDED else [entry / "manifest.json"]
                 for mf in mfiles:
                     if (manifest := read_manifest(mf)) is not None:
                         art.manifests.append(manifest)
                         art.manifest_mtimes.append(mf.stat().st_mtime)
                 # no manifest, or shard work in progress (.shard-0001.partial / .tmp-<pid>) inside
                 art.incomplete = not art.manifests or (
-                    stage in SHARDED and any(p.name.startswith(".shard-") for p in entry.iterdir()))
+                    stage in SHARDED and any(p.name.startswith(".") for p in entry.iterdir()))
             elif m := SIBLING.match(entry.name):
                 art = found.setdefault((stage, m[1], True), Artifact(stage, m[1], incomplete=True))
                 art.paths.append(entry)

@@ -46,8 +46,15 @@ def png_data_uri(img: np.ndarray, scale: int = 6) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def _grid(images: np.ndarray, ids, cols: int, cls: str) -> str:
-    cells = "".join(f'<img src="{png_data_uri(images[i])}" title="eval image {i}">' for i in ids)
+def _cell(thumbnail, i: int) -> str:
+    img = thumbnail(int(i))
+    if img is None:  # a dataset without images (e.g. text from a factory): its index
+        return f'<span class="ex">example {int(i)}</span>'
+    return f'<img src="{png_data_uri(img, scale=max(1, 48 // img.shape[0]))}" title="eval example {int(i)}">'
+
+
+def _grid(thumbnail, ids, cols: int, cls: str) -> str:
+    cells = "".join(_cell(thumbnail, i) for i in ids)
     return f'<div class="grid {cls}" style="grid-template-columns: repeat({cols}, auto)">{cells}</div>'
 
 
@@ -57,7 +64,8 @@ def _fmt(v) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def html(summary: dict, metrics: dict, tables: dict, layer_meta: dict, images: np.ndarray, n_examples: int) -> str:
+def html(summary: dict, metrics: dict, tables: dict, layer_meta: dict, thumbnail, n_examples: int) -> str:
+    """``thumbnail(i)``: evaluation example i as a uint8 image array, or None."""
     ms = summary["ms_score"]
     lossless = summary["lossless"]
     rows = "".join(f"<tr><td>{html_lib.escape(k)}</td><td>{_fmt(v)}</td></tr>" for k, v in [
@@ -91,11 +99,11 @@ def html(summary: dict, metrics: dict, tables: dict, layer_meta: dict, images: n
         panels = "".join(
             f'<div class="panel"><div>sub-unit {s} (cluster {c}, {meta["cluster_sizes"][c]} instances)<br>'
             f'MS {_fmt(_pct(float(tables["subunits_ms_layer"][s])))} / pooled {_fmt(_pct(float(tables["subunits_ms_pooled"][s])))}</div>'
-            f'{_grid(images, tables["subunits_top_images"][s][:4], 2, "sub")}</div>' for c, s in enumerate(subs))
+            f'{_grid(thumbnail, tables["subunits_top_images"][s][:4], 2, "sub")}</div>' for c, s in enumerate(subs))
         examples += (f'<h3>Unit {u}: K = {k_per_unit[u]}, rho = {meta["rho"]}, noise = {meta["noise"]}</h3>'
                      f'<div class="row"><div class="panel parent"><div>parent unit {u}<br>MS '
                      f'{_fmt(_pct(float(tables["units_ms_layer"][u])))} / pooled {_fmt(_pct(float(tables["units_ms_pooled"][u])))}</div>'
-                     f'{_grid(images, tables["units_top_images"][u][:16], 4, "par")}</div>{panels}</div>')
+                     f'{_grid(thumbnail, tables["units_top_images"][u][:16], 4, "par")}</div>{panels}</div>')
     artifacts = "".join(f"<tr><td>{s}</td><td><code>{html_lib.escape(p)}</code></td></tr>"
                         for s, p in summary["artifacts"].items())
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>ELUDe run {html_lib.escape(summary['run_name'])}</title>
@@ -114,3 +122,43 @@ layer's own output; the pooled space uses the model's pre-logit image embedding.
 <h2>Sub-units per unit (K<sub>u</sub>)</h2>{bars}
 <h2>Most-split units (Figure 3 layout: parent top-16, sub-unit top-4; evaluation split)</h2>{examples or '<p>No unit was split.</p>'}
 <h2>Artifacts</h2><table>{artifacts}</table></body></html>"""
+
+
+def _numbers(d: dict, prefix: str = "") -> dict[str, float]:
+    """Numeric leaves of a nested summary, keyed by dotted path (booleans and None left out)."""
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_numbers(v, key + "."))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[key] = float(v)
+    return out
+
+
+def aggregate(run_name: str, seeds: list[int], summaries: list[dict]) -> dict:
+    """Mean and sample standard deviation (ddof 1) across the seeded token datasets of every number the
+    per-seed summaries share (MS-Scores, expansion factor, R^2, ...), and whether every seed was lossless."""
+    per_seed = [_numbers({k: v for k, v in s.items() if k not in ("artifacts", "k_histogram")}) for s in summaries]
+    keys = [k for k in per_seed[0] if all(k in p for p in per_seed)]
+    stats = {}
+    for k in keys:
+        x = np.array([p[k] for p in per_seed])
+        stats[k] = {"mean": float(x.mean()), "std": float(x.std(ddof=1)) if len(x) > 1 else 0.0,
+                    "per_seed": x.tolist()}
+    return {"run_name": run_name, "token_seeds": list(seeds), "n_seeds": len(seeds),
+            "lossless_all_seeds": all(s["lossless"]["lossless"] for s in summaries), "metrics": stats,
+            "per_seed_reports": [s["artifacts"]["report"] for s in summaries]}
+
+
+def aggregate_html(agg: dict) -> str:
+    rows = "".join(f"<tr><td>{html_lib.escape(k)}</td><td>{_fmt(v['mean'])}</td><td>{_fmt(v['std'])}</td>"
+                   f"<td>{', '.join(_fmt(x) for x in v['per_seed'])}</td></tr>" for k, v in agg["metrics"].items())
+    seeds = ", ".join(map(str, agg["token_seeds"]))
+    links = "".join(f'<li><a href="seed-{s}/report.html">seed {s}</a></li>' for s in agg["token_seeds"])
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>ELUDe run {html_lib.escape(agg['run_name'])}</title>
+<style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:3px 8px}}</style>
+</head><body><h1>ELUDe run “{html_lib.escape(agg['run_name'])}”: {agg['n_seeds']} seeded token datasets ({seeds})</h1>
+<p>Lossless on every seed: {agg['lossless_all_seeds']}. Mean ± sample standard deviation across seeds
+(Section 4.1, E.8); MS-Scores in percent.</p><ul>{links}</ul>
+<table><tr><th>metric</th><th>mean</th><th>std</th><th>per seed</th></tr>{rows}</table></body></html>"""

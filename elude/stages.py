@@ -17,11 +17,11 @@ import torch
 
 from . import backbones, cache as cache_mod, clustering, contributions, evaluation, surgery as surgery_mod
 from .artifacts import atomic_dir, load_arrays, save_arrays, write_atomic
-from .data import load_split
+from .data import materialize, open_dataset
 from .layers import DisentangledLayer
 from .metrics import accuracy
 from .progress import progress
-from .topk import clamp_k, streaming_topk
+from .topk import clamp_k, merge_topk, streaming_topk
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,7 @@ class Stage:
     id: str
     params: dict
     inputs: dict[str, str] = field(default_factory=dict)
+    runtime: dict = field(default_factory=dict)  # settings that do not change results (not in the id)
 
     def publish(self, out: str | Path, resumable: bool = False, **extra):
         return atomic_dir(out, self.name, self.id, self.params, self.inputs, extra, resumable)
@@ -45,13 +46,25 @@ def n_shards(n_units: int, units_per_shard: int) -> int:
     return (n_units + units_per_shard - 1) // units_per_shard
 
 
-def shard_memory_mb(units_per_shard: int, k: int, n_upstream: int) -> int:
+def shard_memory_mb(units_per_shard: int, k: int, n_upstream: int, itemsize: int = 2) -> int:
     """Memory request of a cluster/surgery shard job, from what :func:`cluster_shard` holds: the shard's
-    top-k rows in float32 (x2 while gathering), one unit's k x k float64 distance matrix (x3 inside
-    hdbscan; CPU backend, up to its precomputed limit), and ~1.5 GB for the Python/torch process."""
-    rows = 2 * units_per_shard * k * n_upstream * 4
+    top-k rows in the cache's storage type (``itemsize`` bytes; x2 while gathering), one unit's rows as
+    float32 contributions (x3: raw, normalised, hdbscan's copy), one unit's k x k float64 distance matrix
+    (x3 inside hdbscan; CPU backend, up to its precomputed limit), and ~1.5 GB for the process."""
+    rows = 2 * units_per_shard * k * n_upstream * itemsize + 3 * k * n_upstream * 4
     dist = 3 * min(k, clustering.PRECOMPUTED_MAX_ROWS) ** 2 * 8
     return int(1500 + (rows + dist) / 2**20)
+
+
+def topk_memory_mb(k: int, n_units: int, buffer_rows: int = 16384, unit_block: int = 64) -> int:
+    """Memory request of a top-k job (partial or merge), from what :mod:`elude.topk` holds: the running
+    and the new top-k (values float32 + indices int64, x2), the buffered activations (x2 while
+    concatenated), one unit block's sort temporaries (x3), and ~1.5 GB for the process."""
+    cols = max(k, buffer_rows)
+    best = 2 * n_units * k * 12
+    buf = 2 * n_units * (cols + 4096) * 4
+    block = 3 * unit_block * (k + cols) * 12
+    return int(1500 + (best + buf + block) / 2**20)
 
 
 def _load_layer(backbone_dir: str | Path):
@@ -60,22 +73,36 @@ def _load_layer(backbone_dir: str | Path):
     return model, backbones.get_module(model, info["path"]), info
 
 
+def load_preprocess(backbone_dir: str | Path) -> dict | None:
+    return json.loads((Path(backbone_dir) / "preprocess.json").read_text())
+
+
+def _dataset(data: dict, split: str, backbone_dir: str | Path):
+    return open_dataset(data, split, load_preprocess(backbone_dir))
+
+
+DEMO_PREPROCESS = {"crop_pct": 1.0, "mean": [0.0], "std": [1.0], "interpolation": "bilinear", "channels": 1}
+
+
 # --- backbone ---------------------------------------------------------------------------------------
 def backbone(st: Stage, out: str) -> None:
+    """Build (or train, for the demo) the model once; save its weights, the target layer's shape and the
+    preprocessing every later stage applies to image files (native, with ``preprocess`` overrides)."""
     p = st.params
     with st.publish(out) as (tmp, manifest):
         if p["kind"] == "demo":
-            splits = {s: load_split(p["data"], s) for s in ("probe", "eval")}
-            model, stats = backbones.train_demo(p["demo"]["arch"], p["demo"]["train"],
-                                                splits["probe"].images, splits["probe"].labels)
+            pre = {"size": p["demo"]["arch"]["img_size"], **DEMO_PREPROCESS, **(p.get("preprocess") or {})}
+            splits = {s: open_dataset(p["data"], s, pre) for s in ("probe", "eval")}
+            (x, y), (x_eval, y_eval) = materialize(splits["probe"]), materialize(splits["eval"])
+            model, stats = backbones.train_demo(p["demo"]["arch"], p["demo"]["train"], x, y)
             with torch.no_grad():
-                stats["eval_accuracy"] = accuracy(model(splits["eval"].images), splits["eval"].labels)
+                stats["eval_accuracy"] = accuracy(model(x_eval), y_eval)
             log.info("demo model: held-out accuracy %.4f", stats["eval_accuracy"])
             manifest["training"] = stats
             spec = backbones.demo_model_spec(p["demo"]["arch"])
         elif p["kind"] == "timm":
             spec = {"kind": "timm", "name": p["timm"]["name"], "kwargs": p["timm"].get("kwargs", {})}
-            model = backbones.build_from_spec(spec)
+            model = backbones.build_from_spec(spec, rebuild=False)  # pretrained: the user's hub cache
             if p["timm"].get("weights"):
                 from safetensors.torch import load_file
 
@@ -85,51 +112,81 @@ def backbone(st: Stage, out: str) -> None:
         elif p["kind"] in ("hub", "factory"):
             spec = {"kind": p["kind"], **p[p["kind"]]}
             model = backbones.build_from_spec(spec, rebuild=False)
+        elif p["kind"] == "hf":
+            h = p["hf"]
+            model, spec = backbones.load_hf(h["model"], h["class"], h.get("submodule"), h.get("kwargs", {}))
         else:
-            raise ValueError(f"backbone.kind: {p['kind']!r} is not one of 'demo', 'timm', 'hub', 'factory'")
+            raise ValueError(f"backbone.kind: {p['kind']!r} is not one of 'demo', 'timm', 'hub', 'hf', 'factory'")
+        model = model.eval()
         layer = backbones.get_module(model, p["layer"])
         backbones.check_target_layer(layer, p["layer"])
         w, _ = backbones.layer_weight_bias(layer)
         info = {"path": p["layer"], "type": type(layer).__name__, "n_units": w.shape[0], "n_upstream": w.shape[1]}
+        if p["kind"] != "demo":
+            native = backbones.native_preprocess(model, spec)
+            pre = {**(native or {}), **(p.get("preprocess") or {})} if native or p.get("preprocess") else None
         (tmp / "layer.json").write_text(json.dumps(info, indent=2))
+        (tmp / "preprocess.json").write_text(json.dumps(pre, indent=2))
         backbones.save_backbone(model, spec, tmp)
-        manifest["layer"] = info
+        manifest["layer"], manifest["preprocess"] = info, pre
 
 
-# --- cache ------------------------------------------------------------------------------------------
-def cache(st: Stage, backbone_dir: str, out: str) -> None:
-    """Memory: the model, one batch of activations and one chunk of rows (the probe images are in memory).
-    Resumable per chunk (see :func:`elude.cache.write_cache`)."""
+# --- cache (one dataset shard) ----------------------------------------------------------------------
+def cache_shard(st: Stage, shard: int, backbone_dir: str, out: str) -> None:
+    """Cache dataset shard ``shard`` of ``shards`` (a contiguous block of probe images).
+    Memory: the model and a bounded number of batches (see :func:`elude.cache.write_cache`).
+    Resumable per chunk."""
     p = st.params
     device = backbones.resolve_device(p["device"])
     model, layer, _ = _load_layer(backbone_dir)
-    split = load_split(p["data"], "probe")
-    with st.publish(out, resumable=True) as (tmp, manifest):
-        manifest.update(cache_mod.write_cache(model.to(device), layer, split.images, tmp, batch_size=p["batch_size"],
-                                              dtype=p["dtype"], chunk_rows=p["chunk_rows"],
-                                              compressor=p["compressor"], device=device,
-                                              tokens_per_image=p["tokens_per_image"], token_seed=p["token_seed"]))
-        manifest["bad_images_skipped"] = split.skipped
+    ds = _dataset(p["data"], "probe", backbone_dir)
+    images = cache_mod.shard_range(len(ds), p["shards"], shard)
+    if not images:
+        raise ValueError(f"cache.shards={p['shards']} exceeds the {len(ds)} probe images: dataset shard {shard} "
+                         "would be empty; lower cache.shards")
+    with st.publish(out, resumable=True, shard=shard) as (tmp, manifest):
+        manifest.update(cache_mod.write_cache(
+            model.to(device), layer, ds, tmp, images=images, batch_size=p["batch_size"], dtype=p["dtype"],
+            chunk_rows=p["chunk_rows"], compressor=p["compressor"], device=device,
+            workers=st.runtime.get("workers", 0), tokens_per_image=p["tokens_per_image"], token_seed=p.get("token_seed", 0)))
 
 
 # --- top-k ------------------------------------------------------------------------------------------
-def topk(st: Stage, cache_dir: str, backbone_dir: str, out: str) -> None:
-    """Memory: O(k x units) plus one chunk of rows."""
-    _, layer, info = _load_layer(backbone_dir)
+def topk_part(st: Stage, cache_dir: str, backbone_dir: str, out: str) -> None:
+    """Partial top-k over one dataset shard (local row indices). Memory: O(k x units) plus one chunk."""
+    _, layer, _ = _load_layer(backbone_dir)
     w, b = backbones.layer_weight_bias(layer)
-    q, _ = cache_mod.open_cache(cache_dir)
-    k = clamp_k(st.params["k"], q.shape[0])
+    c = cache_mod.Cache([cache_dir])
     with st.publish(out) as (tmp, manifest):
-        idx, val = streaming_topk(q, w, b, k)
+        idx, val = streaming_topk(c, w, b, st.params["k"])
+        save_arrays(tmp / "topk.safetensors", {"indices": idx, "values": val})
+        manifest["n_rows"] = c.n_rows
+
+
+def topk(st: Stage, part_dirs: list[str], backbone_dir: str, out: str) -> None:
+    """Merge the dataset shards' partial top-k (in shard order) into the top-k over the whole cache
+    (eq. 1), with global row indices. Memory: O(k x units) per part."""
+    info = json.loads((Path(backbone_dir) / "layer.json").read_text())
+    rows = [json.loads((Path(d) / "manifest.json").read_text())["n_rows"] for d in part_dirs]
+    offsets = np.concatenate([[0], np.cumsum(rows)])
+    n_instances = int(offsets[-1])
+    k = clamp_k(st.params["k"], n_instances)
+    parts = []
+    for off, d in zip(offsets, part_dirs):
+        z = load_arrays(Path(d) / "topk.safetensors")
+        parts.append((z["indices"] + off, z["values"]))
+    with st.publish(out) as (tmp, manifest):
+        idx, val = merge_topk(parts, k)
         save_arrays(tmp / "topk.safetensors", {"indices": idx, "values": val})
         manifest.update({"k": k, "k_requested": st.params["k"], "k_clamped": k != st.params["k"],
-                         "n_units": info["n_units"], "n_instances": int(q.shape[0])})
+                         "n_units": info["n_units"], "n_instances": n_instances, "n_parts": len(part_dirs)})
 
 
 # --- cluster (one unit shard) -----------------------------------------------------------------------
-def cluster_shard(st: Stage, shard: int, cache_dir: str, topk_dir: str, backbone_dir: str, out: str) -> None:
-    """Memory: the shard's top-k rows (units_per_shard x k x upstream float32), gathered in one pass over
-    the cache, plus one unit's k x k distance matrix (float64) on the CPU backend.
+def cluster_shard(st: Stage, shard: int, cache_dirs: list[str], topk_dir: str, backbone_dir: str, out: str) -> None:
+    """Memory: the shard's top-k rows (units_per_shard x k x upstream, in the cache's storage type),
+    gathered in one pass over the cache, one unit's float32 contributions, plus one unit's k x k distance
+    matrix (float64) on the CPU backend (:func:`shard_memory_mb`).
 
     Resumable per unit: each finished unit is saved in the partial folder, and a rerun skips it. A unit
     whose top-k pre-activations are all <= 0 never activates: it is not clustered and stays one sub-unit.
@@ -140,7 +197,7 @@ def cluster_shard(st: Stage, shard: int, cache_dir: str, topk_dir: str, backbone
     w, _ = backbones.layer_weight_bias(layer)
     top = load_arrays(Path(topk_dir) / "topk.safetensors")
     units = list(shard_units(info["n_units"], p["units_per_shard"], shard))
-    q, _ = cache_mod.open_cache(cache_dir)
+    q = cache_mod.Cache(cache_dirs)
     with st.publish(out, shard=shard, backend=backend, resumable=True) as (tmp, manifest):
         unit_dir = tmp / "units"
         unit_dir.mkdir(exist_ok=True)
@@ -148,10 +205,10 @@ def cluster_shard(st: Stage, shard: int, cache_dir: str, topk_dir: str, backbone
         todo = [u for u in units if not unit_file(u).exists()]
         log.info("cluster shard %d: %d units, %d done in an earlier run, %d to cluster (backend %s)",
                  shard, len(units), len(units) - len(todo), len(todo), backend)
-        rows = cache_mod.gather_rows(q, top["indices"][todo].reshape(-1)).reshape(len(todo), -1, q.shape[1])
+        rows = q.gather(top["indices"][todo].reshape(-1), q.dtype).reshape(len(todo), -1, q.n_upstream)
         for i, u in progress(enumerate(todo), len(todo), f"cluster shard {shard} units"):
             never_active = bool(top["values"][u].max() <= 0)
-            c = contributions.normalise_rows(contributions.contributions(rows[i], w[u].numpy()))
+            c = contributions.normalise_rows(contributions.contributions(rows[i], w[u].numpy()))  # float32
             if never_active:
                 lab, pr = np.full(len(c), -1, np.int64), np.zeros(len(c), np.float32)
             else:
@@ -186,15 +243,15 @@ def read_clusters(folder: str | Path) -> dict:
 
 
 # --- surgery (one unit shard) -----------------------------------------------------------------------
-def surgery_shard(st: Stage, cluster_dir: str, cache_dir: str, topk_dir: str, backbone_dir: str, out: str) -> None:
+def surgery_shard(st: Stage, cluster_dir: str, cache_dirs: list[str], topk_dir: str, backbone_dir: str, out: str) -> None:
     """Memory: the shard's top-k rows, as in :func:`cluster_shard`, and 20 candidate splits of one unit."""
     _, layer, _ = _load_layer(backbone_dir)
     w, b = backbones.layer_weight_bias(layer)
     cl = read_clusters(cluster_dir)
     top = load_arrays(Path(topk_dir) / "topk.safetensors")
-    q, _ = cache_mod.open_cache(cache_dir)
+    q = cache_mod.Cache(cache_dirs)
     units = cl["units"]
-    rows = cache_mod.gather_rows(q, top["indices"][units].reshape(-1)).reshape(len(units), -1, q.shape[1])
+    rows = q.gather(top["indices"][units].reshape(-1), q.dtype).reshape(len(units), -1, q.n_upstream)
     grid = st.params["rho_grid"]
     fracs, omegas, rhos, scores = [], [], [], []
     for i, u in progress(enumerate(units), len(units), "surgery units"):
@@ -245,15 +302,16 @@ class NotLosslessError(RuntimeError):
 
 
 def verify(st: Stage, backbone_dir: str, merge_dir: str, out: str) -> dict:
+    """Memory: the model and one batch (both layers' outputs)."""
     p = st.params
     device = backbones.resolve_device(p["device"])
     model, _, info = _load_layer(backbone_dir)
-    split = load_split(p["data"], "eval")
-    result = evaluation.verify(model.to(device), info["path"], DisentangledLayer.load(merge_dir), split.images, p["batch_size"])
+    ds = _dataset(p["data"], "eval", backbone_dir)
+    result = evaluation.verify(model.to(device), info["path"], DisentangledLayer.load(merge_dir), ds, p["batch_size"],
+                               st.runtime.get("workers", 0))
     failures = evaluation.lossless_failures(result, p["max_rel_diff"])
     result["lossless"] = not failures
-    result["bad_images_skipped"] = len(split.skipped)
-    log.info("verify: %s", json.dumps(result))
+    log.info("verify: %s", json.dumps({k: v for k, v in result.items() if k != "bad_images_skipped"}))
     if failures:
         raise NotLosslessError(f"verify (artifact {st.id}): the disentangled model is NOT lossless: "
                                + "; ".join(failures))
@@ -264,21 +322,23 @@ def verify(st: Stage, backbone_dir: str, merge_dir: str, out: str) -> dict:
 
 # --- evaluate ---------------------------------------------------------------------------------------
 def evaluate(st: Stage, backbone_dir: str, merge_dir: str, out: str) -> None:
+    """Memory: see :mod:`elude.evaluation` (streamed; per-unit top-K lists and one batch)."""
     p = st.params
     device = backbones.resolve_device(p["device"])
     model, _, info = _load_layer(backbone_dir)
-    split = load_split(p["data"], "eval")
-    res = evaluation.evaluate(model.to(device), info["path"], DisentangledLayer.load(merge_dir), split.images, split.labels,
-                              ms_top_k=p["ms_top_k"], random_seed=p["random_seed"], batch_size=p["batch_size"])
-    log.info("evaluate: %s", json.dumps(res["summary"]))
-    with st.publish(out, bad_images_skipped=split.skipped) as (tmp, _):
+    ds = _dataset(p["data"], "eval", backbone_dir)
+    res = evaluation.evaluate(model.to(device), info["path"], DisentangledLayer.load(merge_dir), ds,
+                              ms_top_k=p["ms_top_k"], random_seed=p["random_seed"], batch_size=p["batch_size"],
+                              workers=st.runtime.get("workers", 0), accuracy=p["accuracy"])
+    log.info("evaluate: %s", json.dumps({k: v for k, v in res["summary"].items() if k != "bad_images_skipped"}))
+    with st.publish(out) as (tmp, _):
         (tmp / "metrics.json").write_text(json.dumps(res["summary"], indent=2))
         save_arrays(tmp / "tables.safetensors", res["tables"])
 
 
 # --- report -----------------------------------------------------------------------------------------
-def report(st: Stage, verify_dir: str, evaluate_dir: str, merge_dir: str, artifacts: dict[str, str],
-           out: str) -> None:
+def report(st: Stage, verify_dir: str, evaluate_dir: str, merge_dir: str, backbone_dir: str,
+           artifacts: dict[str, str], out: str) -> None:
     from . import report as report_mod
 
     verify_res = json.loads((Path(verify_dir) / "verify.json").read_text())
@@ -287,22 +347,38 @@ def report(st: Stage, verify_dir: str, evaluate_dir: str, merge_dir: str, artifa
     layer_meta = json.loads((Path(merge_dir) / "layer.json").read_text())["metadata"]
     summary = report_mod.summary(st.params["run_name"], verify_res, metrics, layer_meta,
                                  {**artifacts, "report": str(out)})
-    raw = load_split(st.params["data"], "eval").raw
+    ds = _dataset(st.params["data"], "eval", backbone_dir)
+    thumbnail = getattr(ds, "thumbnail", lambda i: None)
     with st.publish(out) as (tmp, _):
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2))
-        (tmp / "report.html").write_text(report_mod.html(summary, metrics, tables, layer_meta, raw,
+        (tmp / "report.html").write_text(report_mod.html(summary, metrics, tables, layer_meta, thumbnail,
                                                          st.params["n_examples"]))
 
 
-def publish_run(report_dir: str | Path, run_dir: str | Path) -> None:
+def aggregate(st: Stage, report_dirs: list[str], out: str) -> None:
+    """Mean and standard deviation over the seeded token datasets (Section 4.1, E.8) of every number
+    in the per-seed summaries."""
+    from . import report as report_mod
+
+    summaries = [json.loads((Path(d) / "summary.json").read_text()) for d in report_dirs]
+    with st.publish(out) as (tmp, _):
+        agg = report_mod.aggregate(st.params["run_name"], st.params["token_seeds"], summaries)
+        (tmp / "summary.json").write_text(json.dumps(agg, indent=2))
+        (tmp / "report.html").write_text(report_mod.aggregate_html(agg))
+
+
+def publish_run(report_dir: str | Path, run_dir: str | Path, seed_reports: dict | None = None) -> None:
     """Copy a run's summary.json and report.html to ``results/runs/<run name>/``: a named alias of the
-    content-addressed report, refreshed after every successful run (even one that reran nothing)."""
+    content-addressed report, refreshed after every successful run (even one that reran nothing). A run
+    over several token seeds publishes the aggregate there and each seed's report in ``seed-<seed>/``."""
     report_dir, run_dir = Path(report_dir), Path(run_dir)
     if not (report_dir / "summary.json").exists():
         return  # a run that targeted an earlier stage
     run_dir.mkdir(parents=True, exist_ok=True)
     for name in ("summary.json", "report.html"):
         write_atomic(run_dir / name, lambda tmp: shutil.copyfile(report_dir / name, tmp))
+    for seed, seed_dir in (seed_reports or {}).items():
+        publish_run(seed_dir, run_dir / f"seed-{seed}")
     log.info("published %s to %s", report_dir, run_dir)
 
 

@@ -1,7 +1,8 @@
 rule backbone:
-    """Build the model (demo: train it once) and check the target layer; writes weights + layer.json."""
+    """Build the model (demo: train it once) and check the target layer; writes weights, layer.json and
+    the native preprocessing."""
     output:
-        folder=directory(PATHS["backbone"]),
+        folder=directory("results/backbone/{id}"),
     params:
         stage=stage_info("backbone"),
     log:

@@ -1,18 +1,18 @@
-rule cache:
-    """Cache the target layer's inputs for every probe instance (chunked zarr v3)."""
+rule cache_shard:
+    """Cache the target layer's inputs for one dataset shard of the probe images (chunked zarr v3)."""
     input:
-        backbone=PATHS["backbone"],
+        backbone=upstream("cache", "backbone"),
     output:
-        folder=directory(PATHS["cache"]),
+        folder=directory("results/cache/{id}/shard-{shard}"),
     params:
         stage=stage_info("cache"),
     log:
-        log_path("cache"),
+        log_path("cache", "-shard-{shard}"),
     benchmark:
-        bench_path("cache"),
+        bench_path("cache", "-shard-{shard}"),
     threads: 2
     resources:
-        mem_mb=4000,
+        mem_mb=cache_mem_mb,
         gpu=FORWARD_GPUS,
         runtime=120,
     conda:

@@ -1,13 +1,11 @@
 rule cluster_shard:
     """HDBSCAN of one shard of units' contribution vectors, and their representatives (eq. 2)."""
     input:
-        cache=PATHS["cache"],
-        topk=PATHS["topk"],
-        backbone=PATHS["backbone"],
+        cache=upstream("cluster", "cache"),
+        topk=upstream("cluster", "topk"),
+        backbone=upstream("cluster", "backbone"),
     output:
-        folder=directory(f"{PATHS['cluster']}/shard-{{shard}}"),
-    wildcard_constraints:
-        shard=r"\d{4}",
+        folder=directory("results/cluster/{id}/shard-{shard}"),
     params:
         stage=stage_info("cluster"),
     log:

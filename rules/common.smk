@@ -1,20 +1,37 @@
 # Config validation, content ids, artifact paths and input functions shared by all rules.
+#
+# Every rule's output is results/<stage>/{id}[/<shard>]: the id wildcard selects the artifact's
+# parameters and input ids from REG (elude.config.run_artifacts), so one DAG can hold several variants
+# of a stage (one per seeded token dataset) and each rule is written once.
 import json
+from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
-from elude.config import ConfigError, artifact_ids, validate_config
-from elude.stages import n_shards, publish_run, shard_memory_mb
+from elude.config import ConfigError, run_artifacts, validate_config
+from elude.stages import n_shards, publish_run, shard_memory_mb, topk_memory_mb
 
 try:
     config.update(validate_config(config))  # defaults filled in; fails before any job with every problem
 except ConfigError as exc:
     raise WorkflowError(str(exc)) from None
 
-ARTIFACTS = artifact_ids(config)
-IDS = {stage: a["id"] for stage, a in ARTIFACTS.items()}
-PATHS = {stage: f"results/{stage}/{i}" for stage, i in IDS.items()}
+RUN = run_artifacts(config)
+SEEDS = list(RUN["seeds"])
+REG = {}  # stage -> id -> {"id", "params", "inputs"}
+for _arts in RUN["seeds"].values():
+    for _stage, _a in _arts.items():
+        REG.setdefault(_stage, {})[_a["id"]] = _a
+if RUN["aggregate"]:
+    REG["aggregate"] = {RUN["aggregate"]["id"]: RUN["aggregate"]}
 RUN_DIR = f"results/runs/{config['run_name']}"
+CACHE_SHARDS = [f"{s:04d}" for s in range(config["cache"]["shards"])]
+RUNTIME = {"workers": config["compute"]["workers"]}  # job settings that do not change results
+
+
+wildcard_constraints:
+    id=r"[0-9a-f]{12}",
+    shard=r"\d{4}",
 
 
 # GPU requests (resource `gpu`: SLURM --gpus, and a concurrency limit under profiles/local).
@@ -41,17 +58,84 @@ def preflight():
         raise WorkflowError(str(exc)) from None
 
 
-def _layer_and_topk():
-    topk_dir = checkpoints.topk.get().output.folder
-    top = json.loads(open(f"{topk_dir}/manifest.json").read())
-    layer = json.loads(open(f"{PATHS['backbone']}/layer.json").read())
-    return layer["n_upstream"], top["k"]
+def up_id(stage, i, upstream):
+    """The id of the ``upstream`` artifact that artifact ``stage``/``i`` was made from (any distance)."""
+    while upstream not in REG[stage][i]["inputs"]:
+        stage, i = next(iter(REG[stage][i]["inputs"].items()))
+    return REG[stage][i]["inputs"][upstream]
+
+
+def path_of(stage, i):
+    """Where an artifact's inputs are read from: cache = its dataset shards, topk = the merged result."""
+    if stage == "cache":
+        return [f"results/cache/{i}/shard-{s}" for s in CACHE_SHARDS]
+    if stage == "topk":
+        return f"results/topk/{i}/merged"
+    return f"results/{stage}/{i}"
+
+
+def upstream(stage, up):
+    """Input function: the ``up`` artifact of ``stage``'s artifact {id}."""
+    return lambda w: path_of(up, up_id(stage, w.id, up))
+
+
+def stage_info(stage):
+    """Params function: what a workflow script needs to publish artifact {id} of ``stage``."""
+    return lambda w: {"name": stage, **REG[stage][w.id], "runtime": RUNTIME}
+
+
+def log_path(stage, suffix=""):
+    return f"results/logs/{stage}/{{id}}{suffix}.log"
+
+
+def bench_path(stage, suffix=""):
+    """Snakemake benchmark (wall time, peak RSS) of a stage job, next to its log."""
+    return f"results/benchmarks/{stage}/{{id}}{suffix}.tsv"
+
+
+def _topk_manifest(topk_id):
+    return json.loads(open(f"{checkpoints.topk.get(id=topk_id).output.folder}/manifest.json").read())
 
 
 def shard_mem_mb(wildcards):
     """Memory of a cluster/surgery shard job (elude.stages.shard_memory_mb)."""
-    n_up, k = _layer_and_topk()
-    return shard_memory_mb(config["cluster"]["units_per_shard"], k, n_up)
+    stage = "cluster" if wildcards.id in REG["cluster"] else "surgery"
+    topk_id = up_id(stage, wildcards.id, "topk")
+    layer = json.loads(open(f"results/backbone/{up_id(stage, wildcards.id, 'backbone')}/layer.json").read())
+    itemsize = 2 if config["cache"]["dtype"] == "float16" else 4
+    return shard_memory_mb(config["cluster"]["units_per_shard"], _topk_manifest(topk_id)["k"], layer["n_upstream"], itemsize)
+
+
+def topk_mem_mb(wildcards, input):
+    """Memory of a top-k job (elude.stages.topk_memory_mb); the unit count is read from the backbone
+    artifact once it exists (at submission), assumed 1024 before (a dry run)."""
+    layer = Path(str(input.backbone)) / "layer.json"
+    n_units = json.loads(layer.read_text())["n_units"] if layer.exists() else 1024
+    return topk_memory_mb(REG["topk"][wildcards.id]["params"]["k"], n_units)
+
+
+def cache_mem_mb(wildcards, input):
+    """Memory of a cache job: 4 GB (model, one batch of activations, chunks waiting for the writer) plus
+    the decoded batches the DataLoader workers hold (2 each; image size from the backbone's preprocessing
+    once it exists, 224 before)."""
+    pre_file = Path(str(input.backbone)) / "preprocess.json"
+    pre = json.loads(pre_file.read_text()) if pre_file.exists() else None
+    side = pre["size"] if pre else 224
+    batch = config["cache"]["batch_size"] * 3 * side * side * 4
+    return int(4000 + 2 * max(1, config["compute"]["workers"]) * batch / 2**20)
+
+
+def evaluate_mem_mb(wildcards, input):
+    """Memory of an evaluate job (elude.evaluation): 4 GB, plus the layer-space embeddings of the selected
+    (image, instance) pairs ((units + 2 x sub-units) x ms_top_k x units float32), the pooled embeddings
+    (up to 50k images), and one batch of sub-unit and control activations (x2; 257 instances assumed).
+    Unit and sub-unit counts are read from the artifacts once they exist (1024 and 8 x 1024 before)."""
+    layer, merged = Path(str(input.backbone)) / "layer.json", Path(str(input.merge)) / "manifest.json"
+    units = json.loads(layer.read_text())["n_units"] if layer.exists() else 1024
+    subunits = json.loads(merged.read_text())["n_subunits"] if merged.exists() else 8 * units
+    sets = units + 2 * subunits
+    k, batch = config["evaluate"]["ms_top_k"], config["evaluate"]["batch_size"]
+    return int(4000 + (sets * k * units * 4 + 50_000 * units * 4 + 2 * batch * 257 * sets * 4) / 2**20)
 
 
 def shard_runtime(wildcards):
@@ -59,33 +143,31 @@ def shard_runtime(wildcards):
     return int(10 + config["cluster"]["units_per_shard"] * config["cluster"]["minutes_per_unit"])
 
 
-def stage_info(stage):
-    """What a workflow script needs to publish a stage's artifact: name, id, parameters, input ids."""
-    return {"name": stage, **ARTIFACTS[stage]}
+def unit_shards(stage):
+    """Input function of merge: the ``stage`` (cluster or surgery) shard folders, known once top-k (a
+    checkpoint) has recorded the number of units."""
+
+    def f(w):
+        n_units = _topk_manifest(up_id("merge", w.id, "topk"))["n_units"]
+        i = up_id("merge", w.id, stage)
+        return [f"results/{stage}/{i}/shard-{s:04d}" for s in range(n_shards(n_units, config["cluster"]["units_per_shard"]))]
+
+    return f
 
 
-def log_path(stage, suffix=""):
-    return f"results/logs/{stage}/{IDS[stage]}{suffix}.log"
+def seed_reports():
+    return {seed: f"results/report/{arts['report']['id']}" for seed, arts in RUN["seeds"].items()}
 
 
-def bench_path(stage, suffix=""):
-    """Snakemake benchmark (wall time, peak RSS) of a stage job, next to its log."""
-    return f"results/benchmarks/{stage}/{IDS[stage]}{suffix}.tsv"
+def final_target():
+    """The run's result: the report, or the aggregate over several token seeds."""
+    if RUN["aggregate"]:
+        return f"results/aggregate/{RUN['aggregate']['id']}"
+    return next(iter(seed_reports().values()))
 
 
-def shard_ids(wildcards):
-    """Unit shards, known once top-k (a checkpoint) has recorded the number of units."""
-    topk_dir = checkpoints.topk.get().output.folder
-    n_units = json.loads(open(f"{topk_dir}/manifest.json").read())["n_units"]
-    return [f"{s:04d}" for s in range(n_shards(n_units, config["cluster"]["units_per_shard"]))]
-
-
-def surgery_shards(wildcards):
-    return expand(f"{PATHS['surgery']}/shard-{{shard}}", shard=shard_ids(wildcards))
-
-
-def cluster_shards(wildcards):
-    return expand(f"{PATHS['cluster']}/shard-{{shard}}", shard=shard_ids(wildcards))
+def publish():
+    publish_run(final_target(), RUN_DIR, seed_reports() if RUN["aggregate"] else None)
 
 
 def final_report(wildcards):
@@ -94,5 +176,5 @@ def final_report(wildcards):
     (Snakemake calls no hook when there is nothing to do), and in `onsuccess` after a run that made it."""
     preflight()
     if workflow.is_main_process and not workflow.dryrun:
-        publish_run(PATHS["report"], RUN_DIR)
-    return PATHS["report"]
+        publish()
+    return final_target()

@@ -1,10 +1,10 @@
 rule evaluate:
     """Accuracy and MS-Score (units, sub-units, random-partition control) on the evaluation split."""
     input:
-        backbone=PATHS["backbone"],
-        merge=PATHS["merge"],
+        backbone=upstream("evaluate", "backbone"),
+        merge=upstream("evaluate", "merge"),
     output:
-        folder=directory(PATHS["evaluate"]),
+        folder=directory("results/evaluate/{id}"),
     params:
         stage=stage_info("evaluate"),
     log:
@@ -13,7 +13,7 @@ rule evaluate:
         bench_path("evaluate"),
     threads: 2
     resources:
-        mem_mb=4000,
+        mem_mb=evaluate_mem_mb,
         gpu=FORWARD_GPUS,
         runtime=30,
     conda:

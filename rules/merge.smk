@@ -1,11 +1,11 @@
 rule merge:
     """Gather the surgery shards into the disentangled layer (safetensors + JSON)."""
     input:
-        surgery=surgery_shards,
-        cluster=cluster_shards,
-        backbone=PATHS["backbone"],
+        surgery=unit_shards("surgery"),
+        cluster=unit_shards("cluster"),
+        backbone=upstream("merge", "backbone"),
     output:
-        folder=directory(PATHS["merge"]),
+        folder=directory("results/merge/{id}"),
     params:
         stage=stage_info("merge"),
     log:

@@ -1,14 +1,16 @@
 rule report:
-    """summary.json and report.html of the run (content-addressed)."""
+    """summary.json and report.html of one seeded token dataset's run (content-addressed)."""
     input:
-        verify=PATHS["verify"],
-        evaluate=PATHS["evaluate"],
-        merge=PATHS["merge"],
+        verify=upstream("report", "verify"),
+        evaluate=upstream("report", "evaluate"),
+        merge=upstream("report", "merge"),
+        backbone=upstream("report", "backbone"),
     output:
-        folder=directory(PATHS["report"]),
+        folder=directory("results/report/{id}"),
     params:
         stage=stage_info("report"),
-        artifacts={s: p for s, p in PATHS.items() if s != "report"},
+        artifacts=lambda w: {s: f"results/{s}/{up_id('report', w.id, s)}"
+                             for s in ("backbone", "cache", "topk", "cluster", "surgery", "merge", "verify", "evaluate")},
     log:
         log_path("report"),
     benchmark:
@@ -22,3 +24,24 @@ rule report:
     script:
         "../workflow_scripts/report.py"
 
+
+rule aggregate:
+    """Mean and std over the seeded token datasets' reports (cache.token_seed given as a list)."""
+    input:
+        reports=lambda w: [f"results/report/{i}" for i in REG["aggregate"][w.id]["inputs"].values()],
+    output:
+        folder=directory("results/aggregate/{id}"),
+    params:
+        stage=stage_info("aggregate"),
+    log:
+        log_path("aggregate"),
+    benchmark:
+        bench_path("aggregate"),
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../workflow_scripts/aggregate.py"

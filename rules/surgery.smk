@@ -1,14 +1,12 @@
 rule surgery_shard:
     """Margin rule, fractions, bias split and rho search (eqs. 3-5) for one shard of units."""
     input:
-        cluster=f"{PATHS['cluster']}/shard-{{shard}}",
-        cache=PATHS["cache"],
-        topk=PATHS["topk"],
-        backbone=PATHS["backbone"],
+        cluster=lambda w: f"results/cluster/{up_id('surgery', w.id, 'cluster')}/shard-{w.shard}",
+        cache=upstream("surgery", "cache"),
+        topk=upstream("surgery", "topk"),
+        backbone=upstream("surgery", "backbone"),
     output:
-        folder=directory(f"{PATHS['surgery']}/shard-{{shard}}"),
-    wildcard_constraints:
-        shard=r"\d{4}",
+        folder=directory("results/surgery/{id}/shard-{shard}"),
     params:
         stage=stage_info("surgery"),
     log:

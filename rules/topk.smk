@@ -1,20 +1,43 @@
-checkpoint topk:
-    """Streaming per-unit top-k (eq. 1); a checkpoint because it fixes the number of unit shards."""
+rule topk_part:
+    """Partial per-unit top-k (eq. 1) over one dataset shard of the cache."""
     input:
-        cache=PATHS["cache"],
-        backbone=PATHS["backbone"],
+        cache=lambda w: f"results/cache/{up_id('topk', w.id, 'cache')}/shard-{w.shard}",
+        backbone=upstream("topk", "backbone"),
     output:
-        folder=directory(PATHS["topk"]),
+        folder=directory("results/topk/{id}/part-{shard}"),
     params:
         stage=stage_info("topk"),
     log:
-        log_path("topk"),
+        log_path("topk", "-part-{shard}"),
     benchmark:
-        bench_path("topk"),
+        bench_path("topk", "-part-{shard}"),
     threads: 2
     resources:
-        mem_mb=4000,
+        mem_mb=topk_mem_mb,
         runtime=120,
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../workflow_scripts/topk_part.py"
+
+
+checkpoint topk:
+    """Merge the partial top-k of the dataset shards; a checkpoint because it fixes the number of unit shards."""
+    input:
+        parts=expand("results/topk/{{id}}/part-{shard}", shard=CACHE_SHARDS),
+        backbone=upstream("topk", "backbone"),
+    output:
+        folder=directory("results/topk/{id}/merged"),
+    params:
+        stage=stage_info("topk"),
+    log:
+        log_path("topk", "-merge"),
+    benchmark:
+        bench_path("topk", "-merge"),
+    threads: 1
+    resources:
+        mem_mb=topk_mem_mb,
+        runtime=60,
     conda:
         "../envs/torch.yaml"
     script:

@@ -1,10 +1,10 @@
 rule verify:
     """Lossless check on the evaluation split; fails the run if outputs or predictions change."""
     input:
-        backbone=PATHS["backbone"],
-        merge=PATHS["merge"],
+        backbone=upstream("verify", "backbone"),
+        merge=upstream("verify", "merge"),
     output:
-        folder=directory(PATHS["verify"]),
+        folder=directory("results/verify/{id}"),
     params:
         stage=stage_info("verify"),
     log:

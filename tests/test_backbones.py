@@ -1,6 +1,7 @@
 """Backbone stage: a timm model by name, target-layer checks with clear errors, atomic artifacts."""
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -39,26 +40,35 @@ def test_non_linear_layer_is_rejected(tmp_path):
         run(tmp_path, "blocks.1.norm1")
 
 
-def _cache_matches_hook(tmp_path, out):
-    """The cache stage's instances equal the target layer's inputs captured directly with a hook."""
-    from elude.cache import open_cache
-    from elude.data import load_split
-    from elude.stages import cache
+def _cache_matches_hook(tmp_path, out, data=None, n_check=10):
+    """The cache stage, run as 2 dataset shards, stores exactly the target layer's inputs captured
+    directly with a forward hook, in image order, with their (image, instance) index."""
+    from elude.cache import Cache
+    from elude.data import iter_batches
+    from elude.stages import _dataset, cache_shard
 
-    data = {"kind": "digits", "eval_fraction": 0.3, "split_seed": 0}
-    cache(Stage("cache", "c", {"data": data, "batch_size": 64, "dtype": "float32", "chunk_rows": 500,
-                               "compressor": "lz4-1", "device": "cpu", "tokens_per_image": None, "token_seed": 42}), str(out), str(tmp_path / "cache"))
-    q, index = open_cache(tmp_path / "cache")
+    data = data or {"kind": "digits", "eval_fraction": 0.3, "split_seed": 0}
+    params = {"data": data, "batch_size": 4, "dtype": "float32", "chunk_rows": 50, "compressor": "lz4-1",
+              "device": "cpu", "tokens_per_image": None, "shards": 2}
+    folders = [tmp_path / f"cache/shard-{s}" for s in range(2)]
+    for s, folder in enumerate(folders):
+        cache_shard(Stage("cache", "c", params), s, str(out), str(folder))
+    c = Cache(folders)
     model = load_backbone(out)
     layer_path = json.loads((out / "layer.json").read_text())["path"]
     captured = []
     dict(model.named_modules())[layer_path].register_forward_pre_hook(lambda m, a: captured.append(a[0]))
-    images = load_split(data, "probe").images[:10]
+    ds = _dataset(data, "probe", out)
+    last = len(ds) - 1
+    batch = next(iter_batches(ds, n_check, [*range(n_check - 1), last]))  # includes the second shard's last image
     with torch.no_grad():
-        model(images)
-    direct = captured[0].reshape(-1, captured[0].shape[-1])
-    assert torch.allclose(torch.from_numpy(q[: len(direct)]), direct)
-    assert index[len(direct) - 1].tolist() == [9, captured[0].shape[1] - 1]  # (image, token)
+        model(batch.inputs)
+    direct = captured[0].reshape(n_check, -1, captured[0].shape[-1])
+    t = direct.shape[1]
+    assert c.n_rows == len(ds) * t
+    rows = np.r_[0 : (n_check - 1) * t, last * t : (last + 1) * t]
+    assert torch.allclose(torch.from_numpy(c.gather(rows)), direct.reshape(-1, direct.shape[-1]), atol=1e-6)
+    np.testing.assert_array_equal(c.index(rows[-t:]), np.stack([np.full(t, last), np.arange(t)], 1))  # (image, token)
 
 
 def test_factory_backbone(tmp_path, monkeypatch):

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from elude import backbones
-from elude.stages import Stage, cache, cluster_shard, merge, surgery_shard, topk
+from elude.stages import Stage, cache_shard, cluster_shard, merge, surgery_shard, topk, topk_part
 
 TIMM = {"name": "vit_tiny_patch16_224", "weights": None,
         "kwargs": {"img_size": 8, "patch_size": 2, "in_chans": 1, "num_classes": 3, "embed_dim": 16, "depth": 1,
@@ -25,6 +25,7 @@ def make_backbone(folder, silence_unit: int | None = None):
     spec = {"kind": "timm", "name": TIMM["name"], "kwargs": TIMM["kwargs"]}
     backbones.save_backbone(model, spec, folder)
     (folder / "layer.json").write_text(json.dumps({"path": LAYER, "type": "Linear", "n_units": 16, "n_upstream": 64}))
+    (folder / "preprocess.json").write_text(json.dumps(backbones.native_preprocess(model, spec)))
     return folder
 
 
@@ -40,20 +41,21 @@ def image_dir(root, n_per_class=6, corrupt=0):
 
 
 def data_cfg(probe, on_bad_image="fail"):
-    return {"kind": "imagefolder", "probe_dir": str(probe), "eval_dir": str(probe), "image_size": 8, "channels": 1,
-            "on_bad_image": on_bad_image}
+    return {"kind": "imagefolder", "probe_dir": str(probe), "eval_dir": str(probe), "on_bad_image": on_bad_image}
 
 
-def cache_stage(data):
-    return Stage("cache", "c0ffee000001", {"data": data, "batch_size": 4, "dtype": "float32", "chunk_rows": 16,
-                                           "compressor": "lz4-1", "device": "cpu", "tokens_per_image": None, "token_seed": 42})
+def cache(data, bb, out):
+    """The cache stage as one dataset shard (cache_shard 0 of 1)."""
+    st = Stage("cache", "c0ffee000001", {"data": data, "batch_size": 4, "dtype": "float32", "chunk_rows": 16,
+                                         "compressor": "lz4-1", "device": "cpu", "tokens_per_image": None, "shards": 1})
+    cache_shard(st, 0, bb, out)
 
 
 def test_corrupt_image_fails_naming_the_file_and_the_policy_key(tmp_path):
     bb = make_backbone(tmp_path / "bb")
     probe = image_dir(tmp_path / "probe", corrupt=1)
     with pytest.raises(ValueError, match=r"broken0\.png.*data\.on_bad_image: skip"):
-        cache(cache_stage(data_cfg(probe)), str(bb), str(tmp_path / "results/cache/c0ffee000001"))
+        cache(data_cfg(probe), str(bb), str(tmp_path / "results/cache/c0ffee000001"))
     assert not (tmp_path / "results/cache/c0ffee000001").exists()
 
 
@@ -61,19 +63,19 @@ def test_corrupt_images_skipped_and_counted_by_policy(tmp_path):
     bb = make_backbone(tmp_path / "bb")
     probe = image_dir(tmp_path / "probe", corrupt=2)
     out = tmp_path / "results/cache/c0ffee000001"
-    cache(cache_stage(data_cfg(probe, "skip")), str(bb), str(out))
+    cache(data_cfg(probe, "skip"), str(bb), str(out))
     manifest = json.loads((out / "manifest.json").read_text())
     assert sorted(p.rsplit("/", 1)[1] for p in manifest["bad_images_skipped"]) == ["broken0.png", "broken1.png"]
-    assert manifest["n_images"] == 12 and manifest["n_instances"] == 12 * 17
+    assert manifest["n_images"] == 14 and manifest["n_instances"] == 12 * 17  # no instance of a skipped image
 
 
 def test_empty_probe_set_is_a_clear_error(tmp_path):
     bb = make_backbone(tmp_path / "bb")
     (tmp_path / "empty/a").mkdir(parents=True)
     with pytest.raises(ValueError, match="data.probe_dir: no readable images"):
-        cache(cache_stage(data_cfg(tmp_path / "empty")), str(bb), str(tmp_path / "results/cache/x"))
+        cache(data_cfg(tmp_path / "empty"), str(bb), str(tmp_path / "results/cache/x"))
     with pytest.raises(FileNotFoundError, match="data.probe_dir"):
-        cache(cache_stage(data_cfg(tmp_path / "missing")), str(bb), str(tmp_path / "results/cache/x"))
+        cache(data_cfg(tmp_path / "missing"), str(bb), str(tmp_path / "results/cache/x"))
 
 
 def test_never_active_unit_and_clamped_topk_are_recorded(tmp_path):
@@ -82,19 +84,20 @@ def test_never_active_unit_and_clamped_topk_are_recorded(tmp_path):
     bb = make_backbone(tmp_path / "bb", silence_unit=3)
     probe = image_dir(tmp_path / "probe", n_per_class=10)
     res = tmp_path / "results"
-    cache(cache_stage(data_cfg(probe)), str(bb), str(res / "cache/c"))
+    cache(data_cfg(probe), str(bb), str(res / "cache/c"))
+    topk_part(Stage("topk", "t", {"k": 10_000}), str(res / "cache/c"), str(bb), str(res / "topk/t/part-0000"))
     with pytest.warns(UserWarning, match="clamped to 340"):
-        topk(Stage("topk", "t", {"k": 10_000}), str(res / "cache/c"), str(bb), str(res / "topk/t"))
-    topk_manifest = json.loads((res / "topk/t/manifest.json").read_text())
+        topk(Stage("topk", "t", {"k": 10_000}), [str(res / "topk/t/part-0000")], str(bb), str(res / "topk/t/merged"))
+    topk_manifest = json.loads((res / "topk/t/merged/manifest.json").read_text())
     assert topk_manifest["k"] == 340 and topk_manifest["k_clamped"] is True
     cl = {"backend": "cpu", "min_cluster_size": 20, "min_samples": 5, "cluster_selection_method": "leaf",
           "units_per_shard": 16}
-    cluster_shard(Stage("cluster", "k", cl), 0, str(res / "cache/c"), str(res / "topk/t"), str(bb), str(res / "cluster/k/shard-0000"))
+    cluster_shard(Stage("cluster", "k", cl), 0, [str(res / "cache/c")], str(res / "topk/t/merged"), str(bb), str(res / "cluster/k/shard-0000"))
     shard = json.loads((res / "cluster/k/shard-0000/manifest.json").read_text())
     assert 3 in shard["never_active_units"]  # (a random-init unit may happen to be silent too)
     assert all(shard["n_clusters"][str(u)] == 0 for u in shard["never_active_units"])
-    surgery_shard(Stage("surgery", "s", {"rho_grid": [0.5, 1.0]}), str(res / "cluster/k/shard-0000"), str(res / "cache/c"),
-                  str(res / "topk/t"), str(bb), str(res / "surgery/s/shard-0000"))
+    surgery_shard(Stage("surgery", "s", {"rho_grid": [0.5, 1.0]}), str(res / "cluster/k/shard-0000"), [str(res / "cache/c")],
+                  str(res / "topk/t/merged"), str(bb), str(res / "surgery/s/shard-0000"))
     merge(Stage("merge", "m", {}), [str(res / "surgery/s/shard-0000")], [str(res / "cluster/k/shard-0000")], str(bb),
           str(res / "merge/m"))
     meta = json.loads((res / "merge/m/layer.json").read_text())["metadata"]["units"]

@@ -3,6 +3,7 @@ and the cache/top-k/MS-Score building blocks against direct computations."""
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import TensorDataset
 from torch import nn
 
 from elude import cache, clustering, contributions
@@ -68,7 +69,7 @@ def _write(tmp_path, rows: np.ndarray, chunk_rows: int):
     """Cache ``rows`` through an identity 'model' whose target layer reads them unchanged."""
     layer = nn.Linear(rows.shape[1], 3)
     model = nn.Sequential(nn.Identity(), layer)
-    stats = cache.write_cache(model, layer, torch.from_numpy(rows), tmp_path, batch_size=7, dtype="float32",
+    stats = cache.write_cache(model, layer, TensorDataset(torch.from_numpy(rows)), tmp_path, batch_size=7, dtype="float32",
                               chunk_rows=chunk_rows, compressor="lz4-1")
     return layer, stats
 
@@ -83,7 +84,7 @@ def test_cache_rows_equal_layer_inputs_and_topk_equals_brute_force(rng, tmp_path
     picks = np.array([50, 3, 3, 17, 0])
     np.testing.assert_array_equal(cache.gather_rows(q, picks), rows[picks])
     w, b = layer_weight_bias(layer)
-    idx, val = streaming_topk(q, w, b, k=9)
+    idx, val = streaming_topk(cache.Cache([tmp_path]), w, b, k=9)
     ref_val, ref_idx = torch.topk(torch.from_numpy(rows) @ w.T + b, 9, dim=0)
     np.testing.assert_array_equal(idx, ref_idx.T.numpy())
     np.testing.assert_allclose(val, ref_val.T.numpy(), rtol=1e-6)
@@ -96,7 +97,7 @@ def test_topk_larger_than_instances_is_clamped_with_warning(rng, tmp_path):
     with pytest.warns(UserWarning, match="clamped to 12"):
         k = clamp_k(100, q.shape[0])
     w, b = layer_weight_bias(layer)
-    idx, _ = streaming_topk(q, w, b, k)
+    idx, _ = streaming_topk(cache.Cache([tmp_path]), w, b, k)
     assert idx.shape == (3, 12) and all(sorted(r) == list(range(12)) for r in idx)
 
 
@@ -133,11 +134,11 @@ def test_seeded_token_dataset(tmp_path):
     for name, seed in (("a", 42), ("b", 42), ("c", 123)):
         folder = tmp_path / name
         folder.mkdir()
-        stats = cache.write_cache(model, layer, images, folder, batch_size=4, dtype="float32", chunk_rows=8,
+        stats = cache.write_cache(model, layer, TensorDataset(images), folder, batch_size=4, dtype="float32", chunk_rows=8,
                                   compressor="lz4-1", tokens_per_image=2, token_seed=seed)
         q, index = cache.open_cache(folder)
         runs[name] = (q[:], index[:])
-        assert stats["instances_per_image"] == 2 and q.shape == (60, 5)
+        assert stats["tokens_per_image"] == 2 and stats["instances_per_image"] == 17 and q.shape == (60, 5)
     (qa, ia), (qb, ib), (qc, ic) = runs["a"], runs["b"], runs["c"]
     assert np.array_equal(qa, qb) and np.array_equal(ia, ib)
     assert not np.array_equal(ia[:, 1], ic[:, 1])
@@ -145,6 +146,6 @@ def test_seeded_token_dataset(tmp_path):
     assert all(ia[2 * i, 1] < ia[2 * i + 1, 1] for i in range(30))  # two distinct tokens per image
     np.testing.assert_array_equal(qa, images[ia[:, 0], ia[:, 1]].numpy())
     assert (ia[:, 1] == 0).any()  # CLS (token 0) is eligible
-    with pytest.raises(ValueError, match="tokens_per_image=18 exceeds the 17"):
-        cache.write_cache(model, layer, images, tmp_path / "a", batch_size=4, dtype="float32", chunk_rows=8,
+    with pytest.raises(ValueError, match="tokens_per_image=18 exceeds the 17 instances"):
+        cache.write_cache(model, layer, TensorDataset(images), tmp_path / "a", batch_size=4, dtype="float32", chunk_rows=8,
                           compressor="lz4-1", tokens_per_image=18)

@@ -13,7 +13,9 @@ import yaml
 from elude.config import artifact_ids, merge_config, validate_config
 from workflow_helpers import REPO
 
-SHARDED = ("cluster", "surgery")
+# sub-folders of sharded artifacts, as the workflow writes them
+SUBFOLDERS = {"cache": ["shard-0000", "shard-0001"], "topk": ["part-0000", "part-0001", "merged"],
+              "cluster": ["shard-0000", "shard-0001"], "surgery": ["shard-0000", "shard-0001"]}
 ONE = {"run_name": "one", "cluster": {"min_cluster_size": 20}}
 TWO = {"run_name": "two", "cluster": {"min_cluster_size": 30}}
 THREE = {"cache": {"dtype": "float32"}}  # only ever started: a cache .partial, nothing else
@@ -27,13 +29,13 @@ def write_artifact(results: Path, stage: str, art: dict, mtime: float) -> None:
     manifest = {"stage": stage, "id": art["id"], "params": art["params"], "inputs": art["inputs"],
                 "wall_seconds": 1.0, "checksum": "0" * 64}
     folder = results / stage / art["id"]
-    shards = [folder / f"shard-{s:04d}" for s in range(2)] if stage in SHARDED else [folder]
+    shards = [folder / sub for sub in SUBFOLDERS.get(stage, [""])]
     for d in shards:
         d.mkdir(parents=True)
         (d / "data.bin").write_bytes(b"x" * 1000)
         (d / "manifest.json").write_text(json.dumps(manifest))
         os.utime(d / "manifest.json", (mtime, mtime))
-    suffixes = [f"-shard-{s:04d}" for s in range(2)] if stage in SHARDED else [""]
+    suffixes = [f"-{sub}" for sub in SUBFOLDERS[stage]] if stage in SUBFOLDERS else [""]
     for sub, ext in (("logs", "log"), ("benchmarks", "tsv")):
         (results / sub / stage).mkdir(parents=True, exist_ok=True)
         for suffix in suffixes:
@@ -56,10 +58,10 @@ def tree(tmp_path):
         if two[stage]["id"] != one[stage]["id"]:
             write_artifact(results, stage, two[stage], t0 + 10_000 + i * 100)
     # Work in progress: a kept id's (survives), an unreferenced id's with its log, a shard inside config 2's.
-    (results / "cache" / f".{one['cache']['id']}.partial").mkdir()
-    (results / "cache" / f".{three['cache']['id']}.partial" / "q.zarr").mkdir(parents=True)
-    (results / "cache" / f".{three['cache']['id']}.partial" / "q.zarr" / "0").write_bytes(b"y" * 500)
-    (results / "logs" / "cache" / f"{three['cache']['id']}.log").write_text("killed\n")
+    (results / "cache" / one["cache"]["id"] / ".shard-0002.partial").mkdir()
+    (results / "cache" / three["cache"]["id"] / ".shard-0000.partial" / "q.zarr").mkdir(parents=True)
+    (results / "cache" / three["cache"]["id"] / ".shard-0000.partial" / "q.zarr" / "0").write_bytes(b"y" * 500)
+    (results / "logs" / "cache" / f"{three['cache']['id']}-shard-0000.log").write_text("killed\n")
     (results / "merge" / f".{two['merge']['id']}.tmp-4242").mkdir()
     (results / "cluster" / two["cluster"]["id"] / ".shard-0002.partial").mkdir()
     (results / "runs" / "one").mkdir(parents=True)
@@ -116,8 +118,8 @@ def test_keeping_both_configs_keeps_all_their_artifacts(tree):
     assert "unreferenced" not in {row[2] for row in rows(r.stdout)}
     # Only the never-referenced cache work in progress and its log go.
     three = tree["three"]["cache"]["id"]
-    gone = {p for p in before if p.startswith(f"cache/.{three}.partial") or p == f"logs/cache/{three}.log"}
-    assert len(gone) == 4
+    gone = {p for p in before if p.startswith(f"cache/{three}") or p == f"logs/cache/{three}-shard-0000.log"}
+    assert len(gone) == 5  # the folder, .shard-0000.partial, q.zarr, its chunk, and the log
     assert listing(tree["results"]) == before - gone
 
 
@@ -134,10 +136,10 @@ def test_delete_removes_exactly_the_unreferenced(tree):
         assert not (results / stage / i).exists()
         assert not any(p.startswith((f"logs/{stage}/{i}", f"benchmarks/{stage}/{i}")) for p in after)
     assert not (results / "merge" / f".{two['merge']['id']}.tmp-4242").exists()
-    assert not (results / "cache" / f".{tree['three']['cache']['id']}.partial").exists()
+    assert not (results / "cache" / tree["three"]["cache"]["id"]).exists()
     for stage, a in one.items():  # config 1, shared ones included, with logs, untouched
         assert {p for p in before if f"/{a['id']}" in "/" + p} <= after
-    assert (results / "cache" / f".{one['cache']['id']}.partial").is_dir()
+    assert (results / "cache" / one["cache"]["id"] / ".shard-0002.partial").is_dir()
     assert (results / "runs" / "one" / "report.html").is_file() and (results / "README.md").is_file()
     assert "Removed" in r.stdout
     # Nothing left to remove.

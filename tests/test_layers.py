@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import timm
 import torch
+from torch.utils.data import TensorDataset
 from torch import nn
 
 from elude.backbones import get_module
@@ -103,10 +104,10 @@ def test_verify_and_evaluate_on_a_cnn_with_a_1x1_conv_target(rng):
                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(12, 4)).eval()
     images, labels = torch.randn(30, 1, 6, 6), torch.randint(0, 4, (30,))
     dl = random_split(net[2], rng)
-    result = verify(net, "2", dl, images, batch_size=8)
+    result = verify(net, "2", dl, TensorDataset(images), batch_size=8)
     assert result["max_rel_diff"] < 1e-5 and result["prediction_agreement"] == 1.0 and result["r2"] > 1 - 1e-9
     assert isinstance(net[2], nn.Conv2d)  # restored
-    res = evaluate(net, "2", dl, images, labels, ms_top_k=10, random_seed=0, batch_size=8)
+    res = evaluate(net, "2", dl, TensorDataset(images, labels), ms_top_k=10, random_seed=0, batch_size=8)
     assert res["summary"]["n_units"] == 12 and res["summary"]["n_subunits"] == dl.n_subunits
     assert res["tables"]["subunits_ms_layer"].shape == (dl.n_subunits,)
     assert res["summary"]["accuracy"]["original"] == res["summary"]["accuracy"]["disentangled"]

@@ -3,6 +3,7 @@ sub-unit fires on its own concept, while the model's outputs stay the same."""
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import TensorDataset
 from torch import nn
 
 from elude import cache, clustering, contributions
@@ -58,10 +59,10 @@ def test_recovers_planted_concepts(tmp_path, seed):
     model = planted_model(rng)
     x, concept = planted_inputs(rng, per_concept=400)
     layer = model[2]
-    cache.write_cache(model, layer, x, tmp_path, batch_size=256, dtype="float32", chunk_rows=500, compressor="lz4-1")
+    cache.write_cache(model, layer, TensorDataset(x), tmp_path, batch_size=256, dtype="float32", chunk_rows=500, compressor="lz4-1")
     q, index = cache.open_cache(tmp_path)
     w, b = layer_weight_bias(layer)
-    top_idx, _ = streaming_topk(q, w, b, k=300)  # < instances per concept: no filler from weak concepts
+    top_idx, _ = streaming_topk(cache.Cache([tmp_path]), w, b, k=300)  # < instances per concept: no filler from weak concepts
     fracs, omegas, found_k = [], [], []
     for u in range(len(UNIT_CONCEPTS)):
         rows = cache.gather_rows(q, top_idx[u])

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import TensorDataset
 from torch import nn
 
 from elude import cache
@@ -39,14 +40,14 @@ def test_cache_resumes_from_recorded_chunks_and_matches_uninterrupted(tmp_path, 
     images = torch.from_numpy(rng.normal(size=(40, 3, 6)).astype(np.float32))  # 3 instances per image
     kw = dict(batch_size=4, dtype="float16", chunk_rows=10, compressor="lz4-1")
     (tmp_path / "full").mkdir()
-    cache.write_cache(net, net[2], images, tmp_path / "full", **kw)
+    cache.write_cache(net, net[2], TensorDataset(images), tmp_path / "full", **kw)
     part = tmp_path / "part"
     part.mkdir()
     with pytest.raises(RuntimeError, match="simulated"):
-        cache.write_cache(Flaky(net, fail_at=6), net[2], images, part, **kw)
+        cache.write_cache(Flaky(net, fail_at=6), net[2], TensorDataset(images), part, **kw)
     done = json.loads((part / cache.PROGRESS).read_text())["chunks_done"]
     assert done == 6  # 5 batches x 12 rows = 60 rows: 6 whole chunks on disk
-    stats = cache.write_cache(net, net[2], images, part, **kw)
+    stats = cache.write_cache(net, net[2], TensorDataset(images), part, **kw)
     assert stats["chunks_resumed"] == 6 and stats["chunks_written_this_run"] == 12 - 6
     assert not (part / cache.PROGRESS).exists()
     assert content_checksum(part) == content_checksum(tmp_path / "full")
@@ -83,7 +84,8 @@ def test_sigkill_during_cache_and_cluster_then_resume(tmp_path, reference_checkp
     cfg = write_config(tmp_path / "tiny.yaml")
     ids = ids_for(cfg)
     results = tmp_path / "results"
-    cache_partial = partial_dir(results / "cache" / ids["cache"])
+    shard0 = results / "cache" / ids["cache"] / "shard-0000"  # the first dataset shard's job
+    cache_partial = partial_dir(shard0)
     cache_progress = cache_partial / cache.PROGRESS
 
     def chunks_done() -> int:
@@ -98,7 +100,7 @@ def test_sigkill_during_cache_and_cluster_then_resume(tmp_path, reference_checkp
     assert _wait_for(lambda: chunks_done() >= 20, proc), "the cache stage never got going"
     _kill_group(proc)
     at_kill = chunks_done()
-    assert at_kill >= 20 and not (results / "cache" / ids["cache"]).exists()
+    assert at_kill >= 20 and not shard0.exists()
 
     # 2. rerun: the cache continues from its progress; kill again in the middle of the cluster stage
     cluster_dir = results / "cluster" / ids["cluster"]
@@ -109,7 +111,7 @@ def test_sigkill_during_cache_and_cluster_then_resume(tmp_path, reference_checkp
     assert _wait_for(lambda: len(unit_files()) >= 3, proc), "the cluster stage never got going"
     _kill_group(proc)
     units_at_kill = len(unit_files())
-    cache_manifest = json.loads((results / "cache" / ids["cache"] / "manifest.json").read_text())
+    cache_manifest = json.loads((shard0 / "manifest.json").read_text())
     n_chunks = -(-cache_manifest["n_instances"] // TINY["cache"]["chunk_rows"])
     assert at_kill < n_chunks  # the kill landed mid-stage
     assert cache_manifest["chunks_resumed"] == at_kill

@@ -25,16 +25,18 @@ def test_tiny_run_through_slurm_matches_local(tmp_path, tiny_run):
     assert proc.returncode == 0, proc.stderr[-6000:]
     job_ids = re.findall(r"submitted with SLURM jobid (\d+)", proc.stderr)
     sbatch_calls = re.findall(r"sbatch call: (sbatch .*)", proc.stderr)
-    # 7 single jobs (backbone, cache, topk, merge, verify, evaluate, report) + 2 group jobs for the 3 unit
-    # shards (cluster + surgery each): shards 0-1 together, shard 2 alone
-    assert len(job_ids) == 9 and len(sbatch_calls) == 9, proc.stderr[-4000:]
+    # 10 single jobs (backbone, 2 cache shards, 2 partial top-k, the top-k merge, merge, verify, evaluate,
+    # report) + 2 group jobs for the 3 unit shards (cluster + surgery each): shards 0-1 together, 2 alone
+    assert len(job_ids) == 12 and len(sbatch_calls) == 12, proc.stderr[-4000:]
     group_calls = [c for c in sbatch_calls if "--comment rule_unit_shards_cluster_shard_surgery_shard" in c]
     assert len(group_calls) == 2  # the shards really were grouped: 6 shard jobs in 2 submissions
     targets = " ".join(group_calls)
-    assert all(f"'{rule}:shard={s:04d}'" in targets for rule in ("cluster_shard", "surgery_shard") for s in range(3))
+    assert all(re.search(rf"'{rule}:id=[0-9a-f]{{12}},shard={s:04d}'", targets)
+               for rule in ("cluster_shard", "surgery_shard") for s in range(3))
     assert sorted(p.name for p in (tmp_path / "results/cluster" / ids["cluster"]).iterdir()) == [
         "shard-0000", "shard-0001", "shard-0002"]
-    assert {"backbone", "cache", "topk", "merge", "verify", "evaluate", "report"} <= set(executed_rules(proc.stderr))
+    assert {"backbone", "cache_shard", "topk_part", "topk", "merge", "verify", "evaluate", "report"} <= set(
+        executed_rules(proc.stderr))
     for job_id in job_ids:  # every job went through the controller
         assert f"_slurm_rpc_submit_batch_job: JobId={job_id} " in ctld_log
     assert all(f"-p {PARTITION}" in c or f"-p '{PARTITION}'" in c for c in sbatch_calls), sbatch_calls

@@ -12,8 +12,10 @@ from workflow_helpers import executed_rules, ids_for, snakemake, write_config
 
 def test_tiny_run_summary(tiny_run):
     work, _, proc = tiny_run
-    assert {"backbone", "cache", "topk", "cluster_shard", "surgery_shard", "merge", "verify", "evaluate",
-            "report"} <= set(executed_rules(proc.stderr))
+    ran = executed_rules(proc.stderr)
+    assert {"backbone", "cache_shard", "topk_part", "topk", "cluster_shard", "surgery_shard", "merge", "verify",
+            "evaluate", "report"} <= set(ran)
+    assert ran.count("cache_shard") == ran.count("topk_part") == 2  # dataset shards
     summary = json.loads((work / "results/runs/tiny/summary.json").read_text())
     lossless = summary["lossless"]
     assert lossless["max_rel_diff"] <= 1e-5 and lossless["max_abs_diff"] < 1e-4
@@ -31,12 +33,13 @@ def test_tiny_run_summary(tiny_run):
     for stage, path in summary["artifacts"].items():
         folder = work / path
         assert re.fullmatch(rf"results/{stage}/[0-9a-f]{{12}}", path)
-        manifests = [folder / "manifest.json"] if stage not in ("cluster", "surgery") else list(folder.glob("shard-*/manifest.json"))
+        sharded = stage in ("cache", "topk", "cluster", "surgery")  # shard-*, or part-* and merged/
+        manifests = list(folder.glob("*/manifest.json")) if sharded else [folder / "manifest.json"]
         assert manifests, stage
         for m in manifests:
             man = json.loads(m.read_text())
             assert man["id"] == folder.name and man["stage"] == stage
-    assert json.loads((work / summary["artifacts"]["topk"] / "manifest.json").read_text())["inputs"] == {
+    assert json.loads((work / summary["artifacts"]["topk"] / "merged/manifest.json").read_text())["inputs"] == {
         "cache": Path(summary["artifacts"]["cache"]).name}
     html = (work / "results/runs/tiny/report.html").read_text()
     assert "MS-Score" in html and "data:image/png;base64" in html
@@ -121,3 +124,26 @@ def test_gpu_requests_that_cannot_run_fail_before_any_job(tmp_path, override, me
     proc = snakemake(tmp_path, write_config(tmp_path / "gpu.yaml", override), check=False)
     assert proc.returncode != 0 and message in proc.stderr
     assert executed_rules(proc.stderr) == [] and not (tmp_path / "results").exists()
+
+
+def test_token_seeds_run_all_and_aggregate(tiny_run):
+    """cache.token_seed as a list: one cache..report chain per seeded token dataset (the backbone is
+    shared), then an aggregate of their summaries, published with each seed's report."""
+    work, _, _ = tiny_run
+    cfg = write_config(work / "seeds.yaml", {"run_name": "seeds", "cache": {"tokens_per_image": 4, "token_seed": [1, 2]}})
+    proc = snakemake(work, cfg)
+    ran = executed_rules(proc.stderr)
+    assert "backbone" not in ran and ran.count("report") == 2 and ran.count("aggregate") == 1
+    assert ran.count("cache_shard") == 4  # 2 seeds x 2 dataset shards
+    run = work / "results/runs/seeds"
+    agg = json.loads((run / "summary.json").read_text())
+    assert agg["token_seeds"] == [1, 2] and agg["lossless_all_seeds"] is True
+    per_seed = [json.loads((run / f"seed-{s}/summary.json").read_text()) for s in (1, 2)]
+    ms = agg["metrics"]["ms_score.subunits_mean"]
+    assert ms["per_seed"] == [p["ms_score"]["subunits_mean"] for p in per_seed]
+    assert ms["mean"] == pytest.approx(sum(ms["per_seed"]) / 2)
+    caches = {p["artifacts"]["cache"] for p in per_seed}
+    assert len(caches) == 2  # the seed is part of the cache id
+    for p in per_seed:
+        manifest = json.loads((work / p["artifacts"]["cache"] / "shard-0000/manifest.json").read_text())
+        assert manifest["tokens_per_image"] == 4

@@ -17,7 +17,7 @@ TINY = {
     "backbone": {"demo": {"arch": {"embed_dim": 32, "depth": 2, "num_heads": 2, "mlp_ratio": 4},
                           "train": {"epochs": 4}},
                  "layer": "blocks.1.mlp.fc2"},
-    "cache": {"batch_size": 2, "chunk_rows": 34},
+    "cache": {"batch_size": 2, "chunk_rows": 34, "shards": 2},
     "topk": {"k": 300},
     "cluster": {"min_cluster_size": 15, "min_samples": 4, "units_per_shard": 12},
     "evaluate": {"ms_top_k": 20},

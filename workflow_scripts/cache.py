@@ -1,6 +1,7 @@
-# Thin entry point: see elude.stages.cache.
+# Thin entry point: see elude.stages.cache_shard.
 import _repo  # noqa: F401,I001 (puts the checkout on sys.path)
-from elude.stages import cache, run_logged
+from elude.stages import cache_shard, run_logged
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
-run_logged(sm.params.stage, sm.log[0], sm.threads, lambda st: cache(st, sm.input.backbone, sm.output.folder))
+run_logged(sm.params.stage, sm.log[0], sm.threads,
+           lambda st: cache_shard(st, int(sm.wildcards.shard), sm.input.backbone, sm.output.folder))

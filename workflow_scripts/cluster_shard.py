@@ -1,8 +1,8 @@
 # Thin entry point: see elude.stages.cluster_shard.
-import _repo  # noqa: F401,I001 (puts the checkout on sys.path)
+import _repo  # noqa: I001 (puts the checkout on sys.path)
 from elude.stages import cluster_shard, run_logged
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 run_logged(sm.params.stage, sm.log[0], sm.threads,
-           lambda st: cluster_shard(st, int(sm.wildcards.shard), sm.input.cache, sm.input.topk, sm.input.backbone,
+           lambda st: cluster_shard(st, int(sm.wildcards.shard), _repo.as_list(sm.input.cache), sm.input.topk, sm.input.backbone,
                                     sm.output.folder))

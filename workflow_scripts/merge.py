@@ -1,7 +1,7 @@
 # Thin entry point: see elude.stages.merge.
-import _repo  # noqa: F401,I001 (puts the checkout on sys.path)
+import _repo  # noqa: I001 (puts the checkout on sys.path)
 from elude.stages import merge, run_logged
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 run_logged(sm.params.stage, sm.log[0], sm.threads,
-           lambda st: merge(st, list(sm.input.surgery), list(sm.input.cluster), sm.input.backbone, sm.output.folder))
+           lambda st: merge(st, _repo.as_list(sm.input.surgery), _repo.as_list(sm.input.cluster), sm.input.backbone, sm.output.folder))

@@ -1,7 +1,7 @@
-# Thin entry point: see elude.stages.topk.
-import _repo  # noqa: F401,I001 (puts the checkout on sys.path)
+# Thin entry point: see elude.stages.topk (the merge of the partial top-k).
+import _repo  # noqa: I001 (puts the checkout on sys.path)
 from elude.stages import run_logged, topk
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 run_logged(sm.params.stage, sm.log[0], sm.threads,
-           lambda st: topk(st, sm.input.cache, sm.input.backbone, sm.output.folder))
+           lambda st: topk(st, _repo.as_list(sm.input.parts), sm.input.backbone, sm.output.folder))
