@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -242,7 +243,7 @@ class Cache:
     def n_chunks(self) -> int:
         return sum(-(-g["q"].shape[0] // g["q"].chunks[0]) for g in self.shards)
 
-    def iter_chunks(self) -> "Iterator[tuple[int, np.ndarray]]":
+    def iter_chunks(self) -> Iterator[tuple[int, np.ndarray]]:
         """(first global row, float32 rows) per stored chunk, in order: one sequential pass."""
         for offset, g in zip(self.offsets, self.shards):
             for start, rows in iter_chunks(g["q"]):
@@ -280,7 +281,7 @@ def open_cache(folder: str | Path):
     return root["q"], root["index"]
 
 
-def iter_chunks(q) -> "Iterator[tuple[int, np.ndarray]]":
+def iter_chunks(q) -> Iterator[tuple[int, np.ndarray]]:
     """(first row, float32 rows) per stored chunk, in order: one sequential pass."""
     step = q.chunks[0]
     for start in range(0, q.shape[0], step):

@@ -2,7 +2,6 @@
 differences, accuracy."""
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 

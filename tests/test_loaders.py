@@ -179,3 +179,20 @@ def test_text_factory_padding_never_enters_cache_or_metrics(tmp_path, text_facto
     ev = evaluate(model, "mlp.2", dl, eval_ds, ms_top_k=5, random_seed=0, batch_size=7)
     assert ev["summary"]["accuracy"]["original"] == ev["summary"]["accuracy"]["disentangled"] is not None
     assert ev["summary"]["pooled_space"] == "mean of layer output over instances"
+
+
+def test_decoding_in_worker_processes_gives_the_same_batches(tmp_path):
+    """compute.workers > 0 decodes image files in DataLoader processes: same batches, same order, and an
+    unreadable file (on_bad_image: skip) marked in its batch either way."""
+    from elude.data import open_dataset
+
+    root = make_images(tmp_path / "imgs")
+    (root / "dog" / "9.png").write_bytes(b"not a png")
+    pre = {"size": 16, "crop_pct": 0.875, "mean": [0.5] * 3, "std": [0.25] * 3, "interpolation": "bicubic",
+           "channels": 3}
+    ds = open_dataset({"kind": "imagefolder", "probe_dir": str(root), "on_bad_image": "skip"}, "probe", pre)
+    serial, parallel = (list(iter_batches(ds, 3, workers=w)) for w in (0, 2))
+    assert len(serial) == len(parallel) == 3
+    for a, b in zip(serial, parallel):
+        assert torch.equal(a.index, b.index) and torch.equal(a.inputs, b.inputs) and a.bad == b.bad
+    assert [list(b.bad.values()) for b in serial][-1] == [str(root / "dog" / "9.png")]
