@@ -1,5 +1,6 @@
 # ELUDe pipeline: cache (dataset shards) -> topk (partial per shard, merged) -> cluster (unit shards) ->
-# surgery (unit shards) -> merge -> verify, evaluate -> report [-> aggregate over token seeds]. All method logic lives in the `elude` package; see README.md and DESIGN.md.
+# surgery (unit shards) -> merge -> verify, evaluate -> report [-> aggregate over token seeds].
+# All method logic lives in the `elude` package; see README.md and DESIGN.md.
 import sys
 
 sys.path.insert(0, workflow.basedir)  # `elude` from this checkout (jobs: workflow_scripts/_repo.py)

@@ -67,6 +67,22 @@ def topk_memory_mb(k: int, n_units: int, buffer_rows: int = 16384, unit_block: i
     return int(1500 + (best + buf + block) / 2**20)
 
 
+def cache_memory_mb(batch_size: int, workers: int, image_side: int) -> int:
+    """Memory request of a cache job: 4 GB (model, one batch of activations, chunks waiting for the
+    writer) plus the decoded batches the DataLoader workers hold (2 each, 3 x side x side float32)."""
+    return int(4000 + 2 * max(1, workers) * batch_size * 3 * image_side**2 * 4 / 2**20)
+
+
+def evaluate_memory_mb(n_units: int, n_subunits: int, ms_top_k: int, batch_size: int,
+                       n_images: int = 50_000, instances: int = 257) -> int:
+    """Memory request of an evaluate job (:mod:`elude.evaluation`): 4 GB, plus the layer-space embeddings
+    of the selected (image, instance) pairs ((units + 2 x sub-units) x ms_top_k x units float32), the
+    pooled embeddings (``n_images`` x units), and one batch of unit, sub-unit and control activations (x2)."""
+    sets = n_units + 2 * n_subunits
+    pairs = sets * ms_top_k * n_units * 4
+    return int(4000 + (pairs + n_images * n_units * 4 + 2 * batch_size * instances * sets * 4) / 2**20)
+
+
 def _load_layer(backbone_dir: str | Path):
     model = backbones.load_backbone(backbone_dir)
     info = json.loads((Path(backbone_dir) / "layer.json").read_text())

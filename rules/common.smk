@@ -9,7 +9,8 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 
 from elude.config import ConfigError, run_artifacts, validate_config
-from elude.stages import n_shards, publish_run, shard_memory_mb, topk_memory_mb
+from elude.stages import (cache_memory_mb, evaluate_memory_mb, n_shards, publish_run, shard_memory_mb,
+                          topk_memory_mb)
 
 try:
     config.update(validate_config(config))  # defaults filled in; fails before any job with every problem
@@ -17,7 +18,6 @@ except ConfigError as exc:
     raise WorkflowError(str(exc)) from None
 
 RUN = run_artifacts(config)
-SEEDS = list(RUN["seeds"])
 REG = {}  # stage -> id -> {"id", "params", "inputs"}
 for _arts in RUN["seeds"].values():
     for _stage, _a in _arts.items():
@@ -115,27 +115,20 @@ def topk_mem_mb(wildcards, input):
 
 
 def cache_mem_mb(wildcards, input):
-    """Memory of a cache job: 4 GB (model, one batch of activations, chunks waiting for the writer) plus
-    the decoded batches the DataLoader workers hold (2 each; image size from the backbone's preprocessing
-    once it exists, 224 before)."""
+    """Memory of a cache job (elude.stages.cache_memory_mb); image size from the backbone's
+    preprocessing once it exists, 224 before (a dry run)."""
     pre_file = Path(str(input.backbone)) / "preprocess.json"
     pre = json.loads(pre_file.read_text()) if pre_file.exists() else None
-    side = pre["size"] if pre else 224
-    batch = config["cache"]["batch_size"] * 3 * side * side * 4
-    return int(4000 + 2 * max(1, config["compute"]["workers"]) * batch / 2**20)
+    return cache_memory_mb(config["cache"]["batch_size"], config["compute"]["workers"], pre["size"] if pre else 224)
 
 
 def evaluate_mem_mb(wildcards, input):
-    """Memory of an evaluate job (elude.evaluation): 4 GB, plus the layer-space embeddings of the selected
-    (image, instance) pairs ((units + 2 x sub-units) x ms_top_k x units float32), the pooled embeddings
-    (up to 50k images), and one batch of sub-unit and control activations (x2; 257 instances assumed).
-    Unit and sub-unit counts are read from the artifacts once they exist (1024 and 8 x 1024 before)."""
+    """Memory of an evaluate job (elude.stages.evaluate_memory_mb); unit and sub-unit counts read from the
+    artifacts once they exist (1024 and 8 x 1024 before)."""
     layer, merged = Path(str(input.backbone)) / "layer.json", Path(str(input.merge)) / "manifest.json"
     units = json.loads(layer.read_text())["n_units"] if layer.exists() else 1024
     subunits = json.loads(merged.read_text())["n_subunits"] if merged.exists() else 8 * units
-    sets = units + 2 * subunits
-    k, batch = config["evaluate"]["ms_top_k"], config["evaluate"]["batch_size"]
-    return int(4000 + (sets * k * units * 4 + 50_000 * units * 4 + 2 * batch * 257 * sets * 4) / 2**20)
+    return evaluate_memory_mb(units, subunits, config["evaluate"]["ms_top_k"], config["evaluate"]["batch_size"])
 
 
 def shard_runtime(wildcards):

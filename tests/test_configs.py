@@ -197,7 +197,6 @@ def _hf_architecture(hf: dict) -> nn.Module:
 
 @pytest.mark.parametrize("name", HF)
 def test_hf_layer_is_the_expected_linear(name):
-    pytest.importorskip("transformers")
     bb = overlay(name)["backbone"]
     module = _hf_architecture(bb["hf"])
     for attr in bb["hf"]["submodule"].split("."):
