@@ -23,7 +23,7 @@ CODE_VERSIONS = {
     "backbone": "2",
     "cache": "2",
     "topk": "3",
-    "cluster": "2",
+    "cluster": "3",  # 3: torch backend (auto), cuML min_samples + 1, cluster.reduce
     "surgery": "2",
     "merge": "3",
     "verify": "3",

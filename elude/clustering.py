@@ -1,10 +1,19 @@
 """HDBSCAN on normalised contribution vectors, and cluster representatives (Section 3.2, eq. 2).
 
-Backends: ``cpu`` (the hdbscan package) and ``cuml`` (RAPIDS cuML on the GPU), picked by ``auto``.
-Both use euclidean distance on the L2-normalised vectors (monotone in cosine distance; hdbscan's own
-``metric='cosine'`` is broken). On the CPU, up to ``precomputed_max_rows`` points the pairwise
-distances are computed blockwise in torch (float64) and passed as a precomputed matrix, which is
-exact and avoids both hdbscan's slow trees in high dimension and numpy's BLAS crash on this CPU.
+Backends (``cluster.backend``):
+- ``torch`` (what ``auto`` picks): exact HDBSCAN whose expensive half (core distances, the
+  mutual-reachability spanning tree) runs in torch in blocks, on the GPU when one is visible and on the
+  CPU otherwise; the rest is the hdbscan package's own code (:mod:`elude.exact_hdbscan`). Same labels as
+  the package, bounded memory, no cliff with n.
+- ``hdbscan``: the package end to end. Up to ``precomputed_max_rows`` points the pairwise distances are
+  computed blockwise in torch (float64) and passed as a precomputed matrix (avoids hdbscan's slow trees in
+  high dimension and numpy's BLAS crash on some CPUs); above that its own tree algorithms (slow: minutes
+  at 12,000 x 768). ``cpu`` is the old name of this backend, still accepted (deprecated).
+- ``cuml``: RAPIDS cuML on the GPU (``pip install -e '.[cuml]'``); approximate where cuML's parallel
+  tree differs at ties.
+All use euclidean distance on the L2-normalised vectors (monotone in cosine distance; hdbscan's own
+``metric='cosine'`` is broken). ``min_samples`` is the package's: core distance = distance to the
+min_samples-th nearest other point.
 """
 from __future__ import annotations
 
@@ -16,7 +25,9 @@ import torch
 log = logging.getLogger(__name__)
 
 REP_EPS = 1e-8  # eq. 2's epsilon
-PRECOMPUTED_MAX_ROWS = 6000  # CPU: exact torch distances up to this many points (6000^2 float64 = 288 MB)
+PRECOMPUTED_MAX_ROWS = 6000  # hdbscan backend: exact torch distances up to this many points (6000^2 float64 = 288 MB)
+BACKENDS = ("auto", "torch", "hdbscan", "cuml", "cpu")
+TORCH_BLOCK_MB = 256  # torch backend: memory of one block of float32 distances
 
 
 def cuml_available() -> tuple[bool, str]:
@@ -31,16 +42,52 @@ def cuml_available() -> tuple[bool, str]:
 
 
 def resolve_backend(backend: str) -> str:
-    """'auto' -> 'cuml' when usable else 'cpu'; an explicit 'cuml' that cannot run fails here, early."""
-    if backend not in ("auto", "cpu", "cuml"):
-        raise ValueError(f"cluster.backend: {backend!r} is not one of 'auto', 'cpu', 'cuml'")
+    """The backend that runs here: 'torch:cuda', 'torch:cpu', 'hdbscan' or 'cuml'.
+
+    'auto' = torch on the GPU if one is visible, else on the CPU. An explicit 'cuml' that cannot run
+    fails here, early. 'cpu' is the deprecated name of 'hdbscan'.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"cluster.backend: {backend!r} is not one of {', '.join(map(repr, BACKENDS))}")
     if backend == "cpu":
-        return "cpu"
-    ok, why = cuml_available()
-    if backend == "cuml" and not ok:
-        raise RuntimeError(f"cluster.backend is 'cuml' but cuML cannot run here: {why}. "
-                           "Set cluster.backend to 'cpu' or 'auto', or run on a GPU node with cuml-cu13.")
-    return "cuml" if ok else "cpu"
+        log.warning("cluster.backend 'cpu' is deprecated: it is now called 'hdbscan' (the package end to end); "
+                    "'auto' (exact torch backend) is faster and gives the same clusters")
+        return "hdbscan"
+    if backend == "hdbscan":
+        return "hdbscan"
+    if backend == "cuml":
+        ok, why = cuml_available()
+        if not ok:
+            raise RuntimeError(f"cluster.backend is 'cuml' but cuML cannot run here: {why}. "
+                               "Set cluster.backend to 'auto' (exact torch backend, GPU or CPU) or run on a GPU "
+                               "node with cuml-cu13.")
+        return "cuml"
+    return "torch:cuda" if torch.cuda.is_available() else "torch:cpu"
+
+
+def reduce_dims(x: np.ndarray, method: str, dims: int, device: str = "cpu") -> tuple[np.ndarray, float]:
+    """Optional pre-reduction before clustering (``cluster.reduce``): (reduced rows float64, variance kept).
+
+    ``pca``: project the centred rows on the top ``dims`` principal axes (float64 in torch; eigenvector
+    signs fixed so the result is deterministic). Distances in the subspace approximate the euclidean
+    distances HDBSCAN would see in full dimension; Table 7's UMAP row is the paper's precedent for
+    clustering a reduced space. ``none``, or ``dims`` >= the width, returns the rows unchanged (kept 1.0).
+    """
+    if method == "none" or dims >= x.shape[1] or len(x) < 2:
+        return x, 1.0
+    if method != "pca":
+        raise ValueError(f"cluster.reduce.method: {method!r} is not one of 'none', 'pca'")
+    t = torch.from_numpy(np.asarray(x, dtype=np.float64)).to(device)
+    t = t - t.mean(0)
+    cov = t.T @ t
+    evals, evecs = torch.linalg.eigh(cov)  # ascending
+    evals, evecs = evals.flip(0), evecs.flip(1)
+    evecs = evecs[:, :dims]
+    sign = torch.sign(evecs.gather(0, evecs.abs().argmax(0, keepdim=True)))
+    evecs = evecs * torch.where(sign == 0, torch.ones_like(sign), sign)
+    total = float(evals.clamp(min=0).sum())
+    kept = float(evals[:dims].clamp(min=0).sum() / total) if total > 0 else 1.0
+    return (t @ evecs).cpu().numpy(), kept
 
 
 def pairwise_distances(x: np.ndarray, block: int = 2048) -> np.ndarray:
@@ -57,36 +104,45 @@ def pairwise_distances(x: np.ndarray, block: int = 2048) -> np.ndarray:
 
 def hdbscan_labels(x: np.ndarray, *, min_cluster_size: int, min_samples: int | None, method: str,
                    backend: str, precomputed_max_rows: int = PRECOMPUTED_MAX_ROWS) -> tuple[np.ndarray, np.ndarray]:
-    """(labels, membership probabilities); label -1 is noise.
+    """(labels, membership probabilities); label -1 is noise. ``backend`` as :func:`resolve_backend` returns.
 
-    ``min_samples`` follows the hdbscan package's convention (the point itself counts); ``None`` means
-    the library default (= ``min_cluster_size``). Too few points to form a cluster gives all noise.
+    ``min_samples`` follows the hdbscan package's convention; ``None`` means the library default
+    (= ``min_cluster_size``). Too few points to form a cluster gives all noise.
     """
     n = len(x)
     ms = min_cluster_size if min_samples is None else min_samples
     if n < max(min_cluster_size, 2) or n < ms:
         return np.full(n, -1, dtype=np.int64), np.zeros(n, dtype=np.float32)
+    if backend.startswith("torch"):
+        from .exact_hdbscan import hdbscan_from_mst, mutual_reachability_mst
+
+        device = backend.split(":", 1)[1] if ":" in backend else "cpu"
+        mst = mutual_reachability_mst(x, ms, device=device, block_mb=TORCH_BLOCK_MB)
+        return hdbscan_from_mst(mst, min_cluster_size, method)
     if backend == "cuml":
         import cupy as cp
         from cuml.cluster import HDBSCAN as CumlHDBSCAN
 
-        # cuML counts min_samples neighbours excluding the point itself: subtract one to match hdbscan.
-        model = CumlHDBSCAN(min_cluster_size=min_cluster_size, min_samples=max(1, ms - 1),
+        # cuML's core distance is its min_samples-th neighbour counting the point itself; the package
+        # queries min_samples + 1 with the point first (rapidsai/cuml#4877): add one to match.
+        model = CumlHDBSCAN(min_cluster_size=min_cluster_size, min_samples=min(n - 1, ms) + 1,
                             cluster_selection_method=method, metric="euclidean")
         model.fit(cp.asarray(x, dtype=cp.float32))
         labels = cp.asnumpy(cp.asarray(model.labels_)).astype(np.int64)
         probs = cp.asnumpy(cp.asarray(model.probabilities_)).astype(np.float32)
         return labels, probs
+    if backend != "hdbscan":
+        raise ValueError(f"unknown resolved clustering backend {backend!r}")
     import hdbscan
 
     if n <= precomputed_max_rows:
         model = hdbscan.HDBSCAN(min_cluster_size=min_cluster_size, min_samples=ms,
                                 cluster_selection_method=method, metric="precomputed")
-        model.fit(pairwise_distances(x))
+        model.fit(pairwise_distances(np.asarray(x, dtype=np.float64)))
     else:
         model = hdbscan.HDBSCAN(min_cluster_size=min_cluster_size, min_samples=ms,
                                 cluster_selection_method=method, metric="euclidean", core_dist_n_jobs=1)
-        model.fit(x.astype(np.float64))
+        model.fit(np.asarray(x, dtype=np.float64))
     return model.labels_.astype(np.int64), model.probabilities_.astype(np.float32)
 
 

@@ -108,6 +108,14 @@ def token_seeds(config: dict) -> list[int]:
     return list(seed) if isinstance(seed, list) else [seed]
 
 
+def cluster_params(cluster: dict) -> dict:
+    """The cluster stage's id parameters: not the runtime request, and no reduction settings when off."""
+    out = {k: v for k, v in cluster.items() if k != "minutes_per_unit"}
+    if out.get("reduce", {}).get("method", "none") == "none":
+        out.pop("reduce", None)
+    return out
+
+
 def stage_specs(config: dict, seed: int | None = None) -> dict[str, tuple[dict, list[str]]]:
     """Each stage's own parameters and the stages whose artifacts it reads, in DAG order, for one seeded
     token dataset (``seed``; default: the config's only seed)."""
@@ -125,7 +133,7 @@ def stage_specs(config: dict, seed: int | None = None) -> dict[str, tuple[dict, 
         "backbone": (bb, []),
         "cache": (cache, ["backbone"]),
         "topk": (config["topk"], ["cache"]),
-        "cluster": ({k: v for k, v in config["cluster"].items() if k != "minutes_per_unit"}, ["topk"]),
+        "cluster": (cluster_params(config["cluster"]), ["topk"]),
         "surgery": (config["surgery"], ["cluster"]),
         "merge": ({}, ["surgery"]),
         "verify": ({**config["verify"], "data": data, "device": config["compute"]["device"]}, ["merge"]),

@@ -209,6 +209,8 @@ def cluster_shard(st: Stage, shard: int, cache_dirs: list[str], topk_dir: str, b
     """
     p = st.params
     backend = clustering.resolve_backend(p["backend"])
+    device = backend.split(":", 1)[1] if backend.startswith("torch:") else "cpu"
+    red = p.get("reduce") or {"method": "none", "dims": 0}
     _, layer, info = _load_layer(backbone_dir)
     w, _ = backbones.layer_weight_bias(layer)
     top = load_arrays(Path(topk_dir) / "topk.safetensors")
@@ -225,15 +227,19 @@ def cluster_shard(st: Stage, shard: int, cache_dirs: list[str], topk_dir: str, b
         for i, u in progress(enumerate(todo), len(todo), f"cluster shard {shard} units"):
             never_active = bool(top["values"][u].max() <= 0)
             c = contributions.normalise_rows(contributions.contributions(rows[i], w[u].numpy()))  # float32
+            kept = 1.0
             if never_active:
                 lab, pr = np.full(len(c), -1, np.int64), np.zeros(len(c), np.float32)
             else:
-                lab, pr = clustering.hdbscan_labels(c, min_cluster_size=p["min_cluster_size"],
+                # optional pre-reduction for clustering only; the representatives (eq. 2) stay in upstream space
+                x, kept = clustering.reduce_dims(c, red["method"], red["dims"], device)
+                lab, pr = clustering.hdbscan_labels(x, min_cluster_size=p["min_cluster_size"],
                                                     min_samples=p["min_samples"],
                                                     method=p["cluster_selection_method"], backend=backend)
             save_arrays(unit_file(u), {"labels": lab.astype(np.int32), "probabilities": pr.astype(np.float32),
                                        "representatives": clustering.representatives(c, lab, pr),
-                                       "never_active": np.array([never_active])})
+                                       "never_active": np.array([never_active]),
+                                       "variance_kept": np.array([kept], np.float64)})
         per_unit = [load_arrays(unit_file(u)) for u in units]
         save_arrays(tmp / "clusters.safetensors", {
             "units": np.array(units, np.int64),
@@ -246,6 +252,8 @@ def cluster_shard(st: Stage, shard: int, cache_dirs: list[str], topk_dir: str, b
         manifest["units_resumed"] = len(units) - len(todo)
         manifest["n_clusters"] = {str(u): len(r["representatives"]) for u, r in zip(units, per_unit)}
         manifest["never_active_units"] = [u for u, r in zip(units, per_unit) if r["never_active"][0]]
+        if red["method"] != "none":  # fraction of each unit's contribution variance the reduction kept
+            manifest["variance_kept"] = {str(u): round(float(r["variance_kept"][0]), 6) for u, r in zip(units, per_unit)}
         if manifest["never_active_units"]:
             log.warning("units that never activate (left unchanged): %s", manifest["never_active_units"])
 
