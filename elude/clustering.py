@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 REP_EPS = 1e-8  # eq. 2's epsilon
 PRECOMPUTED_MAX_ROWS = 6000  # hdbscan backend: exact torch distances up to this many points (6000^2 float64 = 288 MB)
 BACKENDS = ("auto", "torch", "hdbscan", "cuml", "cpu")
-TORCH_BLOCK_MB = 256  # torch backend: memory of one block of float32 distances
+TORCH_BLOCK_MB = 256  # torch backend: memory of one block of screened distances
+TORCH_BYTES_PER_RADIUS_EDGE = 120  # torch backend: peak host bytes per radius-list edge (bench/cluster_scale.py)
 
 
 def cuml_available() -> tuple[bool, str]:

@@ -459,24 +459,59 @@ def _prim_rows(indptr, nbrs, core, long_ptr, long_nbr, long_w):
     return rows, reached
 
 
-def _csr_both_directions(n: int, a: np.ndarray, b: np.ndarray, w: np.ndarray | None = None):
-    """CSR adjacency of the undirected edges (a, b) (with weights), each stored in both directions."""
-    src = np.concatenate([a, b]).astype(np.int64)
-    dst = np.concatenate([b, a]).astype(np.int64)
-    order = np.argsort(src, kind="stable")
+@numba.njit(cache=True)
+def _csr_both_directions(n, a, b, w):
+    """CSR adjacency of the undirected edges (a, b, weight w), each stored in both directions (counting
+    sort: int32 neighbours, no argsort of the edge list)."""
     ptr = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(np.bincount(src, minlength=n), out=ptr[1:])
-    ww = None if w is None else np.concatenate([w, w])[order]
-    return ptr, dst[order], ww
+    for e in range(len(a)):
+        ptr[a[e] + 1] += 1
+        ptr[b[e] + 1] += 1
+    for i in range(n):
+        ptr[i + 1] += ptr[i]
+    fill = ptr[:-1].copy()
+    nbr = np.empty(ptr[n], dtype=np.int32)
+    ww = np.empty(ptr[n], dtype=np.float64)
+    for e in range(len(a)):
+        nbr[fill[a[e]]] = b[e]
+        ww[fill[a[e]]] = w[e]
+        fill[a[e]] += 1
+        nbr[fill[b[e]]] = a[e]
+        ww[fill[b[e]]] = w[e]
+        fill[b[e]] += 1
+    return ptr, nbr, ww
+
+
+@numba.njit(cache=True)
+def _radius_both_directions(indptr, neighbours):
+    """The radius lists (CSR) with every edge also stored at its other end; weights are not stored
+    (a radius edge weighs max(core_a, core_b))."""
+    n = len(indptr) - 1
+    ptr = np.zeros(n + 1, dtype=np.int64)
+    for i in range(n):
+        ptr[i + 1] += indptr[i + 1] - indptr[i]
+        for e in range(indptr[i], indptr[i + 1]):
+            ptr[neighbours[e] + 1] += 1
+    for i in range(n):
+        ptr[i + 1] += ptr[i]
+    fill = ptr[:-1].copy()
+    nbr = np.empty(ptr[n], dtype=np.int32)
+    for i in range(n):
+        for e in range(indptr[i], indptr[i + 1]):
+            j = neighbours[e]
+            nbr[fill[i]] = j
+            fill[i] += 1
+            nbr[fill[j]] = i
+            fill[j] += 1
+    return ptr, nbr
 
 
 def prim_order(n: int, core: np.ndarray, indptr: np.ndarray, neighbours: np.ndarray, long_edges: np.ndarray):
     """Prim's edge list on radius edges + ``long_edges`` (k, 3); (rows, reached)."""
-    src = np.repeat(np.arange(n, dtype=np.int64), np.diff(indptr))
-    ptr, nbr, _ = _csr_both_directions(n, src, neighbours.astype(np.int64))
+    ptr, nbr = _radius_both_directions(indptr.astype(np.int64), neighbours.astype(np.int32))
     lptr, lnbr, lw = _csr_both_directions(n, long_edges[:, 0].astype(np.int64), long_edges[:, 1].astype(np.int64),
                                           long_edges[:, 2].astype(np.float64))
-    return _prim_rows(ptr, nbr, core, lptr, lnbr, lw if lw is not None else np.zeros(0))
+    return _prim_rows(ptr, nbr, core, lptr, lnbr, lw)
 
 
 def _duplicate_groups(pts: _Points, indptr: torch.Tensor, neighbours: torch.Tensor) -> dict[int, np.ndarray]:

@@ -46,14 +46,25 @@ def n_shards(n_units: int, units_per_shard: int) -> int:
     return (n_units + units_per_shard - 1) // units_per_shard
 
 
-def shard_memory_mb(units_per_shard: int, k: int, n_upstream: int, itemsize: int = 2) -> int:
+def shard_memory_mb(units_per_shard: int, k: int, n_upstream: int, itemsize: int = 2, min_samples: int = 25,
+                    backend: str = "auto", dims: int | None = None) -> int:
     """Memory request of a cluster/surgery shard job, from what :func:`cluster_shard` holds: the shard's
     top-k rows in the cache's storage type (``itemsize`` bytes; x2 while gathering), one unit's rows as
-    float32 contributions (x3: raw, normalised, hdbscan's copy), one unit's k x k float64 distance matrix
-    (x3 inside hdbscan; CPU backend, up to its precomputed limit), and ~1.5 GB for the process."""
+    float32 contributions (x3: raw, normalised, a copy), ~1.5 GB for the process, and the clustering:
+    - torch backend (auto/torch): the points in float64 and float32 (``dims`` after a reduction), a few
+      blocks of distances, and the radius lists, k x (min_samples + 1) edges at
+      :data:`clustering.TORCH_BYTES_PER_RADIUS_EDGE` each (indices, Borůvka and Prim bookkeeping; measured by
+      ``bench/cluster_scale.py``);
+    - hdbscan backend: one unit's k x k float64 distance matrix (x3 inside hdbscan) up to its precomputed limit.
+    """
     rows = 2 * units_per_shard * k * n_upstream * itemsize + 3 * k * n_upstream * 4
-    dist = 3 * min(k, clustering.PRECOMPUTED_MAX_ROWS) ** 2 * 8
-    return int(1500 + (rows + dist) / 2**20)
+    if backend in ("hdbscan", "cpu", "cuml"):
+        work = 3 * min(k, clustering.PRECOMPUTED_MAX_ROWS) ** 2 * 8
+    else:
+        d = min(dims or n_upstream, n_upstream)
+        work = (k * d * 20 + 4 * clustering.TORCH_BLOCK_MB * 2**20
+                + k * (min(min_samples, k) + 1) * clustering.TORCH_BYTES_PER_RADIUS_EDGE)
+    return int(1500 + (rows + work) / 2**20)
 
 
 def topk_memory_mb(k: int, n_units: int, buffer_rows: int = 16384, unit_block: int = 64) -> int:

@@ -36,8 +36,10 @@ wildcard_constraints:
 
 # GPU requests (resource `gpu`: SLURM --gpus, and a concurrency limit under profiles/local).
 FORWARD_GPUS = int(config["compute"]["device"] == "cuda")  # cache, verify, evaluate
-CLUSTER_GPUS = int(config["cluster"]["backend"] == "cuml")  # 'auto' asks for none: it uses a GPU only if given one
-CLUSTER_ENV = f"../envs/cluster-{'cuml' if CLUSTER_GPUS else 'cpu'}.yaml"
+# Cluster jobs: cuML needs a GPU; the torch backend (auto/torch) uses one when the run computes on CUDA.
+CLUSTER_GPUS = int(config["cluster"]["backend"] == "cuml"
+                   or (config["cluster"]["backend"] in ("auto", "torch") and config["compute"]["device"] == "cuda"))
+CLUSTER_ENV = f"../envs/cluster-{'cuml' if config['cluster']['backend'] == 'cuml' else 'cpu'}.yaml"
 
 
 def preflight():
@@ -103,7 +105,11 @@ def shard_mem_mb(wildcards):
     topk_id = up_id(stage, wildcards.id, "topk")
     layer = json.loads(open(f"results/backbone/{up_id(stage, wildcards.id, 'backbone')}/layer.json").read())
     itemsize = 2 if config["cache"]["dtype"] == "float16" else 4
-    return shard_memory_mb(config["cluster"]["units_per_shard"], _topk_manifest(topk_id)["k"], layer["n_upstream"], itemsize)
+    cl = config["cluster"]
+    red = cl.get("reduce", {})
+    return shard_memory_mb(cl["units_per_shard"], _topk_manifest(topk_id)["k"], layer["n_upstream"], itemsize,
+                           min_samples=cl["min_samples"] or cl["min_cluster_size"], backend=cl["backend"],
+                           dims=red.get("dims") if red.get("method", "none") != "none" else None)
 
 
 def topk_mem_mb(wildcards, input):

@@ -90,7 +90,7 @@ def test_never_active_unit_and_clamped_topk_are_recorded(tmp_path):
         topk(Stage("topk", "t", {"k": 10_000}), [str(res / "topk/t/part-0000")], str(bb), str(res / "topk/t/merged"))
     topk_manifest = json.loads((res / "topk/t/merged/manifest.json").read_text())
     assert topk_manifest["k"] == 340 and topk_manifest["k_clamped"] is True
-    cl = {"backend": "cpu", "min_cluster_size": 20, "min_samples": 5, "cluster_selection_method": "leaf",
+    cl = {"backend": "hdbscan", "min_cluster_size": 20, "min_samples": 5, "cluster_selection_method": "leaf",
           "units_per_shard": 16}
     cluster_shard(Stage("cluster", "k", cl), 0, [str(res / "cache/c")], str(res / "topk/t/merged"), str(bb), str(res / "cluster/k/shard-0000"))
     shard = json.loads((res / "cluster/k/shard-0000/manifest.json").read_text())

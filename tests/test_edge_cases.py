@@ -24,7 +24,7 @@ def test_single_cluster_unit_is_unchanged(rng):
 def test_all_noise_unit_is_unchanged(rng):
     # Uniform noise in 10 dimensions: hdbscan finds no cluster (all labels -1).
     c = contributions.normalise_rows(rng.random((200, 10)).astype(np.float32))
-    labels, probs = clustering.hdbscan_labels(c, min_cluster_size=150, min_samples=None, method="eom", backend="cpu")
+    labels, probs = clustering.hdbscan_labels(c, min_cluster_size=150, min_samples=None, method="eom", backend="hdbscan")
     assert (labels == -1).all()
     reps = clustering.representatives(c, labels, probs)
     assert reps.shape == (0, 10)
@@ -36,7 +36,7 @@ def test_all_noise_unit_is_unchanged(rng):
 
 def test_too_few_points_are_noise_not_an_error():
     labels, probs = clustering.hdbscan_labels(np.eye(3, dtype=np.float32), min_cluster_size=5, min_samples=None,
-                                              method="leaf", backend="cpu")
+                                              method="leaf", backend="hdbscan")
     assert (labels == -1).all() and (probs == 0).all()
 
 
@@ -57,7 +57,7 @@ def test_zero_weight_unit_stays_exact(rng, tmp_path):
     w, b = layer_weight_bias(layer)
     c = contributions.normalise_rows(contributions.contributions(q, w[0].numpy()))
     assert (c == 0).all()
-    labels, probs = clustering.hdbscan_labels(c, min_cluster_size=20, min_samples=5, method="leaf", backend="cpu")
+    labels, probs = clustering.hdbscan_labels(c, min_cluster_size=20, min_samples=5, method="leaf", backend="hdbscan")
     split = split_unit(clustering.representatives(c, labels, probs), c, float(b[0]), labels, DEFAULT_RHO_GRID)
     dl = DisentangledLayer.from_fractions(layer, [split.fractions, np.ones((1, 8))], [split.omega, np.ones(1)])
     x = torch.from_numpy(q)

@@ -68,7 +68,7 @@ def test_recovers_planted_concepts(tmp_path, seed):
         rows = cache.gather_rows(q, top_idx[u])
         raw = contributions.contributions(rows, w[u].numpy())
         c = contributions.normalise_rows(raw)
-        labels, probs = clustering.hdbscan_labels(c, min_cluster_size=30, min_samples=10, method="leaf", backend="cpu")
+        labels, probs = clustering.hdbscan_labels(c, min_cluster_size=30, min_samples=10, method="leaf", backend="torch:cpu")
         reps = clustering.representatives(c, labels, probs)
         split = split_unit(reps, raw.astype(np.float64), float(b[u]), labels, DEFAULT_RHO_GRID)
         # A one-concept unit gives one cluster or, as hdbscan never returns its root, all noise: K_u = 1.

@@ -84,7 +84,7 @@ def test_incremental_reruns(tiny_run):
 
 
 @pytest.mark.parametrize("override, key, allowed", [
-    ({"cluster": {"backend": "gpu"}}, "cluster.backend", "'auto', 'cpu', 'cuml'"),
+    ({"cluster": {"backend": "gpu"}}, "cluster.backend", "'auto', 'torch', 'hdbscan', 'cuml', 'cpu'"),
     ({"topk": {"k": 0}}, "topk.k", ">= 1"),
     ({"surgery": {"rho_grid": [0.5, 1.5]}}, "surgery.rho_grid.1", "<= 1"),
     ({"cluster": {"min_cluster_size": -4}}, "cluster.min_cluster_size", ">= 2"),

@@ -1,0 +1,154 @@
+"""The torch clustering backend gives the hdbscan package's clusters: same clusters up to renumbering, the
+same noise set, probabilities within 1e-5, on planted blobs, real contribution vectors of the tiny demo
+run, exact duplicates, lattice ties, all-zero rows, one cluster and all noise, for both selection methods
+and several min_samples including the library default."""
+from pathlib import Path
+
+import hdbscan
+import numpy as np
+import pytest
+import torch
+
+from elude import clustering, contributions, exact_hdbscan
+from elude.backbones import get_module, layer_weight_bias, load_backbone
+from elude.cache import Cache
+from workflow_helpers import ids_for
+
+MIN_CLUSTER_SIZE = 25
+MIN_SAMPLES = [1, 5, None]  # None = the library default (= min_cluster_size)
+
+
+def blobs(rng, n: int, d: int, k: int, spread: float) -> np.ndarray:
+    centres = rng.normal(size=(k, d))
+    x = centres[rng.integers(0, k, n)] + spread * rng.normal(size=(n, d))
+    return contributions.normalise_rows(x.astype(np.float32))
+
+
+def package(x: np.ndarray, min_samples, method: str) -> tuple[np.ndarray, np.ndarray]:
+    """The reference: the hdbscan package end to end, with its exact algorithm for euclidean data."""
+    model = hdbscan.HDBSCAN(min_cluster_size=MIN_CLUSTER_SIZE, min_samples=min_samples, algorithm="prims_kdtree",
+                            cluster_selection_method=method, core_dist_n_jobs=1)
+    model.fit(np.asarray(x, dtype=np.float64))
+    return model.labels_, model.probabilities_
+
+
+def assert_same_clustering(ref: tuple[np.ndarray, np.ndarray], got: tuple[np.ndarray, np.ndarray]) -> None:
+    (lr, pr), (lg, pg) = ref, got
+    np.testing.assert_array_equal(lg < 0, lr < 0, err_msg="noise sets differ")
+    pairs = np.unique(np.stack([lr[lr >= 0], lg[lg >= 0]], 1), axis=0)  # a bijection between cluster ids
+    assert len(pairs) == len(np.unique(lr[lr >= 0])) == len(np.unique(lg[lg >= 0])), "clusters differ"
+    np.testing.assert_allclose(pg, pr, atol=1e-5, rtol=0)
+
+
+def datasets(rng) -> dict[str, np.ndarray]:
+    one_blob = blobs(rng, 1500, 80, 1, 0.3)
+    return {
+        "planted blobs": blobs(rng, 2000, 64, 6, 0.8),
+        "noisy blobs (bridging points)": blobs(rng, 3000, 100, 8, 1.5),
+        "exact duplicates": np.repeat(blobs(rng, 300, 70, 3, 0.8), 5, axis=0),
+        "lattice ties": rng.integers(0, 4, size=(1500, 3)).astype(np.float32),
+        "all-zero rows": np.concatenate([blobs(rng, 800, 80, 3, 0.8), np.zeros((100, 80), np.float32)]),
+        "one blob (a unit with one concept)": one_blob,
+        "all noise": contributions.normalise_rows(rng.normal(size=(60, 300)).astype(np.float32)),
+    }
+
+
+@pytest.mark.parametrize("min_samples", MIN_SAMPLES)
+def test_torch_backend_equals_package(min_samples):
+    rng = np.random.default_rng(0)
+    seen = {}
+    for name, x in datasets(rng).items():
+        mst = exact_hdbscan.mutual_reachability_mst(x, min_samples or MIN_CLUSTER_SIZE)
+        assert mst.tie_order == "prim", name
+        for method in ("leaf", "eom"):
+            ref = package(x, min_samples, method)
+            got = exact_hdbscan.hdbscan_from_mst(mst, MIN_CLUSTER_SIZE, method)
+            try:
+                assert_same_clustering(ref, got)
+            except AssertionError as exc:
+                raise AssertionError(f"{name}, min_samples={min_samples}, {method}: {exc}") from None
+            seen[name, method] = (ref[0].max() + 1, (ref[0] < 0).sum())
+    # the cases are what they say they are
+    assert seen["all noise", "leaf"] == (0, 60)
+    assert seen["planted blobs", "eom"][0] == 6
+
+
+@pytest.fixture(scope="module")
+def demo_contributions(tiny_run) -> list[np.ndarray]:
+    """Real contribution vectors of the tiny demo run: for two units, the top 6,000 instances by pre-activation."""
+    work, cfg, _ = tiny_run
+    ids = ids_for(cfg)
+    backbone_dir = work / "results" / "backbone" / ids["backbone"]
+    q = Cache(sorted((work / "results" / "cache" / ids["cache"]).glob("shard-*")))
+    rows = q.gather(np.arange(q.n_rows), np.float32)
+    import json
+
+    layer = get_module(load_backbone(backbone_dir), json.loads((backbone_dir / "layer.json").read_text())["path"])
+    w, b = layer_weight_bias(layer)
+    pre = rows @ w.numpy().T + b.numpy()
+    out = []
+    for u in (0, 1):
+        top = np.argsort(-pre[:, u], kind="stable")[:6000]
+        out.append(contributions.normalise_rows(contributions.contributions(rows[top], w[u].numpy())))
+    return out
+
+
+@pytest.mark.parametrize("min_samples", MIN_SAMPLES)
+def test_torch_backend_equals_package_on_real_contributions(demo_contributions, min_samples):
+    for x in demo_contributions:
+        assert x.shape[0] == 6000
+        mst = exact_hdbscan.mutual_reachability_mst(x, min_samples or MIN_CLUSTER_SIZE)
+        assert mst.tie_order == "prim"
+        for method in ("leaf", "eom"):
+            assert_same_clustering(package(x, min_samples, method),
+                                   exact_hdbscan.hdbscan_from_mst(mst, MIN_CLUSTER_SIZE, method))
+
+
+def test_pipeline_backends_agree_and_blocks_do_not_matter(rng):
+    """The pipeline's entry point: 'auto' (torch) = 'hdbscan' (the package, precomputed distances); the
+    result does not depend on the block size (16-row blocks here, never an n x n matrix)."""
+    x = blobs(rng, 1200, 96, 4, 1.0)
+    kw = dict(min_cluster_size=20, min_samples=None, method="leaf")
+    auto = clustering.hdbscan_labels(x, backend=clustering.resolve_backend("auto"), **kw)
+    assert_same_clustering(clustering.hdbscan_labels(x, backend="hdbscan", **kw), auto)
+    small = exact_hdbscan.mutual_reachability_mst(x, 20, block_mb=1)
+    big = exact_hdbscan.mutual_reachability_mst(x, 20, block_mb=512)
+    np.testing.assert_array_equal(small.rows, big.rows)
+    np.testing.assert_array_equal(small.core, big.core)
+
+
+def test_core_distances_are_the_packages(rng):
+    """Core distance = the min_samples-th nearest other point, bitwise as the package computes it."""
+    from sklearn.neighbors import KDTree
+
+    x = blobs(rng, 700, 90, 3, 0.9)
+    for ms in (1, 7, 40):
+        ref = KDTree(x.astype(np.float64)).query(x.astype(np.float64), k=ms + 1)[0][:, -1]
+        got = exact_hdbscan.mutual_reachability_mst(x, ms).core
+        np.testing.assert_array_equal(got, ref)
+
+
+def test_backend_names():
+    assert clustering.resolve_backend("auto") == ("torch:cuda" if torch.cuda.is_available() else "torch:cpu")
+    assert clustering.resolve_backend("torch") == clustering.resolve_backend("auto")
+    assert clustering.resolve_backend("hdbscan") == "hdbscan"
+    assert clustering.resolve_backend("cpu") == "hdbscan"  # deprecated alias
+    with pytest.raises(ValueError, match="cluster.backend"):
+        clustering.resolve_backend("gpu")
+
+
+def test_pca_reduction(rng):
+    x = blobs(rng, 500, 64, 3, 0.5)
+    same, kept = clustering.reduce_dims(x, "none", 8)
+    assert same is x and kept == 1.0
+    red, kept = clustering.reduce_dims(x, "pca", 8)
+    assert red.shape == (500, 8) and 0 < kept < 1
+    again, kept2 = clustering.reduce_dims(x.copy(), "pca", 8)
+    np.testing.assert_array_equal(red, again)  # deterministic signs
+    # the kept variance is the variance of the projection
+    centred = x.astype(np.float64) - x.mean(0)
+    assert kept == pytest.approx((red**2).sum() / (centred**2).sum(), rel=1e-9)
+    # planted blobs survive the reduction
+    lab_full = clustering.hdbscan_labels(x, min_cluster_size=25, min_samples=5, method="eom", backend="torch:cpu")[0]
+    lab_red = clustering.hdbscan_labels(red, min_cluster_size=25, min_samples=5, method="eom", backend="torch:cpu")[0]
+    assert lab_full.max() == lab_red.max() == 2
