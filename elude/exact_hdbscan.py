@@ -269,7 +269,7 @@ def boruvka(pts: _Points, core: torch.Tensor, indptr: torch.Tensor, neighbours: 
             best = ex.min(1).values
             # two targets at exactly the best weight that are not copies of one point: distinct long edges
             # tie (symmetric data), so the sparse graph below needs every edge of that weight
-            at_best = (ex == best[:, None]) & torch.isfinite(ex)
+            at_best = (ex == best[:, None]) & torch.isfinite(ex) & (ex > torch.maximum(core[rr], core[idx]))
             for r in ([] if long_ties else (at_best.sum(1) > 1).nonzero()[:, 0].tolist()):
                 t = idx[r][at_best[r]]
                 if bool((pts.exact(t[:1].expand(len(t) - 1), t[1:]) > 0).any()):
@@ -514,19 +514,16 @@ def prim_order(n: int, core: np.ndarray, indptr: np.ndarray, neighbours: np.ndar
     return _prim_rows(ptr, nbr, core, lptr, lnbr, lw)
 
 
-def _duplicate_groups(pts: _Points, indptr: torch.Tensor, neighbours: torch.Tensor) -> dict[int, np.ndarray]:
-    """Exact duplicates of each point (d == 0), from its radius list (a duplicate is always in it)."""
-    src = torch.repeat_interleave(torch.arange(pts.n, device=pts.device), indptr[1:] - indptr[:-1])
-    dst = neighbours.long()
-    # float32 screen: a duplicate has d2_32 within tol of 0
-    d2 = ((pts.xs[src] - pts.xs[dst]) ** 2).sum(1) if len(src) < 50_000_000 // max(pts.d, 1) else None
-    cand = torch.ones(len(src), dtype=torch.bool, device=pts.device) if d2 is None else d2 <= pts.tol(src)
-    s, t = src[cand], dst[cand]
-    zero = pts.exact(s, t) == 0
-    groups: dict[int, list[int]] = {}
-    for a, b in zip(s[zero].tolist(), t[zero].tolist()):
-        groups.setdefault(a, [a]).append(b)
-    return {k: np.array(v) for k, v in groups.items()}
+def _duplicate_groups(pts: _Points, points: np.ndarray) -> dict[int, np.ndarray]:
+    """For each of ``points`` that has exact copies (identical rows, d == 0), all of its copies."""
+    _, inverse, counts = torch.unique(pts.x64, dim=0, return_inverse=True, return_counts=True)
+    inverse = inverse.cpu().numpy()
+    repeated = counts.cpu().numpy()[inverse] > 1
+    out = {}
+    for p in np.unique(points):
+        if repeated[p]:
+            out[int(p)] = np.flatnonzero(inverse == inverse[p])
+    return out
 
 
 def mutual_reachability_mst(x: np.ndarray, min_samples: int, device: str | torch.device = "cpu",
@@ -543,7 +540,7 @@ def mutual_reachability_mst(x: np.ndarray, min_samples: int, device: str | torch
     is_long = w > np.maximum(core_np[a], core_np[b])
     long_edges = mst[is_long]
     if len(long_edges):
-        dups = _duplicate_groups(pts, indptr, neighbours)
+        dups = _duplicate_groups(pts, long_edges[:, :2].astype(np.int64).ravel())
         if dups:  # exact duplicates repeat a long edge: every copy may be Prim's choice
             extra = [(p, q, we) for ea, eb, we in long_edges
                      for p in dups.get(int(ea), [int(ea)]) for q in dups.get(int(eb), [int(eb)])]

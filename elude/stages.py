@@ -47,14 +47,15 @@ def n_shards(n_units: int, units_per_shard: int) -> int:
 
 
 def shard_memory_mb(units_per_shard: int, k: int, n_upstream: int, itemsize: int = 2, min_samples: int = 25,
-                    backend: str = "auto", dims: int | None = None) -> int:
+                    backend: str = "auto", dims: int | None = None, gpu: bool = False) -> int:
     """Memory request of a cluster/surgery shard job, from what :func:`cluster_shard` holds: the shard's
     top-k rows in the cache's storage type (``itemsize`` bytes; x2 while gathering), one unit's rows as
     float32 contributions (x3: raw, normalised, a copy), ~1.5 GB for the process, and the clustering:
     - torch backend (auto/torch): the points in float64 and float32 (``dims`` after a reduction), a few
       blocks of distances, and the radius lists, k x (min_samples + 1) edges at
       :data:`clustering.TORCH_BYTES_PER_RADIUS_EDGE` each (indices, Borůvka and Prim bookkeeping; measured by
-      ``bench/cluster_scale.py``);
+      ``bench/cluster_scale.py``). With ``gpu`` the blocks and Borůvka's arrays live in GPU memory and the
+      host keeps the float64 points and Prim's int32 adjacency (16 bytes per edge);
     - hdbscan backend: one unit's k x k float64 distance matrix (x3 inside hdbscan) up to its precomputed limit.
     """
     rows = 2 * units_per_shard * k * n_upstream * itemsize + 3 * k * n_upstream * 4
@@ -62,8 +63,9 @@ def shard_memory_mb(units_per_shard: int, k: int, n_upstream: int, itemsize: int
         work = 3 * min(k, clustering.PRECOMPUTED_MAX_ROWS) ** 2 * 8
     else:
         d = min(dims or n_upstream, n_upstream)
-        work = (k * d * 20 + 4 * clustering.TORCH_BLOCK_MB * 2**20
-                + k * (min(min_samples, k) + 1) * clustering.TORCH_BYTES_PER_RADIUS_EDGE)
+        per_edge = 16 if gpu else clustering.TORCH_BYTES_PER_RADIUS_EDGE
+        work = k * d * (8 if gpu else 20) + (0 if gpu else 4 * clustering.TORCH_BLOCK_MB * 2**20) \
+            + k * (min(min_samples, k) + 1) * per_edge
     return int(1500 + (rows + work) / 2**20)
 
 

@@ -109,7 +109,7 @@ def shard_mem_mb(wildcards):
     red = cl.get("reduce", {})
     return shard_memory_mb(cl["units_per_shard"], _topk_manifest(topk_id)["k"], layer["n_upstream"], itemsize,
                            min_samples=cl["min_samples"] or cl["min_cluster_size"], backend=cl["backend"],
-                           dims=red.get("dims") if red.get("method", "none") != "none" else None)
+                           dims=red.get("dims") if red.get("method", "none") != "none" else None, gpu=bool(CLUSTER_GPUS))
 
 
 def topk_mem_mb(wildcards, input):

@@ -125,7 +125,7 @@ def test_paper_settings(name):
     assert cfg["cache"]["tokens_per_image"] == 2 and cfg["cache"]["token_seed"] == [42, 123, 999]
     # Section E.7: HDBSCAN leaf, min_samples at the library default
     c = cfg["cluster"]
-    assert c["cluster_selection_method"] == "leaf" and c["min_samples"] is None and c["backend"] == "cuml"
+    assert c["cluster_selection_method"] == "leaf" and c["min_samples"] is None and c["backend"] == "auto"
     assert c["minutes_per_unit"] >= 1
     assert cfg["evaluate"]["ms_top_k"] == 100  # Section B.2: top 100 ImageNet-val images per unit
     if name in TABLE9:
