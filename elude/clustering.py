@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 REP_EPS = 1e-8  # eq. 2's epsilon
 PRECOMPUTED_MAX_ROWS = 6000  # hdbscan backend: exact torch distances up to this many points (6000^2 float64 = 288 MB)
 BACKENDS = ("auto", "torch", "hdbscan", "cuml", "cpu")
-TORCH_BLOCK_MB = 256  # torch backend: memory of one block of screened distances
+BLOCK_MB = {"cpu": 256, "cuda": 8192}  # torch backend: working set of one block of rows (~4 block x n float64)
 TORCH_BYTES_PER_RADIUS_EDGE = 100  # torch backend, host bytes per radius-list edge: 52 measured (20k x 64, min_samples 200 vs 5), x2
 
 
@@ -118,7 +118,7 @@ def hdbscan_labels(x: np.ndarray, *, min_cluster_size: int, min_samples: int | N
         from .exact_hdbscan import hdbscan_from_mst, mutual_reachability_mst
 
         device = backend.split(":", 1)[1] if ":" in backend else "cpu"
-        mst = mutual_reachability_mst(x, ms, device=device, block_mb=TORCH_BLOCK_MB)
+        mst = mutual_reachability_mst(x, ms, device=device)
         return hdbscan_from_mst(mst, min_cluster_size, method)
     if backend == "cuml":
         import cupy as cp

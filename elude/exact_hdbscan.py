@@ -41,11 +41,13 @@ Prim's algorithm is replayed exactly on the sparse graph G = (all radius-list ed
 edges and their exact-duplicate copies). Every edge that Prim can pick on the complete graph - an edge
 that is the cheapest across some cut - lies in some MST, and every such edge is in G: an edge within a
 core distance is always in some MST and is in a radius list; a longer edge is the unique MST edge between
-its sides unless exact duplicates repeat it. Hence Prim on G takes the same decisions as the package's
-Prim on all n^2 edges, and ``label`` receives the same rows in the same order. This is checked on every
-run: Prim's weights must equal Borůvka's MST weights exactly; where they do not (a tie between distinct
-long edges, possible only for exactly symmetric data), the Borůvka tree is used, ``tie_order`` says
-``boruvka`` and a warning is logged. On the GPU the float64 sums run in another order, so weights may
+its sides unless exact duplicates repeat it, or distinct pairs lie at exactly the same distance (exactly
+symmetric data, e.g. a lattice): when a search sees such a tie, one more pass adds every pair at exactly a
+long edge's weight. Hence Prim on G takes the same decisions as the package's Prim on all n^2 edges, and
+``label`` receives the same rows in the same order. Checked on every run: Prim must reach every point
+with exactly Borůvka's MST weights; where not, the Borůvka tree is used (valid, but tied edges in its own
+order), ``tie_order`` says ``boruvka`` and a warning is logged. A symmetric tie that no search sees can
+still reorder tied edges without that check noticing; no such case is known outside contrived data. On the GPU the float64 sums run in another order, so weights may
 differ from the package's in the last bit and near-ties (within ~1e-16) may break the other way.
 """
 from __future__ import annotations
@@ -58,6 +60,8 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 import torch
+
+from .clustering import BLOCK_MB
 
 log = logging.getLogger(__name__)
 
@@ -184,15 +188,14 @@ def core_distances(pts: _Points, min_samples: int) -> tuple[torch.Tensor, torch.
         core_b = band_sorted.gather(1, (rank - n_in).clamp(min=0, max=keep - 1)[:, None])[:, 0]
         member = inside | (band_d <= core_b[:, None])
         member[vals < -0.5] = False  # not the point itself
-        for r in range(len(rows)):  # rows whose band runs past the kept candidates (many ties): exact in full
-            if overflow[r]:
-                fallback += 1
-                full = pts.exact_rows(rows[r : r + 1])[0]
-                full[rows[r]] = -1.0
-                srt = full.sort().values
-                core_b[r] = srt[rank]
-                nb = ((full <= srt[rank]) & (full >= 0)).nonzero()[:, 0]
-                lists.append((rows[r : r + 1], nb, torch.tensor([len(nb)], device=dev)))
+        for r in overflow.nonzero()[:, 0].tolist():  # the band runs past the kept candidates (ties): exact in full
+            fallback += 1
+            full = pts.exact_rows(rows[r : r + 1])[0]
+            full[rows[r]] = -1.0
+            srt = full.sort().values
+            core_b[r] = srt[rank]
+            nb = ((full <= srt[rank]) & (full >= 0)).nonzero()[:, 0]
+            lists.append((rows[r : r + 1], nb, torch.tensor([len(nb)], device=dev)))
         core[rows] = core_b
         ok = ~overflow
         lists.append((rows[ok], idx[ok][member[ok]], member[ok].sum(1)))
@@ -527,11 +530,15 @@ def _duplicate_groups(pts: _Points, points: np.ndarray) -> dict[int, np.ndarray]
 
 
 def mutual_reachability_mst(x: np.ndarray, min_samples: int, device: str | torch.device = "cpu",
-                            block_mb: int = 256) -> MST:
-    """Core distances and the MST of the mutual-reachability graph of ``x`` in the package's Prim order."""
+                            block_mb: int | None = None) -> MST:
+    """Core distances and the MST of the mutual-reachability graph of ``x`` in the package's Prim order.
+
+    ``block_mb``: memory of one block's working set (default :data:`BLOCK_MB` for the device; on a GPU a
+    block must hold hundreds of rows, or each block's GEMM waits on reading all points once more)."""
     n = len(x)
     ms = max(1, min(n - 1, min_samples))
-    pts = _Points(x, torch.device(device), block_mb)
+    device = torch.device(device)
+    pts = _Points(x, device, block_mb or BLOCK_MB[device.type])
     core, indptr, neighbours, stats = core_distances(pts, ms)
     mst, bstats = boruvka(pts, core, indptr, neighbours)
     stats.update(bstats)

@@ -64,7 +64,7 @@ def shard_memory_mb(units_per_shard: int, k: int, n_upstream: int, itemsize: int
     else:
         d = min(dims or n_upstream, n_upstream)
         per_edge = 16 if gpu else clustering.TORCH_BYTES_PER_RADIUS_EDGE
-        work = k * d * (8 if gpu else 20) + (0 if gpu else 4 * clustering.TORCH_BLOCK_MB * 2**20) \
+        work = k * d * (8 if gpu else 20) + (0 if gpu else 2 * clustering.BLOCK_MB["cpu"] * 2**20) \
             + k * (min(min_samples, k) + 1) * per_edge
     return int(1500 + (rows + work) / 2**20)
 
@@ -214,8 +214,9 @@ def topk(st: Stage, part_dirs: list[str], backbone_dir: str, out: str) -> None:
 # --- cluster (one unit shard) -----------------------------------------------------------------------
 def cluster_shard(st: Stage, shard: int, cache_dirs: list[str], topk_dir: str, backbone_dir: str, out: str) -> None:
     """Memory: the shard's top-k rows (units_per_shard x k x upstream, in the cache's storage type),
-    gathered in one pass over the cache, one unit's float32 contributions, plus one unit's k x k distance
-    matrix (float64) on the CPU backend (:func:`shard_memory_mb`).
+    gathered in one pass over the cache, one unit's float32 contributions, plus the clustering's working
+    set: blocks of distances and k x (min_samples + 1) radius edges (torch backend), or a k x k distance
+    matrix (hdbscan backend) (:func:`shard_memory_mb`).
 
     Resumable per unit: each finished unit is saved in the partial folder, and a rerun skips it. A unit
     whose top-k pre-activations are all <= 0 never activates: it is not clustered and stays one sub-unit.

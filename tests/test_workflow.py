@@ -147,3 +147,24 @@ def test_token_seeds_run_all_and_aggregate(tiny_run):
     for p in per_seed:
         manifest = json.loads((work / p["artifacts"]["cache"] / "shard-0000/manifest.json").read_text())
         assert manifest["tokens_per_image"] == 4
+
+
+def test_pca_reduction_reruns_clustering_and_records_variance(tiny_run):
+    work, cfg, _ = tiny_run
+    # the reduction's settings are part of the cluster id only when it is on
+    off = write_config(work / "off.yaml", {"cluster": {"reduce": {"method": "none", "dims": 7}}})
+    assert ids_for(off)["cluster"] == ids_for(cfg)["cluster"]
+    pca = write_config(work / "pca.yaml", {"cluster": {"reduce": {"method": "pca", "dims": 16}}})
+    assert ids_for(pca)["cluster"] != ids_for(cfg)["cluster"]
+    proc = snakemake(work, pca)
+    assert set(executed_rules(proc.stderr)) == {"cluster_shard", "surgery_shard", "merge", "verify", "evaluate",
+                                                 "report", "all"}
+    shards = sorted((work / "results/cluster" / ids_for(pca)["cluster"]).glob("shard-*/manifest.json"))
+    kept = {}
+    for m in shards:
+        man = json.loads(m.read_text())
+        assert man["backend"] in ("torch:cpu", "torch:cuda")
+        kept.update(man["variance_kept"])
+    assert len(kept) == 32 and all(0 < v <= 1 for v in kept.values())
+    summary = json.loads((work / "results/runs/tiny/summary.json").read_text())
+    assert summary["lossless"]["prediction_agreement"] == 1.0 and summary["lossless"]["max_rel_diff"] <= 1e-5
