@@ -96,14 +96,16 @@ def _exact_dist_pairs(x: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray
 class _Points:
     """The points on the device: float32 for screening, float64 (and on the CPU a numpy view) for exact values."""
 
-    def __init__(self, x: np.ndarray, device: torch.device, block_mb: int):
+    def __init__(self, x: np.ndarray, device: torch.device, block_mb: int, gpu_arithmetic: bool | None = None):
         self.x64_np = np.ascontiguousarray(x, dtype=np.float64)
         self.device = device
         self.x64 = torch.from_numpy(self.x64_np).to(device)
         self.sq64 = (self.x64 * self.x64).sum(1)
+        # The GPU's arithmetic (float64 screen, exact sums in torch) also runs on the CPU when asked: tests do.
+        self.gpu_arithmetic = device.type == "cuda" if gpu_arithmetic is None else gpu_arithmetic
         # The screen's precision: float64 GEMMs run as fast as float32 ones on datacenter GPUs (no TF32
         # here), and give a band ~1e9 times narrower; on a CPU float32 is twice as fast.
-        self.screen = torch.float64 if device.type == "cuda" else torch.float32
+        self.screen = torch.float64 if self.gpu_arithmetic else torch.float32
         self.xs = self.x64 if self.screen == torch.float64 else self.x64.float()
         self.n, self.d = x.shape
         self.max_sq = float(self.sq64.max()) if self.n else 0.0
@@ -128,7 +130,7 @@ class _Points:
         """Exact distances of the pairs (a, b), as float64 on the device."""
         if len(a) == 0:
             return torch.empty(0, dtype=torch.float64, device=self.device)
-        if self.device.type == "cpu":
+        if not self.gpu_arithmetic:
             return torch.from_numpy(_exact_dist_pairs(self.x64_np, a.numpy().astype(np.int64),
                                                       b.numpy().astype(np.int64)))
         out = torch.empty(len(a), dtype=torch.float64, device=self.device)
@@ -530,15 +532,17 @@ def _duplicate_groups(pts: _Points, points: np.ndarray) -> dict[int, np.ndarray]
 
 
 def mutual_reachability_mst(x: np.ndarray, min_samples: int, device: str | torch.device = "cpu",
-                            block_mb: int | None = None) -> MST:
+                            block_mb: int | None = None, gpu_arithmetic: bool | None = None) -> MST:
     """Core distances and the MST of the mutual-reachability graph of ``x`` in the package's Prim order.
 
     ``block_mb``: memory of one block's working set (default :data:`BLOCK_MB` for the device; on a GPU a
-    block must hold hundreds of rows, or each block's GEMM waits on reading all points once more)."""
+    block must hold hundreds of rows, or each block's GEMM waits on reading all points once more).
+    ``gpu_arithmetic``: None = as the device does; True runs the GPU's arithmetic (float64 screen, exact
+    sums in torch) on any device, which is how CI tests the GPU path without a GPU."""
     n = len(x)
     ms = max(1, min(n - 1, min_samples))
     device = torch.device(device)
-    pts = _Points(x, device, block_mb or BLOCK_MB[device.type])
+    pts = _Points(x, device, block_mb or BLOCK_MB[device.type], gpu_arithmetic)
     core, indptr, neighbours, stats = core_distances(pts, ms)
     mst, bstats = boruvka(pts, core, indptr, neighbours)
     stats.update(bstats)

@@ -152,3 +152,17 @@ def test_pca_reduction(rng):
     lab_full = clustering.hdbscan_labels(x, min_cluster_size=25, min_samples=5, method="eom", backend="torch:cpu")[0]
     lab_red = clustering.hdbscan_labels(red, min_cluster_size=25, min_samples=5, method="eom", backend="torch:cpu")[0]
     assert lab_full.max() == lab_red.max() == 2
+
+
+@pytest.mark.parametrize("min_samples", [5, None])
+def test_gpu_arithmetic_equals_package(min_samples):
+    """The GPU path's arithmetic (float64 screen, exact sums in torch), run on the CPU: same clusters."""
+    rng = np.random.default_rng(1)
+    cases = datasets(rng)
+    for name in ("noisy blobs (bridging points)", "exact duplicates", "lattice ties", "all-zero rows"):
+        x = cases[name]
+        mst = exact_hdbscan.mutual_reachability_mst(x, min_samples or MIN_CLUSTER_SIZE, gpu_arithmetic=True)
+        assert mst.tie_order == "prim", name
+        for method in ("leaf", "eom"):
+            assert_same_clustering(package(x, min_samples, method),
+                                   exact_hdbscan.hdbscan_from_mst(mst, MIN_CLUSTER_SIZE, method))
