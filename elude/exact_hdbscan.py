@@ -11,16 +11,19 @@ Definitions match hdbscan 0.8.x (its ``prims_kdtree`` / ``generic`` algorithms, 
   ``min_samples + 1`` neighbours with the point itself first); ``min_samples`` is capped at n - 1;
 - mutual reachability mr(a, b) = max(core_a, core_b, d(a, b)), euclidean d.
 
-Memory: O(block x n) for one block of float32 distances, plus O(n x min_samples) for the radius
+Memory: O(block x n) for one block of screened distances, plus O(n x min_samples) for the radius
 neighbour lists (int32) and the spanning-tree bookkeeping; never an n x n matrix.
 
-**Exactness.** Distances are screened in float32 (one GEMM per block) and every value that decides
-something is recomputed exactly: a float32 squared distance is within ``tol`` (a worst-case bound for a
-float32 dot product, (d + 16) * eps32 * (|x|^2 + |y|^2)) of the truth, so every candidate inside a
-``2 tol`` band of a decision (the core distance's rank, the cheapest edge out of a component) is
-re-evaluated in float64 as sqrt(sum((x - y)^2)) summed left to right - the package's own arithmetic, so
-on the CPU the distances, core distances and tree weights are bitwise the package's. A row whose band
-does not fit the kept candidates is recomputed exactly in full.
+**Exactness.** Distances are screened by one GEMM per block (float32 on the CPU; float64 on a GPU,
+where it costs the same) and every value that decides something is recomputed exactly: a screened
+squared distance is within ``tol`` of the truth (a worst-case bound for a dot product of d terms,
+(d + 16) u (|x|^2 + max |y|^2), u the screen's unit roundoff), so every candidate inside a ``2 tol``
+band of a decision (the core distance's rank, the cheapest edge out of a component or between two) is
+re-evaluated in float64 as sqrt(sum((x - y)^2)). On the CPU that sum runs left to right (numba), the
+package's own arithmetic, so distances, core distances and tree weights are bitwise the package's; on a
+GPU it runs in torch's order. A row whose band does not fit the kept candidates is recomputed in full.
+When few components remain, a float64 screen keeps the band narrow where high-dimensional distances
+concentrate.
 
 **The tree.** Borůvka rounds over the mutual-reachability graph find an MST: a point whose radius list
 (its neighbours within its core distance) reaches another component through a neighbour with a smaller
