@@ -2,7 +2,6 @@
 same noise set, probabilities within 1e-5, on planted blobs, real contribution vectors of the tiny demo
 run, exact duplicates, lattice ties, all-zero rows, one cluster and all noise, for both selection methods
 and several min_samples including the library default."""
-from pathlib import Path
 
 import hdbscan
 import numpy as np

@@ -1,0 +1,88 @@
+"""Points on the device, screened squared distances in blocks, and exact distances (the package's arithmetic)."""
+from __future__ import annotations
+
+import contextlib
+
+import numba
+import numpy as np
+import torch
+
+
+@numba.njit(cache=True, nogil=True)
+def _exact_dist_pairs(x: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """sqrt(sum((x[a] - x[b])^2)), summed left to right in float64, as hdbscan's euclidean metric does."""
+    out = np.empty(len(a), dtype=np.float64)
+    d = x.shape[1]
+    for p in range(len(a)):
+        s = 0.0
+        i, j = a[p], b[p]
+        for k in range(d):
+            t = x[i, k] - x[j, k]
+            s += t * t
+        out[p] = np.sqrt(s)
+    return out
+
+
+class Points:
+    """The points on the device: float32 for screening, float64 (and on the CPU a numpy view) for exact values."""
+
+    def __init__(self, x: np.ndarray, device: torch.device, block_mb: int, gpu_arithmetic: bool | None = None):
+        self.x64_np = np.ascontiguousarray(x, dtype=np.float64)
+        self.device = device
+        self.x64 = torch.from_numpy(self.x64_np).to(device)
+        self.sq64 = (self.x64 * self.x64).sum(1)
+        # The GPU's arithmetic (float64 screen, exact sums in torch) also runs on the CPU when asked: tests do.
+        self.gpu_arithmetic = device.type == "cuda" if gpu_arithmetic is None else gpu_arithmetic
+        # The screen's precision: float64 GEMMs run as fast as float32 ones on datacenter GPUs (no TF32
+        # here), and give a band ~1e9 times narrower; on a CPU float32 is twice as fast.
+        self.screen = torch.float64 if self.gpu_arithmetic else torch.float32
+        self.xs = self.x64 if self.screen == torch.float64 else self.x64.float()
+        self.n, self.d = x.shape
+        self.max_sq = float(self.sq64.max()) if self.n else 0.0
+        self.block = max(16, min(self.n, (block_mb * 2**20) // (4 * 8 * max(self.n, 1))))
+
+    def tol(self, rows: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Bound on |screened d^2 - d^2|: a dot product of d terms errs by at most d u sum|x_i y_i| <=
+        d u (|x|^2 + |y|^2) / 2 (u = unit roundoff), doubled in d^2, plus the norms and the input cast."""
+        u = float(torch.finfo(dtype or self.screen).eps) / 2
+        return (self.d + 16) * u * (self.sq64[rows] + self.max_sq)
+
+    def d2_block(self, rows: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Screened squared distances of ``rows`` to every point (block x n), in ``dtype`` (default: the screen's)."""
+        dtype = dtype or self.screen
+        x = self.xs if dtype == self.xs.dtype else self.x64.to(dtype)
+        sq = self.sq64.to(dtype)
+        with _no_tf32():
+            g = x[rows] @ x.T
+        return (sq[rows, None] + sq[None, :]) - 2.0 * g
+
+    def exact(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Exact distances of the pairs (a, b), as float64 on the device."""
+        if len(a) == 0:
+            return torch.empty(0, dtype=torch.float64, device=self.device)
+        if not self.gpu_arithmetic:
+            return torch.from_numpy(_exact_dist_pairs(self.x64_np, a.numpy().astype(np.int64),
+                                                      b.numpy().astype(np.int64)))
+        out = torch.empty(len(a), dtype=torch.float64, device=self.device)
+        step = max(1, (256 * 2**20) // (8 * self.d))
+        for s in range(0, len(a), step):
+            diff = self.x64[a[s : s + step]] - self.x64[b[s : s + step]]
+            out[s : s + step] = (diff * diff).sum(1).sqrt()
+        return out
+
+    def exact_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """Exact distances of ``rows`` to every point (len(rows) x n); for the rare rows the screen cannot settle."""
+        a = rows.repeat_interleave(self.n)
+        b = torch.arange(self.n, device=self.device).repeat(len(rows))
+        return self.exact(a, b).reshape(len(rows), self.n)
+
+
+@contextlib.contextmanager
+def _no_tf32():
+    """Screening bounds assume true float32 products: TF32 tensor cores would break them."""
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
