@@ -69,29 +69,22 @@ def run_variant(variant: str, n: int, d: int, setting: dict, out: Path) -> None:
     warm = make_points(300, 16)
     clustering.hdbscan_labels(warm, backend=backend, min_cluster_size=20, min_samples=5, method="leaf")
     x = make_points(n, d)
-    rss_data = _rss_mb()
     if backend == "torch:cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     t = time.perf_counter()
     kept = 1.0
     if dims:
-        x, kept = clustering.reduce_dims(x, "pca", dims, backend.split(":")[1])
+        x, kept = clustering.reduce_dims(x, "pca", dims, clustering.backend_device(backend))
     labels, probs = clustering.hdbscan_labels(x, backend=backend, **setting)
     if backend == "torch:cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t
     np.save(out / "labels.npy", labels)
     gpu_mb = torch.cuda.max_memory_allocated() / 2**20 if backend == "torch:cuda" else None
-    (out / "result.json").write_text(json.dumps({"seconds": seconds, "rss_data_mb": rss_data, "gpu_mb": gpu_mb,
+    (out / "result.json").write_text(json.dumps({"seconds": seconds, "gpu_mb": gpu_mb,
                                                  "variance_kept": kept, "clusters": int(labels.max() + 1),
                                                  "noise": float((labels < 0).mean())}))
-
-
-def _rss_mb() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def measure(variant: str, n: int, d: int, setting: dict) -> dict:

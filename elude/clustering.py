@@ -28,7 +28,8 @@ REP_EPS = 1e-8  # eq. 2's epsilon
 PRECOMPUTED_MAX_ROWS = 6000  # hdbscan backend: exact torch distances up to this many points (6000^2 float64 = 288 MB)
 BACKENDS = ("auto", "torch", "hdbscan", "cuml", "cpu")
 BLOCK_MB = {"cpu": 256, "cuda": 8192}  # torch backend: working set of one block of rows (~4 block x n float64)
-TORCH_BYTES_PER_RADIUS_EDGE = 100  # torch backend, host bytes per radius-list edge: 52 measured (20k x 64, min_samples 200 vs 5), x2
+# torch backend, host bytes per radius-list edge: 52 measured (peak RSS, 20k x 64 points, min_samples 200 vs 5), x2
+TORCH_BYTES_PER_RADIUS_EDGE = 100
 
 
 def cuml_available() -> tuple[bool, str]:
@@ -64,6 +65,11 @@ def resolve_backend(backend: str) -> str:
                                "node with cuml-cu13.")
         return "cuml"
     return "torch:cuda" if torch.cuda.is_available() else "torch:cpu"
+
+
+def backend_device(backend: str) -> str:
+    """The torch device of a resolved backend ('torch:cuda' -> 'cuda'); 'cpu' for the others."""
+    return backend.split(":", 1)[1] if backend.startswith("torch:") else "cpu"
 
 
 def reduce_dims(x: np.ndarray, method: str, dims: int, device: str = "cpu") -> tuple[np.ndarray, float]:
@@ -117,8 +123,7 @@ def hdbscan_labels(x: np.ndarray, *, min_cluster_size: int, min_samples: int | N
     if backend.startswith("torch"):
         from .exact_hdbscan import hdbscan_from_mst, mutual_reachability_mst
 
-        device = backend.split(":", 1)[1] if ":" in backend else "cpu"
-        mst = mutual_reachability_mst(x, ms, device=device)
+        mst = mutual_reachability_mst(x, ms, device=backend_device(backend))
         return hdbscan_from_mst(mst, min_cluster_size, method)
     if backend == "cuml":
         import cupy as cp

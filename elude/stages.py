@@ -46,19 +46,23 @@ def n_shards(n_units: int, units_per_shard: int) -> int:
     return (n_units + units_per_shard - 1) // units_per_shard
 
 
-def shard_memory_mb(units_per_shard: int, k: int, n_upstream: int, itemsize: int = 2, min_samples: int = 25,
-                    backend: str = "auto", dims: int | None = None, gpu: bool = False) -> int:
+def shard_memory_mb(cluster: dict, k: int, n_upstream: int, itemsize: int = 2, gpu: bool = False) -> int:
     """Memory request of a cluster/surgery shard job, from what :func:`cluster_shard` holds: the shard's
     top-k rows in the cache's storage type (``itemsize`` bytes; x2 while gathering), one unit's rows as
     float32 contributions (x3: raw, normalised, a copy), ~1.5 GB for the process, and the clustering:
-    - torch backend (auto/torch): the points in float64 and float32 (``dims`` after a reduction), a few
+    ``cluster`` is the config's ``cluster`` section (units_per_shard, backend, min_samples, reduce).
+    - torch backend (auto/torch): the points in float64 and float32 (reduced width with ``reduce``), a few
       blocks of distances, and the radius lists, k x (min_samples + 1) edges at
-      :data:`clustering.TORCH_BYTES_PER_RADIUS_EDGE` each (indices, Borůvka and Prim bookkeeping; measured by
-      ``bench/cluster_scale.py``). With ``gpu`` the blocks and Borůvka's arrays live in GPU memory and the
-      host keeps the float64 points and Prim's int32 adjacency (16 bytes per edge);
+      :data:`clustering.TORCH_BYTES_PER_RADIUS_EDGE` each (indices, Borůvka and Prim bookkeeping; 52 bytes
+      measured, doubled). With ``gpu`` the blocks and Borůvka's arrays live in GPU memory and the host
+      keeps the float64 points and Prim's int32 adjacency (16 bytes per edge: an estimate from the arrays,
+      not yet measured on a GPU);
     - hdbscan backend: one unit's k x k float64 distance matrix (x3 inside hdbscan) up to its precomputed limit.
     """
-    rows = 2 * units_per_shard * k * n_upstream * itemsize + 3 * k * n_upstream * 4
+    backend, red = cluster["backend"], cluster.get("reduce") or {}
+    min_samples = cluster["min_samples"] or cluster["min_cluster_size"]
+    dims = red.get("dims") if red.get("method", "none") != "none" else None
+    rows = 2 * cluster["units_per_shard"] * k * n_upstream * itemsize + 3 * k * n_upstream * 4
     if backend in ("hdbscan", "cpu", "cuml"):
         work = 3 * min(k, clustering.PRECOMPUTED_MAX_ROWS) ** 2 * 8
     else:
@@ -223,7 +227,7 @@ def cluster_shard(st: Stage, shard: int, cache_dirs: list[str], topk_dir: str, b
     """
     p = st.params
     backend = clustering.resolve_backend(p["backend"])
-    device = backend.split(":", 1)[1] if backend.startswith("torch:") else "cpu"
+    device = clustering.backend_device(backend)
     red = p.get("reduce") or {"method": "none", "dims": 0}
     _, layer, info = _load_layer(backbone_dir)
     w, _ = backbones.layer_weight_bias(layer)

@@ -105,11 +105,8 @@ def shard_mem_mb(wildcards):
     topk_id = up_id(stage, wildcards.id, "topk")
     layer = json.loads(open(f"results/backbone/{up_id(stage, wildcards.id, 'backbone')}/layer.json").read())
     itemsize = 2 if config["cache"]["dtype"] == "float16" else 4
-    cl = config["cluster"]
-    red = cl.get("reduce", {})
-    return shard_memory_mb(cl["units_per_shard"], _topk_manifest(topk_id)["k"], layer["n_upstream"], itemsize,
-                           min_samples=cl["min_samples"] or cl["min_cluster_size"], backend=cl["backend"],
-                           dims=red.get("dims") if red.get("method", "none") != "none" else None, gpu=bool(CLUSTER_GPUS))
+    return shard_memory_mb(config["cluster"], _topk_manifest(topk_id)["k"], layer["n_upstream"], itemsize,
+                           gpu=bool(CLUSTER_GPUS))
 
 
 def topk_mem_mb(wildcards, input):
