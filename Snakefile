@@ -1,5 +1,6 @@
 # ELUDe pipeline: cache (dataset shards) -> topk (partial per shard, merged) -> cluster (unit shards) ->
-# surgery (unit shards) -> merge -> verify, evaluate -> report [-> aggregate over token seeds].
+# surgery (unit shards) -> merge -> verify, evaluate -> report [-> aggregate over token seeds]; beside them,
+# the SAE/transcoder baselines: sweep on the first seed -> eq. 9 selection -> train on every seed -> evaluate.
 # All method logic lives in the `elude` package; see README.md and DESIGN.md.
 import sys
 
@@ -18,6 +19,7 @@ include: "rules/surgery.smk"
 include: "rules/merge.smk"
 include: "rules/verify.smk"
 include: "rules/evaluate.smk"
+include: "rules/baselines.smk"
 include: "rules/report.smk"
 
 

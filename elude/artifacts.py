@@ -27,12 +27,15 @@ CODE_VERSIONS = {
     "surgery": "2",
     "merge": "3",
     "verify": "3",
-    "evaluate": "3",
-    "report": "4",
-    "aggregate": "1",
+    "evaluate": "4",  # 4: one scoring path for ELUDe and baselines; R^2 of the disentangled layer
+    "report": "5",  # 5: Table 2 (baselines)
+    "aggregate": "2",  # 2: Table 2
+    "baseline_train": "1",
+    "baseline_select": "1",
+    "baseline_eval": "1",
 }
 
-_LIBRARIES = ("torch", "timm", "transformers", "zarr", "numcodecs", "numpy", "hdbscan", "scikit-learn", "safetensors")
+_LIBRARIES = ("torch", "timm", "transformers", "zarr", "numcodecs", "numpy", "hdbscan", "scikit-learn", "safetensors", "overcomplete")
 
 
 def artifact_id(stage: str, params: dict, inputs: dict[str, str]) -> str:

@@ -249,6 +249,15 @@ class Cache:
             for start, rows in iter_chunks(g["q"]):
                 yield int(offset) + start, rows
 
+    def chunk_slices(self) -> list[tuple[int, int, int]]:
+        """(shard, first row, end row) of every stored chunk, in order; :meth:`read` reads one."""
+        return [(s, start, min(start + g["q"].chunks[0], g["q"].shape[0])) for s, g in enumerate(self.shards)
+                for start in range(0, g["q"].shape[0], g["q"].chunks[0])]
+
+    def read(self, shard: int, start: int, stop: int) -> np.ndarray:
+        """Rows start:stop of one dataset shard as float32."""
+        return np.asarray(self.shards[shard]["q"][start:stop], dtype=np.float32)
+
     @property
     def dtype(self) -> np.dtype:
         return np.dtype(self.shards[0]["q"].dtype)

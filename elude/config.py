@@ -142,8 +142,7 @@ def stage_specs(config: dict, seed: int | None = None) -> dict[str, tuple[dict, 
     }
 
 
-def artifact_ids(config: dict, seed: int | None = None) -> dict[str, dict]:
-    """Per stage: {"id", "params", "inputs" (stage -> id)} for a validated config and one token seed."""
+def _chain_ids(config: dict, seed: int | None) -> dict[str, dict]:
     out: dict[str, dict] = {}
     for stage, (params, upstream) in stage_specs(config, seed).items():
         inputs = {u: out[u]["id"] for u in upstream}
@@ -151,17 +150,82 @@ def artifact_ids(config: dict, seed: int | None = None) -> dict[str, dict]:
     return out
 
 
+# Settings that shape each family's training besides its grid (a family's ids depend on its own only).
+BASELINE_SHARED = ("expansion_factor", "epochs", "batch_size", "init_seed")
+BASELINE_FAMILY_KEYS = {"topk": ("sparsity",), "batchtopk": ("sparsity",), "mp": ("sparsity",),
+                        "matryoshka": ("sparsity", "matryoshka_prefixes"),
+                        "archetypal": ("archetypal_ratio", "archetypal_points")}
+
+
+def baseline_artifacts(config: dict, seed: int | None = None) -> list[dict]:
+    """The baseline artifacts one token seed's report needs, each {"stage", "id", "params", "inputs",
+    "family"}: on the first seed, the sweep (one ``baseline_train`` per grid point) and the eq. 9
+    ``baseline_select``, whose model is the seed's; on the others, a ``baseline_train`` of the selected
+    point; then a ``baseline_eval`` per family (Section E.1)."""
+    from .baselines import family_grid, grid_points
+
+    b = config["baselines"]
+    seeds = token_seeds(config)
+    seed = seeds[0] if seed is None else seed
+    first, mine = _chain_ids(config, seeds[0]), _chain_ids(config, seed)
+    out = []
+
+    def add(stage, params, inputs, family):
+        art = {"stage": stage, "id": artifact_id(stage, params, inputs), "params": params, "inputs": inputs,
+               "family": family}
+        out.append(art)
+        return art
+
+    def train_inputs(chain):
+        inputs = {"cache": chain["cache"]["id"], "backbone": chain["backbone"]["id"]}
+        if b["expansion_factor"] == "match":
+            inputs["merge"] = chain["merge"]["id"]
+        return inputs
+
+    for family in b["families"]:
+        settings = {"family": family, **{k: b[k] for k in BASELINE_SHARED + BASELINE_FAMILY_KEYS.get(family, ())},
+                    "device": config["compute"]["device"]}
+        grid = family_grid(b, family)
+        sweep = {f"train-{i:03d}": add("baseline_train", {**settings, "hp": hp}, train_inputs(first), family)["id"]
+                 for i, hp in enumerate(grid_points(grid))}
+        select = add("baseline_select", {"family": family, "grid": grid}, sweep, family)
+        source = {"baseline_select": select["id"]}
+        if seed != seeds[0]:
+            fit = add("baseline_train", {**settings, "hp": "selected"}, {**train_inputs(mine), **source}, family)
+            source = {"baseline_train": fit["id"]}
+        ev = config["evaluate"]
+        add("baseline_eval", {"ms_top_k": ev["ms_top_k"], "accuracy": ev["accuracy"], "batch_size": ev["batch_size"],
+                              "data": data_params(config["data"]), "device": config["compute"]["device"]},
+            {**source, "backbone": mine["backbone"]["id"]}, family)
+    return out
+
+
+def artifact_ids(config: dict, seed: int | None = None) -> dict[str, dict]:
+    """Per stage: {"id", "params", "inputs" (stage -> id)} for a validated config and one token seed. The
+    report also reads the baselines' evaluations (:func:`baseline_artifacts`)."""
+    out = _chain_ids(config, seed)
+    evals = {f"baseline_eval-{a['family']}": a["id"] for a in baseline_artifacts(config, seed)
+             if a["stage"] == "baseline_eval"}
+    if evals:
+        rep = out["report"]
+        rep["inputs"] = {**rep["inputs"], **evals}
+        rep["id"] = artifact_id("report", rep["params"], rep["inputs"])
+    return out
+
+
 def run_artifacts(config: dict) -> dict:
-    """Every artifact of a run: {"seeds": {seed: artifact_ids}, "aggregate": {...} or None}. A run over
-    several token seeds adds an aggregate artifact over their reports."""
+    """Every artifact of a run: {"seeds": {seed: artifact_ids}, "baselines": [baseline artifacts of every
+    seed, each once], "aggregate": {...} or None}. A run over several token seeds adds an aggregate
+    artifact over their reports."""
     seeds = token_seeds(config)
     per_seed = {s: artifact_ids(config, s) for s in seeds}
+    base = {a["id"]: a for s in seeds for a in baseline_artifacts(config, s)}
     agg = None
     if len(seeds) > 1:
         params = {"run_name": config["run_name"], "token_seeds": seeds}
         inputs = {f"report-{s}": per_seed[s]["report"]["id"] for s in seeds}
         agg = {"id": artifact_id("aggregate", params, inputs), "params": params, "inputs": inputs}
-    return {"seeds": per_seed, "aggregate": agg}
+    return {"seeds": per_seed, "baselines": list(base.values()), "aggregate": agg}
 
 
 def all_ids(config: dict) -> dict[str, set[str]]:
@@ -171,6 +235,8 @@ def all_ids(config: dict) -> dict[str, set[str]]:
     for arts in run["seeds"].values():
         for stage, a in arts.items():
             ids.setdefault(stage, set()).add(a["id"])
+    for a in run["baselines"]:
+        ids.setdefault(a["stage"], set()).add(a["id"])
     if run["aggregate"]:
         ids["aggregate"] = {run["aggregate"]["id"]}
     return ids

@@ -7,6 +7,7 @@ second MS-Score pass the layer-output embeddings of the at most (units + 2 x sub
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 
@@ -14,7 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .backbones import call_model, get_module, instances_of, layer_weight_bias, output_tensors, pooled_output
+from .backbones import (call_model, get_module, instances_of, is_channels_first, layer_weight_bias, output_tensors,
+                        pooled_output)
 from .data import Batch, iter_batches
 from .layers import DisentangledLayer, swap_in, swap_out
 from .metrics import ms_score, output_differences
@@ -79,7 +81,7 @@ class _Swapped:
         self.dl.cpu()
 
 
-class _R2:
+class R2:
     """R^2 = 1 - SSE / SST over instances, SST around each feature's own mean, pooled over features."""
 
     def __init__(self):
@@ -101,7 +103,7 @@ def verify(model: nn.Module, layer_path: str, disentangled: DisentangledLayer, d
     """Compare the original and the disentangled model on every evaluation example (the model is restored):
     max abs / relative difference over all output tensors, R^2 of the layer output, and top-1 agreement
     when the model is a classifier."""
-    max_abs, max_rel, agree, n, r2, bad = 0.0, 0.0, 0, 0, _R2(), []
+    max_abs, max_rel, agree, n, r2, bad = 0.0, 0.0, 0, 0, R2(), []
     has_logits = True
     for batch in progress(iter_batches(dataset, batch_size, workers=workers), -(-len(dataset) // batch_size),
                           "verify batches"):
@@ -171,7 +173,8 @@ class TopImages:
     def scores(self, layer_emb, pooled_emb: torch.Tensor) -> dict[str, np.ndarray]:
         """Eq. 7 per unit in the layer space (``layer_emb(images, instances)`` -> (units, K, D)) and the
         pooled space (``pooled_emb`` (images, D)); each image weighted by its activation min-max normalised
-        with the unit's range. Units that never activate (max <= 0) or are constant are NaN."""
+        with the unit's range. Units that never activate (max <= 0), are constant, or fire on a single image
+        (no pair) are NaN."""
         k = int(torch.isfinite(self.val).all(0).sum())  # images with no valid instance never count
         val, img, inst = self.val[:, :k], self.img[:, :k], self.inst[:, :k]
         w = (val - self.lo[:, None]) / (self.hi - self.lo).clamp_min(1e-12)[:, None]
@@ -187,25 +190,45 @@ def nanmean(x: np.ndarray) -> float | None:
     return float(x.mean()) if len(x) else None
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, layer_path: str, disentangled: DisentangledLayer, dataset, *, ms_top_k: int,
-             random_seed: int, batch_size: int, workers: int = 0, accuracy: str = "auto") -> dict:
-    """Accuracy with both layers, MS-Score of units, sub-units and the random control, in two spaces.
-
-    Pass 1 streams the evaluation set: accuracy, per-unit top-K images (:class:`TopImages`) and pooled
-    embeddings. Pass 2 re-runs only the selected images to embed each at its argmax instance.
-    ``accuracy``: auto = when the model outputs (batch, classes) logits and every label is a class index
-    (set ``never`` for a model whose 2-D output is an embedding wider than the number of classes).
-    """
+@contextlib.contextmanager
+def substituted(model: nn.Module, layer_path: str, reconstruct):
+    """The model with the target layer's output replaced, through a forward hook, by
+    ``reconstruct(q, a)`` of its instance rows (q: the layer input, a: its output; (B, instances, .))."""
     layer = get_module(model, layer_path)
-    n_units = layer_weight_bias(layer)[0].shape[0]
-    parent = disentangled.parent
-    control = random_control(layer, parent, random_seed)
+
+    def hook(mod, args, out):
+        rec = reconstruct(instances_of(mod, args[0]), instances_of(mod, out)).to(out.dtype)
+        if is_channels_first(mod):  # (B, H*W, C) -> (B, C, H, W)
+            return rec.transpose(1, 2).reshape(out.shape)
+        return rec.reshape(out.shape)
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@torch.no_grad()
+def score(model: nn.Module, layer_path: str, dataset, feature_sets: dict, substitutes: dict, *, ms_top_k: int,
+          batch_size: int, workers: int = 0, accuracy: str = "auto") -> dict:
+    """The metrics every method gets, by one code path (Sections 4.1, B.2).
+
+    ``feature_sets``: name -> fn(:class:`Forward` of the original model) -> activations (B, instances, F);
+    each gets the MS-Score (eq. 7) of every feature in the layer space and the pooled space.
+    ``substitutes``: name -> fn() -> a context manager under which the model computes with the method in
+    place of the layer; each gets top-1 accuracy and R^2 (:class:`R2`) of the layer output it produces.
+
+    Pass 1 streams the evaluation set (accuracy, R^2, per-feature top-K images, pooled embeddings); pass 2
+    re-runs only the selected images to embed each at its argmax instance. ``accuracy``: auto = when the
+    model outputs (batch, classes) logits and every label is a class index (``never`` for a model whose
+    2-D output is an embedding wider than the number of classes).
+    """
     k = min(ms_top_k, len(dataset))
-    tops = {"units": TopImages(n_units, k), "subunits": TopImages(len(parent), k),
-            "random": TopImages(len(parent), k)}
-    pooled, correct, n_labelled, classifier, pooled_space = {}, {"original": 0, "disentangled": 0}, 0, True, None
-    bad: list[str] = []
+    tops: dict[str, TopImages] = {}
+    pooled, pooled_space, bad = {}, None, []
+    correct, n_labelled, classifier = {"original": 0, **{n: 0 for n in substitutes}}, 0, True
+    r2 = {name: R2() for name in substitutes}
     n_batches = -(-len(dataset) // batch_size)
     for batch in progress(iter_batches(dataset, batch_size, workers=workers), n_batches, "evaluate batches"):
         ref = forward_batch(model, layer_path, batch, pooled=True)
@@ -214,35 +237,59 @@ def evaluate(model: nn.Module, layer_path: str, disentangled: DisentangledLayer,
         labelled[list(batch.bad)] = False  # unreadable images (on_bad_image: skip) do not count
         bad += list(batch.bad.values())
         classifier = classifier and logits is not None and bool((batch.labels < logits.shape[1]).all())
-        if classifier and accuracy != "never" and labelled.any():
-            with _Swapped(model, layer_path, disentangled):
-                new = logits_of(forward_batch(model, layer_path, batch))
+        count = classifier and accuracy != "never" and bool(labelled.any())
+        if count:
             correct["original"] += int((logits.argmax(-1) == batch.labels)[labelled].sum())
-            correct["disentangled"] += int((new.argmax(-1) == batch.labels)[labelled].sum())
             n_labelled += int(labelled.sum())
+        for name, context in substitutes.items():
+            with context():
+                new = forward_batch(model, layer_path, batch)
+            r2[name].update(ref.layer_out[ref.valid], new.layer_out[ref.valid])
+            if count:
+                correct[name] += int((logits_of(new).argmax(-1) == batch.labels)[labelled].sum())
         # the pooled space: timm pre-logits or an HF pooler output; else the mean layer output
         emb, pooled_space = ((ref.pooled, ref.pooled_space) if ref.pooled is not None else
                              (_masked_mean(ref.layer_out, ref.valid), "mean of layer output over instances"))
         pooled.update(zip(batch.index.tolist(), emb))
-        tops["units"].update(ref.layer_out, ref.valid, batch.index)
-        tops["subunits"].update(disentangled.subunits_of_instances(ref.layer_in), ref.valid, batch.index)
-        tops["random"].update(control.subunits_of_instances(ref.layer_in), ref.valid, batch.index)
+        for name, features in feature_sets.items():
+            acts = features(ref)
+            tops.setdefault(name, TopImages(acts.shape[-1], k)).update(acts, ref.valid, batch.index)
     layer_emb = _embed_selected(model, layer_path, dataset, tops.values(), batch_size, workers)
     ids = torch.tensor(sorted(pooled))
     pooled_emb = torch.zeros(int(ids.max()) + 1, len(pooled[int(ids[0])]))
     pooled_emb[ids] = torch.stack([pooled[int(i)] for i in ids])
-    ms = {name: t.scores(layer_emb, pooled_emb) for name, t in tops.items()}
+    acc_on = accuracy == "auto" and classifier and n_labelled > 0
+    return {"accuracy": {name: (c / n_labelled if acc_on else None) for name, c in correct.items()},
+            "r2": {name: r.value() for name, r in r2.items()},
+            "ms": {name: t.scores(layer_emb, pooled_emb) for name, t in tops.items()},
+            "pooled_space": pooled_space, "n_images": len(dataset), "bad_images_skipped": bad}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, layer_path: str, disentangled: DisentangledLayer, dataset, *, ms_top_k: int,
+             random_seed: int, batch_size: int, workers: int = 0, accuracy: str = "auto") -> dict:
+    """ELUDe's metrics (:func:`score`): accuracy and R^2 with the disentangled layer swapped in, and the
+    MS-Score of the original units, the sub-units and the random-partition control, in two spaces."""
+    layer = get_module(model, layer_path)
+    n_units = layer_weight_bias(layer)[0].shape[0]
+    parent = disentangled.parent
+    control = random_control(layer, parent, random_seed)
+    res = score(model, layer_path, dataset,
+                {"units": lambda f: f.layer_out, "subunits": lambda f: disentangled.subunits_of_instances(f.layer_in),
+                 "random": lambda f: control.subunits_of_instances(f.layer_in)},
+                {"disentangled": lambda: _Swapped(model, layer_path, disentangled)},
+                ms_top_k=ms_top_k, batch_size=batch_size, workers=workers, accuracy=accuracy)
+    ms = res["ms"]
     counts = torch.bincount(parent, minlength=n_units).numpy()
     split_units = counts > 1
     split_subs = split_units[parent.numpy()]
-    acc_on = accuracy == "auto" and classifier and n_labelled > 0
-    summary = {"accuracy": {name: (c / n_labelled if acc_on and n_labelled else None) for name, c in correct.items()},
+    summary = {"accuracy": res["accuracy"], "r2": res["r2"]["disentangled"],
                "ms_score": {}, "n_units": int(len(counts)), "n_subunits": int(len(parent)),
                "expansion_factor": float(len(parent) / len(counts)),
                "n_split_units": int(split_units.sum()),
                "k_histogram": {int(c): int((counts == c).sum()) for c in np.unique(counts)},
-               "ms_top_k": int(ms["units"]["top_images"].shape[1]), "pooled_space": pooled_space,
-               "n_images": len(dataset), "bad_images_skipped": bad}
+               "ms_top_k": int(ms["units"]["top_images"].shape[1]), "pooled_space": res["pooled_space"],
+               "n_images": res["n_images"], "bad_images_skipped": res["bad_images_skipped"]}
     for space in ("layer", "pooled"):
         suffix = "" if space == "layer" else "_pooled"
         summary["ms_score"].update({
@@ -258,6 +305,36 @@ def evaluate(model: nn.Module, layer_path: str, disentangled: DisentangledLayer,
               "random_ms_layer": ms["random"]["layer"], "random_ms_pooled": ms["random"]["pooled"],
               "units_top_images": ms["units"]["top_images"], "subunits_top_images": ms["subunits"]["top_images"],
               "parent": parent.numpy(), "k_per_unit": counts}
+    return {"summary": summary, "tables": tables}
+
+
+@torch.no_grad()
+def score_baseline(model: nn.Module, layer_path: str, baseline, dataset, *, ms_top_k: int, batch_size: int,
+                   workers: int = 0, accuracy: str = "auto") -> dict:
+    """A baseline's metrics by :func:`score`: the MS-Score of its features (codes read off the original
+    layer's input and output), and accuracy and R^2 with its reconstruction in place of the layer output;
+    also its L0 on the evaluation instances. Features that never activate there get no MS-Score (NaN) and
+    are left out of the mean, as for ELUDe."""
+    active = {"sum": 0.0, "n": 0}
+
+    def features(f: Forward) -> torch.Tensor:
+        codes = baseline.apply(f.layer_in, f.layer_out)[0]
+        active["sum"] += float((codes[f.valid] != 0).sum())
+        active["n"] += int(f.valid.sum())
+        return codes
+
+    res = score(model, layer_path, dataset, {"features": features},
+                {"reconstructed": lambda: substituted(model, layer_path, lambda q, a: baseline.apply(q, a)[1])},
+                ms_top_k=ms_top_k, batch_size=batch_size, workers=workers, accuracy=accuracy)
+    ms = res["ms"]["features"]
+    summary = {"accuracy": res["accuracy"], "r2": res["r2"]["reconstructed"],
+               "ms_score": {"features_mean": nanmean(ms["layer"]), "features_mean_pooled": nanmean(ms["pooled"])},
+               "n_features": int(len(ms["layer"])), "n_scored_features": int((~np.isnan(ms["layer"])).sum()),
+               "l0_eval": active["sum"] / max(active["n"], 1), "ms_top_k": int(ms["top_images"].shape[1]),
+               "pooled_space": res["pooled_space"], "n_images": res["n_images"],
+               "bad_images_skipped": res["bad_images_skipped"]}
+    tables = {"features_ms_layer": ms["layer"], "features_ms_pooled": ms["pooled"],
+              "features_top_images": ms["top_images"]}
     return {"summary": summary, "tables": tables}
 
 

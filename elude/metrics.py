@@ -10,12 +10,14 @@ def ms_score(emb: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
     The weighted mean off-diagonal pairwise cosine similarity:
     (||sum_i w_i e_i||^2 - sum_i w_i^2) / ((sum_i w_i)^2 - sum_i w_i^2).
+    Undefined (NaN) for a unit with fewer than two images of non-zero weight (no pair to compare: a sparse
+    feature that fires on one evaluation image).
     """
     e = emb.double()
     w = w.double()
     num = ((w[..., None] * e).sum(1) ** 2).sum(-1) - (w**2).sum(1)
     den = w.sum(1) ** 2 - (w**2).sum(1)
-    return (num / den).float()
+    return torch.where(den > 0, num / den, torch.nan).float()
 
 
 def output_differences(y0: torch.Tensor, y1: torch.Tensor) -> dict[str, float]:

@@ -1,10 +1,12 @@
-"""The run summary (summary.json) and a self-contained HTML report (numbers, K_u histogram, and the
-paper's Figure 3 layout: a parent's top-16 evaluation images next to each sub-unit's top 4)."""
+"""The run summary (summary.json) and a self-contained HTML report (numbers, Table 2 beside the baselines,
+K_u histogram, and the paper's Figure 3 layout: a parent's top-16 evaluation images next to each
+sub-unit's top 4)."""
 from __future__ import annotations
 
 import base64
 import html as html_lib
 import io
+import json
 
 import numpy as np
 
@@ -13,7 +15,37 @@ def _pct(x):
     return None if x is None else round(100.0 * x, 3)
 
 
-def summary(run_name: str, verify: dict, metrics: dict, layer_meta: dict, artifacts: dict[str, str]) -> dict:
+TABLE2_COLUMNS = (("llm_rank", "LLM Rank (↓)"), ("ms_score", "MS-Score (↑)"), ("ms_score_pooled", "MS-Score, pooled space (↑)"),
+                  ("accuracy", "Accuracy (↑)"), ("r2", "R² (↑)"))
+LOWER_IS_BETTER = {"llm_rank"}
+
+
+def table2(metrics: dict, baselines: dict[str, dict]) -> dict:
+    """Table 2 of one token dataset: rows backbone only, each baseline family (paper order), ELUDe; columns
+    MS-Score (layer and pooled space), accuracy, R^2, all in percent, and the LLM Rank (filled by the judges
+    stage, a later issue; null until then). ``baselines``: family -> its baseline_eval metrics."""
+    from .baselines import FAMILIES, FAMILY_NAMES
+
+    ms = metrics["ms_score"]
+    rows = {"backbone": {"method": "Backbone only", "ms_score": _pct(ms["units_mean"]),
+                         "ms_score_pooled": _pct(ms["units_mean_pooled"]),
+                         "accuracy": _pct(metrics["accuracy"]["original"]), "r2": 100.0, "llm_rank": None}}
+    for family in [f for f in FAMILIES if f in baselines]:
+        b = baselines[family]
+        rows[family] = {"method": FAMILY_NAMES[family], "ms_score": _pct(b["ms_score"]["features_mean"]),
+                        "ms_score_pooled": _pct(b["ms_score"]["features_mean_pooled"]),
+                        "accuracy": _pct(b["accuracy"]["reconstructed"]), "r2": _pct(b["r2"]), "llm_rank": None,
+                        "n_features": b["n_features"], "n_scored_features": b["n_scored_features"],
+                        "l0_eval": b["l0_eval"], "hp": b["hp"]}
+    rows["elude"] = {"method": "ELUDe", "ms_score": _pct(ms["subunits_mean"]),
+                     "ms_score_pooled": _pct(ms["subunits_mean_pooled"]),
+                     "accuracy": _pct(metrics["accuracy"]["disentangled"]), "r2": _pct(metrics["r2"]),
+                     "llm_rank": None, "n_features": metrics["n_subunits"]}
+    return {"unit": "percent", "rows": rows}
+
+
+def summary(run_name: str, verify: dict, metrics: dict, layer_meta: dict, artifacts: dict[str, str],
+            baselines: dict[str, dict] | None = None) -> dict:
     """The run's headline numbers. MS-Scores are percentages, as in the paper."""
     units = layer_meta["units"]
     split = [u for u in units if u["k"] > 1]
@@ -33,6 +65,8 @@ def summary(run_name: str, verify: dict, metrics: dict, layer_meta: dict, artifa
             "noise_fraction_mean": float(np.mean([u["noise"] / u["top_k"] for u in units])),
             "exclusive_fraction_mean_split_units": float(np.mean([u["exclusive_fraction"] for u in split])) if split else None,
         },
+        "table2": (t2 := table2(metrics, baselines or {})),
+        "table2_elude_not_best": table2_findings(t2["rows"]),
         "artifacts": artifacts,
     }
 
@@ -62,6 +96,66 @@ def _fmt(v) -> str:
     if v is None or (isinstance(v, float) and np.isnan(v)):
         return "n/a"
     return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _cell_value(cell):
+    """A Table 2 cell's number: per seed a number (or None), in the aggregate {"mean", "std", ...}."""
+    return cell.get("mean") if isinstance(cell, dict) else cell
+
+
+def table2_html(rows: dict[str, dict]) -> str:
+    """Table 2 as HTML. ``rows``: key -> {"method", column: a number, None, or {"mean", "std"}}. Per column
+    the best method is bold and the second best underlined (the backbone-only row is the reference and is
+    not ranked, as in the paper)."""
+    value = _cell_value
+    marks = {}
+    for col, _ in TABLE2_COLUMNS:
+        vals = sorted({round(value(r.get(col)), 2) for k, r in rows.items() if k != "backbone" and value(r.get(col)) is not None},
+                      reverse=col not in LOWER_IS_BETTER)
+        marks[col] = {v: tag for v, tag in zip(vals, ("b", "u"))}
+
+    def cell(col, c):
+        v = value(c)
+        if v is None:
+            return "<td>—</td>"
+        text = f"{v:.2f}" + (f" ± {c['std']:.2f}" if isinstance(c, dict) and c.get("std") is not None else "")
+        tag = marks[col].get(round(v, 2))
+        return f"<td><{tag}>{text}</{tag}></td>" if tag else f"<td>{text}</td>"
+
+    head = "".join(f"<th>{html_lib.escape(label)}</th>" for _, label in TABLE2_COLUMNS)
+    body = "".join(f"<tr><td>{html_lib.escape(r['method'])}</td>" + "".join(cell(col, r.get(col)) for col, _ in TABLE2_COLUMNS)
+                   + "</tr>" for r in rows.values())
+    return f'<table class="table2"><tr><th>method</th>{head}</tr>{body}</table>'
+
+
+def table2_findings(rows: dict[str, dict]) -> list[str]:
+    """Where ELUDe is not the best method of a column (reported as measured), one sentence each."""
+    value = _cell_value
+    out = []
+    for col, label in TABLE2_COLUMNS:
+        mine = value(rows.get("elude", {}).get(col))
+        others = [(value(r.get(col)), r["method"]) for k, r in rows.items()
+                  if k not in ("backbone", "elude") and value(r.get(col)) is not None]
+        if mine is None or not others:
+            continue
+        best, who = (min if col in LOWER_IS_BETTER else max)(others)
+        if (best < mine) if col in LOWER_IS_BETTER else (best > mine):
+            out.append(f"{label.split(' (')[0]}: {who} {best:.2f} beats ELUDe's {mine:.2f}.")
+    return out
+
+
+def findings_html(rows: dict[str, dict]) -> str:
+    found = table2_findings(rows)
+    if not found:
+        return "<p>ELUDe is best or tied in every column measured.</p>"
+    return "<p>Where ELUDe is not the best: " + " ".join(html_lib.escape(f) for f in found) + "</p>"
+
+
+TABLE2_NOTE = ("<p>Percent. MS-Score (eq. 7) of every feature that activates on the evaluation split (ELUDe: sub-units;"
+               " backbone: the original units); accuracy with the method's reconstruction in place of the layer output;"
+               " R² of the reconstructed layer output. Baselines are trained on the same probe instances and scored by"
+               " the same code; each family's hyperparameters are the eq. 9 choice of its sweep. Bold: best, underlined:"
+               " second best (the backbone-only row is not ranked). LLM Rank: not computed yet (the judges stage).</p>")
 
 
 def html(summary: dict, metrics: dict, tables: dict, layer_meta: dict, thumbnail, n_examples: int) -> str:
@@ -106,14 +200,22 @@ def html(summary: dict, metrics: dict, tables: dict, layer_meta: dict, thumbnail
                      f'{_grid(thumbnail, tables["units_top_images"][u][:16], 4, "par")}</div>{panels}</div>')
     artifacts = "".join(f"<tr><td>{s}</td><td><code>{html_lib.escape(p)}</code></td></tr>"
                         for s, p in summary["artifacts"].items())
+    details = "".join(
+        f"<tr><td>{html_lib.escape(r['method'])}</td><td>{r['n_features']}</td><td>{r['n_scored_features']}</td>"
+        f"<td>{_fmt(r['l0_eval'])}</td><td><code>{html_lib.escape(json.dumps(r['hp']))}</code></td></tr>"
+        for k, r in summary["table2"]["rows"].items() if "hp" in r)
+    details = (f"<table><tr><th>baseline</th><th>features</th><th>features scored (active on the evaluation split)</th>"
+               f"<th>L0 (evaluation)</th><th>selected hyperparameters (eq. 9)</th></tr>{details}</table>" if details else
+               "<p>No baseline family was run (baselines.families is empty).</p>")
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>ELUDe run {html_lib.escape(summary['run_name'])}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1200px}} table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:3px 8px;text-align:left}} .row{{display:flex;gap:12px;flex-wrap:wrap;align-items:flex-start}}
 .panel{{border:3px solid #e8a0c8;padding:4px;font-size:12px}} .parent{{border-color:#e8c840}}
 .grid{{display:grid;gap:2px}} .bar{{display:flex;gap:6px;align-items:center}} .bar span{{width:40px}}
-.bar div{{background:#6a8;height:14px}}</style></head><body>
+.bar div{{background:#6a8;height:14px}} .table2 tr:last-child{{background:#f4e4f0}}</style></head><body>
 <h1>ELUDe run “{html_lib.escape(summary['run_name'])}” — layer <code>{html_lib.escape(layer_meta['layer'])}</code></h1>
 <h2>Lossless check and model accuracy</h2><table>{rows}</table>
+<h2>Interpretability vs. faithfulness (Table 2)</h2>{table2_html(summary['table2']['rows'])}{findings_html(summary['table2']['rows'])}{TABLE2_NOTE}{details}
 <h2>MS-Score (%, eq. 7; top {summary['ms_top_k']} evaluation images per unit)</h2>
 <p>Higher is more monosemantic. “Random” is Table 7's control: the same K<sub>u</sub> per unit, upstream
 dimensions assigned to sub-units at random. The paper's space embeds each image at the unit's argmax token in the
@@ -146,8 +248,12 @@ def aggregate(run_name: str, seeds: list[int], summaries: list[dict]) -> dict:
         x = np.array([p[k] for p in per_seed])
         stats[k] = {"mean": float(x.mean()), "std": float(x.std(ddof=1)) if len(x) > 1 else 0.0,
                     "per_seed": x.tolist()}
+    rows = {}
+    for key, row in summaries[0]["table2"]["rows"].items():
+        rows[key] = {"method": row["method"], **{col: stats.get(f"table2.rows.{key}.{col}") for col, _ in TABLE2_COLUMNS}}
     return {"run_name": run_name, "token_seeds": list(seeds), "n_seeds": len(seeds),
             "lossless_all_seeds": all(s["lossless"]["lossless"] for s in summaries), "metrics": stats,
+            "table2": {"unit": "percent", "rows": rows}, "table2_elude_not_best": table2_findings(rows),
             "per_seed_reports": [s["artifacts"]["report"] for s in summaries]}
 
 
@@ -161,4 +267,6 @@ def aggregate_html(agg: dict) -> str:
 </head><body><h1>ELUDe run “{html_lib.escape(agg['run_name'])}”: {agg['n_seeds']} seeded token datasets ({seeds})</h1>
 <p>Lossless on every seed: {agg['lossless_all_seeds']}. Mean ± sample standard deviation across seeds
 (Section 4.1, E.8); MS-Scores in percent.</p><ul>{links}</ul>
+<h2>Interpretability vs. faithfulness (Table 2), mean ± std over seeds</h2>{table2_html(agg['table2']['rows'])}{findings_html(agg['table2']['rows'])}{TABLE2_NOTE}
+<h2>Every number</h2>
 <table><tr><th>metric</th><th>mean</th><th>std</th><th>per seed</th></tr>{rows}</table></body></html>"""

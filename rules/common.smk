@@ -17,11 +17,23 @@ try:
 except ConfigError as exc:
     raise WorkflowError(str(exc)) from None
 
+if config["baselines"]["families"] and not workflow.dryrun and not workflow.deployment_settings.deployment_method:
+    # Jobs run in this environment (no --sdm conda): without overcomplete, say which extra to install
+    # before any job starts (the jobs check again, for --sdm conda).
+    from elude.baselines import BaselineDependencyError, overcomplete_sae
+
+    try:
+        overcomplete_sae()
+    except BaselineDependencyError as exc:
+        raise WorkflowError(str(exc)) from None
+
 RUN = run_artifacts(config)
 REG = {}  # stage -> id -> {"id", "params", "inputs"}
 for _arts in RUN["seeds"].values():
     for _stage, _a in _arts.items():
         REG.setdefault(_stage, {})[_a["id"]] = _a
+for _a in RUN["baselines"]:
+    REG.setdefault(_a["stage"], {})[_a["id"]] = _a
 if RUN["aggregate"]:
     REG["aggregate"] = {RUN["aggregate"]["id"]: RUN["aggregate"]}
 RUN_DIR = f"results/runs/{config['run_name']}"
@@ -83,7 +95,7 @@ def upstream(stage, up):
 
 def stage_info(stage):
     """Params function: what a workflow script needs to publish artifact {id} of ``stage``."""
-    return lambda w: {"name": stage, **REG[stage][w.id], "runtime": RUNTIME}
+    return lambda w: {"name": stage, **{k: REG[stage][w.id][k] for k in ("id", "params", "inputs")}, "runtime": RUNTIME}
 
 
 def log_path(stage, suffix=""):
@@ -174,3 +186,51 @@ def final_report(wildcards):
     if workflow.is_main_process and not workflow.dryrun:
         publish()
     return final_target()
+
+
+# --- baselines (rules/baselines.smk) and Table 2 (rules/report.smk) -------------------------------------
+# CPU runs: one thread per training job (small models; jobs run side by side); GPU jobs: a few threads to
+# feed the GPU (reading and decompressing cache chunks).
+BASELINE_THREADS = 1 if config["compute"]["device"] == "cpu" else 4
+
+
+def baseline_train_inputs(w):
+    inputs = REG["baseline_train"][w.id]["inputs"]
+    out = {"cache": path_of("cache", inputs["cache"]), "backbone": path_of("backbone", inputs["backbone"])}
+    if "merge" in inputs:  # expansion_factor: match
+        out["merge"] = path_of("merge", inputs["merge"])
+    if "baseline_select" in inputs:  # a later token seed: the first seed's selected point
+        out["select"] = path_of("baseline_select", inputs["baseline_select"])
+    return out
+
+
+def baseline_train_mem_mb(wildcards, input):
+    """Memory of a baseline training job (elude.stages.baselines.baseline_memory_mb); layer shape from the
+    backbone artifact once it exists (768 x 3072 before)."""
+    from elude.stages.baselines import baseline_memory_mb
+
+    layer = Path(str(input.backbone)) / "layer.json"
+    info = json.loads(layer.read_text()) if layer.exists() else {"n_units": 768, "n_upstream": 3072}
+    return baseline_memory_mb(REG["baseline_train"][wildcards.id]["params"], info["n_units"], info["n_upstream"],
+                              config["cache"]["chunk_rows"])
+
+
+def baseline_model(w):
+    """Where a baseline evaluation reads its model: the selection (first seed) or a later seed's training."""
+    (stage, i), = [(s, i) for s, i in REG["baseline_eval"][w.id]["inputs"].items() if s != "backbone"]
+    return path_of(stage, i)
+
+
+def baseline_eval_mem_mb(wildcards, input):
+    """Memory of a baseline evaluation: as an evaluate job (elude.stages.evaluate_memory_mb) with the
+    baseline's features counted as sub-units (an overestimate)."""
+    layer, model = Path(str(input.backbone)) / "layer.json", Path(str(input.model)) / "model.json"
+    units = json.loads(layer.read_text())["n_units"] if layer.exists() else 1024
+    features = json.loads(model.read_text())["n_features"] if model.exists() else 16 * units
+    return evaluate_memory_mb(units, features, config["evaluate"]["ms_top_k"], config["evaluate"]["batch_size"])
+
+
+def baseline_evals(report_id):
+    """family -> the baseline_eval artifact a report reads (Table 2)."""
+    return {k.split("-", 1)[1]: path_of("baseline_eval", i) for k, i in REG["report"][report_id]["inputs"].items()
+            if k.startswith("baseline_eval-")}

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Creates the virtual environment .venv/ in the repo root with the pinned stack (pyproject.toml) and
-# installs this package into it. Does nothing when .venv/ is already set up for this pyproject.toml.
+# installs this package into it, with the test and baselines (overcomplete) extras. Does nothing when .venv/
+# is already set up for this pyproject.toml.
 # With --test, also installs what the test suite needs outside Python: Debian's SLURM and munge
 # packages for the real-SLURM test (tests/test_slurm.py), when they are missing (needs root).
 set -euo pipefail
@@ -26,5 +27,5 @@ fi
 echo "setting up .venv (pinned torch/timm/snakemake/zarr/hdbscan stack; a few minutes) ..." >&2
 python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e '.[test]'
+.venv/bin/python -m pip install --quiet -e '.[test,baselines]'
 echo "$want" > "$stamp"

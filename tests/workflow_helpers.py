@@ -21,6 +21,7 @@ TINY = {
     "topk": {"k": 300},
     "cluster": {"min_cluster_size": 15, "min_samples": 4, "units_per_shard": 12},
     "evaluate": {"ms_top_k": 20},
+    "baselines": {"families": []},  # tests/test_baselines.py runs them
 }
 
 

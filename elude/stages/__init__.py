@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import backbones, cache as cache_mod, clustering, contributions, evaluation, surgery as surgery_mod
-from .artifacts import atomic_dir, load_arrays, save_arrays, write_atomic
-from .data import materialize, open_dataset
-from .layers import DisentangledLayer
-from .metrics import accuracy
-from .progress import progress
-from .topk import clamp_k, merge_topk, streaming_topk
+from .. import backbones, cache as cache_mod, clustering, contributions, evaluation, surgery as surgery_mod
+from ..artifacts import atomic_dir, load_arrays, save_arrays, write_atomic
+from ..data import materialize, open_dataset
+from ..layers import DisentangledLayer
+from ..metrics import accuracy
+from ..progress import progress
+from ..topk import clamp_k, merge_topk, streaming_topk
 
 log = logging.getLogger(__name__)
 
@@ -380,15 +380,18 @@ def evaluate(st: Stage, backbone_dir: str, merge_dir: str, out: str) -> None:
 
 # --- report -----------------------------------------------------------------------------------------
 def report(st: Stage, verify_dir: str, evaluate_dir: str, merge_dir: str, backbone_dir: str,
-           artifacts: dict[str, str], out: str) -> None:
-    from . import report as report_mod
+           artifacts: dict[str, str], out: str, baseline_dirs: dict[str, str] | None = None) -> None:
+    """``baseline_dirs``: family -> its baseline_eval artifact (Table 2)."""
+    from .. import report as report_mod
 
     verify_res = json.loads((Path(verify_dir) / "verify.json").read_text())
     metrics = json.loads((Path(evaluate_dir) / "metrics.json").read_text())
     tables = load_arrays(Path(evaluate_dir) / "tables.safetensors")
     layer_meta = json.loads((Path(merge_dir) / "layer.json").read_text())["metadata"]
+    baselines = {f: json.loads((Path(d) / "metrics.json").read_text()) for f, d in (baseline_dirs or {}).items()}
     summary = report_mod.summary(st.params["run_name"], verify_res, metrics, layer_meta,
-                                 {**artifacts, "report": str(out)})
+                                 {**artifacts, **{f"baseline_eval-{f}": d for f, d in (baseline_dirs or {}).items()},
+                                  "report": str(out)}, baselines)
     ds = _dataset(st.params["data"], "eval", backbone_dir)
     thumbnail = getattr(ds, "thumbnail", lambda i: None)
     with st.publish(out) as (tmp, _):
@@ -400,7 +403,7 @@ def report(st: Stage, verify_dir: str, evaluate_dir: str, merge_dir: str, backbo
 def aggregate(st: Stage, report_dirs: list[str], out: str) -> None:
     """Mean and standard deviation over the seeded token datasets (Section 4.1, E.8) of every number
     in the per-seed summaries."""
-    from . import report as report_mod
+    from .. import report as report_mod
 
     summaries = [json.loads((Path(d) / "summary.json").read_text()) for d in report_dirs]
     with st.publish(out) as (tmp, _):
@@ -427,7 +430,7 @@ def publish_run(report_dir: str | Path, run_dir: str | Path, seed_reports: dict 
 def run_logged(stage: dict, log_file: str, threads: int, fn) -> None:
     """Run a stage job: logging to its log file and the terminal, torch threads, and a failure message
     that names the stage, the artifact id and the log file."""
-    from .progress import setup_logging
+    from ..progress import setup_logging
 
     setup_logging(log_file, f"{stage['name']} {stage['id']}")
     torch.set_num_threads(max(1, int(threads)))

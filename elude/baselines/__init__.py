@@ -1,0 +1,88 @@
+"""SAE and transcoder baselines (Sections 4.1, E.1): the families, their sweep grids, and eq. 9 selection.
+
+The families reuse the overcomplete library (0.3.0) where it has them (:mod:`.models` says which);
+training streams the probe instances from the activation cache (:mod:`.train`); scoring is ELUDe's own
+(:func:`elude.evaluation.score_baseline`).
+"""
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import math
+import sys
+import types
+
+# Paper order (Table 2). Each family's sweep axes (E.1): lr x w_dead for all; the L1 weight for Vanilla and
+# the Transcoder; the sparsity-penalty weight for JumpReLU.
+FAMILIES = ("vanilla", "topk", "jumprelu", "batchtopk", "matryoshka", "archetypal", "mp", "transcoder")
+FAMILY_NAMES = {"vanilla": "Vanilla SAE", "topk": "TopK-SAE", "jumprelu": "JumpReLU", "batchtopk": "BatchTopK-SAE",
+                "matryoshka": "Matryoshka SAE", "archetypal": "Archetypal SAE", "mp": "Matching Pursuit",
+                "transcoder": "Transcoder"}
+GRID_AXES = {f: ("lr", "w_dead") for f in FAMILIES}
+GRID_AXES.update({"vanilla": ("lr", "w_dead", "w_l1"), "transcoder": ("lr", "w_dead", "w_l1"),
+                  "jumprelu": ("lr", "w_dead", "w_sp")})
+EXTRA = "baselines"  # pyproject extra that installs overcomplete
+
+
+class BaselineDependencyError(RuntimeError):
+    pass
+
+
+def overcomplete_sae() -> types.ModuleType:
+    """overcomplete's ``sae`` subpackage, with a clear error when the extra is missing.
+
+    Imported without running overcomplete's top-level ``__init__``, which also loads its vision models
+    and plotting (timm, torchvision models, matplotlib, OpenCV: 4 s per job, none of it used here)."""
+    if "overcomplete.sae" in sys.modules:
+        return sys.modules["overcomplete.sae"]
+    try:
+        spec = importlib.util.find_spec("overcomplete")
+        if spec is None or not spec.submodule_search_locations:
+            raise ImportError("no module named 'overcomplete'")
+        if "overcomplete" not in sys.modules:
+            pkg = types.ModuleType("overcomplete")
+            pkg.__path__, pkg.__spec__ = list(spec.submodule_search_locations), spec
+            sys.modules["overcomplete"] = pkg
+        import overcomplete.sae as sae
+    except ImportError as exc:
+        sys.modules.pop("overcomplete", None)
+        raise BaselineDependencyError(
+            f"the SAE/transcoder baselines (baselines.families) need the overcomplete library, which is not "
+            f"importable here ({exc}). Install the '{EXTRA}' extra: `.venv/bin/pip install -e '.[{EXTRA}]'` "
+            "(scripts/setup.sh does), or set baselines.families: [] to run ELUDe alone.") from None
+    return sae
+
+
+def family_grid(baselines: dict, family: str) -> dict[str, list[float]]:
+    """The sweep axes of ``family``: the shared ``baselines.grid`` with the family's own overrides."""
+    grid = {**baselines["grid"], **(baselines.get("family_grid") or {}).get(family, {})}
+    return {axis: list(grid[axis]) for axis in GRID_AXES[family]}
+
+
+def grid_points(grid: dict[str, list[float]]) -> list[dict[str, float]]:
+    """Every combination of the grid's axes, in a fixed order (the last axis varies fastest)."""
+    axes = list(grid)
+    return [dict(zip(axes, values)) for values in itertools.product(*(grid[a] for a in axes))]
+
+
+def selection_scores(mse: list[float], l0: list[float]) -> list[float]:
+    """Eq. 9: s = 1/2 (1 - MSE~) + 1/2 (1 - L0~), MSE and L0 min-max normalised within the family (a
+    constant column normalises to 0). A candidate whose MSE or L0 is not finite (diverged) scores -inf."""
+    ok = [math.isfinite(m) and math.isfinite(z) for m, z in zip(mse, l0)]
+
+    def norm(xs):
+        vals = [x for x, good in zip(xs, ok) if good]
+        lo, hi = (min(vals), max(vals)) if vals else (0.0, 0.0)
+        return [(x - lo) / (hi - lo) if hi > lo else 0.0 for x in xs]
+
+    m, z = norm(mse), norm(l0)
+    return [0.5 * (1 - a) + 0.5 * (1 - b) if good else -math.inf for a, b, good in zip(m, z, ok)]
+
+
+def select(candidates: list[dict]) -> int:
+    """Index of the eq. 9 argmax among ``candidates`` ({"mse", "l0"} each; the first wins a tie)."""
+    s = selection_scores([c["mse"] for c in candidates], [c["l0"] for c in candidates])
+    if not any(math.isfinite(x) for x in s):
+        raise ValueError("every sweep candidate of this family diverged (non-finite MSE or L0): lower the learning "
+                         "rates in its grid")
+    return max(range(len(s)), key=lambda i: (s[i], -i))

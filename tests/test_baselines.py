@@ -1,0 +1,228 @@
+"""SAE and transcoder baselines: eq. 9 selection, real training of every family on a real zarr cache of a
+timm ViT's layer, the substitution hook, resume after a kill, and a missing extra."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from elude import backbones, cache
+from elude.baselines import FAMILIES, family_grid, grid_points, select, selection_scores
+from elude.baselines.models import Baseline
+from elude.baselines.train import InstanceStream, archetypal_points, fit, normalisation, training_metrics
+from elude.data import DigitsDataset
+from elude.evaluation import forward_batch, score_baseline, substituted
+from elude.data import iter_batches
+
+from workflow_helpers import REPO, SNAKEMAKE, write_config
+
+SETTINGS = {"sparsity": 6, "archetypal_ratio": 0.1, "archetypal_points": 256,
+            "matryoshka_prefixes": [0.25, 0.5, 1.0], "init_seed": 42}
+HP = {"lr": 3e-3, "w_dead": 1e-4, "w_l1": 5e-3, "w_sp": 1e-3}
+
+
+def test_eq9_selection_on_a_hand_checked_grid():
+    # MSE min-max: [0, 0.5, 0.1, 1]; L0 min-max: [1, 0.25, 0.5, 0]
+    mse, l0 = [0.10, 0.20, 0.12, 0.30], [0.05, 0.02, 0.03, 0.01]
+    s = selection_scores(mse, l0)
+    assert s == pytest.approx([0.5, 0.625, 0.7, 0.5])  # e.g. 0.5 x (1 - 0.1) + 0.5 x (1 - 0.5) = 0.7
+    assert select([{"mse": m, "l0": z} for m, z in zip(mse, l0)]) == 2
+    # a diverged run neither wins nor stretches the normalisation; a tie goes to the first grid point
+    assert select([{"mse": math.inf, "l0": 0.0}, {"mse": 0.1, "l0": 0.05}, {"mse": 0.2, "l0": 0.02}]) == 1
+    with pytest.raises(ValueError, match="diverged"):
+        select([{"mse": math.nan, "l0": 0.1}])
+
+
+def test_family_grids_use_their_own_axes_and_overrides():
+    b = {"grid": {"lr": [1e-3, 1e-4], "w_dead": [1e-4], "w_l1": [1e-3, 2e-2], "w_sp": [1e-2]},
+         "family_grid": {"topk": {"lr": [5e-4]}}}
+    assert family_grid(b, "topk") == {"lr": [5e-4], "w_dead": [1e-4]}
+    assert len(grid_points(family_grid(b, "vanilla"))) == 4 and len(grid_points(family_grid(b, "transcoder"))) == 4
+    assert grid_points(family_grid(b, "jumprelu")) == [{"lr": 1e-3, "w_dead": 1e-4, "w_sp": 1e-2},
+                                                        {"lr": 1e-4, "w_dead": 1e-4, "w_sp": 1e-2}]
+
+
+@pytest.fixture(scope="module")
+def vit_cache(tmp_path_factory):
+    """A real cache: a random-init timm ViT's blocks.0.mlp.fc2 inputs (Linear 128 -> 32) on the digits probe split."""
+    torch.manual_seed(0)
+    spec = backbones.demo_model_spec({"img_size": 8, "patch_size": 2, "embed_dim": 32, "depth": 1, "num_heads": 2,
+                                      "mlp_ratio": 4})
+    model = backbones.build_from_spec(spec).eval()
+    layer = backbones.get_module(model, "blocks.0.mlp.fc2")
+    folder = tmp_path_factory.mktemp("cache")
+    ds = DigitsDataset("probe", 0.3, 0)
+    cache.write_cache(model, layer, ds, folder, images=range(400), batch_size=64, dtype="float16", chunk_rows=1000,
+                      compressor="lz4-1")
+    w, b = backbones.layer_weight_bias(layer)
+    return model, InstanceStream(cache.Cache([folder]), w, b)
+
+
+def trained(family, stream, epochs=3, n_features=128):
+    settings = {"family": family, **SETTINGS}
+    norm = normalisation(stream, family == "transcoder")
+    points = (archetypal_points(stream, SETTINGS["archetypal_points"], 42, norm["in_mean"], norm["in_scale"])
+              if family == "archetypal" else None)
+    torch.manual_seed(42)
+    model = Baseline(settings, stream.w.shape[1], stream.w.shape[0], n_features, points)
+    model.set_normalisation(norm["in_mean"], norm["in_scale"], norm["out_mean"], norm["out_scale"])
+    history = fit(model, stream, hp=HP, epochs=epochs, batch_size=256, seed=42, device=torch.device("cpu"))
+    return model, history
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_family_trains_and_reloads(family, vit_cache, tmp_path):
+    _, stream = vit_cache
+    model, history = trained(family, stream)
+    assert history[-1]["mse"] < history[0]["mse"]  # it learns
+    m = training_metrics(model, stream, torch.device("cpu"))
+    assert 0.3 < m["r2"] < 1.0 and m["mse"] > 0 and m["n_instances"] == stream.n_rows == 400 * 17
+    if family in ("topk", "mp", "matryoshka", "batchtopk"):
+        assert m["l0"] <= 6 + 1e-9 if family != "batchtopk" else abs(m["l0"] - 6) < 3
+    model.save(tmp_path)
+    back = Baseline.load(tmp_path)
+    q, a = next(stream.chunks())
+    codes, rec = model.eval().apply(q, a)
+    codes2, rec2 = back.apply(q, a)
+    torch.testing.assert_close(codes2, codes, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(rec2, rec, rtol=1e-5, atol=1e-5)
+    assert codes.shape == (len(q), 128) and rec.shape == a.shape
+
+
+def test_trained_topk_has_exactly_k_active_features_per_instance(vit_cache):
+    _, stream = vit_cache
+    model, _ = trained("topk", stream, epochs=3)
+    for q, a in stream.chunks():
+        codes, _ = model.eval().apply(q, a)
+        assert ((codes != 0).sum(-1) == SETTINGS["sparsity"]).all()
+
+
+def test_training_resumes_after_a_kill_with_the_same_weights(vit_cache, tmp_path):
+    _, stream = vit_cache
+
+    def fresh():
+        torch.manual_seed(42)
+        m = Baseline({"family": "batchtopk", **SETTINGS}, stream.w.shape[1], stream.w.shape[0], 64)
+        norm = normalisation(stream, False)
+        m.set_normalisation(norm["in_mean"], norm["in_scale"], norm["out_mean"], norm["out_scale"])
+        return m
+
+    whole = fresh()
+    fit(whole, stream, hp=HP, epochs=3, batch_size=256, seed=42, device=torch.device("cpu"))
+    ck = tmp_path / "checkpoint.pt"
+    fit(fresh(), stream, hp=HP, epochs=1, batch_size=256, seed=42, device=torch.device("cpu"), checkpoint=ck)
+    resumed = fresh()  # a new process: built again, then the checkpoint of epoch 1 is found
+    history = fit(resumed, stream, hp=HP, epochs=3, batch_size=256, seed=42, device=torch.device("cpu"), checkpoint=ck)
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    for k, v in whole.state().items():
+        assert torch.equal(v, resumed.state()[k]), k
+
+
+def test_substitution_hook_puts_the_reconstruction_in_the_model(vit_cache):
+    model, stream = vit_cache
+    sae, _ = trained("topk", stream, epochs=1)
+    sae.eval()
+    ds = DigitsDataset("eval", 0.3, 0)
+    batch = next(iter_batches(ds, 16))
+    ref = forward_batch(model, "blocks.0.mlp.fc2", batch)
+    with substituted(model, "blocks.0.mlp.fc2", lambda q, a: sae.apply(q, a)[1]):
+        new = forward_batch(model, "blocks.0.mlp.fc2", batch)
+    torch.testing.assert_close(new.layer_out, sae.apply(ref.layer_in, ref.layer_out)[1], rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(new.outputs[0], ref.outputs[0])  # the logits see the (lossy) reconstruction
+    # and it is removed afterwards
+    torch.testing.assert_close(forward_batch(model, "blocks.0.mlp.fc2", batch).outputs[0], ref.outputs[0])
+
+
+def test_substitution_hook_on_a_1x1_convolution():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 1), torch.nn.ReLU(), torch.nn.Conv2d(8, 5, 1))
+    x = torch.randn(2, 3, 4, 6)
+    shift = torch.arange(5.0)
+    with substituted(net, "2", lambda q, a: a * 2 + shift):  # per-channel, so the layout must be right
+        out = net(x)
+    torch.testing.assert_close(out, net(x) * 2 + shift[:, None, None])
+
+
+def test_score_baseline_excludes_features_that_never_fire(vit_cache):
+    model, stream = vit_cache
+    sae, _ = trained("topk", stream, epochs=1, n_features=256)
+    ds = torch.utils.data.Subset(DigitsDataset("eval", 0.3, 0), range(60))
+    res = score_baseline(model, "blocks.0.mlp.fc2", sae.eval(), ds, ms_top_k=10, batch_size=32)
+    s, t = res["summary"], res["tables"]
+    import numpy as np
+
+    assert s["n_features"] == 256 and 0 < s["n_scored_features"] < 256
+    assert s["n_scored_features"] == int((~np.isnan(t["features_ms_layer"])).sum())
+    assert 0 < s["ms_score"]["features_mean"] <= 1 and 0 < s["r2"] < 1
+    assert s["l0_eval"] == pytest.approx(6.0)
+
+
+def test_missing_overcomplete_gives_the_extra_to_install():
+    code = ("import sys; sys.modules['overcomplete'] = None\n"
+            "from elude.baselines import overcomplete_sae\n"
+            "overcomplete_sae()")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode != 0
+    assert "BaselineDependencyError" in proc.stderr and "pip install -e '.[baselines]'" in proc.stderr
+
+
+def test_workflow_with_a_family_written_here_and_no_overcomplete_fails_before_any_job(tmp_path):
+    fake = tmp_path / "shadow" / "overcomplete"  # an overcomplete without its SAE module shadows the real one
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("")
+    cfg = write_config(tmp_path / "c.yaml", {"baselines": {"families": ["matryoshka"]}})
+    env = {**os.environ, "PYTHONPATH": str(fake.parent)}
+    proc = subprocess.run([str(SNAKEMAKE), "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
+                           "--profile", str(REPO / "profiles/local"), "--configfile", str(cfg)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode != 0
+    assert "need the overcomplete library" in proc.stderr and "'.[baselines]'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "results").exists()  # nothing started
+
+
+# Two families from overcomplete and the one written here that reads another space (every family trains
+# for real above); topk sweeps two grid points.
+RUN_FAMILIES = ["vanilla", "topk", "archetypal", "transcoder"]
+BASELINE_RUN = {"cache": {"tokens_per_image": 6, "token_seed": [1, 2]},
+                "baselines": {"families": RUN_FAMILIES, "epochs": 2, "batch_size": 256, "archetypal_points": 256,
+                              "grid": {"lr": [0.003], "w_dead": [0.0001], "w_l1": [0.005], "w_sp": [0.001]},
+                              "family_grid": {"topk": {"lr": [0.003, 0.001]}}}}
+
+
+def test_table2_over_two_token_seeds_and_a_family_grid_change_reruns_only_that_family(tmp_path):
+    from workflow_helpers import executed_rules, snakemake
+
+    cfg = write_config(tmp_path / "b.yaml", BASELINE_RUN)
+    proc = snakemake(tmp_path, cfg, timeout=1200)
+    ran = executed_rules(proc.stderr)
+    # the sweep on the first seed (topk: 2 grid points), then the selected point trained on the second
+    assert ran.count("baseline_train") == 5 + 4
+    assert ran.count("baseline_select") == 4 and ran.count("baseline_eval") == 8
+    agg = json.loads((tmp_path / "results/runs/tiny/summary.json").read_text())
+    rows = agg["table2"]["rows"]
+    assert list(rows) == ["backbone", *RUN_FAMILIES, "elude"]
+    assert rows["elude"]["r2"]["mean"] > 99.9999 and rows["elude"]["accuracy"] == rows["backbone"]["accuracy"]
+    for f in RUN_FAMILIES:  # lossy reconstructions, scored on both seeds
+        assert 0 < rows[f]["r2"]["mean"] < 100 and len(rows[f]["r2"]["per_seed"]) == 2
+        assert 0 < rows[f]["ms_score"]["mean"] <= 100
+    html = (tmp_path / "results/runs/tiny/report.html").read_text()
+    assert "Table 2" in html and "<b>100.00 ± 0.00</b>" in html
+    seed = json.loads((tmp_path / "results/runs/tiny/seed-1/summary.json").read_text())
+    topk_eval = tmp_path / seed["artifacts"]["baseline_eval-topk"]
+    sel_id = json.loads((topk_eval / "manifest.json").read_text())["inputs"]["baseline_select"]
+    selected = json.loads((tmp_path / "results/baseline_select" / sel_id / "selected.json").read_text())
+    assert [c["hp"]["lr"] for c in selected["candidates"]] == [0.003, 0.001]
+    s = [c["s"] for c in selected["candidates"]]
+    assert selected["index"] == max(range(2), key=lambda i: (s[i], -i))
+
+    changed = write_config(tmp_path / "b2.yaml", BASELINE_RUN,
+                           {"baselines": {"family_grid": {"topk": {"lr": [0.003, 0.002]}}}})
+    ran = executed_rules(snakemake(tmp_path, changed, timeout=1200).stderr)
+    # topk alone: the new grid point (lr 0.003 is found by id), its selection, the second seed's training,
+    # two evaluations; then the reports and the aggregate
+    assert sorted(ran) == sorted(["baseline_train"] * 2 + ["baseline_select", "baseline_eval", "baseline_eval",
+                                                         "report", "report", "aggregate", "all"])

@@ -1,0 +1,9 @@
+# Thin entry point: see elude.stages.baselines.baseline_train.
+import _repo  # noqa: F401,I001 (puts the checkout on sys.path)
+from elude.stages import run_logged
+from elude.stages.baselines import baseline_train
+
+sm = snakemake  # noqa: F821 (injected by Snakemake)
+run_logged(sm.params.stage, sm.log[0], sm.threads,
+           lambda st: baseline_train(st, _repo.as_list(sm.input.cache), sm.input.backbone, sm.output.folder,
+                                     sm.input.get("select"), sm.input.get("merge")))
