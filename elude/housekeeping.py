@@ -6,7 +6,7 @@ Usage::
 
 Each ``--keep`` file is a YAML file of overrides merged over the base config (the repository's
 ``config.yaml``) exactly as ``snakemake --configfile`` does; without ``--keep`` the base config alone
-is kept. An artifact is *kept* when its id is one of the ids (:func:`elude.config.all_ids`: every token seed, and the aggregate) of a
+is kept. An artifact is *kept* when its id is one of the ids (:func:`elude.config.all_ids`: every token seed, the baselines, and the aggregate) of a
 kept config, *unreferenced* otherwise. Hidden work in progress (``.<id>.partial``, ``.<id>.tmp-<pid>``,
 or a sharded folder (cache, topk, cluster, surgery) holding hidden ``.shard-*``/``.part-*`` leftovers or no manifest at all) and logs without any
 folder are *incomplete*. An artifact's logs (``results/logs/<stage>/<id>*.log``) and benchmarks

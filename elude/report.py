@@ -114,17 +114,18 @@ def table2_html(rows: dict[str, dict]) -> str:
                       reverse=col not in LOWER_IS_BETTER)
         marks[col] = {v: tag for v, tag in zip(vals, ("b", "u"))}
 
-    def cell(col, c):
+    def cell(col, c, ranked):
         v = value(c)
         if v is None:
             return "<td>—</td>"
         text = f"{v:.2f}" + (f" ± {c['std']:.2f}" if isinstance(c, dict) and c.get("std") is not None else "")
-        tag = marks[col].get(round(v, 2))
+        tag = marks[col].get(round(v, 2)) if ranked else None
         return f"<td><{tag}>{text}</{tag}></td>" if tag else f"<td>{text}</td>"
 
     head = "".join(f"<th>{html_lib.escape(label)}</th>" for _, label in TABLE2_COLUMNS)
-    body = "".join(f"<tr><td>{html_lib.escape(r['method'])}</td>" + "".join(cell(col, r.get(col)) for col, _ in TABLE2_COLUMNS)
-                   + "</tr>" for r in rows.values())
+    body = "".join(f"<tr><td>{html_lib.escape(r['method'])}</td>"
+                   + "".join(cell(col, r.get(col), k != "backbone") for col, _ in TABLE2_COLUMNS) + "</tr>"
+                   for k, r in rows.items())
     return f'<table class="table2"><tr><th>method</th>{head}</tr>{body}</table>'
 
 

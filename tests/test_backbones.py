@@ -126,3 +126,18 @@ def test_torch_hub_backbone_from_a_local_repository(tmp_path):
     with pytest.raises(FileNotFoundError, match="hubconf.py"):
         backbone(Stage("backbone", "hub000000002", {**params, "hub": {**params["hub"], "repo": str(tmp_path)}}),
                  str(tmp_path / "results/backbone/hub000000002"))
+
+
+@pytest.mark.parametrize("layer", [torch.nn.Linear(6, 4), torch.nn.Conv2d(6, 4, 1, bias=False)])
+def test_layer_weights_read_from_the_saved_file_equal_the_built_layer(tmp_path, layer):
+    from safetensors.torch import save_file
+
+    from elude.backbones import layer_weight_bias
+    from elude.stages import layer_weights
+
+    net = torch.nn.Sequential(torch.nn.Identity(), torch.nn.Sequential(layer))
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp_path / "model.safetensors"))
+    (tmp_path / "layer.json").write_text(json.dumps({"path": "1.0"}))
+    w, b, info = layer_weights(tmp_path)
+    w0, b0 = layer_weight_bias(layer)
+    assert torch.equal(w, w0) and torch.equal(b, b0) and w.shape == (4, 6) and info["path"] == "1.0"

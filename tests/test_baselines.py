@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -13,9 +14,8 @@ from elude import backbones, cache
 from elude.baselines import FAMILIES, family_grid, grid_points, select, selection_scores
 from elude.baselines.models import Baseline
 from elude.baselines.train import InstanceStream, archetypal_points, fit, normalisation, training_metrics
-from elude.data import DigitsDataset
+from elude.data import DigitsDataset, iter_batches
 from elude.evaluation import forward_batch, score_baseline, substituted
-from elude.data import iter_batches
 
 from workflow_helpers import REPO, SNAKEMAKE, write_config
 
@@ -152,8 +152,6 @@ def test_score_baseline_excludes_features_that_never_fire(vit_cache):
     ds = torch.utils.data.Subset(DigitsDataset("eval", 0.3, 0), range(60))
     res = score_baseline(model, "blocks.0.mlp.fc2", sae.eval(), ds, ms_top_k=10, batch_size=32)
     s, t = res["summary"], res["tables"]
-    import numpy as np
-
     assert s["n_features"] == 256 and 0 < s["n_scored_features"] < 256
     assert s["n_scored_features"] == int((~np.isnan(t["features_ms_layer"])).sum())
     assert 0 < s["ms_score"]["features_mean"] <= 1 and 0 < s["r2"] < 1
@@ -226,3 +224,49 @@ def test_table2_over_two_token_seeds_and_a_family_grid_change_reruns_only_that_f
     # two evaluations; then the reports and the aggregate
     assert sorted(ran) == sorted(["baseline_train"] * 2 + ["baseline_select", "baseline_eval", "baseline_eval",
                                                          "report", "report", "aggregate", "all"])
+
+
+def test_baseline_ids_follow_only_their_own_family_and_match_waits_for_elude(tmp_path):
+    import yaml
+
+    from elude.config import artifact_ids, baseline_artifacts, merge_config, validate_config
+    from elude.stages.baselines import n_features
+
+    base = validate_config(yaml.safe_load((REPO / "config.yaml").read_text()))
+
+    def ids(cfg):
+        return {(a["stage"], a["family"], json.dumps(a["params"].get("hp"), sort_keys=True)): a["id"]
+                for a in baseline_artifacts(cfg)}
+
+    before = ids(base)
+    for change, family in (({"archetypal_points": 99}, "archetypal"), ({"family_grid": {"mp": {"lr": [0.01]}}}, "mp"),
+                           ({"matryoshka_prefixes": [0.5, 1.0]}, "matryoshka")):
+        after = ids(validate_config(merge_config(base, {"baselines": change})))
+        changed = {k[1] for k in set(before) ^ set(after)} | {k[1] for k in before if after.get(k, before[k]) != before[k]}
+        assert changed == {family}, change
+    # w_l1 is an axis of vanilla and the transcoder only
+    after = ids(validate_config(merge_config(base, {"baselines": {"grid": {"w_l1": [0.1]}}})))
+    assert {k[1] for k in set(before) ^ set(after)} == {"vanilla", "transcoder"}
+
+    match = validate_config(merge_config(base, {"baselines": {"expansion_factor": "match"}}))
+    merge_id = artifact_ids(match)["merge"]["id"]
+    trains = [a for a in baseline_artifacts(match) if a["stage"] == "baseline_train"]
+    assert trains and all(a["inputs"]["merge"] == merge_id for a in trains)
+    assert all("merge" not in a["inputs"] for a in baseline_artifacts(base))
+    (tmp_path / "manifest.json").write_text(json.dumps({"n_subunits": 123}))
+    assert n_features({"expansion_factor": "match"}, 64, str(tmp_path)) == 123
+    assert n_features({"expansion_factor": 8}, 64, None) == 512
+
+
+def test_table2_marks_best_and_second_and_says_where_elude_loses():
+    from elude.report import table2_findings, table2_html
+
+    rows = {"backbone": {"method": "Backbone only", "ms_score": 90.0, "accuracy": 80.0, "r2": 100.0, "llm_rank": None},
+            "topk": {"method": "TopK-SAE", "ms_score": 60.0, "accuracy": 81.0, "r2": 95.0, "llm_rank": None},
+            "mp": {"method": "Matching Pursuit", "ms_score": 50.0, "accuracy": 79.0, "r2": 97.0, "llm_rank": None},
+            "elude": {"method": "ELUDe", "ms_score": 70.0, "accuracy": 80.0, "r2": 100.0, "llm_rank": None}}
+    h = table2_html(rows)
+    assert "<td>90.00</td>" in h and "<td>100.00</td><" in h  # the reference row is never marked
+    assert "<b>70.00</b>" in h and "<u>60.00</u>" in h and "<b>81.00</b>" in h and "<u>80.00</u>" in h
+    assert "<b>100.00</b>" in h and "<u>97.00</u>" in h
+    assert table2_findings(rows) == ["Accuracy: TopK-SAE 81.00 beats ELUDe's 80.00."]

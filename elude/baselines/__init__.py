@@ -31,21 +31,29 @@ class BaselineDependencyError(RuntimeError):
 def overcomplete_sae() -> types.ModuleType:
     """overcomplete's ``sae`` subpackage, with a clear error when the extra is missing.
 
-    Imported without running overcomplete's top-level ``__init__``, which also loads its vision models
-    and plotting (timm, torchvision models, matplotlib, OpenCV: 4 s per job, none of it used here)."""
+    Imported without running the ``__init__`` of overcomplete and of its ``optimization`` subpackage,
+    which load its vision models, plotting and scikit-learn wrappers (timm, torchvision models,
+    matplotlib, OpenCV, scikit-learn: 5 s per job, none of it used here): each becomes a bare package,
+    and ``optimization`` gets the one function the SAE modules import from it."""
     if "overcomplete.sae" in sys.modules:
         return sys.modules["overcomplete.sae"]
     try:
         spec = importlib.util.find_spec("overcomplete")
         if spec is None or not spec.submodule_search_locations:
             raise ImportError("no module named 'overcomplete'")
-        if "overcomplete" not in sys.modules:
-            pkg = types.ModuleType("overcomplete")
-            pkg.__path__, pkg.__spec__ = list(spec.submodule_search_locations), spec
-            sys.modules["overcomplete"] = pkg
+        root = list(spec.submodule_search_locations)[0]
+        for name, path in (("overcomplete", root), ("overcomplete.optimization", f"{root}/optimization")):
+            if name not in sys.modules:
+                pkg = types.ModuleType(name)
+                pkg.__path__ = [path]
+                sys.modules[name] = pkg
+        from overcomplete.optimization.utils import batched_matrix_nnls
+
+        sys.modules["overcomplete.optimization"].batched_matrix_nnls = batched_matrix_nnls
         import overcomplete.sae as sae
     except ImportError as exc:
-        sys.modules.pop("overcomplete", None)
+        for name in ("overcomplete", "overcomplete.optimization"):
+            sys.modules.pop(name, None)
         raise BaselineDependencyError(
             f"the SAE/transcoder baselines (baselines.families) need the overcomplete library, which is not "
             f"importable here ({exc}). Install the '{EXTRA}' extra: `.venv/bin/pip install -e '.[{EXTRA}]'` "

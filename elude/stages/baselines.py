@@ -12,7 +12,7 @@ import torch
 
 from .. import backbones, baselines, cache as cache_mod, evaluation
 from ..artifacts import save_arrays
-from . import Stage, _dataset, _load_layer
+from . import Stage, _dataset, _load_layer, layer_weights
 
 log = logging.getLogger(__name__)
 MODEL_FILES = ("model.safetensors", "model.json")
@@ -56,8 +56,7 @@ def baseline_train(st: Stage, cache_dirs: list[str], backbone_dir: str, out: str
     p = dict(st.params)
     hp = json.loads((Path(select_dir) / "selected.json").read_text())["hp"] if p["hp"] == "selected" else p["hp"]
     device = backbones.resolve_device(p["device"])
-    _, layer, info = _load_layer(backbone_dir)
-    w, b = backbones.layer_weight_bias(layer)
+    w, b, info = layer_weights(backbone_dir)
     stream = InstanceStream(cache_mod.Cache(cache_dirs), w, b)
     n_feat = n_features(p, info["n_units"], merge_dir)
     with st.publish(out, resumable=True, hp=hp, n_features=n_feat) as (tmp, manifest):
