@@ -188,7 +188,8 @@ RUN_FAMILIES = ["vanilla", "topk", "archetypal", "transcoder"]
 BASELINE_RUN = {"cache": {"tokens_per_image": 6, "token_seed": [1, 2]},
                 "baselines": {"families": RUN_FAMILIES, "epochs": 2, "batch_size": 256, "archetypal_points": 256,
                               "grid": {"lr": [0.003], "w_dead": [0.0001], "w_l1": [0.005], "w_sp": [0.001]},
-                              "family_grid": {"topk": {"lr": [0.003, 0.001]}}}}
+                              # (vanilla: one point, replacing the demo config's two)
+                              "family_grid": {"topk": {"lr": [0.003, 0.001]}, "vanilla": {"w_l1": [0.005]}}}}
 
 
 def test_table2_over_two_token_seeds_and_a_family_grid_change_reruns_only_that_family(tmp_path):
@@ -227,12 +228,10 @@ def test_table2_over_two_token_seeds_and_a_family_grid_change_reruns_only_that_f
 
 
 def test_baseline_ids_follow_only_their_own_family_and_match_waits_for_elude(tmp_path):
-    import yaml
-
     from elude.config import artifact_ids, baseline_artifacts, merge_config, validate_config
     from elude.stages.baselines import n_features
 
-    base = validate_config(yaml.safe_load((REPO / "config.yaml").read_text()))
+    base = validate_config({"baselines": {"grid": {"lr": [1e-3], "w_dead": [1e-4]}}})  # schema defaults otherwise
 
     def ids(cfg):
         return {(a["stage"], a["family"], json.dumps(a["params"].get("hp"), sort_keys=True)): a["id"]
