@@ -116,9 +116,10 @@ def cluster_params(cluster: dict) -> dict:
     return out
 
 
-def stage_specs(config: dict, seed: int | None = None) -> dict[str, tuple[dict, list[str]]]:
+def stage_specs(config: dict, seed: int | None = None, run: int = 0) -> dict[str, tuple[dict, list[str]]]:
     """Each stage's own parameters and the stages whose artifacts it reads, in DAG order, for one seeded
-    token dataset (``seed``; default: the config's only seed)."""
+    token dataset (``seed``; default: the config's only seed). ``run`` > 0: a repeat of the clustering (and
+    what follows) on identical inputs, for Table 4's ELUDe runs."""
     data = data_params(config["data"])
     bb = {"kind": config["backbone"]["kind"], "layer": config["backbone"]["layer"],
           "preprocess": config["backbone"]["preprocess"]}
@@ -133,7 +134,7 @@ def stage_specs(config: dict, seed: int | None = None) -> dict[str, tuple[dict, 
         "backbone": (bb, []),
         "cache": (cache, ["backbone"]),
         "topk": (config["topk"], ["cache"]),
-        "cluster": (cluster_params(config["cluster"]), ["topk"]),
+        "cluster": ({**cluster_params(config["cluster"]), **({"run": run} if run else {})}, ["topk"]),
         "surgery": (config["surgery"], ["cluster"]),
         "merge": ({}, ["surgery"]),
         "verify": ({**config["verify"], "data": data, "device": config["compute"]["device"]}, ["merge"]),
@@ -142,9 +143,9 @@ def stage_specs(config: dict, seed: int | None = None) -> dict[str, tuple[dict, 
     }
 
 
-def _chain_ids(config: dict, seed: int | None) -> dict[str, dict]:
+def _chain_ids(config: dict, seed: int | None, run: int = 0) -> dict[str, dict]:
     out: dict[str, dict] = {}
-    for stage, (params, upstream) in stage_specs(config, seed).items():
+    for stage, (params, upstream) in stage_specs(config, seed, run).items():
         inputs = {u: out[u]["id"] for u in upstream}
         out[stage] = {"id": artifact_id(stage, params, inputs), "params": params, "inputs": inputs}
     return out
@@ -155,6 +156,23 @@ BASELINE_SHARED = ("expansion_factor", "epochs", "batch_size", "init_seed")
 BASELINE_FAMILY_KEYS = {"topk": ("sparsity",), "batchtopk": ("sparsity",), "mp": ("sparsity",),
                         "matryoshka": ("sparsity", "matryoshka_prefixes"),
                         "archetypal": ("archetypal_ratio", "archetypal_points")}
+
+
+def _family_settings(config: dict, family: str) -> dict:
+    b = config["baselines"]
+    return {"family": family, **{k: b[k] for k in BASELINE_SHARED + BASELINE_FAMILY_KEYS.get(family, ())},
+            "device": config["compute"]["device"]}
+
+
+def _train_inputs(config: dict, chain: dict) -> dict:
+    inputs = {"cache": chain["cache"]["id"], "backbone": chain["backbone"]["id"]}
+    if config["baselines"]["expansion_factor"] == "match":
+        inputs["merge"] = chain["merge"]["id"]
+    return inputs
+
+
+def _art(stage: str, params: dict, inputs: dict, **extra) -> dict:
+    return {"stage": stage, "id": artifact_id(stage, params, inputs), "params": params, "inputs": inputs, **extra}
 
 
 def baseline_artifacts(config: dict, seed: int | None = None) -> list[dict]:
@@ -171,20 +189,14 @@ def baseline_artifacts(config: dict, seed: int | None = None) -> list[dict]:
     out = []
 
     def add(stage, params, inputs, family):
-        art = {"stage": stage, "id": artifact_id(stage, params, inputs), "params": params, "inputs": inputs,
-               "family": family}
-        out.append(art)
-        return art
+        out.append(_art(stage, params, inputs, family=family))
+        return out[-1]
 
     def train_inputs(chain):
-        inputs = {"cache": chain["cache"]["id"], "backbone": chain["backbone"]["id"]}
-        if b["expansion_factor"] == "match":
-            inputs["merge"] = chain["merge"]["id"]
-        return inputs
+        return _train_inputs(config, chain)
 
     for family in b["families"]:
-        settings = {"family": family, **{k: b[k] for k in BASELINE_SHARED + BASELINE_FAMILY_KEYS.get(family, ())},
-                    "device": config["compute"]["device"]}
+        settings = _family_settings(config, family)
         grid = family_grid(b, family)
         sweep = {f"train-{i:03d}": add("baseline_train", {**settings, "hp": hp}, train_inputs(first), family)["id"]
                  for i, hp in enumerate(grid_points(grid))}
@@ -200,32 +212,74 @@ def baseline_artifacts(config: dict, seed: int | None = None) -> list[dict]:
     return out
 
 
+def study_artifacts(config: dict) -> list[dict]:
+    """The first token seed's studies, each {"stage", "id", "params", "inputs"}: with ``dictionary.enabled``
+    Table 4's runs (ELUDe's repeated cluster/surgery/merge chains, each family's selected point trained per
+    init seed) and the ``dictionary`` stage over them; with ``efficiency.enabled`` the ``efficiency`` stage
+    (Table 5) over the backbone, ELUDe's layer and each family's selected model."""
+    seed = token_seeds(config)[0]
+    chain = _chain_ids(config, seed)
+    b, out = config["baselines"], []
+    selected = {a["family"]: a["id"] for a in baseline_artifacts(config, seed) if a["stage"] == "baseline_select"}
+    dic = config["dictionary"]
+    if dic["enabled"]:
+        inputs = {"merge-0": chain["merge"]["id"]}
+        for run in range(1, dic["elude_runs"]):
+            rerun = _chain_ids(config, seed, run)
+            for stage in ("cluster", "surgery", "merge"):
+                out.append({"stage": stage, **rerun[stage]})
+            inputs[f"merge-{run}"] = rerun["merge"]["id"]
+        for family, select_id in selected.items():
+            for init in dic["init_seeds"]:
+                if init == b["init_seed"]:
+                    inputs[f"{family}-{init}"] = select_id  # the selected model is this seed's run
+                    continue
+                # another initialisation; the data order and archetypal candidates stay the selected run's (B.3)
+                params = {**_family_settings(config, family), "init_seed": init, "data_seed": b["init_seed"],
+                          "hp": "selected"}
+                out.append(_art("baseline_train", params, {**_train_inputs(config, chain), "baseline_select": select_id},
+                                family=family))
+                inputs[f"{family}-{init}"] = out[-1]["id"]
+        out.append(_art("dictionary", dict(dic), inputs))
+    eff = config["efficiency"]
+    if eff["enabled"]:
+        params = {**eff, "data": data_params(config["data"]), "device": config["compute"]["device"]}
+        inputs = {"backbone": chain["backbone"]["id"], "merge": chain["merge"]["id"],
+                  **{f"baseline-{f}": i for f, i in selected.items()}}
+        out.append(_art("efficiency", params, inputs))
+    return out
+
+
 def artifact_ids(config: dict, seed: int | None = None) -> dict[str, dict]:
     """Per stage: {"id", "params", "inputs" (stage -> id)} for a validated config and one token seed. The
-    report also reads the baselines' evaluations (:func:`baseline_artifacts`)."""
+    report also reads the baselines' evaluations (:func:`baseline_artifacts`) and, on the first seed, the
+    studies (:func:`study_artifacts`: Tables 4 and 5)."""
     out = _chain_ids(config, seed)
-    evals = {f"baseline_eval-{a['family']}": a["id"] for a in baseline_artifacts(config, seed)
+    extra = {f"baseline_eval-{a['family']}": a["id"] for a in baseline_artifacts(config, seed)
              if a["stage"] == "baseline_eval"}
-    if evals:
+    if seed is None or seed == token_seeds(config)[0]:
+        extra.update({a["stage"]: a["id"] for a in study_artifacts(config) if a["stage"] in ("dictionary", "efficiency")})
+    if extra:
         rep = out["report"]
-        rep["inputs"] = {**rep["inputs"], **evals}
+        rep["inputs"] = {**rep["inputs"], **extra}
         rep["id"] = artifact_id("report", rep["params"], rep["inputs"])
     return out
 
 
 def run_artifacts(config: dict) -> dict:
     """Every artifact of a run: {"seeds": {seed: artifact_ids}, "baselines": [baseline artifacts of every
-    seed, each once], "aggregate": {...} or None}. A run over several token seeds adds an aggregate
-    artifact over their reports."""
+    seed, each once], "studies": [study artifacts], "aggregate": {...} or None}. A run over several token
+    seeds adds an aggregate artifact over their reports."""
     seeds = token_seeds(config)
     per_seed = {s: artifact_ids(config, s) for s in seeds}
     base = {a["id"]: a for s in seeds for a in baseline_artifacts(config, s)}
+    studies = study_artifacts(config)
     agg = None
     if len(seeds) > 1:
         params = {"run_name": config["run_name"], "token_seeds": seeds}
         inputs = {f"report-{s}": per_seed[s]["report"]["id"] for s in seeds}
         agg = {"id": artifact_id("aggregate", params, inputs), "params": params, "inputs": inputs}
-    return {"seeds": per_seed, "baselines": list(base.values()), "aggregate": agg}
+    return {"seeds": per_seed, "baselines": list(base.values()), "studies": studies, "aggregate": agg}
 
 
 def all_ids(config: dict) -> dict[str, set[str]]:
@@ -235,7 +289,7 @@ def all_ids(config: dict) -> dict[str, set[str]]:
     for arts in run["seeds"].values():
         for stage, a in arts.items():
             ids.setdefault(stage, set()).add(a["id"])
-    for a in run["baselines"]:
+    for a in run["baselines"] + run["studies"]:
         ids.setdefault(a["stage"], set()).add(a["id"])
     if run["aggregate"]:
         ids["aggregate"] = {run["aggregate"]["id"]}

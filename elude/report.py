@@ -44,12 +44,117 @@ def table2(metrics: dict, baselines: dict[str, dict]) -> dict:
     return {"unit": "percent", "rows": rows}
 
 
+TABLE4_COLUMNS = (("stability", "Cross-init sim. (↑)"), ("effective_rank_share", "Eff. rank / min(atoms, dim), % (↑)"),
+                  ("coherence", "Coherence, max |cos| (↓)"))
+TABLE4_FIRST = (("space", "atoms"), ("dim", "atom dim"), ("n_atoms", "live atoms (mean)"), ("effective_rank_text", "Eff. rank"))
+
+
+def _stat(d: dict | None, scale: float = 1.0) -> dict | None:
+    return None if d is None or d.get("mean") is None else {"mean": scale * d["mean"], "std": scale * (d.get("std") or 0.0)}
+
+
+def table4(t4: dict) -> dict:
+    """Table 4 rows from the dictionary artifact: stability and coherence in percent (mean ± std over pairs
+    / runs), the effective rank as is and, ranked, as a percentage of its bound min(live atoms, atom
+    dimension) (ELUDe's atoms and the SAEs' live in spaces of different dimension: raw ranks do not
+    compare). ELUDe's output-space row (the paper's apparent reading of its atoms, :mod:`elude.dictionary`)
+    is a reference and not ranked."""
+    from .baselines import FAMILIES, FAMILY_NAMES
+
+    src = t4["rows"]
+    names = {**FAMILY_NAMES, "elude_output_space": "ELUDe, one-hot output atoms e_u (reference)", "elude": "ELUDe"}
+    rows = {}
+    for key in [f for f in FAMILIES if f in src] + ["elude_output_space", "elude"]:
+        r = src[key]
+        er, bound = _stat(r["effective_rank"]), min(r["n_atoms"]["mean"], r["dim"])
+        rows[key] = {"method": names[key], "stability": _stat(r["stability"], 100), "effective_rank": er,
+                     "effective_rank_share": _stat(r["effective_rank"], 100 / bound) if bound else None,
+                     "effective_rank_text": None if er is None else f"{er['mean']:.1f} ± {er['std']:.2f}",
+                     "coherence": _stat(r["coherence"], 100), "dim": r["dim"], "n_atoms": r["n_atoms"]["mean"],
+                     "space": "layer output e_u" if key == "elude_output_space" else
+                     "sub-unit weight rows (input)" if key == "elude" else "decoder rows (output)"}
+    return {"rows": rows, "elude_runs_identical": src["elude"].get("runs_identical"), "init_seeds": t4["init_seeds"],
+            "elude_runs": t4["elude_runs"]}
+
+
+TABLE5_COLUMNS = (("ms_per_batch", "ms/batch (↓)"), ("ms_ratio", "× backbone time"), ("peak_mem_mb", "peak mem MB (↓)"),
+                  ("mem_ratio", "× backbone mem"), ("param_mb", "weights MB (↓)"))
+TABLE5_LOWER = {c for c, _ in TABLE5_COLUMNS}
+
+
+def table5(t5: dict) -> dict:
+    """Table 5 rows from the efficiency artifact (backbone first, then the baselines, then ELUDe)."""
+    from .baselines import FAMILIES, FAMILY_NAMES
+
+    src = t5["rows"]
+    names = {"backbone": "Backbone only", **FAMILY_NAMES, "elude_lazy": "ELUDe, lazy sub-units",
+             "elude_dense": "ELUDe, dense (B.4)"}
+    rows = {}
+    for key in ["backbone"] + [f for f in FAMILIES if f in src] + ["elude_lazy", "elude_dense"]:
+        r = src[key]
+        rows[key] = {"method": names[key], "input_dim": r["input_dim"] or "N/A",
+                     "ms_per_batch": {"mean": r["ms_per_batch"], "std": r["ms_std"]}, "ms_ratio": r["ms_per_batch_ratio"],
+                     "peak_mem_mb": r["peak_mem_mb"], "mem_ratio": r["peak_mem_mb_ratio"], "param_mb": r["param_mb"]}
+    return {"rows": rows, "device": t5["device"], "device_name": t5["device_name"], "settings": t5["settings"],
+            "memory": t5["memory"]}
+
+
+def studies_summary(tables: dict) -> dict:
+    """Tables 4 and 5 (as :func:`table4`, :func:`table5` make them) for a summary, with where ELUDe is not
+    the best (ELUDe dense for Table 5)."""
+    out = {}
+    if "table4" in tables:
+        out["table4"] = tables["table4"]
+        out["table4_elude_not_best"] = column_findings(out["table4"]["rows"], TABLE4_COLUMNS, {"coherence"},
+                                                       skip=("elude_output_space",))
+    if "table5" in tables:
+        out["table5"] = tables["table5"]
+        out["table5_elude_not_best"] = column_findings(out["table5"]["rows"], TABLE5_COLUMNS[::2], TABLE5_LOWER,
+                                                       mine="elude_dense", name="ELUDe dense",
+                                                       skip=("backbone", "elude_lazy"))
+    return out
+
+
+def studies_html(summary: dict) -> str:
+    """Tables 4 and 5, where the run has them."""
+    out = ""
+    if "table4" in summary:
+        t = summary["table4"]
+        out += (f"<h2>Stability and dictionary geometry (Table 4)</h2>"
+                f"{ranked_table_html(t['rows'], TABLE4_COLUMNS, {'coherence'}, unranked=('elude_output_space',), first=TABLE4_FIRST)}"
+                f"{findings_html(summary['table4_elude_not_best'])}"
+                f"<p>Baselines: the selected grid point trained with init seeds {t['init_seeds']} on the first token dataset;"
+                f" ELUDe: {t['elude_runs']} runs on identical inputs (runs identical: {t['elude_runs_identical']})."
+                " Stability: Hungarian-matched mean cosine over the pairs of runs (ELUDe per neuron, minus |k_a - k_b| / max"
+                " for unmatched atoms), percent, mean ± std over pairs; effective rank and coherence: mean ± std over runs;"
+                " dead atoms left out. ELUDe's atoms are its sub-unit weight rows in the layer's input space (they tell a"
+                " neuron's sub-units apart; in the output space every sub-unit of a neuron is e_u, shown as a reference"
+                " row), so its effective rank has another bound: ranks are compared as a share of min(live atoms, atom dim). Coherence is overcomplete's"
+                " dictionary_collinearity, the largest |cos| between two atoms: lower is more distinguishable (the paper"
+                " calls it higher-is-better; we rank by what the function measures).</p>")
+    if "table5" in summary:
+        t = summary["table5"]
+        st = t["settings"]
+        out += (f"<h2>Computational efficiency (Table 5)</h2>"
+                f"{ranked_table_html(t['rows'], TABLE5_COLUMNS, TABLE5_LOWER, first=(('input_dim', 'input dim'),))}"
+                + findings_html(summary["table5_elude_not_best"], "ELUDe (dense)")
+                + f"<p>{html_lib.escape(t['device_name'])}; batch {st['batch_size']}, {st['warmup']} warm-up and"
+                f" {st['iterations']} timed passes per variant in {st['rounds']} round(s), torch.compile"
+                f" {'on' if st['compile'] else 'off'}; memory: {html_lib.escape(t['memory'])}. Mean ± std over the timed"
+                " passes, every variant on the same loaded backbone. ELUDe lazy runs the original layer and computes"
+                " sub-units only when asked.</p>")
+    return out
+
+
 def summary(run_name: str, verify: dict, metrics: dict, layer_meta: dict, artifacts: dict[str, str],
-            baselines: dict[str, dict] | None = None) -> dict:
-    """The run's headline numbers. MS-Scores are percentages, as in the paper."""
+            baselines: dict[str, dict] | None = None, studies: dict | None = None) -> dict:
+    """The run's headline numbers. MS-Scores are percentages, as in the paper. ``studies``: the
+    dictionary and efficiency artifacts' tables (``table4``, ``table5``), where the run has them."""
     units = layer_meta["units"]
     split = [u for u in units if u["k"] > 1]
-    return {
+    studies = studies or {}
+    tables = {name: make(studies[name]) for name, make in (("table4", table4), ("table5", table5)) if name in studies}
+    return {**studies_summary(tables),
         "run_name": run_name,
         "lossless": {k: verify[k] for k in ("max_abs_diff", "max_rel_diff", "r2", "prediction_agreement", "lossless")},
         "accuracy": metrics["accuracy"],
@@ -103,53 +208,62 @@ def _cell_value(cell):
     return cell.get("mean") if isinstance(cell, dict) else cell
 
 
-def table2_html(rows: dict[str, dict]) -> str:
-    """Table 2 as HTML. ``rows``: key -> {"method", column: a number, None, or {"mean", "std"}}. Per column
-    the best method is bold and the second best underlined (the backbone-only row is the reference and is
-    not ranked, as in the paper)."""
+def ranked_table_html(rows: dict[str, dict], columns, lower_is_better=(), unranked=("backbone",), first=()) -> str:
+    """A results table as HTML. ``rows``: key -> {"method", column: a number, None, or {"mean", "std"}};
+    ``first``: (key, label) text columns before the numbers. Per column the best method is bold and the
+    second best underlined; ``unranked`` rows (references: the backbone) are not ranked, as in the paper."""
     value = _cell_value
     marks = {}
-    for col, _ in TABLE2_COLUMNS:
-        vals = sorted({round(value(r.get(col)), 2) for k, r in rows.items() if k != "backbone" and value(r.get(col)) is not None},
-                      reverse=col not in LOWER_IS_BETTER)
+    for col, _ in columns:
+        vals = sorted({round(value(r.get(col)), 2) for k, r in rows.items() if k not in unranked and value(r.get(col)) is not None},
+                      reverse=col not in lower_is_better)
         marks[col] = {v: tag for v, tag in zip(vals, ("b", "u"))}
 
     def cell(col, c, ranked):
         v = value(c)
-        if v is None:
+        if v is None or (isinstance(v, float) and np.isnan(v)):
             return "<td>—</td>"
         text = f"{v:.2f}" + (f" ± {c['std']:.2f}" if isinstance(c, dict) and c.get("std") is not None else "")
         tag = marks[col].get(round(v, 2)) if ranked else None
         return f"<td><{tag}>{text}</{tag}></td>" if tag else f"<td>{text}</td>"
 
-    head = "".join(f"<th>{html_lib.escape(label)}</th>" for _, label in TABLE2_COLUMNS)
+    head = "".join(f"<th>{html_lib.escape(label)}</th>" for _, label in tuple(first) + tuple(columns))
     body = "".join(f"<tr><td>{html_lib.escape(r['method'])}</td>"
-                   + "".join(cell(col, r.get(col), k != "backbone") for col, _ in TABLE2_COLUMNS) + "</tr>"
+                   + "".join(f"<td>{_fmt(r.get(k))}</td>" for k, _ in first)
+                   + "".join(cell(col, r.get(col), k not in unranked) for col, _ in columns) + "</tr>"
                    for k, r in rows.items())
-    return f'<table class="table2"><tr><th>method</th>{head}</tr>{body}</table>'
+    return f'<table class="ranked"><tr><th>method</th>{head}</tr>{body}</table>'
 
 
-def table2_findings(rows: dict[str, dict]) -> list[str]:
-    """Where ELUDe is not the best method of a column (reported as measured), one sentence each."""
+def table2_html(rows: dict[str, dict]) -> str:
+    return ranked_table_html(rows, TABLE2_COLUMNS, LOWER_IS_BETTER)
+
+
+def column_findings(rows: dict[str, dict], columns, lower_is_better=(), mine: str = "elude",
+                    name: str = "ELUDe", skip=("backbone",)) -> list[str]:
+    """Where method ``mine`` is not the best of a column (reported as measured), one sentence each."""
     value = _cell_value
     out = []
-    for col, label in TABLE2_COLUMNS:
-        mine = value(rows.get("elude", {}).get(col))
+    for col, label in columns:
+        own = value(rows.get(mine, {}).get(col))
         others = [(value(r.get(col)), r["method"]) for k, r in rows.items()
-                  if k not in ("backbone", "elude") and value(r.get(col)) is not None]
-        if mine is None or not others:
+                  if k != mine and k not in skip and value(r.get(col)) is not None]
+        if own is None or not others:
             continue
-        best, who = (min if col in LOWER_IS_BETTER else max)(others)
-        if (best < mine) if col in LOWER_IS_BETTER else (best > mine):
-            out.append(f"{label.split(' (')[0]}: {who} {best:.2f} beats ELUDe's {mine:.2f}.")
+        best, who = (min if col in lower_is_better else max)(others)
+        if (best < own) if col in lower_is_better else (best > own):
+            out.append(f"{label.split(' (')[0]}: {who} {best:.2f} beats {name}'s {own:.2f}.")
     return out
 
 
-def findings_html(rows: dict[str, dict]) -> str:
-    found = table2_findings(rows)
+def table2_findings(rows: dict[str, dict]) -> list[str]:
+    return column_findings(rows, TABLE2_COLUMNS, LOWER_IS_BETTER)
+
+
+def findings_html(found: list[str], who: str = "ELUDe") -> str:
     if not found:
-        return "<p>ELUDe is best or tied in every column measured.</p>"
-    return "<p>Where ELUDe is not the best: " + " ".join(html_lib.escape(f) for f in found) + "</p>"
+        return f"<p>{who} is best or tied in every column measured.</p>"
+    return f"<p>Where {who} is not the best: " + " ".join(html_lib.escape(f) for f in found) + "</p>"
 
 
 TABLE2_NOTE = ("<p>Percent. MS-Score (eq. 7) of every feature that activates on the evaluation split (ELUDe: sub-units;"
@@ -213,10 +327,11 @@ def html(summary: dict, metrics: dict, tables: dict, layer_meta: dict, thumbnail
 td,th{{border:1px solid #ccc;padding:3px 8px;text-align:left}} .row{{display:flex;gap:12px;flex-wrap:wrap;align-items:flex-start}}
 .panel{{border:3px solid #e8a0c8;padding:4px;font-size:12px}} .parent{{border-color:#e8c840}}
 .grid{{display:grid;gap:2px}} .bar{{display:flex;gap:6px;align-items:center}} .bar span{{width:40px}}
-.bar div{{background:#6a8;height:14px}} .table2 tr:last-child{{background:#f4e4f0}}</style></head><body>
+.bar div{{background:#6a8;height:14px}} .ranked tr:last-child{{background:#f4e4f0}}</style></head><body>
 <h1>ELUDe run “{html_lib.escape(summary['run_name'])}” — layer <code>{html_lib.escape(layer_meta['layer'])}</code></h1>
 <h2>Lossless check and model accuracy</h2><table>{rows}</table>
-<h2>Interpretability vs. faithfulness (Table 2)</h2>{table2_html(summary['table2']['rows'])}{findings_html(summary['table2']['rows'])}{TABLE2_NOTE}{details}
+<h2>Interpretability vs. faithfulness (Table 2)</h2>{table2_html(summary['table2']['rows'])}{findings_html(summary['table2_elude_not_best'])}{TABLE2_NOTE}{details}
+{studies_html(summary)}
 <h2>MS-Score (%, eq. 7; top {summary['ms_top_k']} evaluation images per unit)</h2>
 <p>Higher is more monosemantic. “Random” is Table 7's control: the same K<sub>u</sub> per unit, upstream
 dimensions assigned to sub-units at random. The paper's space embeds each image at the unit's argmax token in the
@@ -255,6 +370,7 @@ def aggregate(run_name: str, seeds: list[int], summaries: list[dict]) -> dict:
     return {"run_name": run_name, "token_seeds": list(seeds), "n_seeds": len(seeds),
             "lossless_all_seeds": all(s["lossless"]["lossless"] for s in summaries), "metrics": stats,
             "table2": {"unit": "percent", "rows": rows}, "table2_elude_not_best": table2_findings(rows),
+            **studies_summary({k: summaries[0][k] for k in ("table4", "table5") if k in summaries[0]}),
             "per_seed_reports": [s["artifacts"]["report"] for s in summaries]}
 
 
@@ -268,6 +384,7 @@ def aggregate_html(agg: dict) -> str:
 </head><body><h1>ELUDe run “{html_lib.escape(agg['run_name'])}”: {agg['n_seeds']} seeded token datasets ({seeds})</h1>
 <p>Lossless on every seed: {agg['lossless_all_seeds']}. Mean ± sample standard deviation across seeds
 (Section 4.1, E.8); MS-Scores in percent.</p><ul>{links}</ul>
-<h2>Interpretability vs. faithfulness (Table 2), mean ± std over seeds</h2>{table2_html(agg['table2']['rows'])}{findings_html(agg['table2']['rows'])}{TABLE2_NOTE}
+<h2>Interpretability vs. faithfulness (Table 2), mean ± std over seeds</h2>{table2_html(agg['table2']['rows'])}{findings_html(agg['table2_elude_not_best'])}{TABLE2_NOTE}
+{studies_html(agg).replace("</h2>", " — first token seed</h2>")}
 <h2>Every number</h2>
 <table><tr><th>metric</th><th>mean</th><th>std</th><th>per seed</th></tr>{rows}</table></body></html>"""

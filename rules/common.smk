@@ -17,9 +17,9 @@ try:
 except ConfigError as exc:
     raise WorkflowError(str(exc)) from None
 
-if config["baselines"]["families"] and not workflow.dryrun and not workflow.deployment_settings.deployment_method:
-    # Jobs run in this environment (no --sdm conda): without overcomplete, say which extra to install
-    # before any job starts (the jobs check again, for --sdm conda).
+if (config["baselines"]["families"] or config["dictionary"]["enabled"]) and not workflow.dryrun and not workflow.deployment_settings.deployment_method:
+    # Jobs run in this environment (no --sdm conda): without overcomplete (baselines; Table 4's coherence),
+    # say which extra to install before any job starts (the jobs check again, for --sdm conda).
     from elude.baselines import BaselineDependencyError, overcomplete_sae
 
     try:
@@ -32,7 +32,7 @@ REG = {}  # stage -> id -> {"id", "params", "inputs"}
 for _arts in RUN["seeds"].values():
     for _stage, _a in _arts.items():
         REG.setdefault(_stage, {})[_a["id"]] = _a
-for _a in RUN["baselines"]:
+for _a in RUN["baselines"] + RUN["studies"]:
     REG.setdefault(_a["stage"], {})[_a["id"]] = _a
 if RUN["aggregate"]:
     REG["aggregate"] = {RUN["aggregate"]["id"]: RUN["aggregate"]}
@@ -234,3 +234,25 @@ def baseline_evals(report_id):
     """family -> the baseline_eval artifact a report reads (Table 2)."""
     return {k.split("-", 1)[1]: path_of("baseline_eval", i) for k, i in REG["report"][report_id]["inputs"].items()
             if k.startswith("baseline_eval-")}
+
+
+# --- Tables 4 and 5 (rules/studies.smk) -----------------------------------------------------------------
+def baseline_model_path(i):
+    """A trained baseline's folder: a selection (the selected model) or a training."""
+    return path_of("baseline_select" if i in REG.get("baseline_select", {}) else "baseline_train", i)
+
+
+def dictionary_inputs(w):
+    """Table 4's runs: ELUDe's merges (merge-<run>) and each family's runs (<family>-<init seed>)."""
+    inputs = REG["dictionary"][w.id]["inputs"]
+    merges = [path_of("merge", i) for k, i in inputs.items() if k.startswith("merge-")]
+    families = {}
+    for k, i in inputs.items():
+        if not k.startswith("merge-"):
+            families.setdefault(k.rsplit("-", 1)[0], []).append(baseline_model_path(i))
+    return merges, families
+
+
+def study_dirs(report_id):
+    """stage -> the study artifact (dictionary, efficiency) a report reads, where it has one."""
+    return {s: path_of(s, i) for s, i in REG["report"][report_id]["inputs"].items() if s in ("dictionary", "efficiency")}

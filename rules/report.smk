@@ -6,11 +6,13 @@ rule report:
         merge=upstream("report", "merge"),
         backbone=upstream("report", "backbone"),
         baselines=lambda w: list(baseline_evals(w.id).values()),
+        studies=lambda w: list(study_dirs(w.id).values()),
     output:
         folder=directory("results/report/{id}"),
     params:
         stage=stage_info("report"),
         baselines=lambda w: baseline_evals(w.id),
+        studies=lambda w: study_dirs(w.id),
         artifacts=lambda w: {s: f"results/{s}/{up_id('report', w.id, s)}"
                              for s in ("backbone", "cache", "topk", "cluster", "surgery", "merge", "verify", "evaluate")},
     log:

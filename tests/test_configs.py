@@ -135,6 +135,22 @@ def test_paper_settings(name):
             assert f".{layer1 - 1}.mlp.fc2" in path
     else:
         assert c["min_cluster_size"] == 1000
+    # the demo's reductions in config.yaml (a 9-point sweep of 5 epochs, two-run Table 4, Table 5 on the CPU)
+    # must not leak into a paper run: every baseline setting is E.1's (the schema's defaults)
+    from elude.config import load_schema, with_defaults
+
+    defaults = with_defaults({}, load_schema())
+    b = cfg["baselines"]
+    if b["families"]:
+        for key in ("epochs", "batch_size", "archetypal_points", "grid", "sparsity"):  # (EF: Table 6 varies it)
+            assert b[key] == defaults["baselines"][key], key
+        assert all(v == defaults["baselines"]["grid"][axis] for g in b["family_grid"].values() for axis, v in g.items())
+    headline = name == "dinov2-b14-l12"  # Tables 4 and 5: DINOv2-B/14 at Section 4.1's configuration
+    assert cfg["dictionary"]["enabled"] is headline and cfg["efficiency"]["enabled"] is headline
+    if headline:
+        assert cfg["dictionary"]["init_seeds"] == [42, 7, 1024] and cfg["dictionary"]["elude_runs"] == 3
+        e = validate_config(cfg)["efficiency"]
+        assert (e["batch_size"], e["warmup"], e["iterations"], e["compile"]) == (256, 100, 500, "auto")
 
 
 TIMM = [n for n in ALL if overlay(n)["backbone"]["kind"] == "timm"]

@@ -111,3 +111,104 @@ def test_verify_and_evaluate_on_a_cnn_with_a_1x1_conv_target(rng):
     assert res["summary"]["n_units"] == 12 and res["summary"]["n_subunits"] == dl.n_subunits
     assert res["tables"]["subunits_ms_layer"].shape == (dl.n_subunits,)
     assert res["summary"]["accuracy"]["original"] == res["summary"]["accuracy"]["disentangled"]
+
+
+@torch.no_grad()
+def test_lazy_mode_is_the_original_model_bit_for_bit_and_gives_the_dense_subunits_on_demand(rng, tmp_path):
+    from elude.layers import LazyDisentangledLayer, disentangle
+
+    torch.manual_seed(4)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, embed_dim=64,
+                              depth=3, num_heads=4, num_classes=10).eval()
+    x = torch.randn(5, 3, 32, 32)
+    y0 = model(x)
+    path = "blocks.2.mlp.fc2"
+    original = get_module(model, path)
+    capture = {}
+    original.register_forward_hook(lambda m, a, o: capture.__setitem__("in", a[0]))
+    dense = random_split(original, rng)
+    dense.save(tmp_path)
+    n_params, keys = sum(p.numel() for p in model.parameters()), set(model.state_dict())
+    lazy = disentangle(model, path, tmp_path)  # lazy is the default
+    assert isinstance(lazy, LazyDisentangledLayer) and get_module(model, path) is lazy
+    assert torch.equal(model(x), y0)  # bit-identical: it runs the original layer
+    assert sum(p.numel() for p in model.parameters()) == n_params  # +0 parameters, +0 buffers
+    assert {k.replace(f"{path}.original.", f"{path}.") for k in model.state_dict()} == keys
+    assert lazy._last is None  # nothing was read from the file
+    # an explicit call for some units: only their sub-units, equal to the dense layer's
+    units = [3, 7, 60]
+    ids = lazy.subunit_ids(units)
+    assert ids.tolist() == [i for u in units for i in dense.subunits_of(u)]
+    w_lazy, b_lazy = lazy._rows(units, torch.device("cpu"))
+    assert torch.equal(w_lazy, dense.weight[ids]) and torch.equal(b_lazy, dense.bias[ids])  # only those rows read
+    torch.testing.assert_close(lazy.subunits(capture["in"], units), dense.subunits(capture["in"])[..., ids],
+                               rtol=1e-6, atol=1e-6)
+    # recording some units keeps the outputs bit-identical
+    lazy.record = [7, 3]
+    assert torch.equal(model(x), y0)
+    assert lazy.last_subunit_ids.tolist() == dense.subunits_of(7) + dense.subunits_of(3)
+    torch.testing.assert_close(lazy.last_subunits, dense.subunits(capture["in"])[..., lazy.last_subunit_ids],
+                               rtol=1e-6, atol=1e-6)
+    lazy.record = []
+    assert torch.equal(model(x), y0) and lazy.last_subunits.shape == (5, 17, 0)
+    lazy.record = True
+    model(x)
+    assert lazy.last_subunits.shape == (5, 17, dense.n_subunits)
+    # steering: the gained units come from their sub-units, every other unit stays the original's
+    lazy.record = False
+    gain = torch.ones(lazy.n_subunits)
+    gain[dense.subunits_of(5)[:1]] = 3.0
+    lazy.subunit_gain = dense.subunit_gain = gain
+    q = capture["in"]
+    steered, reference = lazy(q), dense(q)
+    torch.testing.assert_close(steered[..., 5], reference[..., 5], rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(steered[..., 5], original(q)[..., 5])
+    others = [u for u in range(64) if u != 5]
+    assert torch.equal(steered[..., others], original(q)[..., others])
+    with pytest.raises(ValueError, match="pass the module the merge artifact was made from"):
+        LazyDisentangledLayer.load(tmp_path, torch.nn.Linear(64, 64))
+
+
+@torch.no_grad()
+def test_lazy_mode_on_a_1x1_conv(rng):
+    from elude.layers import LazyDisentangledLayer
+
+    torch.manual_seed(5)
+    net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 24, 1), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(24, 5)).eval()
+    x = torch.randn(4, 3, 9, 9)
+    y0 = net(x)
+    dense = random_split(net[2], rng)
+    hidden = net[1](net[0](x))
+    lazy = LazyDisentangledLayer.from_dense(dense, net[2])
+    swap_in(net, "2", lazy)
+    assert torch.equal(net(x), y0)
+    lazy.record = [2]
+    net(x)
+    assert lazy.last_subunits.shape == (4, 9, 9, len(dense.subunits_of(2)))
+    torch.testing.assert_close(lazy.last_subunits, dense.subunits(hidden)[..., dense.subunits_of(2)], rtol=1e-6, atol=1e-6)
+    gain = torch.ones(dense.n_subunits)
+    gain[dense.subunits_of(2)] = 0.0
+    lazy.record, lazy.subunit_gain = False, gain
+    out = lazy(hidden)
+    assert torch.allclose(out[:, 2], torch.zeros_like(out[:, 2]), atol=1e-6)
+    assert torch.equal(out[:, 3:], net[2].original(hidden)[:, 3:])
+
+
+def test_both_merge_paths_sum_each_units_subunits_in_order():
+    """The CPU path (index_add_) and the GPU path (slot by slot, run here on the CPU) are eq. 8, exactly the
+    sequential per-unit sums, and agree with each other."""
+    from elude.layers import _merge, merge_table
+
+    torch.manual_seed(6)
+    counts = torch.tensor([3, 1, 0, 5, 2])
+    s = torch.randn(7, 4, int(counts.sum()))
+    table = merge_table(counts)
+    expected = torch.zeros(7, 4, 5)
+    start = 0
+    for u, k in enumerate(counts.tolist()):
+        for c in range(k):
+            expected[..., u] += s[..., start + c]
+        start += k
+    for slotwise in (False, True):
+        assert torch.equal(_merge(s, table, slotwise), expected)

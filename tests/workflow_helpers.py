@@ -22,6 +22,8 @@ TINY = {
     "cluster": {"min_cluster_size": 15, "min_samples": 4, "units_per_shard": 12},
     "evaluate": {"ms_top_k": 20},
     "baselines": {"families": []},  # tests/test_baselines.py runs them
+    "dictionary": {"enabled": False},  # tests/test_studies.py runs Tables 4 and 5
+    "efficiency": {"enabled": False},
 }
 
 

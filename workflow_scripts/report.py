@@ -5,4 +5,5 @@ from elude.stages import report, run_logged
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 run_logged(sm.params.stage, sm.log[0], sm.threads,
            lambda st: report(st, sm.input.verify, sm.input.evaluate, sm.input.merge, sm.input.backbone,
-                             dict(sm.params.artifacts), sm.output.folder, dict(sm.params.baselines)))
+                             dict(sm.params.artifacts), sm.output.folder, dict(sm.params.baselines),
+                             dict(sm.params.studies)))

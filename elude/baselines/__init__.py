@@ -29,36 +29,45 @@ class BaselineDependencyError(RuntimeError):
 
 
 def overcomplete_sae() -> types.ModuleType:
-    """overcomplete's ``sae`` subpackage, with a clear error when the extra is missing.
+    """overcomplete's ``sae`` subpackage, with a clear error when the extra is missing."""
+    return overcomplete_module("sae")
+
+
+def overcomplete_module(name: str) -> types.ModuleType:
+    """``overcomplete.<name>`` (``sae``, ``metrics``), with a clear error when the extra is missing.
 
     Imported without running the ``__init__`` of overcomplete and of its ``optimization`` subpackage,
     which load its vision models, plotting and scikit-learn wrappers (timm, torchvision models,
     matplotlib, OpenCV, scikit-learn: 5 s per job, none of it used here): each becomes a bare package,
     and ``optimization`` gets the one function the SAE modules import from it."""
-    if "overcomplete.sae" in sys.modules:
-        return sys.modules["overcomplete.sae"]
+    if f"overcomplete.{name}" in sys.modules:
+        return sys.modules[f"overcomplete.{name}"]
     try:
-        spec = importlib.util.find_spec("overcomplete")
-        if spec is None or not spec.submodule_search_locations:
-            raise ImportError("no module named 'overcomplete'")
-        root = list(spec.submodule_search_locations)[0]
-        for name, path in (("overcomplete", root), ("overcomplete.optimization", f"{root}/optimization")):
-            if name not in sys.modules:
-                pkg = types.ModuleType(name)
+        if "overcomplete" in sys.modules:  # the bare package of an earlier call (it has no __spec__)
+            root = list(sys.modules["overcomplete"].__path__)[0]
+        else:
+            spec = importlib.util.find_spec("overcomplete")
+            if spec is None or not spec.submodule_search_locations:
+                raise ImportError("no module named 'overcomplete'")
+            root = list(spec.submodule_search_locations)[0]
+        for pkg_name, path in (("overcomplete", root), ("overcomplete.optimization", f"{root}/optimization")):
+            if pkg_name not in sys.modules:
+                pkg = types.ModuleType(pkg_name)
                 pkg.__path__ = [path]
-                sys.modules[name] = pkg
+                sys.modules[pkg_name] = pkg
         from overcomplete.optimization.utils import batched_matrix_nnls
 
         sys.modules["overcomplete.optimization"].batched_matrix_nnls = batched_matrix_nnls
-        import overcomplete.sae as sae
+        module = importlib.import_module(f"overcomplete.{name}")
     except ImportError as exc:
-        for name in ("overcomplete", "overcomplete.optimization"):
-            sys.modules.pop(name, None)
+        for pkg_name in ("overcomplete", "overcomplete.optimization"):
+            sys.modules.pop(pkg_name, None)
         raise BaselineDependencyError(
-            f"the SAE/transcoder baselines (baselines.families) need the overcomplete library, which is not "
+            f"the SAE/transcoder baselines and the dictionary metrics (baselines.families, dictionary) need the "
+            f"overcomplete library, which is not "
             f"importable here ({exc}). Install the '{EXTRA}' extra: `.venv/bin/pip install -e '.[{EXTRA}]'` "
             "(scripts/setup.sh does), or set baselines.families: [] to run ELUDe alone.") from None
-    return sae
+    return module
 
 
 def family_grid(baselines: dict, family: str) -> dict[str, list[float]]:

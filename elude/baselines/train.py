@@ -157,7 +157,8 @@ def fit(model: Baseline, stream: InstanceStream, *, hp: dict, epochs: int, batch
 @torch.no_grad()
 def training_metrics(model: Baseline, stream: InstanceStream, device: torch.device) -> dict:
     """On the training instances, in inference mode: MSE (standardised coordinates, mean over elements),
-    L0 (mean active features per instance), R^2 of a (:class:`elude.evaluation.R2`), features never active.
+    L0 (mean active features per instance), R^2 of a (:class:`elude.evaluation.R2`), features never active
+    (and, under ``"alive"``, a bool tensor of the features that fired: Table 4 leaves the others out).
     MSE and L0 are eq. 9's inputs."""
     model.to(device).eval()
     sse, n_el, active, n, ever, r2 = 0.0, 0, 0.0, 0, None, R2()
@@ -174,4 +175,5 @@ def training_metrics(model: Baseline, stream: InstanceStream, device: torch.devi
     mse = sse / max(n_el, 1)
     return {"mse": mse if math.isfinite(mse) else float("inf"), "l0": active / max(n, 1),
             "l0_fraction": active / max(n, 1) / model.n_features, "r2": r2.value(),
-            "dead_features": int((~ever).sum()) if ever is not None else model.n_features, "n_instances": n}
+            "dead_features": int((~ever).sum()) if ever is not None else model.n_features, "n_instances": n,
+            "alive": ever.cpu() if ever is not None else torch.zeros(model.n_features, dtype=torch.bool)}

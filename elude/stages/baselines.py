@@ -15,7 +15,7 @@ from ..artifacts import save_arrays
 from . import Stage, _dataset, _load_layer, layer_weights
 
 log = logging.getLogger(__name__)
-MODEL_FILES = ("model.safetensors", "model.json")
+MODEL_FILES = ("model.safetensors", "model.json", "activity.safetensors")
 
 
 def n_features(params: dict, n_units: int, merge_dir: str | None) -> int:
@@ -46,8 +46,9 @@ def baseline_memory_mb(params: dict, n_units: int, n_upstream: int, chunk_rows: 
 def baseline_train(st: Stage, cache_dirs: list[str], backbone_dir: str, out: str, select_dir: str | None = None,
                    merge_dir: str | None = None) -> None:
     """Train one family member on the probe instances of one token dataset: a sweep grid point
-    (``params["hp"]``), or with ``hp: selected`` the point the family's selection chose. Writes the model
-    and its training metrics (MSE and L0 on the training instances: eq. 9's inputs). Resumable per epoch.
+    (``params["hp"]``), or with ``hp: selected`` the point the family's selection chose (a later token seed,
+    or another init seed for Table 4). Writes the model, its training metrics (MSE and L0 on the training
+    instances: eq. 9's inputs) and which features fired on them. Resumable per epoch.
     Memory: :func:`baseline_memory_mb` (streamed; never the whole cache)."""
     from ..baselines.models import Baseline
     from ..baselines.train import InstanceStream, archetypal_points, fit, normalisation, training_metrics
@@ -61,15 +62,17 @@ def baseline_train(st: Stage, cache_dirs: list[str], backbone_dir: str, out: str
     n_feat = n_features(p, info["n_units"], merge_dir)
     with st.publish(out, resumable=True, hp=hp, n_features=n_feat) as (tmp, manifest):
         norm = normalisation(stream, p["family"] == "transcoder")
-        points = (archetypal_points(stream, p["archetypal_points"], p["init_seed"], norm["in_mean"], norm["in_scale"])
+        data_seed = p.get("data_seed", p["init_seed"])  # Table 4's runs vary the initialisation only
+        points = (archetypal_points(stream, p["archetypal_points"], data_seed, norm["in_mean"], norm["in_scale"])
                   if p["family"] == "archetypal" else None)
         torch.manual_seed(p["init_seed"])
         model = Baseline(p, w.shape[1], w.shape[0], n_feat, points, device)
         model.set_normalisation(norm["in_mean"], norm["in_scale"], norm["out_mean"], norm["out_scale"])
         checkpoint = tmp / "checkpoint.pt"
-        history = fit(model, stream, hp=hp, epochs=p["epochs"], batch_size=p["batch_size"], seed=p["init_seed"],
+        history = fit(model, stream, hp=hp, epochs=p["epochs"], batch_size=p["batch_size"], seed=data_seed,
                       device=device, checkpoint=checkpoint)
         metrics = training_metrics(model, stream, device)
+        save_arrays(tmp / "activity.safetensors", {"alive": metrics.pop("alive").numpy()})
         log.info("%s %s: %s", p["family"], hp, json.dumps(metrics))
         model.cpu().save(tmp)
         (tmp / "train.json").write_text(json.dumps({"hp": hp, "metrics": metrics, "history": history}, indent=1))

@@ -15,8 +15,10 @@ log = logging.getLogger(__name__)
 
 # --- report -----------------------------------------------------------------------------------------
 def report(st: Stage, verify_dir: str, evaluate_dir: str, merge_dir: str, backbone_dir: str,
-           artifacts: dict[str, str], out: str, baseline_dirs: dict[str, str] | None = None) -> None:
-    """``baseline_dirs``: family -> its baseline_eval artifact (Table 2)."""
+           artifacts: dict[str, str], out: str, baseline_dirs: dict[str, str] | None = None,
+           study_dirs: dict[str, str] | None = None) -> None:
+    """``baseline_dirs``: family -> its baseline_eval artifact (Table 2); ``study_dirs``: the first token
+    seed's ``dictionary`` (Table 4) and ``efficiency`` (Table 5) artifacts, where the run has them."""
     from .. import report as report_mod
 
     verify_res = json.loads((Path(verify_dir) / "verify.json").read_text())
@@ -24,9 +26,12 @@ def report(st: Stage, verify_dir: str, evaluate_dir: str, merge_dir: str, backbo
     tables = load_arrays(Path(evaluate_dir) / "tables.safetensors")
     layer_meta = json.loads((Path(merge_dir) / "layer.json").read_text())["metadata"]
     baselines = {f: json.loads((Path(d) / "metrics.json").read_text()) for f, d in (baseline_dirs or {}).items()}
+    study_dirs = study_dirs or {}
+    studies = {f"table{n}": json.loads((Path(study_dirs[s]) / f"table{n}.json").read_text())
+               for s, n in (("dictionary", 4), ("efficiency", 5)) if s in study_dirs}
     summary = report_mod.summary(st.params["run_name"], verify_res, metrics, layer_meta,
                                  {**artifacts, **{f"baseline_eval-{f}": d for f, d in (baseline_dirs or {}).items()},
-                                  "report": str(out)}, baselines)
+                                  **study_dirs, "report": str(out)}, baselines, studies)
     ds = _dataset(st.params["data"], "eval", backbone_dir)
     thumbnail = getattr(ds, "thumbnail", lambda i: None)
     with st.publish(out) as (tmp, _):

@@ -1,0 +1,126 @@
+"""Workflow stages of the first token seed's studies: dictionary structure (Table 4, Section B.3) and
+inference cost (Table 5, Section B.4)."""
+from __future__ import annotations
+
+import json
+import logging
+import platform
+from pathlib import Path
+
+import torch
+
+from .. import backbones, dictionary as dic
+from ..artifacts import load_arrays
+from ..baselines import overcomplete_sae
+from ..efficiency import compile_default, input_batch, measure, method_variants, release, rss_mb
+from . import Stage, _dataset, _load_layer
+
+log = logging.getLogger(__name__)
+
+
+def elude_runs(merge_dir: str | Path) -> dict:
+    """One ELUDe run's atoms, read from its merge artifact: per-neuron blocks of live sub-unit weight rows
+    (input space: :mod:`elude.dictionary`), and for comparison with the paper the same sub-units as their
+    output-space atoms e_u."""
+    from safetensors.torch import load_file
+
+    t = load_file(str(Path(merge_dir) / "layer.safetensors"))
+    n_units = json.loads((Path(merge_dir) / "layer.json").read_text())["out_features"]
+    blocks = dic.elude_blocks(t["weight"], t["parent"], n_units)
+    eye = torch.eye(n_units)
+    return {"input": blocks, "output": [eye[u].expand(len(b), -1) for u, b in enumerate(blocks)]}
+
+
+def baseline_atoms(model_dir: str | Path) -> torch.Tensor:
+    """A trained baseline's live atoms: decoder rows of the features that fired on the training instances."""
+    from ..baselines.models import Baseline
+
+    alive = torch.from_numpy(load_arrays(Path(model_dir) / "activity.safetensors")["alive"])
+    return dic.live(Baseline.load(model_dir).dictionary().cpu(), alive)
+
+
+def dictionary(st: Stage, merge_dirs: list[str], baseline_dirs: dict[str, list[str]], out: str) -> None:
+    """Table 4: per method, stability over every pair of its runs and effective rank and coherence over
+    its runs (:func:`elude.dictionary.method_row`). ``merge_dirs``: ELUDe's runs on identical inputs;
+    ``baseline_dirs``: family -> its runs, one per init seed. Memory: one method's runs' atoms and one
+    atoms x atoms cosine matrix at a time."""
+    from ..baselines import overcomplete_module
+
+    overcomplete_module("metrics")  # the capability check, before any work
+    runs = [elude_runs(d) for d in merge_dirs]
+    rows = {"elude": dic.method_row([r["input"] for r in runs]),
+            "elude_output_space": dic.method_row([r["output"] for r in runs])}
+    identical = all(all(torch.equal(a, b) for a, b in zip(runs[0]["input"], r["input"])) for r in runs[1:])
+    rows["elude"]["runs_identical"] = identical
+    for family, dirs in baseline_dirs.items():
+        rows[family] = dic.method_row([baseline_atoms(d) for d in dirs])
+        log.info("%s: stability %.4f", family, rows[family]["stability"]["mean"])
+    log.info("ELUDe: stability %.4f over %d runs (identical: %s)", rows["elude"]["stability"]["mean"], len(runs),
+             identical)
+    with st.publish(out) as (tmp, manifest):
+        (tmp / "table4.json").write_text(json.dumps({"rows": rows, "init_seeds": st.params["init_seeds"],
+                                                     "elude_runs": len(merge_dirs)}, indent=1))
+        manifest["stability"] = {k: r["stability"]["mean"] for k, r in rows.items()}
+
+
+def efficiency_settings(params: dict, device: torch.device) -> dict:
+    """The protocol's settings for ``device``: the GPU ones, or on the CPU those under ``cpu``; compile
+    resolved (:func:`elude.efficiency.compile_default`)."""
+    settings = {k: params[k] for k in ("batch_size", "warmup", "iterations", "rounds")}
+    if device.type == "cpu":
+        settings.update(params["cpu"])
+    return {**settings, "compile": compile_default(params["compile"], device)}
+
+
+def efficiency_table(backbone_dir: str, merge_dir: str, baseline_dirs: dict[str, str], data: dict,
+                     device: torch.device, settings: dict) -> dict:
+    """Table 5 (:func:`elude.efficiency.measure`) of a run's artifacts on the evaluation split's first batch,
+    every variant on the same loaded backbone. Memory: the backbone, one batch of activations, and one
+    method's modules at a time."""
+    from ..baselines.models import Baseline
+    from ..layers import DisentangledLayer, LazyDisentangledLayer
+
+    import timm  # noqa: F401 (imported before the floor, like the data below: libraries are not the model)
+
+    if baseline_dirs:
+        overcomplete_sae()
+    x = input_batch(_dataset(data, "eval", backbone_dir), settings["batch_size"], device)
+    release(device)
+    floor = rss_mb()  # Python, the libraries and the input batch (CPU memory is counted above it)
+    model, _, info = _load_layer(backbone_dir)
+    model.to(device).eval()
+    path = info["path"]
+    original = backbones.get_module(model, path)
+    loaders = {f: (lambda d=d: Baseline.load(d, device)) for f, d in baseline_dirs.items()}
+    variants = method_variants(model, path, dense=lambda: DisentangledLayer.load(merge_dir).to(device),
+                               lazy=lambda: LazyDisentangledLayer.load(merge_dir, original), baselines=loaders)
+    rows = measure(model, x, variants, warmup=settings["warmup"], iterations=settings["iterations"],
+                   rounds=settings["rounds"], compile=settings["compile"], floor_mb=floor)
+    return table5_of(rows, original, device, settings)
+
+
+def table5_of(rows: dict, layer: torch.nn.Module, device: torch.device, settings: dict) -> dict:
+    """The efficiency artifact's table: the measured rows with each variant's input dimension (what the
+    method reads: ELUDe and the transcoder the layer input, SAEs the layer output) and where it ran."""
+    n_out = layer.weight.shape[0]
+    n_in = layer.weight.reshape(n_out, -1).shape[1]
+    for name, row in rows.items():
+        row["input_dim"] = None if name == "backbone" else n_in if name.startswith("elude") or name == "transcoder" else n_out
+    where = (torch.cuda.get_device_name(device) if device.type == "cuda"
+             else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads")
+    memory = ("torch.cuda.max_memory_allocated" if device.type == "cuda"
+              else "peak resident set above the process's before any model was loaded")
+    return {"device": device.type, "device_name": where, "settings": settings, "memory": memory, "rows": rows}
+
+
+def efficiency(st: Stage, backbone_dir: str, merge_dir: str, baseline_dirs: dict[str, str], out: str) -> None:
+    """Table 5 of the first token seed's artifacts (:func:`efficiency_table`): on a GPU with the protocol's
+    settings, on the CPU with ``cpu``'s."""
+    p = st.params
+    device = backbones.resolve_device(p["device"])
+    table = efficiency_table(backbone_dir, merge_dir, baseline_dirs, p["data"], device, efficiency_settings(p, device))
+    log.info("Table 5 (%s): %s", table["device_name"],
+             json.dumps({k: round(r["ms_per_batch"], 3) for k, r in table["rows"].items()}))
+    with st.publish(out) as (tmp, manifest):
+        (tmp / "table5.json").write_text(json.dumps(table, indent=1))
+        manifest["ms_per_batch"] = {k: r["ms_per_batch"] for k, r in table["rows"].items()}

@@ -1,0 +1,56 @@
+# The first token seed's studies: Table 4 (dictionary structure over repeated runs, Section B.3) and
+# Table 5 (inference cost, Section B.4). Ids and inputs come from elude.config.study_artifacts (REG); the
+# repeated ELUDe runs are ordinary cluster/surgery/merge artifacts, the baselines' other init seeds
+# ordinary baseline_train artifacts.
+
+
+rule dictionary:
+    """Stability, effective rank and coherence of ELUDe and each baseline family (Table 4)."""
+    input:
+        merges=lambda w: dictionary_inputs(w)[0],
+        baselines=lambda w: [d for ds in dictionary_inputs(w)[1].values() for d in ds],
+    output:
+        folder=directory("results/dictionary/{id}"),
+    params:
+        stage=stage_info("dictionary"),
+        families=lambda w: dictionary_inputs(w)[1],
+    log:
+        log_path("dictionary"),
+    benchmark:
+        bench_path("dictionary"),
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    conda:
+        "../envs/baselines.yaml"
+    script:
+        "../workflow_scripts/dictionary.py"
+
+
+rule efficiency:
+    """ms/batch and peak memory of the backbone, ELUDe dense and lazy, and each selected baseline (Table 5)."""
+    input:
+        backbone=lambda w: path_of("backbone", REG["efficiency"][w.id]["inputs"]["backbone"]),
+        merge=lambda w: path_of("merge", REG["efficiency"][w.id]["inputs"]["merge"]),
+        baselines=lambda w: [path_of("baseline_select", i) for k, i in REG["efficiency"][w.id]["inputs"].items()
+                             if k.startswith("baseline-")],
+    output:
+        folder=directory("results/efficiency/{id}"),
+    params:
+        stage=stage_info("efficiency"),
+        families=lambda w: {k.split("-", 1)[1]: path_of("baseline_select", i)
+                            for k, i in REG["efficiency"][w.id]["inputs"].items() if k.startswith("baseline-")},
+    log:
+        log_path("efficiency"),
+    benchmark:
+        bench_path("efficiency"),
+    threads: 8  # local runs scale it down to every core: the job times alone, undisturbed by others
+    resources:
+        mem_mb=8000,
+        gpu=FORWARD_GPUS,
+        runtime=60,
+    conda:
+        "../envs/baselines.yaml"
+    script:
+        "../workflow_scripts/efficiency.py"

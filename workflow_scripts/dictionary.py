@@ -1,0 +1,8 @@
+# Thin entry point: see elude.stages.studies.dictionary.
+import _repo  # noqa: F401,I001 (puts the checkout on sys.path)
+from elude.stages import run_logged
+from elude.stages.studies import dictionary
+
+sm = snakemake  # noqa: F821 (injected by Snakemake)
+run_logged(sm.params.stage, sm.log[0], sm.threads,
+           lambda st: dictionary(st, list(sm.input.merges), sm.params.families, sm.output.folder))
