@@ -124,3 +124,27 @@ def test_overcomplete_metrics_then_sae_in_one_process():
             "overcomplete_module('metrics'); overcomplete_sae(); overcomplete_module('metrics')\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_tables_4_and_5_rank_what_they_measure_and_say_where_elude_loses():
+    from elude import report
+
+    def row(stab, er, coh, n, dim):
+        return {"stability": {"mean": stab, "std": 0.0}, "effective_rank": {"mean": er, "std": 0.0},
+                "coherence": {"mean": coh, "std": 0.0}, "n_atoms": {"mean": n}, "dim": dim}
+
+    t4 = report.table4({"init_seeds": [42, 7], "elude_runs": 2, "rows": {
+        "topk": row(0.4, 60.0, 0.5, 512, 64), "mp": row(0.3, 30.0, 0.9, 512, 64),
+        "elude_output_space": row(1.0, 62.0, 1.0, 200, 64), "elude": {**row(1.0, 100.0, 0.99, 200, 256)}}})
+    rows = t4["rows"]
+    assert rows["elude"]["effective_rank_share"]["mean"] == pytest.approx(50.0)  # 100 of min(200, 256)
+    assert rows["topk"]["effective_rank_share"]["mean"] == pytest.approx(100 * 60 / 64)
+    found = report.studies_summary({"table4": t4})["table4_elude_not_best"]
+    assert found == ["Eff. rank / min(atoms, dim), %: TopK-SAE 93.75 beats ELUDe's 50.00.",
+                     "Coherence, max |cos|: TopK-SAE 50.00 beats ELUDe's 99.00."]  # lower coherence wins
+    html = report.ranked_table_html(rows, report.TABLE4_COLUMNS, {"coherence"}, unranked=("elude_output_space",))
+    cells = {r.split("</td>", 1)[0]: r for r in html.split("<tr><td>")[1:]}
+    assert cells["TopK-SAE"].endswith("<td><b>50.00 ± 0.00</b></td></tr>")  # coherence: lowest is best
+    assert cells["Matching Pursuit"].endswith("<td><u>90.00 ± 0.00</u></td></tr>")
+    assert "<b>" not in cells["ELUDe, one-hot output atoms e_u (reference)"]  # the reference row is not ranked
+

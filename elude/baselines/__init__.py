@@ -43,8 +43,9 @@ def overcomplete_module(name: str) -> types.ModuleType:
     if f"overcomplete.{name}" in sys.modules:
         return sys.modules[f"overcomplete.{name}"]
     try:
-        if "overcomplete" in sys.modules:  # the bare package of an earlier call (it has no __spec__)
-            root = list(sys.modules["overcomplete"].__path__)[0]
+        bare = getattr(sys.modules.get("overcomplete"), "__path__", None)
+        if bare and getattr(sys.modules["overcomplete"], "__spec__", None) is None:
+            root = list(bare)[0]  # the bare package of an earlier call (find_spec refuses a module without a spec)
         else:
             spec = importlib.util.find_spec("overcomplete")
             if spec is None or not spec.submodule_search_locations:
