@@ -1,0 +1,70 @@
+"""LLM Rank's protocol and aggregation (Section B.1), checked against hand-computed cases."""
+import pytest
+
+from elude.judges.consensus import bootstrap, comparisons, consensus, ranks, win_rates
+from elude.judges.protocol import PROMPT, parse_answer, presentations, sample_unit_pairs
+
+
+def test_prompt_is_the_papers():
+    assert PROMPT.startswith("Each grid shows the 9 images that most strongly activate a neural network unit.")
+    assert "Grid A = first image. Grid B = second image." in PROMPT
+    assert PROMPT.endswith('{"reasoning_a": "...", "reasoning_b": "...", "answer": "A" or "B"}')
+
+
+def test_every_unit_pair_is_shown_in_both_orders_with_a_recorded_seed():
+    units = {"backbone": 64, "topk": 512, "elude": 236}
+    shown = presentations(units, 5, seed=42)
+    assert len(shown) == 3 * 5 * 2  # 3 method pairs x 5 unit pairs x both orders
+    assert shown == presentations(units, 5, seed=42)  # the seed fixes the sample
+    assert shown != presentations(units, 5, seed=43)
+    for first, second in zip(shown[::2], shown[1::2]):
+        assert (first["a"], first["b"]) == (second["b"], second["a"]) and not first["swapped"] and second["swapped"]
+        assert first["a"][0] == first["pair"][0]
+    assert {p["pair"] for p in shown} == {("backbone", "topk"), ("backbone", "elude"), ("topk", "elude")}
+    assert all(0 <= p["a"][1] < units[p["a"][0]] and 0 <= p["b"][1] < units[p["b"][0]] for p in shown)
+    assert len(sample_unit_pairs(3, 4, 10, 0)) == 10  # fewer units than pairs: drawn with replacement
+    with pytest.raises(ValueError, match="need a unit"):
+        sample_unit_pairs(0, 4, 2, 0)
+
+
+@pytest.mark.parametrize("text, answer", [
+    ('{"reasoning_a": "dogs", "reasoning_b": "mixed", "answer": "A"}', "A"),
+    ('Sure!\n```json\n{"reasoning_a": "a {brace} \\"quoted\\"", "reasoning_b": "x", "answer": "b"}\n```', "B"),
+    ('{"answer": "Grid B", "reasoning_a": "", "reasoning_b": ""}', "B"),
+    ('I think A is more coherent.', None),  # no JSON: unparseable, never guessed
+    ('{"reasoning_a": "x", "answer": "both"}', None),
+    ('{"reasoning_a": "x", "answer": "A"', None),  # truncated at max_tokens
+])
+def test_answers_are_parsed_or_recorded_as_unparseable(text, answer):
+    parsed = parse_answer(text)
+    assert parsed["answer"] == answer and parsed["parsed"] is (answer is not None)
+
+
+def test_consensus_is_a_majority_of_all_judges_and_ties_are_dropped():
+    assert consensus(["A", "A", "B"]) == "A"
+    assert consensus(["B", None, "B"]) == "B"  # 2 of 3
+    assert consensus(["A", None, "B"]) is None  # no majority: dropped
+    assert consensus(["A", None, None]) is None
+    assert consensus(["A", "B"]) is None  # an even split
+
+
+def test_win_rates_intervals_and_ranks_by_hand():
+    shown = presentations({"x": 4, "y": 4, "z": 4}, 1, seed=0)  # (x,y), (x,z), (y,z), each in both orders
+    answers = {"j1": ["A", "B", "A", "A", "B", "A"], "j2": ["A", "B", "A", "B", "B", "A"],
+               "j3": ["B", "A", None, "A", "B", "A"]}
+    results, counts = comparisons(shown, answers)
+    # 1: A,A,B -> A: x beats y. 2 (swapped: a=y): B,B,A -> B: x beats y. 3: A,A,None -> A: x beats z.
+    # 4 (swapped: a=z): A,B,A -> A: z beats x. 5: B,B,B -> B: z beats y. 6 (swapped: a=z): A,A,A -> A: z beats y.
+    assert results == [("x", "y"), ("x", "y"), ("x", "z"), ("z", "x"), ("z", "y"), ("z", "y")]
+    assert counts == {"presentations": 6, "ties_dropped": 0, "comparisons": 6}
+    rates = win_rates(results, ["x", "y", "z"])
+    assert rates == {"x": 3 / 4, "y": 0.0, "z": 3 / 4}
+    assert ranks(rates) == {"x": 1, "y": 3, "z": 1}
+    ci = bootstrap(results, ["x", "y", "z"], n=2000, seed=1)
+    assert ci["y"] == (0.0, 0.0)  # y never wins in any resample
+    lo, hi = ci["x"]
+    assert 0.0 <= lo < 0.75 < hi <= 1.0
+    assert bootstrap(results, ["x", "y", "z"], n=2000, seed=1) == ci  # seeded
+    _, counts = comparisons(shown[:1], {"j1": ["A"], "j2": ["B"]})
+    assert counts["ties_dropped"] == 1
+    assert win_rates([], ["x"]) == {"x": None} and ranks({"x": None, "y": 0.5}) == {"x": None, "y": 1}
