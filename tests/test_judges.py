@@ -68,3 +68,26 @@ def test_win_rates_intervals_and_ranks_by_hand():
     _, counts = comparisons(shown[:1], {"j1": ["A"], "j2": ["B"]})
     assert counts["ties_dropped"] == 1
     assert win_rates([], ["x"]) == {"x": None} and ranks({"x": None, "y": 0.5}) == {"x": None, "y": 1}
+
+
+def test_grids_put_the_top_nine_images_in_3x3_cells(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from elude.data import DigitsDataset
+    from elude.judges.grids import EMPTY, cell_image, grid_image, save_grid
+
+    digits = DigitsDataset("eval", 0.3, 0)
+    images = [digits.thumbnail(i) for i in range(7)]  # 8x8 digits; only 7: two cells stay empty
+    grid = grid_image(images, cell=48)
+    assert grid.shape == (144, 144, 3) and grid.dtype == np.uint8
+    first = cell_image(images[0], 48)
+    assert np.array_equal(grid[:48, :48], first)  # row by row, best first
+    assert np.array_equal(grid[48:96, 48:96], cell_image(images[4], 48))
+    assert (grid[96:, 48:] == EMPTY).all()  # cells 8 and 9
+    # nearest-neighbour enlargement: each digit pixel is a 6x6 block of one value
+    assert (first[:6, :6] == first[0, 0]).all() and len(np.unique(first[..., 0])) > 2
+    wide = cell_image(np.zeros((20, 40, 3), np.uint8) + np.arange(40, dtype=np.uint8)[None, :, None], 10)
+    assert wide.shape == (10, 10, 3) and wide[0, 0, 0] > 0  # the shorter side fits, the longer is centre-cropped
+    save_grid(tmp_path / "g.png", images, cell=48)
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "g.png")), grid)
