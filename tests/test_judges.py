@@ -1,5 +1,6 @@
 """LLM Rank's protocol and aggregation (Section B.1), checked against hand-computed cases."""
 import pytest
+import torch
 
 from elude.judges.consensus import bootstrap, comparisons, consensus, ranks, win_rates
 from elude.judges.protocol import PROMPT, parse_answer, presentations, sample_unit_pairs
@@ -91,3 +92,98 @@ def test_grids_put_the_top_nine_images_in_3x3_cells(tmp_path):
     assert wide.shape == (10, 10, 3) and wide[0, 0, 0] > 0  # the shorter side fits, the longer is centre-cropped
     save_grid(tmp_path / "g.png", images, cell=48)
     assert np.array_equal(np.asarray(Image.open(tmp_path / "g.png")), grid)
+
+
+def tiny_vlm(folder):
+    """A random-init LLaVA (CLIP vision tower, Llama text model) with a character-level tokenizer and its
+    processor, saved like a Hugging Face model folder: built here, nothing downloaded. Its answers are noise."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
+                              LlavaForConditionalGeneration, LlavaProcessor, PreTrainedTokenizerFast)
+
+    chars = list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 {}\":,.=-_\n'()[]!?")
+    vocab = {c: i for i, c in enumerate(["<unk>", "<s>", "</s>", "<pad>", "<image>"] + chars)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer, tok.decoder = pre_tokenizers.Split("", "isolated"), decoders.Fuse()
+    template = ("{% for m in messages %}{% for c in m['content'] %}{% if c['type'] == 'image' %}<image>"
+                "{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endfor %}")
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                                        pad_token="<pad>", additional_special_tokens=["<image>"], padding_side="left")
+    tokenizer.chat_template = template
+    torch.manual_seed(0)
+    cfg = LlavaConfig(vision_config=CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                                     num_attention_heads=2, image_size=28, patch_size=14),
+                      text_config=LlamaConfig(vocab_size=len(vocab), hidden_size=16, intermediate_size=32,
+                                              num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
+                                              max_position_embeddings=1024),
+                      image_token_index=vocab["<image>"], vision_feature_layer=-1)
+    LlavaForConditionalGeneration(cfg).save_pretrained(folder)
+    LlavaProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28}),
+                   tokenizer=tokenizer, patch_size=14, vision_feature_select_strategy="full",
+                   chat_template=template).save_pretrained(folder)
+    return folder
+
+
+def test_transformers_judge_asks_every_presentation_in_both_orders_and_resumes(tmp_path):
+    import io
+
+    from PIL import Image
+
+    from elude.data import DigitsDataset
+    from elude.judges.backends import JudgmentStore, TransformersJudge, run_judge
+    from elude.judges.grids import grid_image
+
+    digits = DigitsDataset("eval", 0.3, 0)
+    top = {"backbone": [[u + 9 * r for r in range(9)] for u in range(4)], "elude": [[u * 3 + r for r in range(9)] for u in range(6)]}
+
+    def grid_png(unit):
+        buf = io.BytesIO()
+        Image.fromarray(grid_image([digits.thumbnail(i) for i in top[unit[0]][unit[1]]], cell=16)).save(buf, format="PNG")
+        return buf.getvalue()
+
+    shown = presentations({m: len(t) for m, t in top.items()}, 3, seed=42)
+    judge = TransformersJudge(str(tiny_vlm(tmp_path / "vlm")), max_tokens=12, batch_size=4)
+    asked = []
+
+    def ask(pairs):
+        asked.extend(pairs)
+        return judge.ask(pairs)
+
+    store = JudgmentStore(tmp_path / "judgments.jsonl")
+    first = run_judge("tiny", ask, shown[:4], grid_png, store)
+    assert len(asked) == 4
+    # a kill mid-write leaves a cut line: it is ignored, and a rerun asks only what is missing
+    with open(tmp_path / "judgments.jsonl", "a") as f:
+        f.write('{"key": "cut')
+    store = JudgmentStore(tmp_path / "judgments.jsonl")
+    every = run_judge("tiny", ask, shown, grid_png, store)
+    assert len(shown) == 6 and len(asked) == 6 and every[:4] == first  # 1 method pair x 3 unit pairs x 2 orders
+    assert [(j["a"], j["b"]) for j in every[::2]] == [(j["b"], j["a"]) for j in every[1::2]]  # both orders
+    assert all(j["parsed"] is (j["answer"] in ("A", "B")) and isinstance(j["reply"], str) for j in every)
+    assert not any(j["parsed"] for j in every)  # a random model's noise is counted as unparseable, never guessed
+    assert run_judge("tiny", ask, shown, grid_png, JudgmentStore(tmp_path / "judgments.jsonl")) == every
+    assert len(asked) == 6  # nothing asked again
+    run_judge("other", lambda pairs: ['{"answer": "A"}'] * len(pairs), shown[:2], grid_png, store)
+    assert len(asked) == 6 and len(store.done) == 8  # one more judge asks only that judge
+
+
+def test_vllm_requests_and_a_clear_error_where_it_cannot_run():
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from elude.judges.backends import JudgeDependencyError, VllmJudge, vllm_requests, vllm_settings
+
+    a, b = (Image.fromarray(np.full((6, 6, 3), v, np.uint8)) for v in (10, 200))
+    (conv,) = vllm_requests([(a, b)])
+    parts = conv[0]["content"]
+    assert [p["type"] for p in parts] == ["image_url", "image_url", "text"] and parts[2]["text"] == PROMPT
+    first = Image.open(io.BytesIO(base64.b64decode(parts[0]["image_url"]["url"].split(",", 1)[1])))
+    assert np.asarray(first)[0, 0, 0] == 10  # grid A first
+    s = vllm_settings()
+    assert s["engine"]["limit_mm_per_prompt"] == {"image": 2} and s["engine"]["max_model_len"] == 32768
+    assert s["sampling"] == {"temperature": 0.0, "max_tokens": 256, "seed": 42}
+    with pytest.raises(JudgeDependencyError, match="backend 'transformers'"):
+        VllmJudge("any-model")  # no vLLM (or no GPU) here: refused before any model is loaded
