@@ -253,6 +253,12 @@ def dictionary_inputs(w):
     return merges, families
 
 
+def efficiency_baselines(w):
+    """family -> the selected baseline that Table 5 times."""
+    return {k.split("-", 1)[1]: path_of("baseline_select", i)
+            for k, i in REG["efficiency"][w.id]["inputs"].items() if k.startswith("baseline-")}
+
+
 def study_dirs(report_id):
     """stage -> the study artifact (dictionary, efficiency) a report reads, where it has one."""
     return {s: path_of(s, i) for s, i in REG["report"][report_id]["inputs"].items() if s in ("dictionary", "efficiency")}

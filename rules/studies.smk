@@ -33,14 +33,12 @@ rule efficiency:
     input:
         backbone=lambda w: path_of("backbone", REG["efficiency"][w.id]["inputs"]["backbone"]),
         merge=lambda w: path_of("merge", REG["efficiency"][w.id]["inputs"]["merge"]),
-        baselines=lambda w: [path_of("baseline_select", i) for k, i in REG["efficiency"][w.id]["inputs"].items()
-                             if k.startswith("baseline-")],
+        baselines=lambda w: list(efficiency_baselines(w).values()),
     output:
         folder=directory("results/efficiency/{id}"),
     params:
         stage=stage_info("efficiency"),
-        families=lambda w: {k.split("-", 1)[1]: path_of("baseline_select", i)
-                            for k, i in REG["efficiency"][w.id]["inputs"].items() if k.startswith("baseline-")},
+        families=efficiency_baselines,
     log:
         log_path("efficiency"),
     benchmark:

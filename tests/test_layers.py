@@ -22,15 +22,20 @@ def random_split(layer: nn.Module, rng, max_k: int = 6) -> DisentangledLayer:
     return DisentangledLayer.from_fractions(layer, fracs, [bias_fractions(f) for f in fracs])
 
 
+def tiny_vit(seed: int) -> nn.Module:
+    """A random-init timm ViT (3 blocks, width 64, 32 px images, 10 classes) in eval mode."""
+    torch.manual_seed(seed)
+    return timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, embed_dim=64,
+                             depth=3, num_heads=4, num_classes=10).eval()
+
+
 def relative_error(y0, y1) -> float:
     return output_differences(y0, y1)["max_rel_diff"]
 
 
 @torch.no_grad()
 def test_lossless_hot_swap_in_random_timm_vit(rng, tmp_path):
-    torch.manual_seed(0)
-    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, embed_dim=64,
-                              depth=3, num_heads=4, num_classes=10).eval()
+    model = tiny_vit(0)
     x = torch.randn(6, 3, 32, 32)
     y0 = model(x)
     path = "blocks.2.mlp.fc2"
@@ -117,9 +122,7 @@ def test_verify_and_evaluate_on_a_cnn_with_a_1x1_conv_target(rng):
 def test_lazy_mode_is_the_original_model_bit_for_bit_and_gives_the_dense_subunits_on_demand(rng, tmp_path):
     from elude.layers import LazyDisentangledLayer, disentangle
 
-    torch.manual_seed(4)
-    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, embed_dim=64,
-                              depth=3, num_heads=4, num_classes=10).eval()
+    model = tiny_vit(4)
     x = torch.randn(5, 3, 32, 32)
     y0 = model(x)
     path = "blocks.2.mlp.fc2"

@@ -6,7 +6,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from elude import dictionary as dic
 from elude.efficiency import measure, method_variants
@@ -115,7 +114,8 @@ def test_workflow_tables_4_and_5_in_the_report_and_the_bench_on_its_artifacts(tm
     cfg2 = write_config(tmp_path / "study2.yaml", study, {"efficiency": {"cpu": {"iterations": 5}}})
     proc = snakemake(tmp_path, cfg2)
     assert sorted(executed_rules(proc.stderr)) == ["all", "efficiency", "report"]
-    assert yaml.safe_load(cfg2.read_text())["efficiency"]["cpu"]["iterations"] == 5
+    t5 = json.loads((tmp_path / "results/runs/tiny/summary.json").read_text())["table5"]
+    assert t5["settings"]["iterations"] == 5  # the report now shows the new measurement
 
 
 def test_overcomplete_metrics_then_sae_in_one_process():

@@ -102,8 +102,7 @@ def efficiency_table(backbone_dir: str, merge_dir: str, baseline_dirs: dict[str,
 def table5_of(rows: dict, layer: torch.nn.Module, device: torch.device, settings: dict) -> dict:
     """The efficiency artifact's table: the measured rows with each variant's input dimension (what the
     method reads: ELUDe and the transcoder the layer input, SAEs the layer output) and where it ran."""
-    n_out = layer.weight.shape[0]
-    n_in = layer.weight.reshape(n_out, -1).shape[1]
+    n_out, n_in = backbones.layer_weight_bias(layer)[0].shape
     for name, row in rows.items():
         row["input_dim"] = None if name == "backbone" else n_in if name.startswith("elude") or name == "transcoder" else n_out
     where = (torch.cuda.get_device_name(device) if device.type == "cuda"
