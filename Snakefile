@@ -1,7 +1,8 @@
 # ELUDe pipeline: cache (dataset shards) -> topk (partial per shard, merged) -> cluster (unit shards) ->
 # surgery (unit shards) -> merge -> verify, evaluate -> report [-> aggregate over token seeds]; beside them,
 # the SAE/transcoder baselines: sweep on the first seed -> eq. 9 selection -> train on every seed -> evaluate;
-# on the first seed, Table 4 (dictionary: repeated runs) and optionally Table 5 (efficiency).
+# on the first seed, Table 4 (dictionary: repeated runs) and optionally Table 5 (efficiency); optionally
+# LLM Rank (grids per seed -> a judge job per judge and seed -> rank over all of them: Table 3).
 # All method logic lives in the `elude` package; see README.md and DESIGN.md.
 import sys
 
@@ -22,6 +23,7 @@ include: "rules/verify.smk"
 include: "rules/evaluate.smk"
 include: "rules/baselines.smk"
 include: "rules/studies.smk"
+include: "rules/judges.smk"
 include: "rules/report.smk"
 
 

@@ -88,6 +88,10 @@ def validate_config(config: dict) -> dict:
         raise ConfigError("invalid configuration: cache.token_seed is a list of seeds, but cache.tokens_per_image is "
                           "null (every instance is cached, so all seeds give the same run): set "
                           "cache.tokens_per_image (the paper uses 2) or give one seed")
+    names = [Path(m.rstrip("/")).name for m in full["judges"]["models"]]
+    if len(set(names)) < len(names):
+        raise ConfigError(f"invalid configuration: judges.models {full['judges']['models']} has two judges with the "
+                          "same name (the last part of the folder or id names a judge): rename a folder")
     return full
 
 
@@ -250,15 +254,45 @@ def study_artifacts(config: dict) -> list[dict]:
     return out
 
 
+def judge_artifacts(config: dict) -> list[dict]:
+    """LLM Rank (B.1), when ``judges.models`` is set: per token seed a ``grids`` artifact (from its evaluate
+    and baseline_eval artifacts) and one ``judge`` per model; then one ``rank`` over all of them. A judge's
+    id depends on its own model and settings and its seed's grids only, so one more judge adds its jobs
+    and reuses the others'."""
+    j = config["judges"]
+    if not j["models"]:
+        return []
+    out, rank_inputs = [], {}
+    for seed in token_seeds(config):
+        chain = _chain_ids(config, seed)
+        evals = {f"baseline_eval-{a['family']}": a["id"] for a in baseline_artifacts(config, seed)
+                 if a["stage"] == "baseline_eval"}
+        params = {k: j[k] for k in ("pairs_per_method_pair", "sample_seed", "cell_size")}
+        g = _art("grids", {**params, "token_seed": seed, "data": data_params(config["data"])},
+                 {"evaluate": chain["evaluate"]["id"], "backbone": chain["backbone"]["id"], **evals})
+        out.append(g)
+        rank_inputs[f"grids-{seed}"] = g["id"]
+        for k, model in enumerate(j["models"]):
+            settings = {key: j[key] for key in ("backend", "max_tokens", "max_model_len", "tensor_parallel_size",
+                                                "batch_size", "trust_remote_code")}
+            out.append(_art("judge", {"model": model, **settings, "device": config["compute"]["device"]},
+                            {"grids": g["id"]}))
+            rank_inputs[f"judge-{seed}-{k}"] = out[-1]["id"]
+    out.append(_art("rank", {"bootstrap": j["bootstrap"], "bootstrap_seed": j["bootstrap_seed"]}, rank_inputs))
+    return out
+
+
 def artifact_ids(config: dict, seed: int | None = None) -> dict[str, dict]:
     """Per stage: {"id", "params", "inputs" (stage -> id)} for a validated config and one token seed. The
     report also reads the baselines' evaluations (:func:`baseline_artifacts`) and, on the first seed, the
-    studies (:func:`study_artifacts`: Tables 4 and 5)."""
+    studies (:func:`study_artifacts`: Tables 4 and 5) and the LLM Rank over all seeds
+    (:func:`judge_artifacts`: Table 3)."""
     out = _chain_ids(config, seed)
     extra = {f"baseline_eval-{a['family']}": a["id"] for a in baseline_artifacts(config, seed)
              if a["stage"] == "baseline_eval"}
     if seed is None or seed == token_seeds(config)[0]:
-        extra.update({a["stage"]: a["id"] for a in study_artifacts(config) if a["stage"] in ("dictionary", "efficiency")})
+        extra.update({a["stage"]: a["id"] for a in study_artifacts(config) + judge_artifacts(config)
+                      if a["stage"] in ("dictionary", "efficiency", "rank")})
     if extra:
         rep = out["report"]
         rep["inputs"] = {**rep["inputs"], **extra}
@@ -268,12 +302,12 @@ def artifact_ids(config: dict, seed: int | None = None) -> dict[str, dict]:
 
 def run_artifacts(config: dict) -> dict:
     """Every artifact of a run: {"seeds": {seed: artifact_ids}, "baselines": [baseline artifacts of every
-    seed, each once], "studies": [study artifacts], "aggregate": {...} or None}. A run over several token
+    seed, each once], "studies": [study and LLM Rank artifacts], "aggregate": {...} or None}. A run over several token
     seeds adds an aggregate artifact over their reports."""
     seeds = token_seeds(config)
     per_seed = {s: artifact_ids(config, s) for s in seeds}
     base = {a["id"]: a for s in seeds for a in baseline_artifacts(config, s)}
-    studies = study_artifacts(config)
+    studies = study_artifacts(config) + judge_artifacts(config)
     agg = None
     if len(seeds) > 1:
         params = {"run_name": config["run_name"], "token_seeds": seeds}

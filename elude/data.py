@@ -99,8 +99,8 @@ class DigitsDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict:
         return {"input": self.images[i], "label": int(self.labels[i])}
 
-    def thumbnail(self, i: int) -> np.ndarray:
-        return self.raw[i]
+    def thumbnail(self, i: int, size: int = 64) -> np.ndarray:
+        return self.raw[i]  # 8x8: always at full resolution
 
 
 class ImageFiles(torch.utils.data.Dataset):
@@ -201,8 +201,8 @@ class FactoryDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict:
         return as_item(self.inner[i])
 
-    def thumbnail(self, i: int):
-        return self.inner.thumbnail(i) if hasattr(self.inner, "thumbnail") else None
+    def thumbnail(self, i: int, size: int = 64):
+        return self.inner.thumbnail(i) if hasattr(self.inner, "thumbnail") else None  # the user's own size
 
 
 def open_dataset(data_cfg: dict, split: str, preprocess: dict | None = None) -> torch.utils.data.Dataset:

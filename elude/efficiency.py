@@ -155,14 +155,10 @@ def release(device: torch.device) -> None:
 @contextlib.contextmanager
 def in_place(model: nn.Module, layer_path: str, load: Callable[[], nn.Module]):
     """ELUDe's variants: the layer ``load()`` gives, hot-swapped in (B.4), dropped on exit."""
-    from .layers import swap_in, swap_out
+    from .layers import swapped
 
-    layer = load()
-    original = swap_in(model, layer_path, layer)
-    try:
+    with swapped(model, layer_path, load()):
         yield ()
-    finally:
-        swap_out(model, layer_path, original)
 
 
 @contextlib.contextmanager

@@ -18,7 +18,7 @@ from torch import nn
 from .backbones import (call_model, get_module, instances_of, is_channels_first, layer_weight_bias, output_tensors,
                         pooled_output)
 from .data import Batch, iter_batches
-from .layers import DisentangledLayer, swap_in, swap_out
+from .layers import DisentangledLayer, swapped
 from .metrics import ms_score, output_differences
 from .progress import progress
 from .surgery import bias_fractions, random_partition
@@ -67,20 +67,6 @@ def logits_of(fwd: Forward) -> torch.Tensor | None:
     return first if first is not None and first.dim() == 2 and first.shape[1] > 1 else None
 
 
-class _Swapped:
-    """The disentangled layer hot-swapped in for the duration of a ``with`` block (restored on error)."""
-
-    def __init__(self, model, layer_path, disentangled):
-        self.model, self.path, self.dl = model, layer_path, disentangled
-
-    def __enter__(self):
-        self.original = swap_in(self.model, self.path, self.dl.to(next(self.model.parameters()).device))
-
-    def __exit__(self, *exc):
-        swap_out(self.model, self.path, self.original)
-        self.dl.cpu()
-
-
 class R2:
     """R^2 = 1 - SSE / SST over instances, SST around each feature's own mean, pooled over features."""
 
@@ -108,7 +94,7 @@ def verify(model: nn.Module, layer_path: str, disentangled: DisentangledLayer, d
     for batch in progress(iter_batches(dataset, batch_size, workers=workers), -(-len(dataset) // batch_size),
                           "verify batches"):
         ref = forward_batch(model, layer_path, batch)
-        with _Swapped(model, layer_path, disentangled):
+        with swapped(model, layer_path, disentangled, back_to_cpu=True):
             new = forward_batch(model, layer_path, batch)
         y0 = torch.cat([t.double().reshape(len(batch), -1) for t in ref.outputs], 1)
         y1 = torch.cat([t.double().reshape(len(batch), -1) for t in new.outputs], 1)
@@ -277,7 +263,7 @@ def evaluate(model: nn.Module, layer_path: str, disentangled: DisentangledLayer,
     res = score(model, layer_path, dataset,
                 {"units": lambda f: f.layer_out, "subunits": lambda f: disentangled.subunits_of_instances(f.layer_in),
                  "random": lambda f: control.subunits_of_instances(f.layer_in)},
-                {"disentangled": lambda: _Swapped(model, layer_path, disentangled)},
+                {"disentangled": lambda: swapped(model, layer_path, disentangled, back_to_cpu=True)},
                 ms_top_k=ms_top_k, batch_size=batch_size, workers=workers, accuracy=accuracy)
     ms = res["ms"]
     counts = torch.bincount(parent, minlength=n_units).numpy()

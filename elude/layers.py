@@ -14,6 +14,7 @@ units asked about: sub-units of one unit sum to the unit (eq. 8), so nothing els
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Callable, Iterable
@@ -313,3 +314,19 @@ def swap_in(model: nn.Module, path: str, new: nn.Module) -> nn.Module:
 def swap_out(model: nn.Module, path: str, original: nn.Module) -> nn.Module:
     """Put the original module back; returns the disentangled one."""
     return set_module(model, path, original)
+
+
+@contextlib.contextmanager
+def swapped(model: nn.Module, path: str, layer: nn.Module, back_to_cpu: bool = False):
+    """``layer`` in place of the module at ``path`` for a ``with`` block, the original restored on exit
+    (also on error). ``back_to_cpu``: a dense layer that lives on the CPU between uses joins the model's
+    device on entry and returns on exit (not for a lazy layer: it holds the model's own module)."""
+    if back_to_cpu:
+        layer = layer.to(next(model.parameters()).device)
+    original = swap_in(model, path, layer)
+    try:
+        yield layer
+    finally:
+        swap_out(model, path, original)
+        if back_to_cpu:
+            layer.cpu()

@@ -64,6 +64,13 @@ def preflight():
     from elude.clustering import resolve_backend
 
     try:
+        if config["judges"]["models"]:
+            from elude.judges.backends import model_check, vllm_check
+
+            for model in config["judges"]["models"]:
+                model_check(model)
+            if config["judges"]["backend"] == "vllm":
+                vllm_check()
         if config["cluster"]["backend"] == "cuml":
             resolve_backend("cuml")
         if config["compute"]["device"] == "cuda":
@@ -260,5 +267,34 @@ def efficiency_baselines(w):
 
 
 def study_dirs(report_id):
-    """stage -> the study artifact (dictionary, efficiency) a report reads, where it has one."""
-    return {s: path_of(s, i) for s, i in REG["report"][report_id]["inputs"].items() if s in ("dictionary", "efficiency")}
+    """stage -> the study artifact (dictionary, efficiency, rank) a report reads, where it has one."""
+    return {s: path_of(s, i) for s, i in REG["report"][report_id]["inputs"].items()
+            if s in ("dictionary", "efficiency", "rank")}
+
+
+# --- LLM Rank (rules/judges.smk) -------------------------------------------------------------------------
+_J = config["judges"]
+JUDGE_VLLM = _J["backend"] == "vllm"
+JUDGE_GPUS = _J["tensor_parallel_size"] if JUDGE_VLLM else FORWARD_GPUS
+JUDGE_ENV = "../envs/judges-vllm.yaml" if JUDGE_VLLM else "../envs/torch.yaml"
+JUDGE_MEM_MB = 64000 if JUDGE_VLLM else 16000  # host memory: vLLM maps the weights; transformers loads them
+
+
+def grids_baselines(w):
+    """family -> the baseline_eval artifact whose features a grids artifact shows."""
+    return {k.split("-", 1)[1]: path_of("baseline_eval", i) for k, i in REG["grids"][w.id]["inputs"].items()
+            if k.startswith("baseline_eval-")}
+
+
+def rank_inputs(w):
+    """(token seed -> grids artifact, token seed -> judge name -> judge artifact) of a rank artifact."""
+    from elude.stages.judging import judge_name
+
+    inputs = REG["rank"][w.id]["inputs"]
+    grids = {k.split("-", 1)[1]: path_of("grids", i) for k, i in inputs.items() if k.startswith("grids-")}
+    judges = {s: {} for s in grids}
+    for k, i in inputs.items():
+        if k.startswith("judge-"):
+            seed = k.split("-")[1]
+            judges[seed][judge_name(REG["judge"][i]["params"]["model"])] = path_of("judge", i)
+    return grids, judges

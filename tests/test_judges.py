@@ -1,6 +1,5 @@
 """LLM Rank's protocol and aggregation (Section B.1), checked against hand-computed cases."""
 import pytest
-import torch
 
 from elude.judges.consensus import bootstrap, comparisons, consensus, ranks, win_rates
 from elude.judges.protocol import PROMPT, parse_answer, presentations, sample_unit_pairs
@@ -94,36 +93,6 @@ def test_grids_put_the_top_nine_images_in_3x3_cells(tmp_path):
     assert np.array_equal(np.asarray(Image.open(tmp_path / "g.png")), grid)
 
 
-def tiny_vlm(folder):
-    """A random-init LLaVA (CLIP vision tower, Llama text model) with a character-level tokenizer and its
-    processor, saved like a Hugging Face model folder: built here, nothing downloaded. Its answers are noise."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
-                              LlavaForConditionalGeneration, LlavaProcessor, PreTrainedTokenizerFast)
-
-    chars = list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 {}\":,.=-_\n'()[]!?")
-    vocab = {c: i for i, c in enumerate(["<unk>", "<s>", "</s>", "<pad>", "<image>"] + chars)}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer, tok.decoder = pre_tokenizers.Split("", "isolated"), decoders.Fuse()
-    template = ("{% for m in messages %}{% for c in m['content'] %}{% if c['type'] == 'image' %}<image>"
-                "{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endfor %}")
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
-                                        pad_token="<pad>", additional_special_tokens=["<image>"], padding_side="left")
-    tokenizer.chat_template = template
-    torch.manual_seed(0)
-    cfg = LlavaConfig(vision_config=CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                                     num_attention_heads=2, image_size=28, patch_size=14),
-                      text_config=LlamaConfig(vocab_size=len(vocab), hidden_size=16, intermediate_size=32,
-                                              num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
-                                              max_position_embeddings=1024),
-                      image_token_index=vocab["<image>"], vision_feature_layer=-1)
-    LlavaForConditionalGeneration(cfg).save_pretrained(folder)
-    LlavaProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28}),
-                   tokenizer=tokenizer, patch_size=14, vision_feature_select_strategy="full",
-                   chat_template=template).save_pretrained(folder)
-    return folder
-
-
 def test_transformers_judge_asks_every_presentation_in_both_orders_and_resumes(tmp_path):
     import io
 
@@ -131,6 +100,7 @@ def test_transformers_judge_asks_every_presentation_in_both_orders_and_resumes(t
 
     from elude.data import DigitsDataset
     from elude.judges.backends import JudgmentStore, TransformersJudge, run_judge
+    from elude.judges.demo import build_demo_judge
     from elude.judges.grids import grid_image
 
     digits = DigitsDataset("eval", 0.3, 0)
@@ -142,7 +112,7 @@ def test_transformers_judge_asks_every_presentation_in_both_orders_and_resumes(t
         return buf.getvalue()
 
     shown = presentations({m: len(t) for m, t in top.items()}, 3, seed=42)
-    judge = TransformersJudge(str(tiny_vlm(tmp_path / "vlm")), max_tokens=12, batch_size=4)
+    judge = TransformersJudge(str(build_demo_judge(tmp_path / "vlm", answers=False)), max_tokens=12, batch_size=4)
     asked = []
 
     def ask(pairs):
@@ -187,3 +157,135 @@ def test_vllm_requests_and_a_clear_error_where_it_cannot_run():
     assert s["sampling"] == {"temperature": 0.0, "max_tokens": 256, "seed": 42}
     with pytest.raises(JudgeDependencyError, match="backend 'transformers'"):
         VllmJudge("any-model")  # no vLLM (or no GPU) here: refused before any model is loaded
+
+
+# --- the workflow: grids -> a judge job per judge and token seed -> rank; Table 3 in the report -----------
+JUDGED = {"cache": {"tokens_per_image": 6, "token_seed": [1, 2]},
+          "baselines": {"families": ["topk"], "epochs": 2, "archetypal_points": 256},
+          "judges": {"models": ["demo:1", "demo:2"], "backend": "transformers", "pairs_per_method_pair": 3,
+                     "cell_size": 16, "max_tokens": 2, "batch_size": 4, "bootstrap": 200}}
+
+
+def test_workflow_llm_rank_pools_seeds_resumes_a_killed_judge_and_adds_a_judge_alone(tmp_path):
+    """Two token seeds, three methods (backbone, TopK, ELUDe), two tiny random judges through the real
+    transformers backend: every presentation asked in both orders, Table 3 recomputed here from the stored
+    judgments, the LLM Rank column filled; a judge job killed halfway resumes asking only the missing
+    judgments; one more judge runs only that judge's jobs."""
+    import json
+    import shutil
+
+    pytest.importorskip("overcomplete")
+    from workflow_helpers import executed_rules, snakemake, write_config
+
+    from elude.judges.consensus import comparisons, ranks, win_rates
+
+    cfg = write_config(tmp_path / "j.yaml", JUDGED)
+    ran = executed_rules(snakemake(tmp_path, cfg, timeout=1200).stderr)
+    assert ran.count("grids") == 2 and ran.count("judge") == 4 and ran.count("rank") == 1
+    summary = json.loads((tmp_path / "results/runs/tiny/summary.json").read_text())
+    t3 = summary["table3"]
+    assert t3["counts"]["presentations"] == 2 * 3 * 3 * 2  # seeds x method pairs x unit pairs x orders
+    assert t3["token_seeds"] == ["1", "2"]
+
+    # recompute the consensus from the stored judgments and presentations
+    first = json.loads((tmp_path / "results/runs/tiny/seed-1/summary.json").read_text())
+    assert first["table3"] == t3  # the first seed's report carries it; the aggregate copies it
+    rank_dir = tmp_path / first["artifacts"]["rank"]
+    manifest = json.loads((rank_dir / "manifest.json").read_text())
+    presented, answers = [], {"1": [], "2": []}
+    for seed in ("1", "2"):
+        grids = tmp_path / "results/grids" / manifest["inputs"][f"grids-{seed}"]
+        shown = json.loads((grids / "presentations.json").read_text())["presentations"]
+        assert all((grids / "grids" / a[0] / f"{a[1]:06d}.png").exists() for s in shown for a in (s["a"], s["b"]))
+        presented += shown
+        for k in range(2):
+            lines = (tmp_path / "results/judge" / manifest["inputs"][f"judge-{seed}-{k}"] / "judgments.jsonl").read_text()
+            recs = [json.loads(line) for line in lines.splitlines()]
+            assert [(r["a"], r["b"]) for r in recs] == [(s["a"], s["b"]) for s in shown]
+            assert [(r["a"], r["b"]) for r in recs[::2]] == [(r["b"], r["a"]) for r in recs[1::2]]  # both orders
+            assert all(r["parsed"] is (r["answer"] in ("A", "B")) for r in recs)
+            answers[str(k + 1)] += [r["answer"] for r in recs]
+    results, counts = comparisons(presented, answers)
+    assert counts == t3["counts"]
+    rates = win_rates(results, ["backbone", "topk", "elude"])
+    assert {m: r["win_rate"] for m, r in t3["rows"].items()} == {m: pytest.approx(100 * v, abs=1e-3) for m, v in rates.items()}
+    assert {m: r["llm_rank"] for m, r in summary["table2"]["rows"].items()} == ranks(rates)
+    assert {m: r["llm_rank"] for m, r in first["table2"]["rows"].items()} == ranks(rates)
+    assert "(Table 3)" in (tmp_path / "results/runs/tiny/report.html").read_text()
+    html = (tmp_path / "results/runs/tiny/seed-1/report.html").read_text()
+    assert "(Table 3)" in html and html.count('" width="336">') == 2  # the two grids of one judged pair
+
+    # a judge killed halfway: its partial folder holds half of the judgments and a cut line
+    judge_dir = tmp_path / "results/judge" / manifest["inputs"]["judge-1-0"]
+    lines = (judge_dir / "judgments.jsonl").read_text().splitlines(keepends=True)
+    partial = judge_dir.with_name(f".{judge_dir.name}.partial")
+    partial.mkdir()
+    (partial / "judgments.jsonl").write_text("".join(lines[:7]) + lines[7][:20])
+    shutil.rmtree(judge_dir)
+    ran = executed_rules(snakemake(tmp_path, cfg, str(judge_dir.relative_to(tmp_path))).stderr)
+    assert ran == ["judge"]
+    stats = json.loads((judge_dir / "judge.json").read_text())
+    assert stats["reused"] == 7 and stats["asked_this_run"] == len(lines) - 7
+    assert (judge_dir / "judgments.jsonl").read_text().splitlines(keepends=True) == lines  # same answers
+    assert not partial.exists()
+
+    cfg3 = write_config(tmp_path / "j3.yaml", JUDGED, {"judges": {"models": ["demo:1", "demo:2", "demo:3"]}})
+    ran = executed_rules(snakemake(tmp_path, cfg3).stderr)
+    assert sorted(ran) == ["aggregate", "all", "judge", "judge", "rank", "report"]  # one new judge per seed
+    assert len(json.loads((tmp_path / "results/runs/tiny/summary.json").read_text())["table3"]["judges"]) == 3
+
+
+def test_judge_agreement_by_hand():
+    from elude.judges.consensus import judge_agreement
+
+    # one unit pair in both orders, then a second pair shown once; x prefers unit (m, 0) both times
+    shown = [{"pair": ("m", "n"), "index": 0, "a": ("m", 0), "b": ("n", 5)},
+             {"pair": ("m", "n"), "index": 0, "a": ("n", 5), "b": ("m", 0)},
+             {"pair": ("m", "n"), "index": 1, "a": ("m", 1), "b": ("n", 6)}]
+    answers = {"x": ["A", "B", "A"], "y": ["A", "A", None], "z": ["B", "B", "A"]}
+    out = judge_agreement(shown, answers)
+    assert out["x"]["order_consistency"] == 1.0 and out["y"]["order_consistency"] == 0.0  # y always says A
+    assert out["y"]["parsed_share"] == pytest.approx(2 / 3) and out["x"]["chose_a_share"] == pytest.approx(2 / 3)
+    # consensus: A (x, y), B (x, z), A (x, z; y unparseable) -> x agrees 3/3, y 1/2 answered, z 2/3
+    assert out["x"]["agreement_with_consensus"] == 1.0 and out["y"]["agreement_with_consensus"] == 0.5
+    assert out["z"]["agreement_with_consensus"] == pytest.approx(2 / 3)
+    assert out["x"]["agreement_with"] == {"y": 0.5, "z": pytest.approx(2 / 3)}
+
+
+def test_units_that_never_fire_are_not_shown_and_bad_judge_settings_fail_early(tmp_path):
+    import numpy as np
+
+    from elude.artifacts import save_arrays
+    from elude.config import ConfigError, merge_config, validate_config
+    from elude.judges.backends import JudgeDependencyError, model_check
+    from elude.stages.judging import method_units
+
+    ms = np.array([0.3, np.nan, 0.5])
+    top = np.arange(30).reshape(3, 10)
+    save_arrays(tmp_path / "tables.safetensors", {"units_ms_layer": ms, "units_top_images": top,
+                                                   "subunits_ms_layer": np.array([np.nan, 0.1]),
+                                                   "subunits_top_images": top[:2]})
+    m = method_units(tmp_path, {})
+    assert list(m) == ["backbone", "elude"] and m["backbone"]["units"].tolist() == [0, 2]
+    assert m["elude"]["units"].tolist() == [1] and m["elude"]["total"] == 2
+    with pytest.raises(JudgeDependencyError, match="judges.models: 'nobody/no-such-judge' is neither"):
+        model_check("nobody/no-such-judge")
+    model_check(str(tmp_path))  # a local folder is accepted as is
+    with pytest.raises(ConfigError, match="two judges with the same name"):
+        validate_config(merge_config({}, {"judges": {"models": ["a/judge", "b/judge"]}}))
+
+
+def test_vllm_where_it_cannot_run_stops_the_workflow_before_any_job(tmp_path):
+    from workflow_helpers import executed_rules, snakemake, write_config
+
+    from elude.judges.backends import JudgeDependencyError, vllm_check
+
+    try:
+        vllm_check()
+        pytest.skip("vLLM and a GPU are here, so the request can run")
+    except JudgeDependencyError:
+        pass
+    cfg = write_config(tmp_path / "v.yaml", {"judges": {"models": ["demo:1"], "backend": "vllm"}})
+    proc = snakemake(tmp_path, cfg, check=False)
+    assert proc.returncode != 0 and "judges.backend: vllm needs" in proc.stderr
+    assert executed_rules(proc.stderr) == [] and not (tmp_path / "results").exists()

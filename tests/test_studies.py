@@ -127,7 +127,7 @@ def test_overcomplete_metrics_then_sae_in_one_process():
 
 
 def test_tables_4_and_5_rank_what_they_measure_and_say_where_elude_loses():
-    from elude import report
+    from elude import study_tables as report
 
     def row(stab, er, coh, n, dim):
         return {"stability": {"mean": stab, "std": 0.0}, "effective_rank": {"mean": er, "std": 0.0},

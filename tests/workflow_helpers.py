@@ -24,6 +24,7 @@ TINY = {
     "baselines": {"families": []},  # tests/test_baselines.py runs them
     "dictionary": {"enabled": False},  # tests/test_studies.py runs Tables 4 and 5
     "efficiency": {"enabled": False},
+    "judges": {"models": []},  # tests/test_judges.py runs LLM Rank
 }
 
 
@@ -45,8 +46,10 @@ def ids_for(configfile: Path) -> dict[str, str]:
 
 
 def snakemake_cmd(workdir: Path, configfile: Path, *extra: str, profile: str = "local") -> list[str]:
-    return [str(SNAKEMAKE), "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
-            "--profile", str(REPO / "profiles" / profile), "--configfile", str(configfile), *extra]
+    """``extra``: options or targets (first: after --configfile, which takes several values, a target would
+    be read as one more config file)."""
+    return [str(SNAKEMAKE), *extra, "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+            "--profile", str(REPO / "profiles" / profile), "--configfile", str(configfile)]
 
 
 def snakemake(workdir: Path, configfile: Path, *extra: str, check: bool = True, profile: str = "local",

@@ -32,12 +32,14 @@ def messages(prompt: str = PROMPT) -> list[dict]:
 class TransformersJudge:
     """A judge run by transformers on ``device``: ``ask([(grid_a, grid_b), ...])`` -> raw replies."""
 
-    def __init__(self, model: str, device: str = "cpu", max_tokens: int = 256, batch_size: int = 8):
+    def __init__(self, model: str, device: str = "cpu", max_tokens: int = 256, batch_size: int = 8,
+                 trust_remote_code: bool = False):
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        self.processor = AutoProcessor.from_pretrained(model, local_files_only=True)
-        self.model = AutoModelForImageTextToText.from_pretrained(model, local_files_only=True).to(device).eval()
+        kw = {"local_files_only": True, "trust_remote_code": trust_remote_code}
+        self.processor = AutoProcessor.from_pretrained(model, **kw)
+        self.model = AutoModelForImageTextToText.from_pretrained(model, **kw).to(device).eval()
         self.device, self.max_tokens, self.batch_size, self.torch = device, max_tokens, batch_size, torch
         self.text = self.processor.apply_chat_template(messages(), add_generation_prompt=True)
 
@@ -69,6 +71,26 @@ def vllm_check() -> None:
                                    "jobs on a GPU node (compute.device: cuda), or use backend 'transformers'")
 
 
+def model_check(model: str) -> None:
+    """A judge's weights are a local folder or already in the Hugging Face cache (nothing is downloaded at
+    run time), or an error naming the entry and the fix. ``demo:<seed>`` judges are built by the job."""
+    from .demo import demo_seed
+
+    if demo_seed(model) is not None or Path(model).is_dir():
+        return
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = isinstance(try_to_load_from_cache(model, "config.json"), str)
+    except Exception:  # not a valid repo id either
+        cached = False
+    if not cached:
+        raise JudgeDependencyError(
+            f"judges.models: {model!r} is neither a model folder nor in the Hugging Face cache, and nothing is "
+            f"downloaded at run time: fetch it first (`huggingface-cli download {model}`, on a machine with "
+            "network, into the HF_HOME the jobs see), give its local folder, or remove it from judges.models")
+
+
 def vllm_requests(pairs: list[tuple], prompt: str = PROMPT) -> list[list[dict]]:
     """``vllm.LLM.chat`` conversations, one per presentation: grid A then grid B as PNG data URLs, then the
     prompt."""
@@ -85,10 +107,12 @@ def vllm_requests(pairs: list[tuple], prompt: str = PROMPT) -> list[list[dict]]:
                                           {"type": "text", "text": prompt}]}] for a, b in pairs]
 
 
-def vllm_settings(max_model_len: int = 32768, tensor_parallel_size: int = 1, max_tokens: int = 256) -> dict:
+def vllm_settings(max_model_len: int = 32768, tensor_parallel_size: int = 1, max_tokens: int = 256,
+                  trust_remote_code: bool = False) -> dict:
     """The paper's engine and sampling settings (B.1)."""
     return {"engine": {"limit_mm_per_prompt": {"image": 2}, "max_model_len": max_model_len,
-                       "tensor_parallel_size": tensor_parallel_size, "seed": 42},
+                       "tensor_parallel_size": tensor_parallel_size, "seed": 42,
+                       "trust_remote_code": trust_remote_code},
             "sampling": {"temperature": 0.0, "max_tokens": max_tokens, "seed": 42}}
 
 
@@ -96,11 +120,11 @@ class VllmJudge:
     """A judge served by offline vLLM (GPU): ``ask`` sends batches of ``batch_size`` conversations."""
 
     def __init__(self, model: str, max_model_len: int = 32768, tensor_parallel_size: int = 1, max_tokens: int = 256,
-                 batch_size: int = 64):
+                 batch_size: int = 64, trust_remote_code: bool = False):
         vllm_check()
         from vllm import LLM, SamplingParams
 
-        s = vllm_settings(max_model_len, tensor_parallel_size, max_tokens)
+        s = vllm_settings(max_model_len, tensor_parallel_size, max_tokens, trust_remote_code)
         self.llm = LLM(model=model, **s["engine"])
         self.sampling, self.batch_size = SamplingParams(**s["sampling"]), batch_size
 

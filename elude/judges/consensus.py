@@ -66,3 +66,36 @@ def ranks(rates: dict[str, float | None]) -> dict[str, int | None]:
     """Ordinal rank by win rate, 1 = highest; equal rates share the better rank (1, 2, 2, 4)."""
     scored = sorted((r for r in rates.values() if r is not None), reverse=True)
     return {m: (None if r is None else 1 + sum(s > r for s in scored)) for m, r in rates.items()}
+
+
+def judge_agreement(presented: list[dict], answers: dict[str, list[str | None]]) -> dict[str, dict]:
+    """Per judge: the share of its answers that parsed, the share that chose grid A (position bias), the
+    share of unit pairs it decided the same way in both orders (same unit preferred with A and B swapped),
+    its agreement with the consensus (over presentations that have one and that it answered) and with
+    each other judge (over presentations both answered)."""
+    judges = list(answers)
+    n = len(presented)
+    agreed = [consensus([answers[j][i] for j in judges]) for i in range(n)]
+    out = {}
+    for j in judges:
+        a = answers[j]
+        parsed = [i for i in range(n) if a[i] is not None]
+        preferred: dict[tuple, list] = {}  # unit pair -> the unit this judge preferred, per order
+        for i in parsed:
+            p = presented[i]
+            preferred.setdefault((p.get("seed"), tuple(p["pair"]), p["index"]), []).append(
+                tuple(p["a"] if a[i] == "A" else p["b"]))
+        both = [v for v in preferred.values() if len(v) == 2]
+        with_consensus = [i for i in parsed if agreed[i] is not None]
+        out[j] = {"answers": n, "parsed_share": len(parsed) / n if n else None,
+                  "chose_a_share": sum(a[i] == "A" for i in parsed) / len(parsed) if parsed else None,
+                  "order_consistency": sum(v[0] == v[1] for v in both) / len(both) if both else None,
+                  "agreement_with_consensus": (sum(a[i] == agreed[i] for i in with_consensus) / len(with_consensus)
+                                               if with_consensus else None),
+                  "agreement_with": {}}
+        for k in judges:
+            if k != j:
+                common = [i for i in parsed if answers[k][i] is not None]
+                out[j]["agreement_with"][k] = (sum(a[i] == answers[k][i] for i in common) / len(common)
+                                               if common else None)
+    return out

@@ -18,7 +18,8 @@ def report(st: Stage, verify_dir: str, evaluate_dir: str, merge_dir: str, backbo
            artifacts: dict[str, str], out: str, baseline_dirs: dict[str, str] | None = None,
            study_dirs: dict[str, str] | None = None) -> None:
     """``baseline_dirs``: family -> its baseline_eval artifact (Table 2); ``study_dirs``: the first token
-    seed's ``dictionary`` (Table 4) and ``efficiency`` (Table 5) artifacts, where the run has them."""
+    seed's ``dictionary`` (Table 4) and ``efficiency`` (Table 5) artifacts and the ``rank`` over all seeds
+    (Table 3), where the run has them."""
     from .. import report as report_mod
 
     verify_res = json.loads((Path(verify_dir) / "verify.json").read_text())
@@ -28,7 +29,10 @@ def report(st: Stage, verify_dir: str, evaluate_dir: str, merge_dir: str, backbo
     baselines = {f: json.loads((Path(d) / "metrics.json").read_text()) for f, d in (baseline_dirs or {}).items()}
     study_dirs = study_dirs or {}
     studies = {f"table{n}": json.loads((Path(study_dirs[s]) / f"table{n}.json").read_text())
-               for s, n in (("dictionary", 4), ("efficiency", 5)) if s in study_dirs}
+               for s, n in (("rank", 3), ("dictionary", 4), ("efficiency", 5)) if s in study_dirs}
+    example = studies.get("table3", {}).get("example")
+    example_images = ({side: (Path(study_dirs["rank"]) / f).read_bytes() for side, f in example["files"].items()}
+                      if example else None)
     summary = report_mod.summary(st.params["run_name"], verify_res, metrics, layer_meta,
                                  {**artifacts, **{f"baseline_eval-{f}": d for f, d in (baseline_dirs or {}).items()},
                                   **study_dirs, "report": str(out)}, baselines, studies)
@@ -37,7 +41,7 @@ def report(st: Stage, verify_dir: str, evaluate_dir: str, merge_dir: str, backbo
     with st.publish(out) as (tmp, _):
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2))
         (tmp / "report.html").write_text(report_mod.html(summary, metrics, tables, layer_meta, thumbnail,
-                                                         st.params["n_examples"]))
+                                                         st.params["n_examples"], example_images))
 
 
 def aggregate(st: Stage, report_dirs: list[str], out: str) -> None:

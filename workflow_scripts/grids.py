@@ -1,0 +1,8 @@
+# Thin entry point: see elude.stages.judging.grids.
+import _repo  # noqa: F401,I001 (puts the checkout on sys.path)
+from elude.stages import run_logged
+from elude.stages.judging import grids
+
+sm = snakemake  # noqa: F821 (injected by Snakemake)
+run_logged(sm.params.stage, sm.log[0], sm.threads,
+           lambda st: grids(st, sm.input.evaluate, sm.params.families, sm.input.backbone, sm.output.folder))
