@@ -82,8 +82,10 @@ def reduce_dims(x: np.ndarray, method: str, dims: int, device: str = "cpu") -> t
     """
     if method == "none" or dims >= x.shape[1] or len(x) < 2:
         return x, 1.0
+    if method == "umap":
+        return umap_reduce(x, dims), float("nan")  # a non-linear embedding keeps no variance share
     if method != "pca":
-        raise ValueError(f"cluster.reduce.method: {method!r} is not one of 'none', 'pca'")
+        raise ValueError(f"cluster.reduce.method: {method!r} is not one of 'none', 'pca', 'umap'")
     t = torch.from_numpy(np.asarray(x, dtype=np.float64)).to(device)
     t = t - t.mean(0)
     cov = t.T @ t
@@ -95,6 +97,26 @@ def reduce_dims(x: np.ndarray, method: str, dims: int, device: str = "cpu") -> t
     total = float(evals.clamp(min=0).sum())
     kept = float(evals[:dims].clamp(min=0).sum() / total) if total > 0 else 1.0
     return (t @ evecs).cpu().numpy(), kept
+
+
+def umap_check():
+    """The umap module, or an error naming the fix (before any work)."""
+    try:
+        import umap
+    except ImportError as exc:
+        raise RuntimeError(f"cluster.reduce.method is 'umap' but umap-learn is not importable here ({exc}): "
+                           "install it (`.venv/bin/pip install umap-learn`) or use 'pca'") from None
+    return umap
+
+
+def umap_reduce(x: np.ndarray, dims: int, seed: int = 0) -> np.ndarray:
+    """Table 7's UMAP pre-reduction: a seeded euclidean UMAP of the (L2-normalised) rows to ``dims``
+    dimensions (n_neighbors 15, min_dist 0: the settings the UMAP docs give for clustering)."""
+    umap = umap_check()
+    k = max(2, min(15, len(x) - 1))
+    emb = umap.UMAP(n_components=dims, n_neighbors=k, min_dist=0.0, metric="euclidean", random_state=seed,
+                    init="random" if len(x) <= dims + 1 else "spectral").fit_transform(np.asarray(x, np.float32))
+    return emb.astype(np.float64)
 
 
 def pairwise_distances(x: np.ndarray, block: int = 2048) -> np.ndarray:

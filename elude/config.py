@@ -88,11 +88,37 @@ def validate_config(config: dict) -> dict:
         raise ConfigError("invalid configuration: cache.token_seed is a list of seeds, but cache.tokens_per_image is "
                           "null (every instance is cached, so all seeds give the same run): set "
                           "cache.tokens_per_image (the paper uses 2) or give one seed")
+    _check_ablations(full)
     names = [Path(m.rstrip("/")).name for m in full["judges"]["models"]]
     if len(set(names)) < len(names):
         raise ConfigError(f"invalid configuration: judges.models {full['judges']['models']} has two judges with the "
                           "same name (the last part of the folder or id names a judge): rename a folder")
     return full
+
+
+def ablation_config(config: dict, variant: dict) -> dict:
+    """The run's config with one ablation variant's cluster settings (Table 7)."""
+    return {**config, "cluster": merge_config(config["cluster"], variant["cluster"])}
+
+
+def _check_ablations(full: dict) -> None:
+    """Every ablation variant is a valid cluster section, differs from the base, and has its own name."""
+    import jsonschema
+
+    variants = full["ablations"]["variants"]
+    problems = []
+    names = [v["name"] for v in variants]
+    if len(set(names)) < len(names):
+        problems.append(f"ablations.variants: two variants share a name ({names}): give each its own")
+    schema = load_schema()["properties"]["cluster"]
+    for i, v in enumerate(variants):
+        cluster = with_defaults(ablation_config(full, v)["cluster"], schema)
+        for e in jsonschema.Draft202012Validator(schema).iter_errors(cluster):
+            problems.append(f"ablations.variants[{i}] ({v['name']}): cluster: {_describe(e)}")
+        if cluster == full["cluster"]:
+            problems.append(f"ablations.variants[{i}] ({v['name']}): changes nothing in the cluster section")
+    if problems:
+        raise ConfigError("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
 DATA_KEYS = {"digits": ("kind", "eval_fraction", "split_seed"),
@@ -282,17 +308,35 @@ def judge_artifacts(config: dict) -> list[dict]:
     return out
 
 
+def ablation_artifacts(config: dict) -> list[dict]:
+    """Table 7, when ``ablations.variants`` is set: per variant and token seed the ELUDe chain from the
+    clustering on (cluster, surgery, merge, evaluate; the cache and top-k ids are the base run's, so they
+    are shared), then one ``ablation`` artifact over them and the base run's evaluations."""
+    variants = config["ablations"]["variants"]
+    if not variants:
+        return []
+    out, inputs = [], {}
+    for seed in token_seeds(config):
+        inputs[f"evaluate-base-{seed}"] = _chain_ids(config, seed)["evaluate"]["id"]
+        for v in variants:
+            chain = _chain_ids(ablation_config(config, v), seed)
+            out += [{"stage": stage, **chain[stage]} for stage in ("cluster", "surgery", "merge", "evaluate")]
+            inputs[f"evaluate-{v['name']}-{seed}"] = chain["evaluate"]["id"]
+    params = {"base": cluster_params(config["cluster"]), "variants": variants}
+    return out + [_art("ablation", params, inputs)]
+
+
 def artifact_ids(config: dict, seed: int | None = None) -> dict[str, dict]:
     """Per stage: {"id", "params", "inputs" (stage -> id)} for a validated config and one token seed. The
     report also reads the baselines' evaluations (:func:`baseline_artifacts`) and, on the first seed, the
     studies (:func:`study_artifacts`: Tables 4 and 5) and the LLM Rank over all seeds
-    (:func:`judge_artifacts`: Table 3)."""
+    (:func:`judge_artifacts`: Table 3) and the ablations (:func:`ablation_artifacts`: Table 7)."""
     out = _chain_ids(config, seed)
     extra = {f"baseline_eval-{a['family']}": a["id"] for a in baseline_artifacts(config, seed)
              if a["stage"] == "baseline_eval"}
     if seed is None or seed == token_seeds(config)[0]:
         extra.update({a["stage"]: a["id"] for a in study_artifacts(config) + judge_artifacts(config)
-                      if a["stage"] in ("dictionary", "efficiency", "rank")})
+                      + ablation_artifacts(config) if a["stage"] in ("dictionary", "efficiency", "rank", "ablation")})
     if extra:
         rep = out["report"]
         rep["inputs"] = {**rep["inputs"], **extra}
@@ -307,7 +351,7 @@ def run_artifacts(config: dict) -> dict:
     seeds = token_seeds(config)
     per_seed = {s: artifact_ids(config, s) for s in seeds}
     base = {a["id"]: a for s in seeds for a in baseline_artifacts(config, s)}
-    studies = study_artifacts(config) + judge_artifacts(config)
+    studies = study_artifacts(config) + judge_artifacts(config) + ablation_artifacts(config)
     agg = None
     if len(seeds) > 1:
         params = {"run_name": config["run_name"], "token_seeds": seeds}

@@ -59,7 +59,9 @@ class _SubunitAccess(nn.Module):
       ``record``: False; True keeps every sub-unit activation of the last forward in ``last_subunits``
       (..., n_subunits); a list of units keeps only theirs, with their sub-unit ids in ``last_subunit_ids``;
       ``subunit_gain`` (n_subunits,) or None scales sub-units before the merge (steering; with gains other
-      than 1 the layer is, by design, no longer lossless).
+      than 1 the layer is, by design, no longer lossless); ``gain_instances`` = nu (or None: all) applies
+      each sub-unit's gain only at the nu instances (tokens, positions) of each example where that
+      sub-unit is most active (Section C.3).
     """
 
     def _setup(self, parent: torch.Tensor, out_features: int, kind: str, metadata: dict | None) -> torch.Tensor:
@@ -76,7 +78,19 @@ class _SubunitAccess(nn.Module):
         self.last_subunits: torch.Tensor | None = None
         self.last_subunit_ids: torch.Tensor | None = None
         self.subunit_gain: torch.Tensor | None = None
+        self.gain_instances: int | None = None
         return parent
+
+    def _gained(self, s: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
+        """s * gain (channels last), or only at each sub-unit's ``gain_instances`` most active instances of
+        each example (an input without an instance axis, (B, C), is gained everywhere)."""
+        gain = gain.to(s.dtype)
+        if self.gain_instances is None or s.dim() < 3:
+            return s * gain
+        flat = s.reshape(s.shape[0], -1, s.shape[-1])  # (B, instances, sub-units)
+        top = flat.topk(min(self.gain_instances, flat.shape[1]), dim=1).indices
+        mask = torch.zeros_like(flat, dtype=torch.bool).scatter_(1, top, True)
+        return (flat * torch.where(mask, gain, torch.ones_like(gain))).reshape(s.shape)
 
     @property
     def n_subunits(self) -> int:
@@ -152,7 +166,7 @@ class DisentangledLayer(_SubunitAccess):
         if self.record is not False:
             self._keep(s, self._recorded_units())
         if self.subunit_gain is not None:
-            s = s * self.subunit_gain
+            s = self._gained(s, self.subunit_gain.to(s.device))
         return self.merge(s)
 
     # --- persistence: safetensors + a small JSON ---------------------------------------------------
@@ -280,7 +294,7 @@ class LazyDisentangledLayer(_SubunitAccess):
             self._keep(s, recorded, None if units is None else ids)
         if steered:
             pos = torch.searchsorted(ids, self.subunit_ids(steered))
-            gained = s[..., pos.to(s.device)] * self.subunit_gain[self.subunit_ids(steered).to(s.device)]
+            gained = self._gained(s[..., pos.to(s.device)], self.subunit_gain[self.subunit_ids(steered)].to(s.device))
             merged = _merge(gained, merge_table(self.counts[steered]).to(s.device))
             out = self._channels_last(out).clone()
             out[..., steered] = merged.to(out.dtype)

@@ -10,7 +10,7 @@ import json
 
 import numpy as np
 
-from .study_tables import studies_html, studies_summary, table3, table4, table5
+from .study_tables import studies_html, studies_summary, table3, table4, table5, table7
 from .tables import column_findings, findings_html, fmt, pct, ranked_table_html
 
 
@@ -50,8 +50,8 @@ def summary(run_name: str, verify: dict, metrics: dict, layer_meta: dict, artifa
     units = layer_meta["units"]
     split = [u for u in units if u["k"] > 1]
     studies = studies or {}
-    tables = {name: make(studies[name]) for name, make in (("table3", table3), ("table4", table4), ("table5", table5))
-              if name in studies}
+    tables = {name: make(studies[name]) for name, make in (("table3", table3), ("table4", table4), ("table5", table5),
+                                                           ("table7", table7)) if name in studies}
     t2 = table2(metrics, baselines or {})
     for key, row in t2["rows"].items():  # the LLM Rank column (pooled over token seeds)
         row["llm_rank"] = tables["table3"]["rows"].get(key, {}).get("rank") if "table3" in tables else None
@@ -214,7 +214,7 @@ def aggregate(run_name: str, seeds: list[int], summaries: list[dict]) -> dict:
     return {"run_name": run_name, "token_seeds": list(seeds), "n_seeds": len(seeds),
             "lossless_all_seeds": all(s["lossless"]["lossless"] for s in summaries), "metrics": stats,
             "table2": {"unit": "percent", "rows": rows}, "table2_elude_not_best": table2_findings(rows),
-            **studies_summary({k: summaries[0][k] for k in ("table3", "table4", "table5") if k in summaries[0]}),
+            **studies_summary({k: summaries[0][k] for k in ("table3", "table4", "table5", "table7") if k in summaries[0]}),
             "per_seed_reports": [s["artifacts"]["report"] for s in summaries]}
 
 

@@ -1,5 +1,6 @@
-"""Tables 3, 4 and 5 of a run's report: LLM Rank (Section B.1: consensus win rates, per-judge agreement,
-one judged presentation), stability and dictionary geometry (B.3) and inference cost (B.4)."""
+"""Tables 3, 4, 5 and 7 of a run's report: LLM Rank (Section B.1: consensus win rates, per-judge agreement,
+one judged presentation), stability and dictionary geometry (B.3), inference cost (B.4) and the clustering
+ablations (Table 7)."""
 from __future__ import annotations
 
 import base64
@@ -83,10 +84,51 @@ def table3(t3: dict) -> dict:
             "units_per_seed": t3["units_per_seed"], "example": t3.get("example")}
 
 
+TABLE7_COLUMNS = (("ms_subunits", "MS-Score, sub-units (↑)"), ("ms_subunits_pooled", "MS-Score, pooled space (↑)"))
+TABLE7_FIRST = (("setting", "cluster setting"), ("ef_text", "effective EF"), ("split_text", "split units"),
+                ("random_text", "MS, random partition (same K_u)"), ("units_text", "MS, original units"))
+
+
+def table7(t7: dict) -> dict:
+    """Table 7 from the ablation artifact: one row per clustering variant, the base last (shaded, as ELUDe
+    is in Table 2)."""
+    import json
+
+    rows = {}
+    for name in [n for n in t7["rows"] if n != "base"] + ["base"]:
+        r = t7["rows"][name]
+        rows[name] = {"method": "ELUDe (base)" if name == "base" else name,
+                      "setting": json.dumps(r["cluster"]) if r["cluster"] else "base",
+                      **{c: r[c] for c, _ in TABLE7_COLUMNS},
+                      **{k: r[k] for k in ("ms_random", "ms_units", "expansion_factor", "n_split_units")},
+                      "ef_text": _mean_std(r["expansion_factor"]), "split_text": _mean_std(r["n_split_units"], 1),
+                      "random_text": _mean_std(r["ms_random"]), "units_text": _mean_std(r["ms_units"])}
+    return {"unit": "percent", "rows": rows, "base": t7["base"], "token_seeds": t7["token_seeds"]}
+
+
+def table7_html(summary: dict) -> str:
+    t = summary["table7"]
+    worse = [r["method"] for r in t["rows"].values()
+             if r["ms_subunits"] and r["ms_random"] and r["ms_subunits"]["mean"] <= r["ms_random"]["mean"]]
+    return (f"<h2>Clustering ablations (Table 7)</h2>"
+            f"{ranked_table_html(t['rows'], TABLE7_COLUMNS, unranked=(), first=TABLE7_FIRST)}"
+            f"<p>Percent, mean ± std over token seeds {t['token_seeds']}. Each variant changes the base clustering"
+            f" (<code>{html_lib.escape(str(t['base']))}</code>) as shown and reruns clustering, surgery, merge and evaluation on"
+            " the same cache and top-k; its random control keeps its K_u and assigns upstream dimensions at random."
+            + (f" Not above its own random control: {html_lib.escape(', '.join(worse))}." if worse else
+               " Every variant scores above its own random control.") + "</p>")
+
+
+def _mean_std(c, digits: int = 2) -> str:
+    return "—" if not c else f"{c['mean']:.{digits}f} ± {c['std']:.{digits}f}"
+
+
 def studies_summary(tables: dict) -> dict:
     """Tables 3, 4 and 5 (as :func:`table3`, :func:`table4`, :func:`table5` make them) for a summary, with
     where ELUDe is not the best (ELUDe dense for Table 5)."""
     out = {}
+    if "table7" in tables:
+        out["table7"] = tables["table7"]
     if "table3" in tables:
         out["table3"] = tables["table3"]
         out["table3_elude_not_best"] = column_findings(out["table3"]["rows"], TABLE3_COLUMNS, skip=())
@@ -137,8 +179,9 @@ def table3_html(summary: dict, example_images: dict[str, bytes] | None = None) -
 
 
 def studies_html(summary: dict, example_images: dict[str, bytes] | None = None) -> str:
-    """Tables 3, 4 and 5, where the run has them."""
+    """Tables 3, 4, 5 and 7, where the run has them."""
     out = table3_html(summary, example_images) if "table3" in summary else ""
+    out += table7_html(summary) if "table7" in summary else ""
     if "table4" in summary:
         t = summary["table4"]
         out += (f"<h2>Stability and dictionary geometry (Table 4)</h2>"

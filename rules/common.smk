@@ -71,6 +71,12 @@ def preflight():
                 model_check(model)
             if config["judges"]["backend"] == "vllm":
                 vllm_check()
+        reductions = [config["cluster"]["reduce"]["method"]] + [
+            v["cluster"].get("reduce", {}).get("method") for v in config["ablations"]["variants"]]
+        if "umap" in reductions:
+            from elude.clustering import umap_check
+
+            umap_check()
         if config["cluster"]["backend"] == "cuml":
             resolve_backend("cuml")
         if config["compute"]["device"] == "cuda":
@@ -267,9 +273,19 @@ def efficiency_baselines(w):
 
 
 def study_dirs(report_id):
-    """stage -> the study artifact (dictionary, efficiency, rank) a report reads, where it has one."""
+    """stage -> the study artifact (dictionary, efficiency, rank, ablation) a report reads, where it has one."""
     return {s: path_of(s, i) for s, i in REG["report"][report_id]["inputs"].items()
-            if s in ("dictionary", "efficiency", "rank")}
+            if s in ("dictionary", "efficiency", "rank", "ablation")}
+
+
+def ablation_inputs(w):
+    """variant ("base" first) -> token seed -> evaluate artifact of an ablation artifact (Table 7)."""
+    out = {}
+    for k, i in REG["ablation"][w.id]["inputs"].items():
+        _, rest = k.split("-", 1)
+        name, seed = rest.rsplit("-", 1)
+        out.setdefault(name, {})[seed] = path_of("evaluate", i)
+    return out
 
 
 # --- LLM Rank (rules/judges.smk) -------------------------------------------------------------------------

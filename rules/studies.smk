@@ -52,3 +52,26 @@ rule efficiency:
         "../envs/baselines.yaml"
     script:
         "../workflow_scripts/efficiency.py"
+
+
+rule ablation:
+    """MS-Score of each clustering variant and its random control, mean ± std over token seeds (Table 7)."""
+    input:
+        lambda w: [d for ds in ablation_inputs(w).values() for d in ds.values()],
+    output:
+        folder=directory("results/ablation/{id}"),
+    params:
+        stage=stage_info("ablation"),
+        evaluations=ablation_inputs,
+    log:
+        log_path("ablation"),
+    benchmark:
+        bench_path("ablation"),
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../workflow_scripts/ablation.py"

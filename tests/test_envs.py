@@ -37,6 +37,8 @@ def test_every_rule_names_an_existing_env():
             ref = m.group(1).strip()
             if ref == "CLUSTER_ENV":  # chosen by cluster.backend in rules/common.smk
                 paths = ["../envs/cluster-cpu.yaml", "../envs/cluster-cuml.yaml"]
+            elif ref == "JUDGE_ENV":  # chosen by judges.backend in rules/common.smk
+                paths = ["../envs/judges-vllm.yaml", "../envs/torch.yaml"]
             else:
                 paths = [ref.strip("\"'")]
             for p in paths:

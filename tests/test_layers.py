@@ -95,6 +95,29 @@ def test_steering_gain_scales_only_chosen_subunits(rng):
     assert torch.allclose(out[:, [0, 2]], layer(x)[:, [0, 2]], atol=1e-5)
 
 
+def test_steering_at_the_nu_most_active_instances_only_in_both_modes(rng):
+    from elude.layers import LazyDisentangledLayer
+
+    torch.manual_seed(3)
+    layer = nn.Linear(10, 4)
+    dense = random_split(layer, rng, max_k=3)
+    lazy = LazyDisentangledLayer.from_dense(dense, layer)
+    x = torch.randn(2, 7, 10)  # 2 examples x 7 instances (tokens)
+    sub = dense.subunits_of(2)[0]
+    gain = torch.ones(dense.n_subunits)
+    gain[sub] = -4.0
+    s = dense.subunits(x)[..., sub]
+    top = s.topk(2, dim=1).indices  # its 2 most active tokens per example
+    expected = layer(x).detach().clone()
+    for b in range(2):
+        expected[b, top[b], 2] += (-4.0 - 1.0) * s[b, top[b]]
+    for mode in (dense, lazy):
+        mode.subunit_gain, mode.gain_instances = gain, 2
+        assert torch.allclose(mode(x), expected, atol=1e-5)
+        mode.gain_instances = None  # every instance
+        assert torch.allclose(mode(x)[..., 2], layer(x)[..., 2] - 5.0 * s, atol=1e-5)
+
+
 def test_rejects_non_contiguous_subunits():
     with pytest.raises(ValueError, match="contiguously"):
         DisentangledLayer(torch.zeros(3, 2), torch.zeros(3), torch.tensor([0, 1, 0]), 2)

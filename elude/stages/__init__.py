@@ -246,6 +246,8 @@ def cluster_shard(st: Stage, shard: int, cache_dirs: list[str], topk_dir: str, b
     backend = clustering.resolve_backend(p["backend"])
     device = clustering.backend_device(backend)
     red = p.get("reduce") or {"method": "none", "dims": 0}
+    if red["method"] == "umap":
+        clustering.umap_check()  # before any work
     w, _, info = layer_weights(backbone_dir)
     top = load_arrays(Path(topk_dir) / "topk.safetensors")
     units = list(shard_units(info["n_units"], p["units_per_shard"], shard))

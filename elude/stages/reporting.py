@@ -18,8 +18,8 @@ def report(st: Stage, verify_dir: str, evaluate_dir: str, merge_dir: str, backbo
            artifacts: dict[str, str], out: str, baseline_dirs: dict[str, str] | None = None,
            study_dirs: dict[str, str] | None = None) -> None:
     """``baseline_dirs``: family -> its baseline_eval artifact (Table 2); ``study_dirs``: the first token
-    seed's ``dictionary`` (Table 4) and ``efficiency`` (Table 5) artifacts and the ``rank`` over all seeds
-    (Table 3), where the run has them."""
+    seed's ``dictionary`` (Table 4) and ``efficiency`` (Table 5) artifacts and the ``rank`` (Table 3) and
+    ``ablation`` (Table 7) over all seeds, where the run has them."""
     from .. import report as report_mod
 
     verify_res = json.loads((Path(verify_dir) / "verify.json").read_text())
@@ -29,7 +29,7 @@ def report(st: Stage, verify_dir: str, evaluate_dir: str, merge_dir: str, backbo
     baselines = {f: json.loads((Path(d) / "metrics.json").read_text()) for f, d in (baseline_dirs or {}).items()}
     study_dirs = study_dirs or {}
     studies = {f"table{n}": json.loads((Path(study_dirs[s]) / f"table{n}.json").read_text())
-               for s, n in (("rank", 3), ("dictionary", 4), ("efficiency", 5)) if s in study_dirs}
+               for s, n in (("rank", 3), ("dictionary", 4), ("efficiency", 5), ("ablation", 7)) if s in study_dirs}
     example = studies.get("table3", {}).get("example")
     example_images = ({side: (Path(study_dirs["rank"]) / f).read_bytes() for side, f in example["files"].items()}
                       if example else None)

@@ -1,5 +1,5 @@
-"""Workflow stages of the first token seed's studies: dictionary structure (Table 4, Section B.3) and
-inference cost (Table 5, Section B.4)."""
+"""Workflow stages of the run's studies: dictionary structure (Table 4, Section B.3) and inference cost
+(Table 5, Section B.4) on the first token seed, and the clustering ablations over every seed (Table 7)."""
 from __future__ import annotations
 
 import json
@@ -123,3 +123,37 @@ def efficiency(st: Stage, backbone_dir: str, merge_dir: str, baseline_dirs: dict
     with st.publish(out) as (tmp, manifest):
         (tmp / "table5.json").write_text(json.dumps(table, indent=1))
         manifest["ms_per_batch"] = {k: r["ms_per_batch"] for k, r in table["rows"].items()}
+
+
+# --- ablation (Table 7) -----------------------------------------------------------------------------
+ABLATION_COLUMNS = ("ms_subunits", "ms_subunits_pooled", "ms_random", "ms_units", "expansion_factor", "n_split_units")
+
+
+def ablation(st: Stage, evaluate_dirs: dict[str, dict[str, str]], out: str) -> None:
+    """Table 7: per clustering variant (the base first) its sub-units' MS-Score in both spaces, its own
+    random-partition control (the same K_u, dimensions assigned at random), the original units' score,
+    the effective expansion factor and the number of split units, each mean ± std over the token seeds.
+    ``evaluate_dirs``: variant -> token seed -> evaluate artifact."""
+    import numpy as np
+
+    def stat(values):
+        x = np.array([v for v in values if v is not None], dtype=float)
+        return {"mean": float(x.mean()), "std": float(x.std(ddof=1)) if len(x) > 1 else 0.0,
+                "per_seed": x.tolist()} if len(x) else None
+
+    settings = {"base": {}, **{v["name"]: v["cluster"] for v in st.params["variants"]}}
+    rows = {}
+    for name, by_seed in evaluate_dirs.items():
+        metrics = [json.loads((Path(d) / "metrics.json").read_text()) for d in by_seed.values()]
+        ms = [m["ms_score"] for m in metrics]
+        pct = lambda key: [None if m[key] is None else 100 * m[key] for m in ms]  # noqa: E731
+        rows[name] = {"cluster": settings[name], "ms_subunits": stat(pct("subunits_mean")),
+                      "ms_subunits_pooled": stat(pct("subunits_mean_pooled")), "ms_random": stat(pct("random_mean")),
+                      "ms_units": stat(pct("units_mean")),
+                      "expansion_factor": stat([m["expansion_factor"] for m in metrics]),
+                      "n_split_units": stat([m["n_split_units"] for m in metrics])}
+        log.info("ablation %s: MS-Score %.2f (random %.2f), EF %.2f", name, rows[name]["ms_subunits"]["mean"],
+                 rows[name]["ms_random"]["mean"], rows[name]["expansion_factor"]["mean"])
+    with st.publish(out) as (tmp, _):
+        (tmp / "table7.json").write_text(json.dumps({"base": st.params["base"], "token_seeds": list(
+            next(iter(evaluate_dirs.values()))), "rows": rows}, indent=1))

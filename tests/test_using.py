@@ -1,0 +1,84 @@
+"""Using the sub-units (issue 13): the clustering ablations of Table 7 as one DAG, and steering by class
+concepts (Section C.3) on a model trained well enough to have classes to steer."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from workflow_helpers import REPO, executed_rules, ids_for, snakemake, write_config
+
+# The tiny config with a backbone trained long enough to classify (60 epochs: ~75% held-out accuracy) and
+# one ablation variant.
+USING = {"backbone": {"demo": {"train": {"epochs": 60}}},
+         "ablations": {"variants": [{"name": "eom", "cluster": {"cluster_selection_method": "eom"}}]}}
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    work = tmp_path_factory.mktemp("using")
+    cfg = write_config(work / "using.yaml", USING)
+    return work, cfg, snakemake(work, cfg, timeout=1200)
+
+
+def test_table7_runs_each_variant_on_the_shared_cache_and_a_changed_variant_reruns_only_its_chain(trained_run):
+    work, cfg, proc = trained_run
+    ran = executed_rules(proc.stderr)
+    assert ran.count("cache_shard") == 2 and ran.count("topk") == 1  # shared by the base run and the variant
+    assert ran.count("merge") == 2 and ran.count("evaluate") == 2 and ran.count("ablation") == 1
+    summary = json.loads((work / "results/runs/tiny/summary.json").read_text())
+    rows = summary["table7"]["rows"]
+    assert list(rows) == ["eom", "base"]
+    for r in rows.values():
+        assert 0 < r["ms_subunits"]["mean"] <= 100 and r["ms_random"] is not None
+        assert r["expansion_factor"]["mean"] >= 1
+    base_eval = json.loads((work / "results/evaluate" / ids_for(cfg)["evaluate"] / "metrics.json").read_text())
+    assert rows["base"]["ms_subunits"]["mean"] == pytest.approx(100 * base_eval["ms_score"]["subunits_mean"])
+    assert "Clustering ablations (Table 7)" in (work / "results/runs/tiny/report.html").read_text()
+
+    changed = write_config(work / "changed.yaml", USING, {"ablations": {"variants": [
+        {"name": "eom", "cluster": {"cluster_selection_method": "eom", "min_cluster_size": 20}}]}})
+    ran = executed_rules(snakemake(work, changed).stderr)
+    assert sorted(set(ran)) == ["ablation", "all", "cluster_shard", "evaluate", "merge", "report", "surgery_shard"]
+    assert ran.count("evaluate") == 1  # the variant's chain only: the base run is reused
+
+
+def test_suppressing_a_class_lowers_that_class_most_and_gains_of_one_are_exact(trained_run):
+    from elude.data import DigitsDataset
+    from elude.layers import LazyDisentangledLayer
+    from elude.stages import _load_layer
+    from elude.steer import steer_classes
+
+    work, cfg, _ = trained_run
+    ids = ids_for(cfg)
+    model, original, info = _load_layer(work / "results/backbone" / ids["backbone"])
+    layer = LazyDisentangledLayer.load(work / "results/merge" / ids["merge"], original)
+    ds = DigitsDataset("eval", 0.3, 0)
+    own, others = [], []
+    for c in range(10):
+        res = steer_classes(model, info["path"], layer, ds, suppress=[c], kappa=4)
+        assert res["gains_one_max_change"] == 0.0 and res["gains_one"] == res["before"]  # exact, not close
+        assert len(res["suppressed"]) == 4 and res["max_logit_change"] > 0
+        if res["before"][c] >= 0.5:  # a class the model knows
+            own.append(res["before"][c] - res["after"][c])
+            others.append(np.mean([res["before"][k] - res["after"][k] for k in res["before"] if k != c]))
+    assert len(own) >= 4
+    assert np.mean(own) > 0.2 and np.mean(own) > 4 * max(np.mean(others), 0.01)
+    # nu: steering each example's most active token only (tests/test_layers.py checks which ones) reaches
+    # the logits too, never by more than steering every token (the head reads the class token only)
+    every = steer_classes(model, info["path"], layer, ds, suppress=[0], kappa=4)
+    one = steer_classes(model, info["path"], layer, ds, suppress=[0], kappa=4, nu=1)
+    assert 0 < one["max_logit_change"] <= every["max_logit_change"] + 1e-5
+    assert model.training is False and torch.equal(layer.original.weight, original.weight)
+
+
+def test_steer_cli_prints_accuracy_per_class(trained_run):
+    work, cfg, _ = trained_run
+    proc = subprocess.run([sys.executable, "-m", "elude.steer", "--run", str(work), "--configfile", str(cfg),
+                           "--suppress", "0", "--kappa", "4"], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "gains of 1: max |logit change| 0;" in proc.stdout
+    lines = [line.split() for line in proc.stdout.splitlines() if line.strip()[:1].isdigit()]
+    assert [int(r[0]) for r in lines] == list(range(10))
