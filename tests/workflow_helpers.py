@@ -25,6 +25,7 @@ TINY = {
     "dictionary": {"enabled": False},  # tests/test_studies.py runs Tables 4 and 5
     "efficiency": {"enabled": False},
     "judges": {"models": []},  # tests/test_judges.py runs LLM Rank
+    "ablations": {"variants": []},  # tests/test_using.py runs Table 7
 }
 
 
