@@ -24,6 +24,7 @@ include: "rules/evaluate.smk"
 include: "rules/baselines.smk"
 include: "rules/studies.smk"
 include: "rules/judges.smk"
+include: "rules/labels.smk"
 include: "rules/report.smk"
 
 

@@ -27,14 +27,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from elude import backbones  # noqa: E402
-from elude.config import merge_config, run_artifacts, token_seeds, validate_config  # noqa: E402
-from elude.efficiency import input_batch, measure, method_variants, rss_mb  # noqa: E402
+from elude.config import load_run_config, run_artifacts, token_seeds  # noqa: E402
+from elude.efficiency import measure, method_variants, rss_mb  # noqa: E402
 from elude.stages.studies import efficiency_settings, efficiency_table, table5_of  # noqa: E402
 
 PAPER = {"time": 437.73 / 380.83 - 1, "memory": 577.49 / 501.10 - 1}
@@ -43,10 +42,7 @@ PAPER = {"time": 437.73 / 380.83 - 1, "memory": 577.49 / 501.10 - 1}
 def run_table(args) -> dict:
     """Table 5 of a finished run's artifacts, as the workflow's efficiency stage measures it."""
     results = Path(args.run) / "results"
-    config = yaml.safe_load((ROOT / "config.yaml").read_text())
-    if args.configfile:
-        config = merge_config(config, yaml.safe_load(Path(args.configfile).read_text()))
-    config = validate_config(config)
+    config = load_run_config(args.configfile)
     run = run_artifacts(config)
     chain = run["seeds"][token_seeds(config)[0]]
     dirs = {"backbone": results / "backbone" / chain["backbone"]["id"], "merge": results / "merge" / chain["merge"]["id"]}

@@ -28,7 +28,7 @@ CODE_VERSIONS = {
     "merge": "3",
     "verify": "4",  # 4: the merge sums with index_add_ on the CPU (last bits of the differences)
     "evaluate": "5",  # 4: one scoring path for ELUDe and baselines; R^2 of the disentangled layer; 5: merge
-    "report": "8",  # 5: Table 2 (baselines); 6: Tables 4 and 5; 7: Table 3 and LLM Rank; 8: Table 7
+    "report": "9",  # 5: Table 2 (baselines); 6: Tables 4 and 5; 7: Table 3 and LLM Rank; 8: Table 7; 9: unit pages, plots, labels
     "aggregate": "5",  # 2: Table 2; 3: Tables 4 and 5; 4: Table 3 and LLM Rank; 5: Table 7
     "baseline_train": "2",  # 2: activity.safetensors (features that fired: Table 4's dead atoms)
     "baseline_select": "1",
@@ -39,6 +39,7 @@ CODE_VERSIONS = {
     "judge": "1",
     "rank": "1",
     "ablation": "1",
+    "labels": "1",
 }
 
 _LIBRARIES = ("torch", "timm", "transformers", "zarr", "numcodecs", "numpy", "hdbscan", "scikit-learn", "safetensors", "overcomplete")

@@ -7,6 +7,7 @@ the workflow (``rules/common.smk``) and the housekeeping CLI both use it.
 from __future__ import annotations
 
 import copy
+import hashlib
 from pathlib import Path
 
 import yaml
@@ -71,6 +72,15 @@ def _describe(error) -> str:
     return f"{path}: {error.message}"
 
 
+def load_run_config(configfile: str | Path | None = None) -> dict:
+    """The validated config of a run made with ``snakemake [--configfile F]`` from this checkout: the
+    embedded config.yaml merged with F (for command-line tools that read a finished run's artifacts)."""
+    config = yaml.safe_load((Path(__file__).resolve().parents[1] / "config.yaml").read_text())
+    if configfile:
+        config = merge_config(config, yaml.safe_load(Path(configfile).read_text()))
+    return validate_config(config)
+
+
 def validate_config(config: dict) -> dict:
     """Validate ``config`` against the schema; returns it with defaults filled in.
 
@@ -89,11 +99,34 @@ def validate_config(config: dict) -> dict:
                           "null (every instance is cached, so all seeds give the same run): set "
                           "cache.tokens_per_image (the paper uses 2) or give one seed")
     _check_ablations(full)
-    names = [Path(m.rstrip("/")).name for m in full["judges"]["models"]]
+    _check_labels(full)
+    from .judges import judge_name
+
+    names = [judge_name(m) for m in full["judges"]["models"]]
     if len(set(names)) < len(names):
         raise ConfigError(f"invalid configuration: judges.models {full['judges']['models']} has two judges with the "
                           "same name (the last part of the folder or id names a judge): rename a folder")
     return full
+
+
+def _check_labels(full: dict) -> None:
+    """The concept file reads, and the demo CLIP (trained on the digits) labels only the digits."""
+    from .judges.demo import demo_seed
+    from .labels import LabelsError, load_concepts
+
+    lab = full["labels"]
+    if not lab["model"]:
+        return
+    try:
+        load_concepts(lab["concepts"])
+    except LabelsError as exc:
+        raise ConfigError(f"invalid configuration: {exc}") from None
+    if demo_seed(lab["model"]) is not None and full["data"]["kind"] != "digits":
+        raise ConfigError(f"invalid configuration: labels.model {lab['model']!r} is the demo CLIP, trained on the digits, "
+                          f"and cannot label data.kind {full['data']['kind']!r}: give a CLIP/SigLIP folder or cached id")
+    if lab["p_end"] > lab["p_start"]:
+        raise ConfigError(f"invalid configuration: labels.p_end {lab['p_end']} > labels.p_start {lab['p_start']}: the "
+                          "top image is the likeliest member of a feature's concept set")
 
 
 def ablation_config(config: dict, variant: dict) -> dict:
@@ -326,6 +359,19 @@ def ablation_artifacts(config: dict) -> list[dict]:
     return out + [_art("ablation", params, inputs)]
 
 
+def labels_artifact(config: dict, chain: dict) -> dict:
+    """One token seed's concept labels and groups (Sec. C.3, 4.2), from its merge and evaluate artifacts; the
+    concept file's bytes are part of the id, so editing the word list relabels."""
+    from .labels import concepts_file
+
+    lab = config["labels"]
+    params = {**lab, "concepts_sha256": hashlib.sha256(concepts_file(lab["concepts"]).read_bytes()).hexdigest(),
+              "layer_batch_size": config["evaluate"]["batch_size"], "data": data_params(config["data"]),
+              "device": config["compute"]["device"]}
+    inputs = {"merge": chain["merge"]["id"], "evaluate": chain["evaluate"]["id"]}
+    return {"id": artifact_id("labels", params, inputs), "params": params, "inputs": inputs}
+
+
 def artifact_ids(config: dict, seed: int | None = None) -> dict[str, dict]:
     """Per stage: {"id", "params", "inputs" (stage -> id)} for a validated config and one token seed. The
     report also reads the baselines' evaluations (:func:`baseline_artifacts`) and, on the first seed, the
@@ -334,6 +380,9 @@ def artifact_ids(config: dict, seed: int | None = None) -> dict[str, dict]:
     out = _chain_ids(config, seed)
     extra = {f"baseline_eval-{a['family']}": a["id"] for a in baseline_artifacts(config, seed)
              if a["stage"] == "baseline_eval"}
+    if config["labels"]["model"]:
+        out["labels"] = labels_artifact(config, out)
+        extra["labels"] = out["labels"]["id"]
     if seed is None or seed == token_seeds(config)[0]:
         extra.update({a["stage"]: a["id"] for a in study_artifacts(config) + judge_artifacts(config)
                       + ablation_artifacts(config) if a["stage"] in ("dictionary", "efficiency", "rank", "ablation")})

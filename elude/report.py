@@ -1,12 +1,14 @@
-"""The run summary (summary.json) and a self-contained HTML report (numbers, Table 2 beside the baselines,
-K_u histogram, and the paper's Figure 3 layout: a parent's top-16 evaluation images next to each
-sub-unit's top 4)."""
+"""The run summary (summary.json) and the HTML report: report.html (numbers, Table 2 beside the baselines,
+the studies' tables, K_u and MS-Score plots, the concept groups, the sortable index of every unit, and the
+paper's Figure 3 layout: a parent's top-16 evaluation images next to each sub-unit's top 4) beside one page
+per unit (:mod:`elude.report_pages`)."""
 from __future__ import annotations
 
 import base64
 import html as html_lib
 import io
 import json
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -44,9 +46,12 @@ def table2(metrics: dict, baselines: dict[str, dict]) -> dict:
 
 
 def summary(run_name: str, verify: dict, metrics: dict, layer_meta: dict, artifacts: dict[str, str],
-            baselines: dict[str, dict] | None = None, studies: dict | None = None) -> dict:
+            baselines: dict[str, dict] | None = None, studies: dict | None = None, labels: dict | None = None) -> dict:
     """The run's headline numbers. MS-Scores are percentages, as in the paper. ``studies``: the
-    dictionary and efficiency artifacts' tables (``table4``, ``table5``), where the run has them."""
+    dictionary and efficiency artifacts' tables (``table4``, ``table5``), where the run has them;
+    ``labels``: the labels artifact's labels.json, where the run has one."""
+    from .report_pages import labels_summary
+
     units = layer_meta["units"]
     split = [u for u in units if u["k"] > 1]
     studies = studies or {}
@@ -73,8 +78,13 @@ def summary(run_name: str, verify: dict, metrics: dict, layer_meta: dict, artifa
         },
         "table2": t2,
         "table2_elude_not_best": table2_findings(t2["rows"]),
+        **({"labels": labels_summary(labels)} if labels else {}),
         "artifacts": artifacts,
     }
+
+
+def bytes_data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode()
 
 
 def png_data_uri(img: np.ndarray, scale: int = 6) -> str:
@@ -83,13 +93,26 @@ def png_data_uri(img: np.ndarray, scale: int = 6) -> str:
     im = Image.fromarray(img).resize((img.shape[1] * scale, img.shape[0] * scale), Image.NEAREST)
     buf = io.BytesIO()
     im.save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    return bytes_data_uri(buf.getvalue())
+
+
+@dataclass
+class ImageFile:
+    """An evaluation image written once beside the pages (:func:`elude.report_pages.image_files`)."""
+    src: str  # relative to the page
+    height: int
+    width: int
 
 
 def _cell(thumbnail, i: int) -> str:
+    """``thumbnail(i)``: a uint8 array (inlined as a data URI), an :class:`ImageFile`, or None."""
     img = thumbnail(int(i))
     if img is None:  # a dataset without images (e.g. text from a factory): its index
         return f'<span class="ex">example {int(i)}</span>'
+    if isinstance(img, ImageFile):  # tiny images enlarged like the inlined ones, pixels kept sharp
+        scale = max(1, 48 // img.height)
+        return (f'<img src="{img.src}" width="{img.width * scale}" height="{img.height * scale}" '
+                f'style="image-rendering:pixelated" title="eval example {int(i)}">')
     return f'<img src="{png_data_uri(img, scale=max(1, 48 // img.shape[0]))}" title="eval example {int(i)}">'
 
 
@@ -114,10 +137,23 @@ TABLE2_NOTE = ("<p>Percent. MS-Score (eq. 7) of every feature that activates on 
                " of Table 3, pooled over the token seeds; — where the run has no judges (judges.models).</p>")
 
 
+CSS = """body{font-family:sans-serif;margin:2em;max-width:1200px} table{border-collapse:collapse}
+td,th{border:1px solid #ccc;padding:3px 8px;text-align:left} .row{display:flex;gap:12px;flex-wrap:wrap;align-items:flex-start}
+.panel{border:3px solid #e8a0c8;padding:4px;font-size:12px} .parent{border-color:#e8c840}
+.grid{display:grid;gap:2px;justify-content:start} .ranked tr:last-child{background:#f4e4f0} .unl{color:#999} .score{color:#666}
+table.sortable th{cursor:pointer;background:#f4f4f4} th[data-dir=asc]::after{content:" \\25B2"}
+th[data-dir=desc]::after{content:" \\25BC"} nav{margin:8px 0}"""
+
+
 def html(summary: dict, metrics: dict, tables: dict, layer_meta: dict, thumbnail, n_examples: int,
-         example_images: dict[str, bytes] | None = None) -> str:
+         example_images: dict[str, bytes] | None = None, labels: dict | None = None,
+         plots: dict[str, bytes] | None = None) -> str:
     """``thumbnail(i)``: evaluation example i as a uint8 image array, or None; ``example_images``: the
-    judged example's two grids (PNG bytes), where the run has LLM Rank."""
+    judged example's two grids (PNG bytes), where the run has LLM Rank; ``labels``: labels.json, where the
+    run has concept labels; ``plots``: :func:`elude.report_pages.plots` (made here when not given). Links to
+    the unit pages ``units/<u>.html`` that :func:`elude.report_pages.write_unit_pages` writes beside it."""
+    from . import report_pages as pages
+
     ms = summary["ms_score"]
     lossless = summary["lossless"]
     rows = "".join(f"<tr><td>{html_lib.escape(k)}</td><td>{fmt(v)}</td></tr>" for k, v in [
@@ -136,26 +172,19 @@ def html(summary: dict, metrics: dict, tables: dict, layer_meta: dict, thumbnail
         for space, suf in (("layer output (paper, B.2)", ""), ("pooled pre-logit image embedding", "_pooled")):
             ms_rows += (f"<tr><td>{label}</td><td>{space}</td><td>{fmt(ms[f'{key}units_mean{suf}'])}</td>"
                         f"<td>{fmt(ms[f'{key}subunits_mean{suf}'])}</td><td>{fmt(ms[f'{key}random_mean{suf}'])}</td></tr>")
-    hist = summary["k_histogram"]
-    top = max(hist.values())
-    bars = "".join(f'<div class="bar"><span>K={k}</span><div style="width:{300 * n / top:.0f}px"></div>{n}</div>'
-                   for k, n in sorted(hist.items(), key=lambda kv: int(kv[0])))
+    plots = plots if plots is not None else pages.plots(tables)
     k_per_unit = tables["k_per_unit"]
-    parent = tables["parent"]
+    subs_of = pages.subunits_of(tables["parent"], len(k_per_unit))
     examples = ""
     for u in sorted(range(len(k_per_unit)), key=lambda u: (-k_per_unit[u], u))[:n_examples]:
         if k_per_unit[u] < 2:
             break
-        subs = np.nonzero(parent == u)[0]
         meta = layer_meta["units"][u]
-        panels = "".join(
-            f'<div class="panel"><div>sub-unit {s} (cluster {c}, {meta["cluster_sizes"][c]} instances)<br>'
-            f'MS {fmt(pct(float(tables["subunits_ms_layer"][s])))} / pooled {fmt(pct(float(tables["subunits_ms_pooled"][s])))}</div>'
-            f'{_grid(thumbnail, tables["subunits_top_images"][s][:4], 2, "sub")}</div>' for c, s in enumerate(subs))
-        examples += (f'<h3>Unit {u}: K = {k_per_unit[u]}, rho = {meta["rho"]}, noise = {meta["noise"]}</h3>'
-                     f'<div class="row"><div class="panel parent"><div>parent unit {u}<br>MS '
-                     f'{fmt(pct(float(tables["units_ms_layer"][u])))} / pooled {fmt(pct(float(tables["units_ms_pooled"][u])))}</div>'
-                     f'{_grid(thumbnail, tables["units_top_images"][u][:16], 4, "par")}</div>{panels}</div>')
+        panels = "".join(pages.subunit_panel(int(s), c, meta["cluster_sizes"][c], tables, thumbnail, 4, 2, labels)
+                         for c, s in enumerate(subs_of[u]))
+        examples += (f'<h3><a href="units/{u}.html">Unit {u}</a>: K = {k_per_unit[u]}, rho = {meta["rho"]}, '
+                     f'noise = {meta["noise"]}</h3><div class="row">{pages.parent_panel(u, tables, thumbnail, labels)}'
+                     f'{panels}</div>')
     artifacts = "".join(f"<tr><td>{s}</td><td><code>{html_lib.escape(p)}</code></td></tr>"
                         for s, p in summary["artifacts"].items())
     details = "".join(
@@ -165,24 +194,28 @@ def html(summary: dict, metrics: dict, tables: dict, layer_meta: dict, thumbnail
     details = (f"<table><tr><th>baseline</th><th>features</th><th>features scored (active on the evaluation split)</th>"
                f"<th>L0 (evaluation)</th><th>selected hyperparameters (eq. 9)</th></tr>{details}</table>" if details else
                "<p>No baseline family was run (baselines.families is empty).</p>")
+    sections = [("lossless", "Lossless check"), ("table2", "Table 2"), ("ms-score", "MS-Score"),
+                ("k-histogram", "K<sub>u</sub> histogram"), ("ms-distributions", "MS-Score distributions")] + (
+        [("concept-groups", "Concept groups")] if labels else []) + [("unit-index", "Unit index"),
+                                                                      ("most-split", "Most-split units")]
+    toc = " · ".join(f'<a href="#{a}">{t}</a>' for a, t in sections)
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>ELUDe run {html_lib.escape(summary['run_name'])}</title>
-<style>body{{font-family:sans-serif;margin:2em;max-width:1200px}} table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:3px 8px;text-align:left}} .row{{display:flex;gap:12px;flex-wrap:wrap;align-items:flex-start}}
-.panel{{border:3px solid #e8a0c8;padding:4px;font-size:12px}} .parent{{border-color:#e8c840}}
-.grid{{display:grid;gap:2px}} .bar{{display:flex;gap:6px;align-items:center}} .bar span{{width:40px}}
-.bar div{{background:#6a8;height:14px}} .ranked tr:last-child{{background:#f4e4f0}}</style></head><body>
+<style>{CSS}</style></head><body>
 <h1>ELUDe run “{html_lib.escape(summary['run_name'])}” — layer <code>{html_lib.escape(layer_meta['layer'])}</code></h1>
-<h2>Lossless check and model accuracy</h2><table>{rows}</table>
-<h2>Interpretability vs. faithfulness (Table 2)</h2>{table2_html(summary['table2']['rows'])}{findings_html(summary['table2_elude_not_best'])}{TABLE2_NOTE}{details}
+<nav>{toc}</nav>
+<h2 id="lossless">Lossless check and model accuracy</h2><table>{rows}</table>
+<h2 id="table2">Interpretability vs. faithfulness (Table 2)</h2>{table2_html(summary['table2']['rows'])}{findings_html(summary['table2_elude_not_best'])}{TABLE2_NOTE}{details}
 {studies_html(summary, example_images)}
-<h2>MS-Score (%, eq. 7; top {summary['ms_top_k']} evaluation images per unit)</h2>
+<h2 id="ms-score">MS-Score (%, eq. 7; top {summary['ms_top_k']} evaluation images per unit)</h2>
 <p>Higher is more monosemantic. “Random” is Table 7's control: the same K<sub>u</sub> per unit, upstream
 dimensions assigned to sub-units at random. The paper's space embeds each image at the unit's argmax token in the
 layer's own output; the pooled space uses the model's pre-logit image embedding. Reported as measured.</p>
 <table><tr><th>units</th><th>embedding space</th><th>original units</th><th>ELUDe sub-units</th><th>random partition</th></tr>{ms_rows}</table>
-<h2>Sub-units per unit (K<sub>u</sub>)</h2>{bars}
-<h2>Most-split units (Figure 3 layout: parent top-16, sub-unit top-4; evaluation split)</h2>{examples or '<p>No unit was split.</p>'}
-<h2>Artifacts</h2><table>{artifacts}</table></body></html>"""
+{pages.plots_html(plots, summary['k_histogram'])}
+{pages.groups_html(labels, tables)}
+{pages.index_html(tables, layer_meta, labels)}
+<h2 id="most-split">Most-split units (Figure 3 layout: parent top-16, sub-unit top-4; evaluation split)</h2>{examples or '<p>No unit was split.</p>'}
+<h2>Artifacts</h2><table>{artifacts}</table>{pages.SORT_JS}</body></html>"""
 
 
 def _numbers(d: dict, prefix: str = "") -> dict[str, float]:

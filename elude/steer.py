@@ -4,13 +4,18 @@ or only at the nu instances (tokens, positions) of each example where each respo
 disentangled layer hot-swapped into the loaded model; everything else is unchanged, and gains of 1 give
 the original outputs exactly.
 
-Concepts here are the evaluation labels (classes): a sub-unit's match to class c is its class selectivity,
-the mean over class-c images of its per-image max activation minus the mean over the other images, in
-units of its standard deviation over images. (Matching by the text similarity of CLIP-Dissect labels is the
-paper's other route; it needs the labels stage.)
+Two ways to match a concept to sub-units:
+- ``--by label`` (the paper's): the kappa sub-units whose CLIP-Dissect labels (the labels stage) are most
+  similar to the concept's text, by cosine similarity of their text embeddings; the paper embeds with a
+  sentence-embedding model (pplx-embed), here with the labels' own CLIP-like text tower, so no second
+  model is needed; ties (one label on many sub-units) go to the higher soft-WPMI score. ``--groups`` widens
+  the match to the matched sub-units' whole concept groups (sub-units of other neurons that correlate).
+- ``--by class``: concepts are the evaluation classes; a sub-unit's match to class c is its class
+  selectivity, the mean over class-c images of its per-image max activation minus the mean over the other
+  images, in units of its standard deviation over images.
 
-    .venv/bin/python -m elude.steer [--run DIR] [--configfile F] --suppress 3 [--amplify 5] [--kappa 16]
-                                    [--gamma -10] [--alpha 5] [--nu N]
+    .venv/bin/python -m elude.steer [--run DIR] [--configfile F] [--by label|class] --suppress three
+                                    [--amplify five] [--kappa 16] [--gamma -10] [--alpha 5] [--nu N] [--groups]
 
 Defaults: the paper fixes no values (its operating points range over alpha 5-50, gamma -0.5 to -50, kappa
 50-200 sub-units of a 1152-wide layer, chosen per concept by a coarse sweep); kappa 16 of the demo's ~240
@@ -30,20 +35,15 @@ from torch import nn
 
 from .data import iter_batches
 from .evaluation import forward_batch, logits_of
+from .groups import per_image_max
 from .layers import swapped
 
 
-@torch.no_grad()
 def class_selectivity(model: nn.Module, layer_path: str, layer, dataset, batch_size: int = 256) -> np.ndarray:
     """(n_sub-units, n_classes): how specifically each sub-unit responds to each class on ``dataset``
     (the original model's layer input, so the model is not changed here)."""
-    per_image, labels = [], []
-    for batch in iter_batches(dataset, batch_size):
-        f = forward_batch(model, layer_path, batch)
-        s = layer.subunits_of_instances(f.layer_in).masked_fill(~f.valid[..., None], -torch.inf)
-        per_image.append(s.amax(1))
-        labels.append(batch.labels)
-    acts, labels = torch.cat(per_image).double(), torch.cat(labels)
+    res = per_image_max(model, layer_path, layer, dataset, batch_size)
+    acts, labels = res["subunits"].double(), res["labels"]
     ok = labels >= 0
     acts, labels = acts[ok], labels[ok]
     std = acts.std(0).clamp_min(1e-12)
@@ -57,6 +57,23 @@ def class_selectivity(model: nn.Module, layer_path: str, layer, dataset, batch_s
 def match(selectivity: np.ndarray, concept: int, kappa: int) -> list[int]:
     """The kappa sub-units most selective for class ``concept``."""
     return [int(i) for i in np.argsort(-selectivity[:, concept], kind="stable")[:kappa]]
+
+
+@torch.no_grad()
+def match_labels(clip, labels: list[dict], concept: str, kappa: int) -> list[int]:
+    """The kappa sub-units whose labels' text embeddings are most similar to ``concept``'s (``labels``:
+    labels.json's sub-unit entries; unlabelled sub-units never match; ties: higher soft-WPMI score first)."""
+    names = sorted({e["label"] for e in labels if e["label"] is not None})
+    sim = dict(zip(names, (clip.encode_texts(names) @ clip.encode_texts([concept]).T)[:, 0].tolist()))
+    ranked = sorted((i for i, e in enumerate(labels) if e["label"] is not None),
+                    key=lambda i: (-sim[labels[i]["label"]], -labels[i]["score"], i))
+    return ranked[:kappa]
+
+
+def with_groups(ids: list[int], labels: list[dict]) -> list[int]:
+    """``ids`` and every sub-unit in the same concept group as one of them."""
+    groups = {labels[i]["group"] for i in ids} - {None}
+    return sorted(set(ids) | {i for i, e in enumerate(labels) if e["group"] in groups})
 
 
 def gains(n_subunits: int, amplify: list[int] = (), suppress: list[int] = (), alpha: float = 5.0,
@@ -83,48 +100,84 @@ def steering(layer, gain: torch.Tensor | None, nu: int | None = None):
 
 @torch.no_grad()
 def per_class_accuracy(model: nn.Module, layer_path: str, dataset, batch_size: int = 256,
-                       reference: list[torch.Tensor] | None = None) -> tuple[dict[int, float], list[torch.Tensor]]:
-    """Top-1 accuracy per class of the model as it is now, and its logits per batch (pass the original
-    run's as ``reference`` to also get the largest absolute logit change under key -1)."""
-    correct, total, logits_all, change = {}, {}, [], 0.0
+                       reference: list[torch.Tensor] | None = None,
+                       accuracy: str = "auto") -> tuple[dict[int, float], list[torch.Tensor]]:
+    """Top-1 accuracy per class of the model as it is now (empty for a model without class logits, or with
+    ``accuracy`` never, as evaluate.accuracy: an image encoder's 2-D embedding is not logits), and its
+    outputs per batch (every floating output tensor, flattened per example; pass the original run's as
+    ``reference`` to also get the largest absolute output change under key -1)."""
+    correct, total, outputs, change = {}, {}, [], 0.0
     for i, batch in enumerate(iter_batches(dataset, batch_size)):
-        logits = logits_of(forward_batch(model, layer_path, batch))
-        logits_all.append(logits)
+        fwd = forward_batch(model, layer_path, batch)
+        out = torch.cat([t.reshape(len(batch), -1) for t in fwd.outputs], 1)
+        outputs.append(out)
         if reference is not None:
-            change = max(change, float((logits - reference[i]).abs().max()))
+            change = max(change, float((out - reference[i]).abs().max()))
+        logits = logits_of(fwd)
+        if logits is None or accuracy == "never":
+            continue
         for c, hit in zip(batch.labels.tolist(), (logits.argmax(-1) == batch.labels).tolist()):
-            if c >= 0:
+            if 0 <= c < logits.shape[1]:
                 total[c] = total.get(c, 0) + 1
                 correct[c] = correct.get(c, 0) + int(hit)
     acc = {c: correct[c] / total[c] for c in sorted(total)}
     if reference is not None:
         acc[-1] = change
-    return acc, logits_all
+    return acc, outputs
 
 
 def steer_classes(model: nn.Module, layer_path: str, layer, dataset, *, amplify: list[int] = (),
-                  suppress: list[int] = (), kappa: int = 16, alpha: float = 5.0, gamma: float = -10.0,
-                  nu: int | None = None, batch_size: int = 256) -> dict:
-    """Steer ``model`` (``layer`` hot-swapped in at ``layer_path``) by class concepts: the matched
-    sub-units, accuracy per class before (original layer), with gains of 1 (must equal it), and after."""
+                  suppress: list[int] = (), kappa: int = 16, batch_size: int = 256, **settings) -> dict:
+    """:func:`steer` with concepts given as classes, matched by class selectivity."""
     sel = class_selectivity(model, layer_path, layer, dataset, batch_size)
     up = sorted({s for c in amplify for s in match(sel, c, kappa)})
     down = sorted({s for c in suppress for s in match(sel, c, kappa)})
-    before, ref = per_class_accuracy(model, layer_path, dataset, batch_size)
+    return {**steer(model, layer_path, layer, dataset, up, down, batch_size=batch_size, **settings), "kappa": kappa}
+
+
+def steer_labels(model: nn.Module, layer_path: str, layer, dataset, labels: list[dict], clip, *,
+                 amplify: list[str] = (), suppress: list[str] = (), kappa: int = 16, groups: bool = False,
+                 batch_size: int = 256, **settings) -> dict:
+    """:func:`steer` with concepts given as text, matched to the sub-units' labels (C.3); ``groups`` adds
+    the matched sub-units' concept groups."""
+    def matched(concepts):
+        ids = sorted({s for c in concepts for s in match_labels(clip, labels, c, kappa)})
+        return with_groups(ids, labels) if groups else ids
+
+    res = steer(model, layer_path, layer, dataset, matched(amplify), matched(suppress), batch_size=batch_size, **settings)
+    return {**res, "kappa": kappa, "groups": groups}
+
+
+def steer(model: nn.Module, layer_path: str, layer, dataset, up: list[int], down: list[int], *, alpha: float = 5.0,
+          gamma: float = -10.0, nu: int | None = None, batch_size: int = 256, accuracy: str = "auto") -> dict:
+    """Steer ``model`` (``layer`` hot-swapped in at ``layer_path``): sub-units ``up`` scaled by alpha and
+    ``down`` by gamma (C.3); accuracy per class before (original layer), with gains of 1 (must equal it),
+    and after."""
+    before, ref = per_class_accuracy(model, layer_path, dataset, batch_size, accuracy=accuracy)
     with swapped(model, layer_path, layer):
         with steering(layer, torch.ones(layer.n_subunits), nu):
-            unit_gain, _ = per_class_accuracy(model, layer_path, dataset, batch_size, ref)
+            unit_gain, _ = per_class_accuracy(model, layer_path, dataset, batch_size, ref, accuracy)
         with steering(layer, gains(layer.n_subunits, up, down, alpha, gamma), nu):
-            after, _ = per_class_accuracy(model, layer_path, dataset, batch_size, ref)
+            after, _ = per_class_accuracy(model, layer_path, dataset, batch_size, ref, accuracy)
     return {"amplified": up, "suppressed": down, "before": before, "gains_one_max_change": unit_gain.pop(-1),
-            "gains_one": unit_gain, "max_logit_change": after.pop(-1), "after": after,
-            "settings": {"kappa": kappa, "alpha": alpha, "gamma": gamma, "nu": nu}}
+            "gains_one": unit_gain, "max_output_change": after.pop(-1), "after": after,
+            "settings": {"alpha": alpha, "gamma": gamma, "nu": nu}}
+
+
+def load_labels(labels_dir: str | Path, device: str = "cpu"):
+    """A labels artifact's sub-unit entries and its CLIP-like model (the demo CLIP is saved inside it)."""
+    import json
+
+    from .labels import load_clip
+
+    labels_dir = Path(labels_dir)
+    doc = json.loads((labels_dir / "labels.json").read_text())
+    clip = load_clip(str(labels_dir / "clip") if (labels_dir / "clip").is_dir() else doc["model"], device)
+    return doc["subunits"], clip
 
 
 def main(argv: list[str] | None = None) -> None:
-    import yaml
-
-    from .config import merge_config, run_artifacts, token_seeds, validate_config
+    from .config import load_run_config, run_artifacts, token_seeds
     from .layers import LazyDisentangledLayer
     from .stages import _dataset, _load_layer
 
@@ -132,28 +185,45 @@ def main(argv: list[str] | None = None) -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", default=".", help="working directory of a finished run (holds results/)")
     ap.add_argument("--configfile", help="the run's --configfile, merged over config.yaml")
-    ap.add_argument("--amplify", type=int, action="append", default=[], help="class to amplify (repeatable)")
-    ap.add_argument("--suppress", type=int, action="append", default=[], help="class to suppress (repeatable)")
+    ap.add_argument("--by", choices=["label", "class"], default=None,
+                    help="match concepts to sub-unit labels (text; default when the run has labels) or classes")
+    ap.add_argument("--amplify", action="append", default=[], help="concept to amplify (repeatable)")
+    ap.add_argument("--suppress", action="append", default=[], help="concept to suppress (repeatable)")
     ap.add_argument("--kappa", type=int, default=16, help="sub-units matched per concept")
+    ap.add_argument("--groups", action="store_true", help="--by label: steer the matched sub-units' concept groups")
     ap.add_argument("--alpha", type=float, default=5.0, help="gain of amplified sub-units")
     ap.add_argument("--gamma", type=float, default=-10.0, help="gain of suppressed sub-units (C.3: strongly negative)")
     ap.add_argument("--nu", type=int, default=None, help="instances per example to steer (default: all)")
     args = ap.parse_args(argv)
-    root = Path(__file__).resolve().parents[1]
-    cfg = yaml.safe_load((root / "config.yaml").read_text())
-    if args.configfile:
-        cfg = merge_config(cfg, yaml.safe_load(Path(args.configfile).read_text()))
-    cfg = validate_config(cfg)
+    cfg = load_run_config(args.configfile)
     arts = run_artifacts(cfg)["seeds"][token_seeds(cfg)[0]]
-    run = Path(args.run)
-    backbone_dir, merge_dir = (run / "results" / s / arts[s]["id"] for s in ("backbone", "merge"))
-    model, original, info = _load_layer(backbone_dir)
-    layer = LazyDisentangledLayer.load(merge_dir, original)
-    res = steer_classes(model, info["path"], layer, _dataset(arts["evaluate"]["params"]["data"], "eval", backbone_dir),
-                        amplify=args.amplify, suppress=args.suppress, kappa=args.kappa, alpha=args.alpha,
-                        gamma=args.gamma, nu=args.nu)
+    by = args.by or ("label" if "labels" in arts else "class")
+    if by == "label" and "labels" not in arts:
+        ap.error("--by label needs the run's labels: set labels.model in the config and run the pipeline")
+    dirs = {s: Path(args.run) / "results" / s / arts[s]["id"] for s in ("backbone", "merge", "labels") if s in arts}
+    missing = [str(d) for d in dirs.values() if not d.is_dir()]
+    if missing:
+        ap.error(f"the run's artifacts are missing ({', '.join(missing)}): run the pipeline first with the same "
+                 "--configfile in --run's directory")
+    model, original, info = _load_layer(dirs["backbone"])
+    layer = LazyDisentangledLayer.load(dirs["merge"], original)
+    ds = _dataset(arts["evaluate"]["params"]["data"], "eval", dirs["backbone"])
+    settings = dict(kappa=args.kappa, alpha=args.alpha, gamma=args.gamma, nu=args.nu,
+                    accuracy=cfg["evaluate"]["accuracy"])
+    if by == "label":
+        labels, clip = load_labels(dirs["labels"])
+        res = steer_labels(model, info["path"], layer, ds, labels, clip, amplify=args.amplify, suppress=args.suppress,
+                           groups=args.groups, **settings)
+        for name, ids in (("amplified", res["amplified"]), ("suppressed", res["suppressed"])):
+            print(f"{name} sub-units ({len(ids)}), labels: {sorted({labels[i]['label'] for i in ids})}")
+    else:
+        try:
+            classes = {k: [int(c) for c in getattr(args, k)] for k in ("amplify", "suppress")}
+        except ValueError:
+            ap.error("--by class takes class indices (integers)")
+        res = steer_classes(model, info["path"], layer, ds, **classes, **settings)
     print(f"amplified sub-units: {res['amplified']}\nsuppressed sub-units: {res['suppressed']}")
-    print(f"gains of 1: max |logit change| {res['gains_one_max_change']:.3g}; steered: {res['max_logit_change']:.3g}")
+    print(f"gains of 1: max |output change| {res['gains_one_max_change']:.3g}; steered: {res['max_output_change']:.3g}")
     print(f"{'class':>5} {'before %':>9} {'after %':>8} {'change':>7}")
     for c in res["before"]:
         b, a = 100 * res["before"][c], 100 * res["after"][c]

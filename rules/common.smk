@@ -64,6 +64,10 @@ def preflight():
     from elude.clustering import resolve_backend
 
     try:
+        if config["labels"]["model"]:
+            from elude.labels import clip_check
+
+            clip_check(config["labels"]["model"])
         if config["judges"]["models"]:
             from elude.judges.backends import model_check, vllm_check
 
@@ -273,9 +277,10 @@ def efficiency_baselines(w):
 
 
 def study_dirs(report_id):
-    """stage -> the study artifact (dictionary, efficiency, rank, ablation) a report reads, where it has one."""
+    """stage -> the study artifact (dictionary, efficiency, rank, ablation; its seed's labels) a report reads,
+    where it has one."""
     return {s: path_of(s, i) for s, i in REG["report"][report_id]["inputs"].items()
-            if s in ("dictionary", "efficiency", "rank", "ablation")}
+            if s in ("dictionary", "efficiency", "rank", "ablation", "labels")}
 
 
 def ablation_inputs(w):
@@ -304,7 +309,7 @@ def grids_baselines(w):
 
 def rank_inputs(w):
     """(token seed -> grids artifact, token seed -> judge name -> judge artifact) of a rank artifact."""
-    from elude.stages.judging import judge_name
+    from elude.judges import judge_name
 
     inputs = REG["rank"][w.id]["inputs"]
     grids = {k.split("-", 1)[1]: path_of("grids", i) for k, i in inputs.items() if k.startswith("grids-")}
@@ -314,3 +319,15 @@ def rank_inputs(w):
             seed = k.split("-")[1]
             judges[seed][judge_name(REG["judge"][i]["params"]["model"])] = path_of("judge", i)
     return grids, judges
+
+
+# --- concept labels (rules/labels.smk) -------------------------------------------------------------------
+def labels_mem_mb(wildcards, input):
+    """Memory of a labels job (elude.stages.labeling.labels_memory_mb); image and sub-unit counts from the
+    evaluate and merge artifacts once they exist (50,000 and 8 x 1024 before)."""
+    from elude.stages.labeling import labels_memory_mb
+
+    metrics, merged = Path(str(input.evaluate)) / "metrics.json", Path(str(input.merge)) / "manifest.json"
+    m = json.loads(metrics.read_text()) if metrics.exists() else {"n_images": 50_000, "n_units": 1024}
+    subunits = json.loads(merged.read_text())["n_subunits"] if merged.exists() else 8 * m["n_units"]
+    return labels_memory_mb(m["n_images"], m["n_units"] + subunits)

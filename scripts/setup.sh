@@ -3,7 +3,8 @@
 # installs this package into it, with the test and baselines (overcomplete) extras. Does nothing when .venv/
 # is already set up for this pyproject.toml.
 # With --test, also installs what the test suite needs outside Python: Debian's SLURM and munge
-# packages for the real-SLURM test (tests/test_slurm.py), when they are missing (needs root).
+# packages for the real-SLURM test (tests/test_slurm.py) and Debian's chromium for the report's
+# headless-browser test (tests/test_report_browser.py), when they are missing (needs root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "${1:-}" = "--test" ]; then
@@ -16,6 +17,16 @@ if [ "${1:-}" = "--test" ]; then
     else
       echo "warning: the SLURM test needs Debian's slurmctld slurmd slurm-client munge and root;" \
            "install them (apt-get install slurmctld slurmd slurm-client munge) or that test fails" >&2
+    fi
+  fi
+  if ! command -v chromium >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+      echo "installing chromium (Debian package) for the report's headless-browser test ..." >&2
+      apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    else
+      echo "warning: the report's browser test needs Debian's chromium (apt-get install chromium) and is" \
+           "skipped without it" >&2
     fi
   fi
 fi

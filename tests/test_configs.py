@@ -149,6 +149,8 @@ def test_paper_settings(name):
     assert (len(j["models"]), j["backend"], j["pairs_per_method_pair"], j["cell_size"], j["max_tokens"], j["batch_size"],
             j["max_model_len"], j["tensor_parallel_size"]) == ((3, "vllm", 50, 336, 256, 64, 32768, 1) if name in TABLE9
                                                                else (0, "transformers", 5, 112, 4, 16, 32768, 1))
+    lab = validate_config(cfg)["labels"]  # Sec. C.3: CLIP-Dissect with SigLIP2-SO400M, never the demo CLIP
+    assert (lab["model"], lab["concepts"], lab["top_k"]) == ("google/siglip2-so400m-patch14-384", "default", 100)
     headline = name == "dinov2-b14-l12"  # Tables 4 and 5: DINOv2-B/14 at Section 4.1's configuration
     assert cfg["dictionary"]["enabled"] is headline and cfg["efficiency"]["enabled"] is headline
     if headline:

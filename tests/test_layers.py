@@ -238,3 +238,23 @@ def test_both_merge_paths_sum_each_units_subunits_in_order():
         start += k
     for slotwise in (False, True):
         assert torch.equal(_merge(s, table, slotwise), expected)
+
+
+def test_steering_an_image_encoder_reports_the_output_change(rng):
+    """Steering works on a model without class logits (an image encoder's embedding): no accuracy, but the
+    largest output change, 0 with gains of 1."""
+    from elude.steer import steer
+
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, embed_dim=64,
+                              depth=2, num_heads=4, num_classes=0).eval()
+    path = "blocks.1.mlp.fc2"
+    from elude.layers import LazyDisentangledLayer
+
+    original = get_module(model, path)  # lazy, as the CLI loads it: gains of 1 run the original layer, bit-exact
+    layer = LazyDisentangledLayer.from_dense(random_split(original, rng, max_k=3), original)
+    data = TensorDataset(torch.randn(12, 3, 32, 32), torch.zeros(12, dtype=torch.int64))
+    res = steer(model, path, layer, data, [], [0, 1, 2], gamma=-5.0, batch_size=5, accuracy="never")
+    assert res["before"] == {} and res["after"] == {}  # a 64-wide embedding, not 10 classes' logits
+    assert res["gains_one_max_change"] == 0.0 and res["max_output_change"] > 0.01
+    assert get_module(model, path) is not layer  # swapped back out

@@ -1,5 +1,5 @@
-"""Using the sub-units (issue 13): the clustering ablations of Table 7 as one DAG, and steering by class
-concepts (Section C.3) on a model trained well enough to have classes to steer."""
+"""Using the sub-units (issue 13): the clustering ablations of Table 7 as one DAG, concept labels and groups,
+and steering by class and by label (Section C.3) on a model trained well enough to have classes to steer."""
 import json
 import subprocess
 import sys
@@ -9,10 +9,11 @@ import pytest
 
 from workflow_helpers import REPO, executed_rules, ids_for, snakemake, write_config
 
-# The tiny config with a backbone trained long enough to classify (60 epochs: ~75% held-out accuracy) and
-# one ablation variant.
+# The tiny config with a backbone trained long enough to classify (60 epochs: ~75% held-out accuracy), one
+# ablation variant, and labels by the demo CLIP (trained on the digits' names in the job).
 USING = {"backbone": {"demo": {"train": {"epochs": 60}}},
-         "ablations": {"variants": [{"name": "eom", "cluster": {"cluster_selection_method": "eom"}}]}}
+         "ablations": {"variants": [{"name": "eom", "cluster": {"cluster_selection_method": "eom"}}]},
+         "labels": {"model": "demo:0", "concepts": "digits"}}
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +42,7 @@ def test_table7_runs_each_variant_on_the_shared_cache_and_a_changed_variant_reru
         {"name": "eom", "cluster": {"cluster_selection_method": "eom", "min_cluster_size": 20}}]}})
     ran = executed_rules(snakemake(work, changed).stderr)
     assert sorted(set(ran)) == ["ablation", "all", "cluster_shard", "evaluate", "merge", "report", "surgery_shard"]
-    assert ran.count("evaluate") == 1  # the variant's chain only: the base run is reused
+    assert ran.count("evaluate") == 1  # the variant's chain only: the base run is reused (labels too)
 
 
 def test_suppressing_a_class_lowers_that_class_most_and_gains_of_one_are_exact(trained_run):
@@ -59,7 +60,7 @@ def test_suppressing_a_class_lowers_that_class_most_and_gains_of_one_are_exact(t
     for c in range(10):
         res = steer_classes(model, info["path"], layer, ds, suppress=[c], kappa=4)
         assert res["gains_one_max_change"] == 0.0 and res["gains_one"] == res["before"]  # exact, not close
-        assert len(res["suppressed"]) == 4 and res["max_logit_change"] > 0
+        assert len(res["suppressed"]) == 4 and res["max_output_change"] > 0
         if res["before"][c] >= 0.5:  # a class the model knows
             own.append(res["before"][c] - res["after"][c])
             others.append(np.mean([res["before"][k] - res["after"][k] for k in res["before"] if k != c]))
@@ -69,7 +70,7 @@ def test_suppressing_a_class_lowers_that_class_most_and_gains_of_one_are_exact(t
     # the logits too, never by more than steering every token (the head reads the class token only)
     every = steer_classes(model, info["path"], layer, ds, suppress=[0], kappa=4)
     one = steer_classes(model, info["path"], layer, ds, suppress=[0], kappa=4, nu=1)
-    assert 0 < one["max_logit_change"] <= every["max_logit_change"] + 1e-5
+    assert 0 < one["max_output_change"] <= every["max_output_change"] + 1e-5
     # the steering context is gone afterwards: the model gives its original predictions again
     from elude.steer import per_class_accuracy
 
@@ -79,8 +80,92 @@ def test_suppressing_a_class_lowers_that_class_most_and_gains_of_one_are_exact(t
 def test_steer_cli_prints_accuracy_per_class(trained_run):
     work, cfg, _ = trained_run
     proc = subprocess.run([sys.executable, "-m", "elude.steer", "--run", str(work), "--configfile", str(cfg),
-                           "--suppress", "0", "--kappa", "4"], capture_output=True, text=True, cwd=REPO, timeout=300)
+                           "--by", "class", "--suppress", "0", "--kappa", "4"], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "gains of 1: max |logit change| 0;" in proc.stdout
+    assert "gains of 1: max |output change| 0;" in proc.stdout
     lines = [line.split() for line in proc.stdout.splitlines() if line.strip()[:1].isdigit()]
     assert [int(r[0]) for r in lines] == list(range(10))
+
+
+def _run_model(work, cfg):
+    from elude.data import DigitsDataset
+    from elude.layers import LazyDisentangledLayer
+    from elude.stages import _load_layer
+
+    ids = ids_for(cfg)
+    model, original, info = _load_layer(work / "results/backbone" / ids["backbone"])
+    return model, info["path"], LazyDisentangledLayer.load(work / "results/merge" / ids["merge"], original), \
+        DigitsDataset("eval", 0.3, 0), ids
+
+
+def test_labels_name_the_digit_each_subunit_responds_to_and_groups_are_a_view(trained_run):
+    import pandas as pd
+
+    from elude.demo_clip import DIGIT_NAMES
+    from elude.groups import active, per_image_max
+    from elude.steer import class_selectivity
+
+    work, cfg, _ = trained_run
+    model, path, layer, ds, ids = _run_model(work, cfg)
+    folder = work / "results/labels" / ids["labels"]
+    doc = json.loads((folder / "labels.json").read_text())
+    acts = per_image_max(model, path, layer, ds)
+    alive = active(acts["subunits"]).tolist()
+    subs = doc["subunits"]
+    assert len(subs) == layer.n_subunits and len(doc["units"]) == acts["units"].shape[1]
+    assert [s["label"] is not None for s in subs] == alive  # every sub-unit that fires, and only those
+    assert {s["label"] for s in subs} - {None} <= set(DIGIT_NAMES)
+    # the labels agree with what the sub-units respond to: the class each is most selective for
+    sel = class_selectivity(model, path, layer, ds)
+    hits = [s["label"] == DIGIT_NAMES[int(np.argmax(sel[i]))] for i, s in enumerate(subs) if s["label"]]
+    assert np.mean(hits) > 0.6, np.mean(hits)
+    table = pd.read_csv(folder / "labels.csv")
+    assert len(table) == len(subs) + len(doc["units"]) and set(table["kind"]) == {"unit", "subunit"}
+    assert table[table.kind == "subunit"]["label"].fillna("").tolist() == [s["label"] or "" for s in subs]
+    g = doc["groups"]
+    groups = [s["group"] for s in subs if s["group"] is not None]
+    assert len(groups) == g["n_active_subunits"] == sum(alive) and len(set(groups)) == g["n_groups"] <= sum(alive)
+    for big in g["largest"]:
+        assert big["size"] == len(big["members"]) == groups.count(big["group"])
+    summary = json.loads((work / "results/runs/tiny/summary.json").read_text())
+    assert summary["labels"]["n_groups"] == g["n_groups"]
+
+
+def test_steering_by_label_lowers_the_named_digit_most_and_a_whole_group_with_gains_one_is_exact(trained_run):
+    from elude.demo_clip import DIGIT_NAMES
+    from elude.steer import load_labels, steer_labels
+
+    work, cfg, _ = trained_run
+    model, path, layer, ds, ids = _run_model(work, cfg)
+    labels, clip = load_labels(work / "results/labels" / ids["labels"])
+    own, others = [], []
+    for c, name in enumerate(DIGIT_NAMES):
+        if not any(s["label"] == name for s in labels):
+            continue
+        res = steer_labels(model, path, layer, ds, labels, clip, suppress=[name], kappa=4)
+        named = {i for i, s in enumerate(labels) if s["label"] == name}  # exact matches rank first
+        assert set(res["suppressed"]) <= named if len(named) >= 4 else named <= set(res["suppressed"])
+        if res["before"][c] >= 0.5:
+            own.append(res["before"][c] - res["after"][c])
+            others.append(np.mean([res["before"][k] - res["after"][k] for k in res["before"] if k != c]))
+    assert len(own) >= 4
+    assert np.mean(own) > 0.2 and np.mean(own) > 4 * max(np.mean(others), 0.01)
+    # steering a whole concept group: grouping is a view of the lossless layer, gains of 1 change nothing
+    name = next(s["label"] for s in labels if s["label"])
+    res = steer_labels(model, path, layer, ds, labels, clip, suppress=[name], kappa=1, groups=True, gamma=1.0)
+    group = labels[res["suppressed"][0]]["group"]
+    assert [i for i, s in enumerate(labels) if s["group"] == group] == [i for i in res["suppressed"]
+                                                                          if labels[i]["group"] == group]
+    assert res["gains_one_max_change"] == 0.0 and res["max_output_change"] == 0.0
+
+
+def test_steer_cli_by_label_and_a_changed_group_threshold_reruns_only_labels(trained_run):
+    work, cfg, _ = trained_run
+    proc = subprocess.run([sys.executable, "-m", "elude.steer", "--run", str(work), "--configfile", str(cfg),
+                           "--suppress", "three", "--kappa", "4", "--groups"], capture_output=True, text=True,
+                          cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "suppressed sub-units (" in proc.stdout and "'three'" in proc.stdout
+    changed = write_config(work / "threshold.yaml", USING, {"labels": {"group_threshold": 0.5}})
+    ran = executed_rules(snakemake(work, changed).stderr)
+    assert sorted(ran) == ["all", "labels", "report"]

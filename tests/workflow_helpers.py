@@ -26,6 +26,7 @@ TINY = {
     "efficiency": {"enabled": False},
     "judges": {"models": []},  # tests/test_judges.py runs LLM Rank
     "ablations": {"variants": []},  # tests/test_using.py runs Table 7
+    "labels": {"model": None},  # tests/test_using.py runs the labels and concept groups
 }
 
 

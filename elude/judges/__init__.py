@@ -8,3 +8,9 @@ consensus per presentation, win rates, bootstrap intervals, ordinal ranks, per-j
 :mod:`.demo` (the tiny random-init judge of the default run and the tests). The workflow stages are in
 :mod:`elude.stages.judging`.
 """
+from pathlib import Path
+
+
+def judge_name(model: str) -> str:
+    """A judge's short name: the last part of its folder or Hugging Face id (two judges may not share one)."""
+    return Path(model.rstrip("/")).name

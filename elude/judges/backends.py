@@ -71,9 +71,10 @@ def vllm_check() -> None:
                                    "jobs on a GPU node (compute.device: cuda), or use backend 'transformers'")
 
 
-def model_check(model: str) -> None:
-    """A judge's weights are a local folder or already in the Hugging Face cache (nothing is downloaded at
-    run time), or an error naming the entry and the fix. ``demo:<seed>`` judges are built by the job."""
+def model_check(model: str, key: str = "judges.models") -> None:
+    """A model's weights are a local folder or already in the Hugging Face cache (nothing is downloaded at
+    run time), or an error naming the config entry (``key``) and the fix. ``demo:<seed>`` models are built
+    by the job."""
     from .demo import demo_seed
 
     if demo_seed(model) is not None or Path(model).is_dir():
@@ -86,9 +87,9 @@ def model_check(model: str) -> None:
         cached = False
     if not cached:
         raise JudgeDependencyError(
-            f"judges.models: {model!r} is neither a model folder nor in the Hugging Face cache, and nothing is "
+            f"{key}: {model!r} is neither a model folder nor in the Hugging Face cache, and nothing is "
             f"downloaded at run time: fetch it first (`huggingface-cli download {model}`, on a machine with "
-            "network, into the HF_HOME the jobs see), give its local folder, or remove it from judges.models")
+            f"network, into the HF_HOME the jobs see), give its local folder, or remove it from {key}")
 
 
 def vllm_requests(pairs: list[tuple], prompt: str = PROMPT) -> list[list[dict]]:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..artifacts import load_arrays, write_atomic
-from ..judges import consensus as cons, protocol
+from ..judges import consensus as cons, judge_name, protocol
 from ..judges.demo import build_demo_judge, demo_seed
 from ..judges.grids import save_grid
 from . import Stage, _dataset
@@ -83,11 +83,6 @@ def grids(st: Stage, evaluate_dir: str, baseline_dirs: dict[str, str], backbone_
 
 
 # --- judge ------------------------------------------------------------------------------------------
-def judge_name(model: str) -> str:
-    """A judge's short name: the last part of its folder or Hugging Face id."""
-    return Path(model.rstrip("/")).name
-
-
 def make_judge(p: dict):
     """The configured backend's ``ask`` (the model loads on first use: a finished job loads nothing)."""
     from ..judges import backends

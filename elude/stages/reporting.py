@@ -2,8 +2,10 @@
 run's named alias under results/runs/."""
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -18,9 +20,11 @@ def report(st: Stage, verify_dir: str, evaluate_dir: str, merge_dir: str, backbo
            artifacts: dict[str, str], out: str, baseline_dirs: dict[str, str] | None = None,
            study_dirs: dict[str, str] | None = None) -> None:
     """``baseline_dirs``: family -> its baseline_eval artifact (Table 2); ``study_dirs``: the first token
-    seed's ``dictionary`` (Table 4) and ``efficiency`` (Table 5) artifacts and the ``rank`` (Table 3) and
-    ``ablation`` (Table 7) over all seeds, where the run has them."""
+    seed's ``dictionary`` (Table 4) and ``efficiency`` (Table 5) artifacts, the ``rank`` (Table 3) and
+    ``ablation`` (Table 7) over all seeds and this seed's ``labels``, where the run has them. Writes
+    summary.json, report.html, plots/*.png, units/<u>.html (one page per unit) and their images, img/."""
     from .. import report as report_mod
+    from .. import report_pages
 
     verify_res = json.loads((Path(verify_dir) / "verify.json").read_text())
     metrics = json.loads((Path(evaluate_dir) / "metrics.json").read_text())
@@ -33,15 +37,23 @@ def report(st: Stage, verify_dir: str, evaluate_dir: str, merge_dir: str, backbo
     example = studies.get("table3", {}).get("example")
     example_images = ({side: (Path(study_dirs["rank"]) / f).read_bytes() for side, f in example["files"].items()}
                       if example else None)
+    labels = json.loads((Path(study_dirs["labels"]) / "labels.json").read_text()) if "labels" in study_dirs else None
     summary = report_mod.summary(st.params["run_name"], verify_res, metrics, layer_meta,
                                  {**artifacts, **{f"baseline_eval-{f}": d for f, d in (baseline_dirs or {}).items()},
-                                  **study_dirs, "report": str(out)}, baselines, studies)
+                                  **study_dirs, "report": str(out)}, baselines, studies, labels)
     ds = _dataset(st.params["data"], "eval", backbone_dir)
-    thumbnail = getattr(ds, "thumbnail", lambda i: None)
+    # images recur across the unit pages (a parent's top images are its sub-units'): decode each once
+    thumbnail = functools.lru_cache(maxsize=8192)(getattr(ds, "thumbnail", lambda i: None))
+    plots = report_pages.plots(tables)
     with st.publish(out) as (tmp, _):
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2))
         (tmp / "report.html").write_text(report_mod.html(summary, metrics, tables, layer_meta, thumbnail,
-                                                         st.params["n_examples"], example_images))
+                                                         st.params["n_examples"], example_images, labels, plots))
+        (tmp / "plots").mkdir()
+        for name, png in plots.items():
+            (tmp / "plots" / name).write_bytes(png)
+        n = report_pages.write_unit_pages(tmp, st.params["run_name"], tables, layer_meta, thumbnail, labels)
+    log.info("report: %d unit pages in %s/units", n, out)
 
 
 def aggregate(st: Stage, report_dirs: list[str], out: str) -> None:
@@ -56,14 +68,50 @@ def aggregate(st: Stage, report_dirs: list[str], out: str) -> None:
         (tmp / "report.html").write_text(report_mod.aggregate_html(agg))
 
 
+REPORT_FOLDERS = ("units", "img", "plots")  # beside report.html, which links to them
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    """Hard link where possible: the unit pages are hundreds of MB at paper scale and never change (the
+    report folder is content-addressed); a link also outlives a garbage-collected artifact."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _replace_folder(src: Path, dst: Path) -> None:
+    """Copy folder ``src`` to ``dst`` through a temporary sibling, so ``dst`` is never half copied (a
+    directory cannot be renamed over a non-empty one: the old copy is moved aside first, then removed)."""
+    tmp, old = dst.with_name(f".{dst.name}.tmp-{os.getpid()}"), dst.with_name(f".{dst.name}.old-{os.getpid()}")
+    for p in (tmp, old):
+        shutil.rmtree(p, ignore_errors=True)
+    shutil.copytree(src, tmp, copy_function=_link_or_copy)
+    if dst.exists():
+        os.replace(dst, old)
+    os.replace(tmp, dst)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def publish_run(report_dir: str | Path, run_dir: str | Path, seed_reports: dict | None = None) -> None:
-    """Copy a run's summary.json and report.html to ``results/runs/<run name>/``: a named alias of the
-    content-addressed report, refreshed after every successful run (even one that reran nothing). A run
-    over several token seeds publishes the aggregate there and each seed's report in ``seed-<seed>/``."""
+    """Copy a run's summary.json, report.html and its folders (unit pages, plots) to
+    ``results/runs/<run name>/``: a named alias of the content-addressed report, refreshed after every
+    successful run (even one that reran nothing). A run over several token seeds publishes the aggregate
+    there and each seed's report in ``seed-<seed>/``."""
     report_dir, run_dir = Path(report_dir), Path(run_dir)
     if not (report_dir / "summary.json").exists():
         return  # a run that targeted an earlier stage
     run_dir.mkdir(parents=True, exist_ok=True)
+    # summary.json names the report's content-addressed folder: the same bytes, the same report, whose
+    # folders are already here (thousands of pages at paper scale are not recopied on every invocation)
+    same = (run_dir / "summary.json").exists() and (run_dir / "summary.json").read_bytes() == (
+        report_dir / "summary.json").read_bytes()
+    for name in REPORT_FOLDERS:
+        if (report_dir / name).is_dir():
+            if not (same and (run_dir / name).is_dir()):
+                _replace_folder(report_dir / name, run_dir / name)
+        elif (run_dir / name).exists():
+            shutil.rmtree(run_dir / name)  # left by an earlier report of this run name
     for name in ("summary.json", "report.html"):
         write_atomic(run_dir / name, lambda tmp: shutil.copyfile(report_dir / name, tmp))
     for seed, seed_dir in (seed_reports or {}).items():

@@ -1,0 +1,8 @@
+# Thin entry point: see elude.stages.labeling.labels.
+import _repo  # noqa: F401,I001 (puts the checkout on sys.path)
+from elude.stages import run_logged
+from elude.stages.labeling import labels
+
+sm = snakemake  # noqa: F821 (injected by Snakemake)
+run_logged(sm.params.stage, sm.log[0], sm.threads,
+           lambda st: labels(st, sm.input.backbone, sm.input.merge, sm.input.evaluate, sm.output.folder))
