@@ -130,7 +130,7 @@ def test_delete_removes_exactly_the_unreferenced(tree):
     assert r.returncode == 0, r.stderr
     after = listing(results)
     unique = [s for s in two if two[s]["id"] != one[s]["id"]]
-    assert unique == ["cluster", "surgery", "merge", "verify", "evaluate", "report"]
+    assert unique == ["cluster", "surgery", "merge", "verify", "evaluate", "report", "labels"]
     for stage in unique:
         i = two[stage]["id"]
         assert not (results / stage / i).exists()
