@@ -62,15 +62,30 @@ def library_versions() -> dict[str, str]:
     return out
 
 
-def content_checksum(folder: Path) -> str:
-    """sha256 over the relative paths and bytes of every file in ``folder`` (manifest excluded)."""
-    h = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != "manifest.json"):
-        h.update(str(path.relative_to(folder)).encode())
+# the manifest itself, and the marker Snakemake adds to a directory output after the job
+NOT_CONTENT = ("manifest.json", ".snakemake_timestamp")
+
+
+def checksums(folder: Path) -> tuple[str, dict[str, str]]:
+    """(sha256 over the relative paths and bytes of every file in ``folder`` but :data:`NOT_CONTENT`; each file's
+    own sha256 by relative path), in one read of the bytes. The per-file sums let an integrity check name
+    the damaged file (``python -m elude.housekeeping --verify``)."""
+    total, files = hashlib.sha256(), {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name not in NOT_CONTENT):
+        rel = str(path.relative_to(folder))
+        total.update(rel.encode())
+        own = hashlib.sha256()
         with open(path, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()
+                total.update(block)
+                own.update(block)
+        files[rel] = own.hexdigest()
+    return total.hexdigest(), files
+
+
+def content_checksum(folder: Path) -> str:
+    """sha256 over the relative paths and bytes of every file in ``folder`` (see :func:`checksums`)."""
+    return checksums(folder)[0]
 
 
 def partial_dir(final: str | Path) -> Path:
@@ -101,7 +116,7 @@ def atomic_dir(final: str | Path, stage: str, artifact: str, params: dict, input
         yield tmp, manifest
         manifest["wall_seconds"] = round(time.time() - t0, 3)
         manifest["libraries"] = library_versions()
-        manifest["checksum"] = content_checksum(tmp)
+        manifest["checksum"], manifest["files"] = checksums(tmp)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
         if final.exists():  # Snakemake may pre-create an empty output folder
             shutil.rmtree(final)

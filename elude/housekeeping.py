@@ -1,8 +1,10 @@
-"""List the artifacts under ``results/`` and remove the ones no kept config refers to.
+"""List the artifacts under ``results/`` and remove the ones no kept config refers to; or (``--verify``)
+check every finished artifact's bytes against its manifest and list the damaged ones.
 
 Usage::
 
     python -m elude.housekeeping [--results DIR] [--base CONFIG] [--keep CONFIG ...] [--delete]
+    python -m elude.housekeeping [--results DIR] --verify
 
 Each ``--keep`` file is a YAML file of overrides merged over the base config (the repository's
 ``config.yaml``) exactly as ``snakemake --configfile`` does; without ``--keep`` the base config alone
@@ -29,13 +31,14 @@ import re
 import shutil
 import stat
 import sys
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 import yaml
 
-from .artifacts import CODE_VERSIONS
+from .artifacts import CODE_VERSIONS, checksums
 from .config import ConfigError, all_ids, merge_config, validate_config
 
 REPO_CONFIG = Path(__file__).resolve().parents[1] / "config.yaml"
@@ -186,6 +189,64 @@ def remove(path: Path) -> None:
         pass
 
 
+def damage(folder: Path, manifest: dict) -> list[str]:
+    """What no longer matches an artifact folder's manifest: files changed, missing or added (named, where
+    the manifest lists each file's sha256), else the folder's checksum. Empty when intact."""
+    total, files = checksums(folder)
+    if total == manifest.get("checksum"):
+        return []
+    want = manifest.get("files")
+    if want is None:  # a manifest from before per-file sums
+        return ["content checksum differs (a file was changed, added or removed)"]
+    out = [f"{f}: {'changed' if f in files else 'missing'}" for f in sorted(want) if files.get(f) != want[f]]
+    return out + [f"{f}: not in the manifest (added)" for f in sorted(set(files) - set(want))]
+
+
+def verify(results: Path) -> list[tuple[str, str, Path, list[str]]]:
+    """(stage, id, folder, problems) of every finished artifact folder (each shard of a sharded one) whose
+    bytes no longer match its manifest. Reads every byte under ``results`` once."""
+    bad = []
+    for a in scan(results):
+        for folder in a.paths:
+            if not folder.is_dir() or not FINAL.match(folder.name):
+                continue
+            parts = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")) \
+                if a.stage in SHARDED else [folder]
+            for part in parts:
+                manifest = read_manifest(part / "manifest.json")
+                problems = ["manifest.json missing or unreadable"] if manifest is None else damage(part, manifest)
+                if problems:
+                    bad.append((a.stage, a.id, part, problems))
+    return bad
+
+
+def check_inputs(results: Path, inputs: dict[str, str]) -> None:
+    """Before a job computes: every artifact it is made from, directly or further upstream (through the
+    manifests' inputs), still has the bytes its manifest records; else a RuntimeError naming the damaged
+    files and the rebuild, instead of a result computed on garbage. Reads those artifacts' bytes once
+    (the default run: 0.3 s for all 44 MB of its artifacts)."""
+    seen, todo, bad = set(), list(inputs.values()), []
+    while todo:
+        i = todo.pop()
+        if i in seen:
+            continue
+        seen.add(i)
+        folder = next((results / st / i for st in STAGES if (results / st / i).is_dir()), None)
+        if folder is None:
+            continue  # not made by this workflow (the job's own inputs are checked by Snakemake)
+        parts = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")) \
+            if folder.parent.name in SHARDED else [folder]
+        for part in parts:
+            manifest = read_manifest(part / "manifest.json")
+            problems = ["manifest.json missing or unreadable"] if manifest is None else damage(part, manifest)
+            bad += [f"{part}: {p}" for p in problems]
+            todo += list((manifest or {}).get("inputs", {}).values())
+    if bad:
+        raise RuntimeError("input artifacts no longer match their manifests (disk damage or an edit):\n  "
+                           + "\n  ".join(bad) + "\nRebuild them: `python -m elude.housekeeping --verify` in the run's "
+                           "directory lists them with the commands")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m elude.housekeeping", description=__doc__.splitlines()[0])
     parser.add_argument("--results", type=Path, default=Path("results"), help="results folder (default: results)")
@@ -193,7 +254,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", type=Path, nargs="+", action="extend", default=[], metavar="CONFIG",
                         help="override file(s) whose artifacts are kept (default: the base config alone)")
     parser.add_argument("--delete", action="store_true", help="remove unreferenced artifacts (default: dry run)")
+    parser.add_argument("--verify", action="store_true",
+                        help="check every artifact's bytes against its manifest; list the damaged ones (exit 1)")
     args = parser.parse_args(argv)
+    if args.verify:
+        return report_damage(args.results)
     try:
         keep = kept_ids(args.base, args.keep)
     except UsageError as exc:
@@ -227,6 +292,26 @@ def main(argv: list[str] | None = None) -> int:
             remove(p)
     print(f"Removed {len(doomed)} artifacts ({total}).")
     return 0
+
+
+def report_damage(results: Path) -> int:
+    if not results.is_dir():
+        print(f"housekeeping: no results folder at {results}; nothing to verify")
+        return 0
+    t0, bad = time.perf_counter(), verify(results)
+    for stage, i, folder, problems in bad:
+        print(f"DAMAGED {stage} {i}: {folder}")
+        for p in problems:
+            print(f"    {p}")
+    took = f"({time.perf_counter() - t0:.1f} s)"
+    if not bad:
+        print(f"every artifact under {results} matches its manifest {took}")
+        return 0
+    folders = " ".join(sorted(str(folder) for *_, folder, _ in bad))
+    print(f"\n{len(bad)} damaged {took}. Rebuild them: `rm -rf {folders}`, then the run's snakemake command (same "
+          f"--directory and --configfile) with them as targets: {folders}. A content-addressed artifact is rebuilt "
+          "byte for byte; artifacts made from it rerun on the next plain run, as their input is newer.")
+    return 1
 
 
 if __name__ == "__main__":

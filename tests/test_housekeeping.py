@@ -156,3 +156,45 @@ def test_bad_keep_config_is_a_one_line_error(tree, content):
     assert r.returncode == 2
     assert "bad.yaml" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert listing(tree["results"]) == before
+
+
+def test_verify_names_damaged_files_and_the_rebuild_restores_the_same_bytes(tiny_run, tmp_path):
+    """A flipped byte in a zarr chunk, a truncated safetensors file and a missing file: --verify names each
+    (exit 1) with the rebuild; the rebuild by targets gives the manifests' bytes again (exit 0)."""
+    import shutil
+
+    from workflow_helpers import ids_for, snakemake
+
+    work = tmp_path / "work"
+    shutil.copytree(tiny_run[0], work, symlinks=True)
+    results, a = work / "results", ids_for(tiny_run[1])
+    assert housekeeping(work, "--verify").returncode == 0
+    chunk = next(p for p in sorted((results / "cache" / a["cache"] / "shard-0001").rglob("*"))
+                 if p.is_file() and "q.zarr" in p.parts and p.name != "zarr.json")
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    chunk.write_bytes(bytes(data))
+    layer = results / "merge" / a["merge"] / "layer.safetensors"
+    layer.write_bytes(layer.read_bytes()[:1000])
+    (results / "evaluate" / a["evaluate"] / "tables.safetensors").unlink()
+    r = housekeeping(work, "--verify")
+    assert r.returncode == 1
+    damaged = re.findall(r"^DAMAGED (\w+) ([0-9a-f]{12}): (\S+)\n((?:    .*\n)+)", r.stdout, flags=re.M)
+    assert {(s, i) for s, i, *_ in damaged} == {("cache", a["cache"]), ("merge", a["merge"]), ("evaluate", a["evaluate"])}
+    problems = {s: p for s, _, _, p in damaged}
+    assert f"{chunk.relative_to(results / 'cache' / a['cache'] / 'shard-0001')}: changed" in problems["cache"]
+    assert "layer.safetensors: changed" in problems["merge"] and "tables.safetensors: missing" in problems["evaluate"]
+    # a job made from the merge refuses to compute: its inputs, and theirs up to the cache, are checked first
+    from elude.housekeeping import check_inputs
+
+    with pytest.raises(RuntimeError, match=r"(?s)merge/.*layer.safetensors: changed.*shard-0001: .*: changed"):
+        check_inputs(results, {"merge": a["merge"]})
+    check_inputs(results, {"backbone": a["backbone"]})  # intact upstream: passes
+    targets = [f for _, _, f, _ in damaged]
+    assert f"rm -rf {' '.join(sorted(targets))}" in r.stdout
+    want = json.loads((results / "merge" / a["merge"] / "manifest.json").read_text())["checksum"]
+    for f in targets:  # relative to the run's directory, where the command ran
+        shutil.rmtree(work / f)
+    snakemake(work, tiny_run[1], *targets)
+    assert housekeeping(work, "--verify").returncode == 0
+    assert json.loads((results / "merge" / a["merge"] / "manifest.json").read_text())["checksum"] == want

@@ -400,9 +400,12 @@ def run_logged(stage: dict, log_file: str, threads: int, fn) -> None:
     that names the stage, the artifact id and the log file."""
     from ..progress import setup_logging
 
+    from ..housekeeping import check_inputs
+
     setup_logging(log_file, f"{stage['name']} {stage['id']}")
     torch.set_num_threads(max(1, int(threads)))
     try:
+        check_inputs(Path("results"), stage["inputs"])  # jobs run in the run's directory
         fn(Stage(**stage))
     except Exception as exc:
         log.error("stage %s (artifact %s) failed: %s: %s -- log: %s", stage["name"], stage["id"],
