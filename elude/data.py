@@ -138,6 +138,17 @@ class ImageFiles(torch.utils.data.Dataset):
         return np.asarray(im, dtype=np.uint8)
 
 
+def image_reader(ds, size: int, needed_by: str):
+    """``image(i)``: evaluation example i as a uint8 image array at most ``size`` px (the dataset's
+    ``thumbnail``), for stages that show or embed images; a dataset without images (e.g. text from a
+    factory) is an error naming ``needed_by`` and the fix, before any work."""
+    thumb = getattr(ds, "thumbnail", None)
+    if thumb is None or len(ds) == 0 or thumb(0) is None:
+        raise ValueError(f"{needed_by} needs the evaluation images, and this dataset has no thumbnail(i) method "
+                         "returning an image array: add one to data.factory's dataset, or turn it off")
+    return lambda i: thumb(int(i), size)
+
+
 def folder_items(root: str | Path, key: str) -> list[tuple[Path, int]]:
     root = Path(root)
     if not root.is_dir():

@@ -136,3 +136,14 @@ def test_bad_labels_settings_fail_before_any_job(tmp_path):
     proc = snakemake(tmp_path, cfg, check=False)
     assert proc.returncode != 0 and "labels.model: 'no-such-org/no-such-clip'" in proc.stderr
     assert not (tmp_path / "results").exists()
+
+
+def test_labels_and_judges_need_image_data_and_say_so():
+    from torch.utils.data import TensorDataset
+
+    from elude.data import DigitsDataset, image_reader
+
+    with pytest.raises(ValueError, match=r"labels \(labels.model\) needs the evaluation images.*thumbnail"):
+        image_reader(TensorDataset(torch.zeros(3, 4)), 512, "labels (labels.model)")
+    image = image_reader(DigitsDataset("eval", 0.3, 0), 512, "labels")
+    assert image(5).shape == (8, 8) and image(5).dtype == np.uint8

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..artifacts import load_arrays, write_atomic
+from ..data import image_reader
 from ..judges import consensus as cons, judge_name, protocol
 from ..judges.demo import build_demo_judge, demo_seed
 from ..judges.grids import save_grid
@@ -61,13 +62,7 @@ def grids(st: Stage, evaluate_dir: str, baseline_dirs: dict[str, str], backbone_
     ds = _dataset(p["data"], "eval", backbone_dir)
     cell = p["cell_size"]
 
-    def image(i: int):
-        img = ds.thumbnail(int(i), size=2 * cell) if hasattr(ds, "thumbnail") else None
-        if img is None:
-            raise ValueError("LLM Rank needs the evaluation images: data.factory's dataset has no thumbnail(i) "
-                             "method returning an image array; add one")
-        return img
-
+    image = image_reader(ds, 2 * cell, "LLM Rank (judges.models)")
     with st.publish(out) as (tmp, _):
         units = sorted({tuple(s[side]) for s in shown for side in ("a", "b")})
         for method, unit in units:

@@ -10,6 +10,7 @@ import numpy as np
 
 from .. import backbones
 from ..artifacts import load_arrays
+from ..data import image_reader
 from ..layers import DisentangledLayer
 from . import Stage, _dataset, _load_layer
 
@@ -24,15 +25,6 @@ def labels_memory_mb(n_images: int, n_features: int) -> int:
     activations (images x features float32, twice while standardised) and the sub-units' correlation
     matrix (features^2 float64, twice)."""
     return int(6000 + (2 * n_images * n_features * 4 + 2 * n_features**2 * 8) / 2**20)
-
-
-def image_reader(ds):
-    """``image(i)``: evaluation image i as a uint8 array for the CLIP-like model."""
-    thumb = getattr(ds, "thumbnail", None)
-    if thumb is None or thumb(0) is None:
-        raise ValueError("labels: the evaluation data has no images (CLIP-Dissect labels images); set labels.model: "
-                         "null for this data")
-    return lambda i: thumb(i, CLIP_IMAGE_SIDE)
 
 
 def clip_model(spec: str, concepts: list[str], data: dict, backbone_dir: str, folder: Path, device: str):
@@ -62,7 +54,7 @@ def labels(st: Stage, backbone_dir: str, merge_dir: str, evaluate_dir: str, out:
     model, _, info = _load_layer(backbone_dir)
     layer = DisentangledLayer.load(merge_dir)
     ev = _dataset(p["data"], "eval", backbone_dir)
-    image = image_reader(ev)
+    image = image_reader(ev, CLIP_IMAGE_SIDE, "labels (labels.model)")
     concepts = load_concepts(p["concepts"])
     acts = per_image_max(model.to(device), info["path"], layer, ev, p["layer_batch_size"], st.runtime.get("workers", 0))
     parent = layer.parent.numpy()
