@@ -34,6 +34,10 @@ rule all:
         final_report,
 
 
+onstart:
+    record_run(config["run_name"])
+
+
 onsuccess:
     publish()
     logger.info(f"ELUDe run {config['run_name']!r}: {RUN_DIR}/summary.json, {RUN_DIR}/report.html")

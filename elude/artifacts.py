@@ -28,7 +28,7 @@ CODE_VERSIONS = {
     "merge": "3",
     "verify": "4",  # 4: the merge sums with index_add_ on the CPU (last bits of the differences)
     "evaluate": "5",  # 4: one scoring path for ELUDe and baselines; R^2 of the disentangled layer; 5: merge
-    "report": "9",  # 5: Table 2 (baselines); 6: Tables 4 and 5; 7: Table 3 and LLM Rank; 8: Table 7; 9: unit pages, plots, labels
+    "report": "10",  # 10: data faults block; 5: Table 2 (baselines); 6: Tables 4 and 5; 7: Table 3 and LLM Rank; 8: Table 7; 9: unit pages, plots, labels
     "aggregate": "5",  # 2: Table 2; 3: Tables 4 and 5; 4: Table 3 and LLM Rank; 5: Table 7
     "baseline_train": "2",  # 2: activity.safetensors (features that fired: Table 4's dead atoms)
     "baseline_select": "1",
@@ -125,6 +125,64 @@ def atomic_dir(final: str | Path, stage: str, artifact: str, params: dict, input
         if not resumable:
             shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextlib.contextmanager
+def build_lock(final: str | Path, results: Path = Path("results")) -> Iterator[int | None]:
+    """Hold the exclusive right to build the artifact folder ``final`` (an ``fcntl.flock`` on
+    ``results/.locks/<path under results>.lock``, released by the kernel when the holder dies, even by
+    SIGKILL). Yields the pid of the process that held it while this one waited, or None. Two runs that
+    share an artifact, or a job left running by a killed Snakemake and its rerun, so never write the same
+    work-in-progress folder at once; the one that waited finds the artifact finished (see
+    :func:`elude.stages.run_logged`). On a cluster file system the lock needs POSIX/flock support (NFSv4;
+    Lustre mounted with ``-o flock``)."""
+    import fcntl
+
+    final, results = Path(final).resolve(), results.resolve()
+    rel = final.relative_to(results) if final.is_relative_to(results) else \
+        Path("elsewhere", hashlib.sha256(str(final).encode()).hexdigest()[:16])
+    lock = results / ".locks" / rel.with_name(rel.name + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a+") as f:
+        holder = None
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = int(f.read().strip() or 0) or -1
+            fcntl.flock(f, fcntl.LOCK_EX)
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        yield holder
+
+
+RUN_RECORD = Path(".snakemake/elude-run.json")  # in the run's directory, beside Snakemake's own lock
+
+
+def record_run(run_name: str) -> None:
+    """Note the running main Snakemake process (pid, host, run name), so that a second invocation in the
+    same directory is told who holds it (:func:`active_run`)."""
+    import socket
+
+    RUN_RECORD.parent.mkdir(exist_ok=True)
+    RUN_RECORD.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "run_name": run_name,
+                                      "started": time.strftime("%Y-%m-%d %H:%M:%S")}))
+
+
+def active_run() -> dict | None:
+    """The recorded run, if its Snakemake process is alive on this host; None after it ended or was killed
+    (then Snakemake's own lock, if left behind, is what ``--unlock`` removes)."""
+    import socket
+
+    try:
+        rec = json.loads(RUN_RECORD.read_text())
+        cmdline = Path(f"/proc/{rec['pid']}/cmdline").read_bytes()
+    except (OSError, ValueError, KeyError):
+        return None
+    alive = rec["pid"] != os.getpid() and rec.get("host") == socket.gethostname() and b"snakemake" in cmdline
+    return rec if alive else None
 
 
 def write_atomic(path: Path, write) -> None:

@@ -179,8 +179,9 @@ def check_target_layer(layer: nn.Module, path: str) -> None:
     is_conv1x1 = isinstance(layer, nn.Conv2d) and layer.kernel_size == (1, 1) and layer.groups == 1
     if not (isinstance(layer, nn.Linear) or is_conv1x1):
         raise TypeError(
-            f"layer {path!r} is a {type(layer).__name__}; ELUDe disentangles nn.Linear or 1x1 nn.Conv2d "
-            "(groups=1) layers only: pick such a layer (e.g. a ViT block's 'mlp.fc2')"
+            f"backbone.layer: {path!r} is a {type(layer).__name__}; ELUDe disentangles nn.Linear or 1x1 nn.Conv2d "
+            "(groups=1) layers only (exact surgery needs a layer linear in its input): pick such a layer (e.g. a "
+            "ViT block's 'mlp.fc2')"
         )
 
 

@@ -134,9 +134,11 @@ def write_cache(model: nn.Module, layer: nn.Module, dataset, folder: Path, *, im
             stored = rows.to(getattr(torch, dtype))  # torch casts faster than numpy
             if not torch.isfinite(stored.sum(dtype=torch.float64)):  # a cheap reduction first; NaN/inf propagate
                 r, u = torch.nonzero(~torch.isfinite(stored))[0].tolist()
-                raise FloatingPointError(
-                    f"non-finite activation at image {img_col[r]}, instance {tok_col[r]}, unit {u} (stored as {dtype}: "
-                    f"{float(rows[r, u])!r} before the cast): check the model and its inputs"
+                file = f" ({dataset.items[img_col[r]][0]})" if hasattr(dataset, "items") else ""
+                raise FloatingPointError(  # never cached: NaN would reach the clustering and the merged weights
+                    f"non-finite layer input at image {img_col[r]}{file}, instance {tok_col[r]}, dimension {u} (stored as "
+                    f"{dtype}: {float(rows[r, u])!r} before the cast): check the model and its inputs, or remove the "
+                    "image from the data"
                     + (", or set cache.dtype: float32 (float16 overflows above 65504)" if dtype == "float16" else ""))
             pending.append((stored.numpy(), np.stack([img_col, tok_col], axis=1)))
             next_row += len(rows)

@@ -216,6 +216,22 @@ class FactoryDataset(torch.utils.data.Dataset):
         return self.inner.thumbnail(i) if hasattr(self.inner, "thumbnail") else None  # the user's own size
 
 
+def check_data(data_cfg: dict) -> None:
+    """Before any job: the configured image folders or lists exist and hold at least one image (a cheap scan
+    that stops at the first image; the jobs read everything). Errors name the key."""
+    for split in ("probe", "eval"):
+        if data_cfg["kind"] == "imagefolder":
+            key = f"data.{split}_dir"
+            root = Path(data_cfg[key[5:]])
+            if not root.is_dir():
+                raise FileNotFoundError(f"{key}: {str(root)!r} is not a directory (expected <dir>/<class>/<image>)")
+            if not any(p.suffix.lower() in IMAGE_SUFFIXES for d in root.iterdir() if d.is_dir() for p in d.iterdir()):
+                raise ValueError(f"{key}: no images under {root} (expected <dir>/<class>/<image>, with suffixes "
+                                 f"{', '.join(sorted(IMAGE_SUFFIXES))})")
+        elif data_cfg["kind"] == "filelist":
+            list_items(data_cfg[f"{split}_list"], f"data.{split}_list")
+
+
 def open_dataset(data_cfg: dict, split: str, preprocess: dict | None = None) -> torch.utils.data.Dataset:
     """The configured dataset's 'probe' or 'eval' split; ``preprocess`` is the backbone's (for image files)."""
     kind = data_cfg["kind"]
@@ -228,7 +244,11 @@ def open_dataset(data_cfg: dict, split: str, preprocess: dict | None = None) -> 
         key = f"data.{split}_list"
         return ImageFiles(list_items(data_cfg[key[5:]], key), preprocess, data_cfg["on_bad_image"], key)
     if kind == "factory":
-        return FactoryDataset(data_cfg["factory"]["target"], data_cfg["factory"].get("kwargs", {}), split)
+        ds = FactoryDataset(data_cfg["factory"]["target"], data_cfg["factory"].get("kwargs", {}), split)
+        if len(ds) == 0:
+            raise ValueError(f"data.factory.target: {data_cfg['factory']['target']!r} returned an empty {split!r} split; "
+                             "both the 'probe' and the 'eval' split need examples")
+        return ds
     raise ValueError(f"data.kind: unknown dataset kind {kind!r}; allowed: digits, imagefolder, filelist, factory")
 
 

@@ -19,7 +19,7 @@ every artifact whose ``inputs`` name it, i.e. when it, or an artifact made direc
 written. Without any such manifest (incomplete work), the newest modification time of its files.
 
 Dry run by default. ``--delete`` removes every unreferenced artifact and every incomplete one whose
-id is unreferenced (folders, logs, benchmarks); kept ids and ``results/runs/`` are never touched.
+id is unreferenced (folders, logs, benchmarks, build locks); kept ids and ``results/runs/`` are never touched.
 Do not delete while a workflow run of a config that is not kept is in progress: its work in progress
 is unreferenced too.
 """
@@ -141,11 +141,12 @@ def scan(results: Path) -> list[Artifact]:
             elif m := SIBLING.match(entry.name):
                 art = found.setdefault((stage, m[1], True), Artifact(stage, m[1], incomplete=True))
                 art.paths.append(entry)
-        # Logs and benchmarks go with the finished folder, else with the work in progress, else alone.
-        for sub in ("logs", "benchmarks"):
+        # Logs, benchmarks and build locks (elude.artifacts.build_lock; a folder of them for a sharded stage)
+        # go with the finished folder, else with the work in progress, else alone.
+        for sub in ("logs", "benchmarks", ".locks"):
             d = results / sub / stage
             for f in sorted(d.iterdir()) if d.is_dir() else []:
-                if f.is_file() and (m := ID_PREFIX.match(f.name)):
+                if (f.is_file() or sub == ".locks") and (m := ID_PREFIX.match(f.name)):
                     art = (found.get((stage, m[1], False)) or found.get((stage, m[1], True))
                            or found.setdefault((stage, m[1], True), Artifact(stage, m[1], incomplete=True)))
                     art.paths.append(f)

@@ -20,7 +20,8 @@ def setup_logging(log_file: str | None, stage: str) -> logging.Logger:
     fmt = logging.Formatter(f"%(asctime)s [{stage}] %(levelname)s %(message)s", "%H:%M:%S")
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_file:
-        handlers.append(logging.FileHandler(log_file, mode="w"))
+        handlers.append(logging.FileHandler(log_file, mode="a"))  # Snakemake removes it before a job; kept when
+        # the job reuses an artifact another process finished (rules/common.smk)
     for h in handlers:
         h.setFormatter(fmt)
         root.addHandler(h)

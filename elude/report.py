@@ -167,6 +167,13 @@ def html(summary: dict, metrics: dict, tables: dict, layer_meta: dict, thumbnail
         ("top-k instances left as noise by HDBSCAN (mean over units)", summary["clustering"]["noise_fraction_mean"]),
         ("upstream dimensions assigned exclusively (mean over split units)",
          summary["clustering"]["exclusive_fraction_mean_split_units"])])
+    if faults := summary.get("data_faults"):
+        rows += "".join(f"<tr><td>{k}</td><td>{html_lib.escape(str(v))}</td></tr>" for k, v in [
+            ("probe images skipped (did not decode; data.on_bad_image: skip)", len(faults["probe_images_skipped"])),
+            ("evaluation images skipped (did not decode)", len(faults["eval_images_skipped"])),
+            ("top-k per unit (requested → used; clamped to the cached instances)", f"{faults['k_requested']} → {faults['k']}"),
+            ("units that never activate on the probe split (left unchanged, K = 1)",
+             ", ".join(map(str, faults["never_active_units"])) or "none")])
     ms_rows = ""
     for label, key in (("all", ""), ("split units only", "split_")):
         for space, suf in (("layer output (paper, B.2)", ""), ("pooled pre-logit image embedding", "_pooled")):

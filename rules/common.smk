@@ -8,6 +8,7 @@ from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
+from elude.artifacts import active_run, record_run
 from elude.config import ConfigError, run_artifacts, validate_config
 from elude.stages import (cache_memory_mb, evaluate_memory_mb, n_shards, publish_run, shard_memory_mb,
                           topk_memory_mb)
@@ -27,6 +28,45 @@ if (config["baselines"]["families"] or config["dictionary"]["enabled"]) and not 
     except BaselineDependencyError as exc:
         raise WorkflowError(str(exc)) from None
 
+if workflow.is_main_process and not workflow.dryrun:
+    if _other := active_run():  # clearer than Snakemake's LockException, which suggests --unlock
+        raise WorkflowError(
+            f"run {_other['run_name']!r} is running in this directory (Snakemake pid {_other['pid']}, started "
+            f"{_other['started']}); wait for it to finish: a second invocation here would write the same files. "
+            "To run another config at the same time on the same results, start it from its own directory whose "
+            "`results` links to this one (README, Reliability); shared artifacts are then built once. Do not "
+            "--unlock while that process runs.")
+
+def _keep_artifacts_finished_meanwhile():
+    """Before a job runs, Snakemake removes its existing outputs: also one that was missing when the DAG was
+    built and that another process finished since (a second run sharing this results folder, or a job that
+    outlived a killed Snakemake). Removing it would pull a finished artifact from under that run's
+    readers; kept, the job finds it finished and reuses it (elude.stages.run_logged). Outputs that existed
+    when the DAG was built (--forcerun, an incomplete job) are removed as before. This replaces Snakemake 9's
+    Job.remove_existing_output with the same steps plus that exception (README, Reliability)."""
+    from snakemake.io import is_flagged
+    from snakemake.jobs import Job
+
+    async def remove_existing_output(self):
+        missing = {str(f) for f in self.dag.reason(self).missing_output}
+        kept = [f for f in self.output if str(f) in missing and Path(f, "manifest.json").is_file()]
+        for f in self.output:
+            if is_flagged(f, "update") or f in kept:
+                continue
+            try:
+                await f.remove(remove_non_empty_dir=False)
+            except FileNotFoundError:
+                pass
+        if kept:  # and its log, which the job appends to
+            logger.info(f"Keeping {', '.join(map(str, kept))}: finished by another process since the DAG was built")
+            return
+        for f in self.log:
+            await f.remove(remove_non_empty_dir=False)
+
+    Job.remove_existing_output = remove_existing_output
+
+
+_keep_artifacts_finished_meanwhile()
 RUN = run_artifacts(config)
 REG = {}  # stage -> id -> {"id", "params", "inputs"}
 for _arts in RUN["seeds"].values():
@@ -55,15 +95,19 @@ CLUSTER_ENV = f"../envs/cluster-{'cuml' if config['cluster']['backend'] == 'cuml
 
 
 def preflight():
-    """Checks that need the executor: a local run that asks for cuML or CUDA where they cannot run fails
-    here, while the DAG is built and before any job starts. (On SLURM, jobs run on GPU nodes: there each
-    job checks first thing, with the same message.)"""
-    if not workflow.local_exec or workflow.dryrun:
+    """Checks made while the DAG is built, before any job starts: the image data exists; and, where the
+    jobs run locally, that what the run asks for (cuML, CUDA, judge and CLIP models, UMAP) can run here.
+    (On SLURM, jobs run on GPU nodes: there each job checks first thing, with the same message.)"""
+    if workflow.dryrun:
         return
     from elude.backbones import resolve_device
     from elude.clustering import resolve_backend
+    from elude.data import check_data
 
     try:
+        check_data(config["data"])  # image folders and lists: on the shared file system, checked anywhere
+        if not workflow.local_exec:
+            return
         if config["labels"]["model"]:
             from elude.labels import clip_check
 
@@ -85,7 +129,7 @@ def preflight():
             resolve_backend("cuml")
         if config["compute"]["device"] == "cuda":
             resolve_device("cuda")
-    except RuntimeError as exc:
+    except (RuntimeError, ValueError, FileNotFoundError) as exc:
         raise WorkflowError(str(exc)) from None
 
 

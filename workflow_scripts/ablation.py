@@ -4,4 +4,4 @@ from elude.stages import run_logged
 from elude.stages.studies import ablation
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
-run_logged(sm.params.stage, sm.log[0], sm.threads, lambda st: ablation(st, sm.params.evaluations, sm.output.folder))
+run_logged(sm.params.stage, sm.log[0], sm.threads, sm.output.folder, lambda st: ablation(st, sm.params.evaluations, sm.output.folder))

@@ -3,4 +3,4 @@ import _repo  # noqa: F401,I001 (puts the checkout on sys.path)
 from elude.stages import backbone, run_logged
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
-run_logged(sm.params.stage, sm.log[0], sm.threads, lambda st: backbone(st, sm.output.folder))
+run_logged(sm.params.stage, sm.log[0], sm.threads, sm.output.folder, lambda st: backbone(st, sm.output.folder))

@@ -4,6 +4,6 @@ from elude.stages import run_logged
 from elude.stages.baselines import baseline_train
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
-run_logged(sm.params.stage, sm.log[0], sm.threads,
+run_logged(sm.params.stage, sm.log[0], sm.threads, sm.output.folder,
            lambda st: baseline_train(st, _repo.as_list(sm.input.cache), sm.input.backbone, sm.output.folder,
                                      sm.input.get("select"), sm.input.get("merge")))

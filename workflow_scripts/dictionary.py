@@ -4,5 +4,5 @@ from elude.stages import run_logged
 from elude.stages.studies import dictionary
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
-run_logged(sm.params.stage, sm.log[0], sm.threads,
+run_logged(sm.params.stage, sm.log[0], sm.threads, sm.output.folder,
            lambda st: dictionary(st, list(sm.input.merges), sm.params.families, sm.output.folder))

@@ -4,5 +4,5 @@ from elude.stages import run_logged
 from elude.stages.studies import efficiency
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
-run_logged(sm.params.stage, sm.log[0], sm.threads,
+run_logged(sm.params.stage, sm.log[0], sm.threads, sm.output.folder,
            lambda st: efficiency(st, sm.input.backbone, sm.input.merge, sm.params.families, sm.output.folder))

@@ -4,5 +4,5 @@ from elude.stages import run_logged
 from elude.stages.judging import grids
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
-run_logged(sm.params.stage, sm.log[0], sm.threads,
+run_logged(sm.params.stage, sm.log[0], sm.threads, sm.output.folder,
            lambda st: grids(st, sm.input.evaluate, sm.params.families, sm.input.backbone, sm.output.folder))

@@ -4,4 +4,4 @@ from elude.stages import run_logged
 from elude.stages.judging import judge
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
-run_logged(sm.params.stage, sm.log[0], sm.threads, lambda st: judge(st, sm.input.grids, sm.output.folder))
+run_logged(sm.params.stage, sm.log[0], sm.threads, sm.output.folder, lambda st: judge(st, sm.input.grids, sm.output.folder))

@@ -4,5 +4,5 @@ from elude.stages import run_logged
 from elude.stages.labeling import labels
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
-run_logged(sm.params.stage, sm.log[0], sm.threads,
+run_logged(sm.params.stage, sm.log[0], sm.threads, sm.output.folder,
            lambda st: labels(st, sm.input.backbone, sm.input.merge, sm.input.evaluate, sm.output.folder))

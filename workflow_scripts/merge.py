@@ -3,5 +3,5 @@ import _repo  # noqa: I001 (puts the checkout on sys.path)
 from elude.stages import merge, run_logged
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
-run_logged(sm.params.stage, sm.log[0], sm.threads,
+run_logged(sm.params.stage, sm.log[0], sm.threads, sm.output.folder,
            lambda st: merge(st, _repo.as_list(sm.input.surgery), _repo.as_list(sm.input.cluster), sm.input.backbone, sm.output.folder))

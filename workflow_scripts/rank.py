@@ -4,5 +4,5 @@ from elude.stages import run_logged
 from elude.stages.judging import rank
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
-run_logged(sm.params.stage, sm.log[0], sm.threads,
+run_logged(sm.params.stage, sm.log[0], sm.threads, sm.output.folder,
            lambda st: rank(st, sm.params.grids, sm.params.judges, sm.output.folder))

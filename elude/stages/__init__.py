@@ -142,6 +142,8 @@ def backbone(st: Stage, out: str) -> None:
     p = st.params
     with st.publish(out) as (tmp, manifest):
         if p["kind"] == "demo":
+            spec = backbones.demo_model_spec(p["demo"]["arch"])  # the layer is checked before the training
+            backbones.check_target_layer(backbones.get_module(backbones.build_from_spec(spec), p["layer"]), p["layer"])
             pre = {"size": p["demo"]["arch"]["img_size"], **DEMO_PREPROCESS, **(p.get("preprocess") or {})}
             splits = {s: open_dataset(p["data"], s, pre) for s in ("probe", "eval")}
             (x, y), (x_eval, y_eval) = materialize(splits["probe"]), materialize(splits["eval"])
@@ -150,7 +152,6 @@ def backbone(st: Stage, out: str) -> None:
                 stats["eval_accuracy"] = accuracy(model(x_eval), y_eval)
             log.info("demo model: held-out accuracy %.4f", stats["eval_accuracy"])
             manifest["training"] = stats
-            spec = backbones.demo_model_spec(p["demo"]["arch"])
         elif p["kind"] == "timm":
             spec = {"kind": "timm", "name": p["timm"]["name"], "kwargs": p["timm"].get("kwargs", {})}
             model = backbones.build_from_spec(spec, rebuild=False)  # pretrained: the user's hub cache
@@ -395,23 +396,6 @@ def evaluate(st: Stage, backbone_dir: str, merge_dir: str, out: str) -> None:
         save_arrays(tmp / "tables.safetensors", res["tables"])
 
 
-def run_logged(stage: dict, log_file: str, threads: int, fn) -> None:
-    """Run a stage job: logging to its log file and the terminal, torch threads, and a failure message
-    that names the stage, the artifact id and the log file."""
-    from ..progress import setup_logging
-
-    from ..housekeeping import check_inputs
-
-    setup_logging(log_file, f"{stage['name']} {stage['id']}")
-    torch.set_num_threads(max(1, int(threads)))
-    try:
-        check_inputs(Path("results"), stage["inputs"])  # jobs run in the run's directory
-        fn(Stage(**stage))
-    except Exception as exc:
-        log.error("stage %s (artifact %s) failed: %s: %s -- log: %s", stage["name"], stage["id"],
-                  type(exc).__name__, exc, log_file)
-        raise
-
-
 # Stages that live in their own modules (imported last: they use the helpers above).
 from .reporting import aggregate, publish_run, report  # noqa: E402,F401
+from .running import run_logged  # noqa: E402,F401

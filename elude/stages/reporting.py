@@ -41,6 +41,7 @@ def report(st: Stage, verify_dir: str, evaluate_dir: str, merge_dir: str, backbo
     summary = report_mod.summary(st.params["run_name"], verify_res, metrics, layer_meta,
                                  {**artifacts, **{f"baseline_eval-{f}": d for f, d in (baseline_dirs or {}).items()},
                                   **study_dirs, "report": str(out)}, baselines, studies, labels)
+    summary["data_faults"] = data_faults(artifacts, metrics, layer_meta)
     ds = _dataset(st.params["data"], "eval", backbone_dir)
     # images recur across the unit pages (a parent's top images are its sub-units'): decode each once
     thumbnail = functools.lru_cache(maxsize=8192)(getattr(ds, "thumbnail", lambda i: None))
@@ -54,6 +55,18 @@ def report(st: Stage, verify_dir: str, evaluate_dir: str, merge_dir: str, backbo
             (tmp / "plots" / name).write_bytes(png)
         n = report_pages.write_unit_pages(tmp, st.params["run_name"], tables, layer_meta, thumbnail, labels)
     log.info("report: %d unit pages in %s/units", n, out)
+
+
+def data_faults(artifacts: dict[str, str], metrics: dict, layer_meta: dict) -> dict:
+    """What the run set aside or changed on messy data, from the manifests (README, Reliability): images that
+    did not decode (``data.on_bad_image: skip``), a top-k clamped to the instances cached, units that never
+    activate on the probe split (left unchanged, K=1)."""
+    cache_manifests = [json.loads(m.read_text()) for m in sorted(Path(artifacts["cache"]).glob("shard-*/manifest.json"))]
+    topk = json.loads((Path(artifacts["topk"]) / "merged" / "manifest.json").read_text())
+    return {"probe_images_skipped": [p for m in cache_manifests for p in m.get("bad_images_skipped", [])],
+            "eval_images_skipped": metrics.get("bad_images_skipped", []),
+            "k_requested": topk["k_requested"], "k": topk["k"],
+            "never_active_units": [i for i, u in enumerate(layer_meta["units"]) if u.get("never_active")]}
 
 
 def aggregate(st: Stage, report_dirs: list[str], out: str) -> None:

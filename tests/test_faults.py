@@ -1,0 +1,242 @@
+"""Faults tried on purpose (README, Reliability; bench/faults.py prints the same as a table): the whole
+run killed at seeded moments (SIGKILL, SIGTERM), a full disk, two runs at once on one results folder,
+messy data, and bad inputs, each with the message a user gets."""
+import json
+import signal
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from elude import backbones
+from elude.config import ConfigError, artifact_ids, merge_config, validate_config
+from elude.data import check_data, open_dataset
+from elude.housekeeping import verify
+from elude.stages import Stage, backbone
+from fault_injection import (concurrent_runs, disk_full, half_built, in_progress, kill_chain, merged_sha256,
+                             mount_tmpfs, resumed)
+from workflow_helpers import REPO, TINY, executed_rules, ids_for, snakemake, snakemake_cmd, write_config
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_run):
+    """The merged checkpoint's sha256 of an uninterrupted run of the tiny config."""
+    work, cfg, _ = tiny_run
+    return merged_sha256(work, cfg)
+
+
+def test_sigkill_of_the_main_snakemake_at_five_seeded_moments(tmp_path, reference):
+    """The main process alone is killed; its running jobs go on as orphans, and the next start waits for
+    them on the artifacts' build locks (or reuses what they finished). Recovery: --unlock, the same command."""
+    cfg = write_config(tmp_path / "tiny.yaml")
+    out = kill_chain(tmp_path, cfg, signal.SIGKILL, n_kills=5, seed=1, span=(4, 25))
+    assert out["final"].returncode == 0, out["final"].stderr[-3000:]
+    assert len(out["kills"]) == 5 and all(k["exit"] == -signal.SIGKILL for k in out["kills"])
+    assert all(k["unlock"] for k in out["kills"][1:]) and out["final_unlock"]  # SIGKILL leaves the lock behind
+    assert out["sha256"] == reference
+    assert not in_progress(tmp_path / "results") and not half_built(tmp_path / "results")
+    assert not verify(tmp_path / "results")
+
+
+def test_sigterm_of_the_whole_run_stops_jobs_cleanly_and_their_progress_is_reused(tmp_path, reference):
+    """A SLURM preemption or Ctrl-C signals Snakemake and its jobs: each job stops through its failure path
+    (logged, temporary folders removed, exit 143), the kept progress is exactly what the next run resumes."""
+    cfg = write_config(tmp_path / "tiny.yaml")
+    out = kill_chain(tmp_path, cfg, signal.SIGTERM, n_kills=5, seed=2, span=(4, 25), whole_group=True)
+    assert out["final"].returncode == 0, out["final"].stderr[-3000:]
+    assert out["sha256"] == reference
+    kills = out["kills"]
+    assert len(kills) == 5 and all(k["exit"] != 0 for k in kills)
+    assert all(".tmp-" not in p for k in kills for p in k["in_progress"])  # only resumable progress is kept
+    logs = "\n".join(p.read_text() for p in (tmp_path / "results/logs").rglob("*.log"))
+    assert "stopped by SIGTERM" in logs
+    # every finished shard resumed exactly the progress kept at the last kill that found its work in progress
+    kept: dict[str, int] = {}
+    for k in kills:
+        kept.update(k["progress"])
+    took_over = resumed(tmp_path / "results")
+    assert {s: n for s, n in took_over.items() if n} == {s: n for s, n in kept.items() if n}
+    assert not in_progress(tmp_path / "results") and not verify(tmp_path / "results")
+
+
+def test_disk_full_fails_clearly_publishes_nothing_and_the_rerun_matches(tmp_path, reference):
+    mnt = tmp_path / "mnt"
+    if why := mount_tmpfs(mnt, 48):
+        pytest.skip(why)
+    try:
+        cfg = write_config(tmp_path / "tiny.yaml")
+        out = disk_full(tmp_path, cfg, mnt)
+    finally:
+        import subprocess
+
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+    assert out["full"].returncode != 0
+    assert "the disk is full" in out["full"].stderr and "run the same command again" in out["full"].stderr
+    assert out["half_built"] == [] and out["damaged"] == []  # the backbone built before is intact
+    assert out["again"].returncode == 0, out["again"].stderr[-3000:]
+    assert out["sha256"] == reference
+
+
+def digit_folders(root, n_per_class: int, corrupt: int):
+    """scikit-learn's digits as PNG files in <root>/<digit>/, plus ``corrupt`` files that do not decode."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    for label in range(10):
+        (root / str(label)).mkdir(parents=True)
+        for j, i in enumerate(np.flatnonzero(d.target == label)[:n_per_class]):
+            Image.fromarray((d.images[i] * 255 / 16).astype(np.uint8)).save(root / str(label) / f"{i}.png")
+    for j in range(corrupt):
+        (root / str(j) / f"broken-{j}.png").write_bytes(b"\x89PNG but cut short")
+    return root
+
+
+def test_two_runs_at_once_on_messy_images_share_artifacts_agree_and_a_second_invocation_is_refused(tmp_path):
+    """Two run names, one results folder, started together: shared artifacts are built once (the other run
+    waits on the build lock and reuses them), both finish, and agree. The image folders hold files that do not
+    decode (skipped and counted) and the top-k exceeds the cached instances (clamped and recorded)."""
+    probe, evals = digit_folders(tmp_path / "probe", 8, corrupt=2), digit_folders(tmp_path / "eval", 4, corrupt=1)
+    messy = {"data": {"kind": "imagefolder", "probe_dir": str(probe), "eval_dir": str(evals), "on_bad_image": "skip"},
+             "topk": {"k": 5000}, "cache": {"shards": 1}, "evaluate": {"ms_top_k": 10}}
+    cfg_a = write_config(tmp_path / "a.yaml", messy)
+    cfg_b = write_config(tmp_path / "b.yaml", messy, {"run_name": "tiny-b"})
+    out = concurrent_runs(tmp_path, cfg_a, cfg_b)
+    assert out["returncodes"] == [0, 0], out["stderr"]
+    assert out["reused"] >= 1 and out["waited"] >= 1
+    assert out["sha256"][0] == out["sha256"][1] is not None
+    summaries = [json.loads((tmp_path / w / "results/runs" / n / "summary.json").read_text())
+                 for w, n in (("a", "tiny"), ("b", "tiny-b"))]
+    assert summaries[0]["lossless"] == summaries[1]["lossless"] and summaries[0]["lossless"]["lossless"]
+    faults = summaries[0]["data_faults"]
+    assert sorted(p.rsplit("/", 1)[1] for p in faults["probe_images_skipped"]) == ["broken-0.png", "broken-1.png"]
+    assert [p.rsplit("/", 1)[1] for p in faults["eval_images_skipped"]] == ["broken-0.png"]
+    assert faults["k_requested"] == 5000 and faults["k"] == 80 * 17  # every cached instance
+    html = (tmp_path / "a/results/runs/tiny/report.html").read_text()
+    assert "probe images skipped" in html and "5000 → 1360" in html
+    from elude.layers import DisentangledLayer
+
+    merged = DisentangledLayer.load(next((tmp_path / "shared-results/merge").glob("[0-9a-f]*")))
+    assert torch.isfinite(merged.weight).all() and torch.isfinite(merged.bias).all()
+    second = out["second_invocation"]  # the same run again in its directory, while it ran
+    assert second.returncode != 0
+    assert "run 'tiny' is running in this directory" in second.stderr and "Do not --unlock" in second.stderr
+
+
+def test_an_artifact_another_process_finished_after_the_dag_was_built_is_kept_and_reused(tiny_run, tmp_path, reference):
+    """The race two runs on one results folder can hit, made deterministic: while this run clusters,
+    "another process" finishes the surgery shards it planned to build. Snakemake would remove them before
+    the jobs run (pulling them from under the other run's readers); they are kept, and the jobs reuse them."""
+    import shutil
+    import subprocess
+    import time
+
+    work, cfg, _ = tiny_run
+    ids = ids_for(cfg)
+    shutil.copytree(work / "results", tmp_path / "results", symlinks=True)
+    results = tmp_path / "results"
+    surgery = results / "surgery" / ids["surgery"]
+    finished_elsewhere = tmp_path / "elsewhere"
+    shutil.move(surgery, finished_elsewhere)
+    for stage in ("cluster", "merge"):  # every surgery shard waits on a cluster job
+        shutil.rmtree(results / stage / ids[stage])
+    proc = subprocess.Popen(snakemake_cmd(tmp_path, cfg, f"results/merge/{ids['merge']}"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while not (tmp_path / ".snakemake/elude-run.json").is_file() and proc.poll() is None:
+        time.sleep(0.05)  # written once the DAG is built, before the first job runs
+    surgery.mkdir(parents=True, exist_ok=True)
+    for shard in sorted(finished_elsewhere.iterdir()):
+        shard.rename(surgery / shard.name)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    assert executed_rules(err).count("surgery_shard") == 3
+    assert err.count("finished by another process since the DAG was built") == 3
+    logs = [(results / "logs/surgery" / f"{ids['surgery']}-shard-{s:04d}.log").read_text() for s in range(3)]
+    assert all("was finished by another process; reusing it" in log for log in logs)
+    assert merged_sha256(tmp_path, cfg) == reference
+
+
+# --- bad inputs: each a clear message naming the key or file, before work where possible --------------
+BASE = yaml.safe_load((REPO / "config.yaml").read_text())
+CONFIG_ERRORS = [
+    ({"cluster": {"backend": "gpu"}}, "cluster.backend: 'gpu' is not allowed; allowed values: 'auto'"),
+    ({"topk": {"k": 0}}, "topk.k: 0 is out of range; allowed: >= 1"),
+    ({"surgery": {"rho_grid": [0.5, 1.5]}}, "surgery.rho_grid.1: 1.5 is out of range; allowed: <= 1"),
+    ({"cluster": {"min_cluster_size": -4}}, "cluster.min_cluster_size: -4 is out of range; allowed: >= 2"),
+    ({"cache": {"batch_size": "many"}}, "cache.batch_size: 'many' has the wrong type; expected integer"),
+    ({"cluster": {"min_cluster_sise": 5}}, "cluster: unknown key(s) min_cluster_sise; allowed keys:"),
+    ({"backbone": {"kind": "timm"}}, "backbone.timm: missing required key(s) name"),
+    ({"data": {"kind": "images"}}, "data.kind: 'images' is not allowed"),
+    ({"data": {"on_bad_image": "ignore"}}, "data.on_bad_image: 'ignore' is not allowed; allowed values: 'fail', 'skip'"),
+    ({"data": {"eval_fraction": 1.0}}, "data.eval_fraction: 1.0 is out of range; allowed: < 1"),
+    ({"cache": {"token_seed": [1, 2], "tokens_per_image": None}}, "cache.token_seed is a list of seeds, but"),
+    ({"labels": {"p_start": 0.9, "p_end": 0.95}}, "labels.p_end 0.95 > labels.p_start 0.9"),
+    ({"labels": {"concepts": "/no/such/words.txt"}}, "/no/such/words.txt"),
+    ({"ablations": {"variants": [{"name": "same", "cluster": {}}]}}, "ablations.variants[0] (same): changes nothing"),
+    ({"judges": {"models": ["/a/qwen", "/b/qwen"]}}, "has two judges with the same name"),
+]
+
+
+@pytest.mark.parametrize("override, message", CONFIG_ERRORS, ids=[next(iter(o)) + f"-{i}" for i, (o, _) in
+                                                                    enumerate(CONFIG_ERRORS)])
+def test_config_errors_name_the_key(override, message):
+    with pytest.raises(ConfigError) as err:
+        validate_config(merge_config(BASE, override))
+    assert message in str(err.value)
+
+
+def _imagefolder(tmp_path, probe, evals):
+    return {"kind": "imagefolder", "probe_dir": str(probe), "eval_dir": str(evals), "on_bad_image": "fail"}
+
+
+def test_data_errors_before_any_job(tmp_path):
+    good = digit_folders(tmp_path / "good", 2, corrupt=0)
+    (tmp_path / "empty/0").mkdir(parents=True)
+    (tmp_path / "list.txt").write_text("# nothing listed\n")
+    cases = [
+        (_imagefolder(tmp_path, tmp_path / "missing", good), "data.probe_dir: '" + str(tmp_path / "missing") + "' is not a directory"),
+        (_imagefolder(tmp_path, good, tmp_path / "empty"), "data.eval_dir: no images under"),
+        ({"kind": "filelist", "probe_list": str(tmp_path / "list.txt"), "eval_list": str(tmp_path / "list.txt"),
+          "on_bad_image": "fail"}, "data.probe_list: " + str(tmp_path / "list.txt") + " lists no images"),
+        ({"kind": "filelist", "probe_list": str(tmp_path / "none.txt"), "eval_list": "x", "on_bad_image": "fail"},
+         "data.probe_list: '" + str(tmp_path / "none.txt") + "' is not a file"),
+    ]
+    for data, message in cases:
+        with pytest.raises((ValueError, FileNotFoundError)) as err:
+            check_data(data)
+        assert message in str(err.value)
+    # through the workflow: the empty evaluation folder stops it while the DAG is built
+    proc = snakemake(tmp_path, write_config(tmp_path / "bad.yaml", {"data": _imagefolder(tmp_path, good, tmp_path / "empty")}),
+                     check=False)
+    assert proc.returncode != 0 and "data.eval_dir: no images under" in proc.stderr
+    assert not (tmp_path / "results").exists()
+
+
+class EmptySplit(torch.utils.data.Dataset):
+    def __init__(self, split):
+        self.n = 0 if split == "eval" else 4
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return torch.zeros(3)
+
+
+def empty_eval_split(split, **kwargs):
+    return EmptySplit(split)
+
+
+def test_empty_split_and_unsupported_layer_are_named(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "tests"))
+    with pytest.raises(ValueError, match="data.factory.target: 'test_faults:empty_eval_split' returned an empty 'eval' split"):
+        open_dataset({"kind": "factory", "factory": {"target": "test_faults:empty_eval_split"}}, "eval")
+    # a LayerNorm as the target layer: refused before the demo model is trained, naming the key
+    cfg = validate_config(merge_config(merge_config(BASE, TINY), {"backbone": {"layer": "blocks.1.norm2"}}))
+    art = artifact_ids(cfg)["backbone"]
+    with pytest.raises(TypeError, match=r"backbone.layer: 'blocks.1.norm2' is a LayerNorm; ELUDe disentangles nn.Linear"):
+        backbone(Stage("backbone", art["id"], art["params"]), str(tmp_path / "results/backbone" / art["id"]))
+    assert not (tmp_path / "results/backbone" / art["id"]).exists()
+    with pytest.raises(KeyError, match="layer 'blocks.7.mlp.fc2' is not a module of VisionTransformer; nearest"):
+        backbones.get_module(backbones.build_from_spec(backbones.demo_model_spec(cfg["backbone"]["demo"]["arch"])),
+                             "blocks.7.mlp.fc2")
