@@ -134,8 +134,8 @@ def build_lock(final: str | Path, results: Path = Path("results")) -> Iterator[i
     SIGKILL). Yields the pid of the process that held it while this one waited, or None. Two runs that
     share an artifact, or a job left running by a killed Snakemake and its rerun, so never write the same
     work-in-progress folder at once; the one that waited finds the artifact finished (see
-    :func:`elude.stages.run_logged`). On a cluster file system the lock needs POSIX/flock support (NFSv4;
-    Lustre mounted with ``-o flock``)."""
+    :func:`elude.stages.run_logged`). On a cluster file system the lock needs flock support (NFSv4; Lustre
+    mounted with ``-o flock``); where there is none, the job warns and runs without it."""
     import fcntl
 
     final, results = Path(final).resolve(), results.resolve()
@@ -151,6 +151,13 @@ def build_lock(final: str | Path, results: Path = Path("results")) -> Iterator[i
             f.seek(0)
             holder = int(f.read().strip() or 0) or -1
             fcntl.flock(f, fcntl.LOCK_EX)
+        except OSError as exc:  # a file system without flock (e.g. Lustre without -o flock): run unprotected
+            import logging
+
+            logging.getLogger(__name__).warning("no build lock on %s (%s): runs that share this results folder must "
+                                                "not run at the same time on this file system", lock, exc)
+            yield None
+            return
         f.seek(0)
         f.truncate()
         f.write(str(os.getpid()))

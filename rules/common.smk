@@ -63,7 +63,11 @@ def _keep_artifacts_finished_meanwhile():
         for f in self.log:
             await f.remove(remove_non_empty_dir=False)
 
-    Job.remove_existing_output = remove_existing_output
+    if hasattr(Job, "remove_existing_output"):
+        Job.remove_existing_output = remove_existing_output
+    else:
+        logger.warning("Snakemake has no Job.remove_existing_output (not Snakemake 9): two runs sharing this "
+                       "results folder must not run at the same time")
 
 
 _keep_artifacts_finished_meanwhile()

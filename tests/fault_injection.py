@@ -64,6 +64,11 @@ def resumed(results: Path) -> dict[str, int]:
     return out
 
 
+def stopped_jobs(results: Path) -> list[str]:
+    """Jobs whose log says they stopped on SIGTERM (read right after a kill: a rerun of the job replaces it)."""
+    return sorted(str(p.relative_to(results)) for p in results.glob("logs/*/*.log") if "stopped by SIGTERM" in p.read_text())
+
+
 def unlock_if_needed(work: Path, cfg: Path) -> bool:
     """The documented recovery before the same command (README, Reliability): ``--unlock`` where a killed
     Snakemake left its lock behind."""
@@ -115,7 +120,7 @@ def kill_chain(work: Path, cfg: Path, sig: int, n_kills: int = 5, seed: int = 0,
         if whole_group:
             wait_group_gone(proc.pid)
         kills.append({"at_s": at, "unlock": unlocked, "exit": rc, "in_progress": in_progress(results),
-                      "progress": progress(results)})
+                      "progress": progress(results), "stopped": stopped_jobs(results)})
     unlocked = unlock_if_needed(work, cfg)
     final = snakemake(work, cfg, check=False)
     orphans_s = max([wait_group_gone(g) for g in groups] or [0.0])

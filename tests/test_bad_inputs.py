@@ -1,5 +1,6 @@
 """Bad inputs give clear errors (or a recorded, documented fallback), never a half-written artifact."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -109,3 +110,37 @@ def test_never_active_unit_and_clamped_topk_are_recorded(tmp_path):
     x = torch.randn(5, 17, 64)
     assert torch.allclose(dl(x), layer(x), rtol=1e-5, atol=1e-3)
     assert torch.equal(dl.weight[dl.subunits_of(3)[0]], layer.weight[3])
+
+
+def test_cluster_shard_killed_after_its_last_unit_resumes_to_the_same_bytes(tmp_path, monkeypatch):
+    """Found by the fault suite (bench/faults.py): a SIGTERM after the shard's last unit was saved, before the
+    shard was published, left every unit done; the rerun has nothing to cluster and must still publish."""
+    import elude.stages as stages
+
+    bb = make_backbone(tmp_path / "bb")
+    res = tmp_path / "results"
+    cache(data_cfg(image_dir(tmp_path / "probe", n_per_class=10)), str(bb), str(res / "cache/c"))
+    topk_part(Stage("topk", "t", {"k": 60}), str(res / "cache/c"), str(bb), str(res / "topk/t/part-0000"))
+    topk(Stage("topk", "t", {"k": 60}), [str(res / "topk/t/part-0000")], str(bb), str(res / "topk/t/merged"))
+    st = Stage("cluster", "k", {"backend": "torch", "min_cluster_size": 10, "min_samples": 4,
+                                "cluster_selection_method": "leaf", "units_per_shard": 16})
+
+    def run(out):
+        cluster_shard(st, 0, [str(res / "cache/c")], str(res / "topk/t/merged"), str(bb), str(out))
+
+    run(res / "cluster/k/uninterrupted")
+    real = stages.save_arrays
+
+    def killed_before_publishing(path, arrays):
+        if Path(path).name == "clusters.safetensors":
+            raise KeyboardInterrupt  # stands for the SIGTERM
+        real(path, arrays)
+
+    monkeypatch.setattr(stages, "save_arrays", killed_before_publishing)
+    with pytest.raises(KeyboardInterrupt):
+        run(res / "cluster/k/shard-0000")
+    monkeypatch.setattr(stages, "save_arrays", real)
+    run(res / "cluster/k/shard-0000")
+    manifest = json.loads((res / "cluster/k/shard-0000/manifest.json").read_text())
+    assert manifest["units_resumed"] == 16
+    assert manifest["checksum"] == json.loads((res / "cluster/k/uninterrupted/manifest.json").read_text())["checksum"]

@@ -31,7 +31,7 @@ def test_sigkill_of_the_main_snakemake_at_five_seeded_moments(tmp_path, referenc
     """The main process alone is killed; its running jobs go on as orphans, and the next start waits for
     them on the artifacts' build locks (or reuses what they finished). Recovery: --unlock, the same command."""
     cfg = write_config(tmp_path / "tiny.yaml")
-    out = kill_chain(tmp_path, cfg, signal.SIGKILL, n_kills=5, seed=1, span=(4, 25))
+    out = kill_chain(tmp_path, cfg, signal.SIGKILL, n_kills=5, seed=1, span=(5, 16))
     assert out["final"].returncode == 0, out["final"].stderr[-3000:]
     assert len(out["kills"]) == 5 and all(k["exit"] == -signal.SIGKILL for k in out["kills"])
     assert all(k["unlock"] for k in out["kills"][1:]) and out["final_unlock"]  # SIGKILL leaves the lock behind
@@ -44,14 +44,14 @@ def test_sigterm_of_the_whole_run_stops_jobs_cleanly_and_their_progress_is_reuse
     """A SLURM preemption or Ctrl-C signals Snakemake and its jobs: each job stops through its failure path
     (logged, temporary folders removed, exit 143), the kept progress is exactly what the next run resumes."""
     cfg = write_config(tmp_path / "tiny.yaml")
-    out = kill_chain(tmp_path, cfg, signal.SIGTERM, n_kills=5, seed=2, span=(4, 25), whole_group=True)
+    out = kill_chain(tmp_path, cfg, signal.SIGTERM, n_kills=5, seed=2, span=(5, 16), whole_group=True)
     assert out["final"].returncode == 0, out["final"].stderr[-3000:]
     assert out["sha256"] == reference
     kills = out["kills"]
     assert len(kills) == 5 and all(k["exit"] != 0 for k in kills)
     assert all(".tmp-" not in p for k in kills for p in k["in_progress"])  # only resumable progress is kept
-    logs = "\n".join(p.read_text() for p in (tmp_path / "results/logs").rglob("*.log"))
-    assert "stopped by SIGTERM" in logs
+    # the jobs running at a kill logged their stop (a kill that found work in progress stopped a job)
+    assert any(k["stopped"] for k in kills) and all(k["stopped"] for k in kills if k["in_progress"])
     # every finished shard resumed exactly the progress kept at the last kill that found its work in progress
     kept: dict[str, int] = {}
     for k in kills:
@@ -104,7 +104,7 @@ def test_two_runs_at_once_on_messy_images_share_artifacts_agree_and_a_second_inv
     cfg_b = write_config(tmp_path / "b.yaml", messy, {"run_name": "tiny-b"})
     out = concurrent_runs(tmp_path, cfg_a, cfg_b)
     assert out["returncodes"] == [0, 0], out["stderr"]
-    assert out["reused"] >= 1 and out["waited"] >= 1
+    assert out["reused"] >= 1  # (usually after waiting on the build lock: how often depends on timing)
     assert out["sha256"][0] == out["sha256"][1] is not None
     summaries = [json.loads((tmp_path / w / "results/runs" / n / "summary.json").read_text())
                  for w, n in (("a", "tiny"), ("b", "tiny-b"))]
@@ -122,6 +122,38 @@ def test_two_runs_at_once_on_messy_images_share_artifacts_agree_and_a_second_inv
     second = out["second_invocation"]  # the same run again in its directory, while it ran
     assert second.returncode != 0
     assert "run 'tiny' is running in this directory" in second.stderr and "Do not --unlock" in second.stderr
+
+
+def test_build_lock_waits_for_its_holder_and_degrades_to_a_warning_without_flock(tmp_path, monkeypatch, caplog):
+    import errno
+    import fcntl
+    import logging
+    import subprocess
+    import sys
+    import time
+
+    from elude.artifacts import build_lock
+
+    results = tmp_path / "results"
+    final = results / "merge/0123456789ab"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
+                               "from elude.artifacts import build_lock\n"
+                               f"with build_lock(Path({str(final)!r}), Path({str(results)!r})):\n"
+                               "    print('held', flush=True); time.sleep(1.5)"], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    t0 = time.time()
+    with build_lock(final, results) as waited_for:
+        assert waited_for == holder.pid and time.time() - t0 > 0.5  # it waited for the holder to let go
+    holder.wait(timeout=30)
+    assert (results / ".locks/merge/0123456789ab.lock").read_text() == str(__import__("os").getpid())
+
+    def no_flock(*args):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    with caplog.at_level(logging.WARNING), build_lock(final, results) as waited_for:
+        assert waited_for is None
+    assert "no build lock on" in caplog.text and "must not run at the same time" in caplog.text
 
 
 def test_an_artifact_another_process_finished_after_the_dag_was_built_is_kept_and_reused(tiny_run, tmp_path, reference):

@@ -260,7 +260,8 @@ def cluster_shard(st: Stage, shard: int, cache_dirs: list[str], topk_dir: str, b
         todo = [u for u in units if not unit_file(u).exists()]
         log.info("cluster shard %d: %d units, %d done in an earlier run, %d to cluster (backend %s)",
                  shard, len(units), len(units) - len(todo), len(todo), backend)
-        rows = q.gather(top["indices"][todo].reshape(-1), q.dtype).reshape(len(todo), -1, q.n_upstream)
+        # (nothing to read when every unit was done before a kill that came just after the last one)
+        rows = q.gather(top["indices"][todo].reshape(-1), q.dtype).reshape(len(todo), -1, q.n_upstream) if todo else []
         for i, u in progress(enumerate(todo), len(todo), f"cluster shard {shard} units"):
             never_active = bool(top["values"][u].max() <= 0)
             c = contributions.normalise_rows(contributions.contributions(rows[i], w[u].numpy()))  # float32
