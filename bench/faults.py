@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from fault_injection import (concurrent_runs, disk_full, in_progress, kill_chain, merged_sha256,  # noqa: E402
+from fault_injection import (concurrent_runs, damage_artifacts, disk_full, in_progress, kill_chain, merged_sha256,  # noqa: E402
                              mount_tmpfs, resumed)
 from workflow_helpers import ids_for, snakemake, write_config  # noqa: E402
 
@@ -105,14 +105,7 @@ def rot(root: Path, reference_work: Path, cfg: Path) -> tuple:
     work = root / "rot"
     shutil.copytree(reference_work, work, symlinks=True)
     results, ids = work / "results", ids_for(cfg)
-    chunk = next(p for p in sorted((results / "cache" / ids["cache"] / "shard-0001").rglob("*"))
-                 if p.is_file() and "q.zarr" in p.parts and p.name != "zarr.json")
-    data = bytearray(chunk.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    chunk.write_bytes(bytes(data))
-    layer = results / "merge" / ids["merge"] / "layer.safetensors"
-    layer.write_bytes(layer.read_bytes()[:1000])
-    (results / "evaluate" / ids["evaluate"] / "tables.safetensors").unlink()
+    damage_artifacts(results, ids)
     found = {s for s, *_ in verify(results)}
 
     def refused(stage: str) -> bool:  # what the next job made from it does before computing

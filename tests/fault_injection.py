@@ -128,6 +128,21 @@ def kill_chain(work: Path, cfg: Path, sig: int, n_kills: int = 5, seed: int = 0,
             "sha256": merged_sha256(work, cfg)}
 
 
+def damage_artifacts(results: Path, ids: dict[str, str]) -> tuple[Path, Path, Path]:
+    """Rot on purpose: flip a byte in a zarr chunk of cache shard 1, truncate the merged layer, delete the
+    evaluation tables. Returns (chunk, layer file, deleted file)."""
+    chunk = next(p for p in sorted((results / "cache" / ids["cache"] / "shard-0001").rglob("*"))
+                 if p.is_file() and "q.zarr" in p.parts and p.name != "zarr.json")
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    chunk.write_bytes(bytes(data))
+    layer = results / "merge" / ids["merge"] / "layer.safetensors"
+    layer.write_bytes(layer.read_bytes()[:1000])
+    tables = results / "evaluate" / ids["evaluate"] / "tables.safetensors"
+    tables.unlink()
+    return chunk, layer, tables
+
+
 def fill_disk(folder: Path, leave_bytes: int) -> Path:
     """A ballast file that leaves ``leave_bytes`` free on ``folder``'s file system."""
     ballast = folder / "ballast"

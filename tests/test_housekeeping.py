@@ -163,20 +163,14 @@ def test_verify_names_damaged_files_and_the_rebuild_restores_the_same_bytes(tiny
     (exit 1) with the rebuild; the rebuild by targets gives the manifests' bytes again (exit 0)."""
     import shutil
 
+    from fault_injection import damage_artifacts
     from workflow_helpers import ids_for, snakemake
 
     work = tmp_path / "work"
     shutil.copytree(tiny_run[0], work, symlinks=True)
     results, a = work / "results", ids_for(tiny_run[1])
     assert housekeeping(work, "--verify").returncode == 0
-    chunk = next(p for p in sorted((results / "cache" / a["cache"] / "shard-0001").rglob("*"))
-                 if p.is_file() and "q.zarr" in p.parts and p.name != "zarr.json")
-    data = bytearray(chunk.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    chunk.write_bytes(bytes(data))
-    layer = results / "merge" / a["merge"] / "layer.safetensors"
-    layer.write_bytes(layer.read_bytes()[:1000])
-    (results / "evaluate" / a["evaluate"] / "tables.safetensors").unlink()
+    chunk, _, _ = damage_artifacts(results, a)  # a flipped zarr byte, a truncated layer, a deleted file
     r = housekeeping(work, "--verify")
     assert r.returncode == 1
     damaged = re.findall(r"^DAMAGED (\w+) ([0-9a-f]{12}): (\S+)\n((?:    .*\n)+)", r.stdout, flags=re.M)
