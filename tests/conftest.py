@@ -23,3 +23,15 @@ def tiny_run(tmp_path_factory):
     work = tmp_path_factory.mktemp("tiny")
     cfg = write_config(work / "tiny.yaml")
     return work, cfg, snakemake(work, cfg)
+
+
+@pytest.fixture(scope="session")
+def two_seed_run(tmp_path_factory):
+    """One uninterrupted local run of the tiny config over two token seeds with four baseline families and
+    two judges (workflow_helpers.TWO_SEED_RUN): (workdir, configfile, the rules it executed). Tests that
+    change it work on a copy (workflow_helpers.copy_run)."""
+    from workflow_helpers import TWO_SEED_RUN, executed_rules, snakemake, write_config
+
+    work = tmp_path_factory.mktemp("two_seeds")
+    cfg = write_config(work / "two_seeds.yaml", TWO_SEED_RUN)
+    return work, cfg, executed_rules(snakemake(work, cfg, timeout=1200).stderr)

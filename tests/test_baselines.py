@@ -182,25 +182,15 @@ def test_workflow_with_a_family_written_here_and_no_overcomplete_fails_before_an
     assert not (tmp_path / "results").exists()  # nothing started
 
 
-# Two families from overcomplete and the one written here that reads another space (every family trains
-# for real above); topk sweeps two grid points.
-RUN_FAMILIES = ["vanilla", "topk", "archetypal", "transcoder"]
-BASELINE_RUN = {"cache": {"tokens_per_image": 6, "token_seed": [1, 2]},
-                "baselines": {"families": RUN_FAMILIES, "epochs": 2, "batch_size": 256, "archetypal_points": 256,
-                              "grid": {"lr": [0.003], "w_dead": [0.0001], "w_l1": [0.005], "w_sp": [0.001]},
-                              # (vanilla: one point, replacing the demo config's two)
-                              "family_grid": {"topk": {"lr": [0.003, 0.001]}, "vanilla": {"w_l1": [0.005]}}}}
+def test_table2_over_two_token_seeds_and_a_family_grid_change_reruns_only_that_family(two_seed_run, tmp_path):
+    """workflow_helpers.BASELINE_RUN (with the judges of tests/test_judges.py, which share the run)."""
+    from workflow_helpers import RUN_FAMILIES, TWO_SEED_RUN, copy_run, executed_rules, snakemake
 
-
-def test_table2_over_two_token_seeds_and_a_family_grid_change_reruns_only_that_family(tmp_path):
-    from workflow_helpers import executed_rules, snakemake
-
-    cfg = write_config(tmp_path / "b.yaml", BASELINE_RUN)
-    proc = snakemake(tmp_path, cfg, timeout=1200)
-    ran = executed_rules(proc.stderr)
+    ran = two_seed_run[2]
     # the sweep on the first seed (topk: 2 grid points), then the selected point trained on the second
     assert ran.count("baseline_train") == 5 + 4
     assert ran.count("baseline_select") == 4 and ran.count("baseline_eval") == 8
+    copy_run(two_seed_run, tmp_path)  # the grid change below adds artifacts: a copy of its own
     agg = json.loads((tmp_path / "results/runs/tiny/summary.json").read_text())
     rows = agg["table2"]["rows"]
     assert list(rows) == ["backbone", *RUN_FAMILIES, "elude"]
@@ -218,8 +208,9 @@ def test_table2_over_two_token_seeds_and_a_family_grid_change_reruns_only_that_f
     s = [c["s"] for c in selected["candidates"]]
     assert selected["index"] == max(range(2), key=lambda i: (s[i], -i))
 
-    changed = write_config(tmp_path / "b2.yaml", BASELINE_RUN,
-                           {"baselines": {"family_grid": {"topk": {"lr": [0.003, 0.002]}}}})
+    # BASELINE_RUN alone, judges off (the grids show topk's units: a topk change has them judged again)
+    changed = write_config(tmp_path / "b2.yaml", TWO_SEED_RUN,
+                           {"baselines": {"family_grid": {"topk": {"lr": [0.003, 0.002]}}}, "judges": {"models": []}})
     ran = executed_rules(snakemake(tmp_path, changed, timeout=1200).stderr)
     # topk alone: the new grid point (lr 0.003 is found by id), its selection, the second seed's training,
     # two evaluations; then the reports and the aggregate

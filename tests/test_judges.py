@@ -160,31 +160,30 @@ def test_vllm_requests_and_a_clear_error_where_it_cannot_run():
 
 
 # --- the workflow: grids -> a judge job per judge and token seed -> rank; Table 3 in the report -----------
-JUDGED = {"cache": {"tokens_per_image": 6, "token_seed": [1, 2]},
-          "baselines": {"families": ["topk"], "epochs": 2, "archetypal_points": 256},
-          "judges": {"models": ["demo:1", "demo:2"], "backend": "transformers", "pairs_per_method_pair": 3,
-                     "cell_size": 16, "max_tokens": 2, "batch_size": 4, "bootstrap": 200}}
-
-
-def test_workflow_llm_rank_pools_seeds_resumes_a_killed_judge_and_adds_a_judge_alone(tmp_path):
-    """Two token seeds, three methods (backbone, TopK, ELUDe), two tiny random judges through the real
-    transformers backend: every presentation asked in both orders, Table 3 recomputed here from the stored
-    judgments, the LLM Rank column filled; a judge job killed halfway resumes asking only the missing
-    judgments; one more judge runs only that judge's jobs."""
+def test_workflow_llm_rank_pools_seeds_resumes_a_killed_judge_and_adds_a_judge_alone(request, tmp_path):
+    """Two token seeds, six methods (backbone, four baseline families, ELUDe: workflow_helpers.TWO_SEED_RUN,
+    shared with tests/test_baselines.py), two tiny random judges through the real transformers backend: every
+    presentation asked in both orders, Table 3 recomputed here from the stored judgments, the LLM Rank column
+    filled; a judge job killed halfway resumes asking only the missing judgments; one more judge runs only
+    that judge's jobs."""
     import json
     import shutil
 
     pytest.importorskip("overcomplete")
-    from workflow_helpers import executed_rules, snakemake, write_config
+    from workflow_helpers import RUN_FAMILIES, TWO_SEED_RUN, copy_run, executed_rules, snakemake, write_config
 
     from elude.judges.consensus import comparisons, ranks, win_rates
 
-    cfg = write_config(tmp_path / "j.yaml", JUDGED)
-    ran = executed_rules(snakemake(tmp_path, cfg, timeout=1200).stderr)
+    two_seed_run = request.getfixturevalue("two_seed_run")  # (after the skip: the run needs overcomplete)
+    ran = two_seed_run[2]
     assert ran.count("grids") == 2 and ran.count("judge") == 4 and ran.count("rank") == 1
+    cfg = copy_run(two_seed_run, tmp_path)  # the kill and the third judge below change it: a copy of its own
     summary = json.loads((tmp_path / "results/runs/tiny/summary.json").read_text())
     t3 = summary["table3"]
-    assert t3["counts"]["presentations"] == 2 * 3 * 3 * 2  # seeds x method pairs x unit pairs x orders
+    methods = ["backbone", *RUN_FAMILIES, "elude"]
+    method_pairs = len(methods) * (len(methods) - 1) // 2
+    unit_pairs = TWO_SEED_RUN["judges"]["pairs_per_method_pair"]
+    assert t3["counts"]["presentations"] == 2 * method_pairs * unit_pairs * 2  # seeds x method pairs x unit pairs x orders
     assert t3["token_seeds"] == ["1", "2"]
 
     # recompute the consensus from the stored judgments and presentations
@@ -207,7 +206,7 @@ def test_workflow_llm_rank_pools_seeds_resumes_a_killed_judge_and_adds_a_judge_a
             answers[str(k + 1)] += [r["answer"] for r in recs]
     results, counts = comparisons(presented, answers)
     assert counts == t3["counts"]
-    rates = win_rates(results, ["backbone", "topk", "elude"])
+    rates = win_rates(results, methods)
     assert {m: r["win_rate"] for m, r in t3["rows"].items()} == {m: pytest.approx(100 * v, abs=1e-3) for m, v in rates.items()}
     assert {m: r["llm_rank"] for m, r in summary["table2"]["rows"].items()} == ranks(rates)
     assert {m: r["llm_rank"] for m, r in first["table2"]["rows"].items()} == ranks(rates)
@@ -229,7 +228,7 @@ def test_workflow_llm_rank_pools_seeds_resumes_a_killed_judge_and_adds_a_judge_a
     assert (judge_dir / "judgments.jsonl").read_text().splitlines(keepends=True) == lines  # same answers
     assert not partial.exists()
 
-    cfg3 = write_config(tmp_path / "j3.yaml", JUDGED, {"judges": {"models": ["demo:1", "demo:2", "demo:3"]}})
+    cfg3 = write_config(tmp_path / "j3.yaml", TWO_SEED_RUN, {"judges": {"models": ["demo:1", "demo:2", "demo:3"]}})
     ran = executed_rules(snakemake(tmp_path, cfg3).stderr)
     assert sorted(ran) == ["aggregate", "all", "judge", "judge", "rank", "report"]  # one new judge per seed
     assert len(json.loads((tmp_path / "results/runs/tiny/summary.json").read_text())["table3"]["judges"]) == 3

@@ -66,3 +66,29 @@ def snakemake(workdir: Path, configfile: Path, *extra: str, check: bool = True, 
 def executed_rules(output: str) -> list[str]:
     """Names of the jobs a run executed (one entry per job), from Snakemake's log."""
     return re.findall(r"^(?:local)?(?:rule|checkpoint) (\w+):", output, flags=re.M)
+
+
+# One run over two token seeds shared by tests/test_baselines.py (Table 2: every baseline job, a family grid
+# change) and tests/test_judges.py (LLM Rank over the same methods: backbone, the four families, ELUDe), each
+# on its own copy (conftest.py: two_seed_run; copy_run). Two families from overcomplete and the one written
+# here that reads another space (tests/test_baselines.py trains every family for real); topk sweeps two grid
+# points.
+RUN_FAMILIES = ["vanilla", "topk", "archetypal", "transcoder"]
+BASELINE_RUN = {"cache": {"tokens_per_image": 6, "token_seed": [1, 2]},
+                "baselines": {"families": RUN_FAMILIES, "epochs": 2, "batch_size": 256, "archetypal_points": 256,
+                              "grid": {"lr": [0.003], "w_dead": [0.0001], "w_l1": [0.005], "w_sp": [0.001]},
+                              # (vanilla: one point, replacing the demo config's two)
+                              "family_grid": {"topk": {"lr": [0.003, 0.001]}, "vanilla": {"w_l1": [0.005]}}}}
+JUDGES = {"judges": {"models": ["demo:1", "demo:2"], "backend": "transformers", "pairs_per_method_pair": 3,
+                     "cell_size": 16, "max_tokens": 2, "batch_size": 4, "bootstrap": 200}}
+TWO_SEED_RUN = merge_config(BASELINE_RUN, JUDGES)
+
+
+def copy_run(run: tuple, dest: Path) -> Path:
+    """A copy of a fixture's workdir (results/ and .snakemake/, mtimes kept, so Snakemake finds it up to
+    date) in ``dest``, for a test that changes it; returns the copy's config file."""
+    import shutil
+
+    work, configfile = run[0], run[1]
+    shutil.copytree(work, dest, symlinks=True, dirs_exist_ok=True)
+    return dest / configfile.relative_to(work)
