@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .expansion import figure2, figure2_png, table6_ef_html
 from .study_tables import studies_html, studies_summary, table3, table4, table5, table7
 from .tables import column_findings, findings_html, fmt, pct, ranked_table_html
 
@@ -37,11 +38,11 @@ def table2(metrics: dict, baselines: dict[str, dict]) -> dict:
                         "ms_score_pooled": pct(b["ms_score"]["features_mean_pooled"]),
                         "accuracy": pct(b["accuracy"]["reconstructed"]), "r2": pct(b["r2"]), "llm_rank": None,
                         "n_features": b["n_features"], "n_scored_features": b["n_scored_features"],
-                        "l0_eval": b["l0_eval"], "hp": b["hp"]}
+                        "l0_eval": b["l0_eval"], "hp": b["hp"], "ef": b["n_features"] / metrics["n_units"]}
     rows["elude"] = {"method": "ELUDe", "ms_score": pct(ms["subunits_mean"]),
                      "ms_score_pooled": pct(ms["subunits_mean_pooled"]),
                      "accuracy": pct(metrics["accuracy"]["disentangled"]), "r2": pct(metrics["r2"]),
-                     "llm_rank": None, "n_features": metrics["n_subunits"]}
+                     "llm_rank": None, "n_features": metrics["n_subunits"], "ef": metrics["expansion_factor"]}
     return {"unit": "percent", "rows": rows}
 
 
@@ -78,6 +79,8 @@ def summary(run_name: str, verify: dict, metrics: dict, layer_meta: dict, artifa
         },
         "table2": t2,
         "table2_elude_not_best": table2_findings(t2["rows"]),
+        **({"table6_ef": studies["table6_ef"]} if "table6_ef" in studies else {}),
+        "figure2": figure2(t2["rows"], studies.get("table6_ef")),
         **({"labels": labels_summary(labels)} if labels else {}),
         "artifacts": artifacts,
     }
@@ -179,7 +182,7 @@ def html(summary: dict, metrics: dict, tables: dict, layer_meta: dict, thumbnail
         for space, suf in (("layer output (paper, B.2)", ""), ("pooled pre-logit image embedding", "_pooled")):
             ms_rows += (f"<tr><td>{label}</td><td>{space}</td><td>{fmt(ms[f'{key}units_mean{suf}'])}</td>"
                         f"<td>{fmt(ms[f'{key}subunits_mean{suf}'])}</td><td>{fmt(ms[f'{key}random_mean{suf}'])}</td></tr>")
-    plots = plots if plots is not None else pages.plots(tables)
+    plots = plots if plots is not None else {**pages.plots(tables), "figure2.png": figure2_png(summary["figure2"])}
     k_per_unit = tables["k_per_unit"]
     subs_of = pages.subunits_of(tables["parent"], len(k_per_unit))
     examples = ""
@@ -213,6 +216,7 @@ def html(summary: dict, metrics: dict, tables: dict, layer_meta: dict, thumbnail
 <h2 id="lossless">Lossless check and model accuracy</h2><table>{rows}</table>
 <h2 id="table2">Interpretability vs. faithfulness (Table 2)</h2>{table2_html(summary['table2']['rows'])}{findings_html(summary['table2_elude_not_best'])}{TABLE2_NOTE}{details}
 {studies_html(summary, example_images)}
+{table6_ef_html(summary.get("table6_ef"), plots.get("figure2.png"))}
 <h2 id="ms-score">MS-Score (%, eq. 7; top {summary['ms_top_k']} evaluation images per unit)</h2>
 <p>Higher is more monosemantic. “Random” is Table 7's control: the same K<sub>u</sub> per unit, upstream
 dimensions assigned to sub-units at random. The paper's space embeds each image at the unit's argmax token in the
@@ -250,11 +254,14 @@ def aggregate(run_name: str, seeds: list[int], summaries: list[dict]) -> dict:
     rows = {}
     for key, row in summaries[0]["table2"]["rows"].items():
         rows[key] = {"method": row["method"], **{col: stats.get(f"table2.rows.{key}.{col}") for col, _ in TABLE2_COLUMNS},
+                     "ef": stats.get(f"table2.rows.{key}.ef"),
                      "llm_rank": row["llm_rank"]}  # one rank pooled over the seeds (Table 3), not a mean
+    t6 = summaries[0].get("table6_ef")  # over every seed already, on the first seed's report
     return {"run_name": run_name, "token_seeds": list(seeds), "n_seeds": len(seeds),
             "lossless_all_seeds": all(s["lossless"]["lossless"] for s in summaries), "metrics": stats,
             "table2": {"unit": "percent", "rows": rows}, "table2_elude_not_best": table2_findings(rows),
             **studies_summary({k: summaries[0][k] for k in ("table3", "table4", "table5", "table7") if k in summaries[0]}),
+            **({"table6_ef": t6} if t6 else {}), "figure2": figure2(rows, t6),
             "per_seed_reports": [s["artifacts"]["report"] for s in summaries]}
 
 
@@ -270,5 +277,6 @@ def aggregate_html(agg: dict) -> str:
 (Section 4.1, E.8); MS-Scores in percent.</p><ul>{links}</ul>
 <h2>Interpretability vs. faithfulness (Table 2), mean ± std over seeds</h2>{table2_html(agg['table2']['rows'])}{findings_html(agg['table2_elude_not_best'])}{TABLE2_NOTE}
 {studies_html(agg).replace("</h2>", " — first token seed</h2>")}
+{table6_ef_html(agg.get("table6_ef"), figure2_png(agg["figure2"]))}
 <h2>Every number</h2>
 <table><tr><th>metric</th><th>mean</th><th>std</th><th>per seed</th></tr>{rows}</table></body></html>"""

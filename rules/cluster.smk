@@ -21,3 +21,29 @@ rule cluster_shard:
         CLUSTER_ENV
     script:
         "../workflow_scripts/cluster_shard.py"
+
+
+checkpoint ef_search:
+    """One bisection step of cluster.target_ef's search (elude.expansion): the effective EF of the candidate
+    this step clusters, the bracket, the path so far and the closest candidate; a checkpoint because the next
+    step's candidate, and for the last step surgery's clustering, follow from it. It only reads manifests: on
+    SLURM it runs in the main process's host instead of waiting in the queue between clusterings."""
+    localrule: True
+    input:
+        unpack(ef_search_inputs),
+    output:
+        folder=directory("results/ef_search/{id}"),
+    params:
+        stage=stage_info("ef_search"),
+    log:
+        log_path("ef_search"),
+    benchmark:
+        bench_path("ef_search"),
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../workflow_scripts/ef_search.py"

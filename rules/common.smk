@@ -1,7 +1,7 @@
 # Config validation, content ids, artifact paths and input functions shared by all rules.
 #
 # Every rule's output is results/<stage>/{id}[/<shard>]: the id wildcard selects the artifact's
-# parameters and input ids from REG (elude.config.run_artifacts), so one DAG can hold several variants
+# parameters and input ids from REG (elude.plan.run_artifacts), so one DAG can hold several variants
 # of a stage (one per seeded token dataset) and each rule is written once.
 import json
 from pathlib import Path
@@ -9,7 +9,8 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 
 from elude.artifacts import active_run, record_run
-from elude.config import ConfigError, run_artifacts, validate_config
+from elude.config import ConfigError, validate_config
+from elude.plan import flatten, run_artifacts
 from elude.stages import (cache_memory_mb, evaluate_memory_mb, n_shards, publish_run, shard_memory_mb,
                           topk_memory_mb)
 
@@ -73,10 +74,8 @@ def _keep_artifacts_finished_meanwhile():
 _keep_artifacts_finished_meanwhile()
 RUN = run_artifacts(config)
 REG = {}  # stage -> id -> {"id", "params", "inputs"}
-for _arts in RUN["seeds"].values():
-    for _stage, _a in _arts.items():
-        REG.setdefault(_stage, {})[_a["id"]] = _a
-for _a in RUN["baselines"] + RUN["studies"]:
+for _a in flatten([{"stage": s, **a} for arts in RUN["seeds"].values() for s, a in arts.items()]
+                  + RUN["baselines"] + RUN["studies"]):
     REG.setdefault(_a["stage"], {})[_a["id"]] = _a
 if RUN["aggregate"]:
     REG["aggregate"] = {RUN["aggregate"]["id"]: RUN["aggregate"]}
@@ -138,10 +137,44 @@ def preflight():
 
 
 def up_id(stage, i, upstream):
-    """The id of the ``upstream`` artifact that artifact ``stage``/``i`` was made from (any distance)."""
-    while upstream not in REG[stage][i]["inputs"]:
-        stage, i = next(iter(REG[stage][i]["inputs"].items()))
-    return REG[stage][i]["inputs"][upstream]
+    """The id of the ``upstream`` artifact that artifact ``stage``/``i`` was made from (any distance). Past a
+    target-EF search (cluster.target_ef) the way up goes through the cluster artifact it chose."""
+    while upstream not in (inputs := REG[stage][i]["inputs"]):
+        if "ef_search" in inputs:
+            stage, i = "cluster", ef_choice(inputs["ef_search"])
+            if upstream == "cluster":
+                return i
+        else:
+            stage, i = next(iter(inputs.items()))
+    return inputs[upstream]
+
+
+def ef_choice(search_id):
+    """The cluster artifact a target-EF search chose: known once its last step (a checkpoint) ran."""
+    folder = checkpoints.ef_search.get(id=search_id).output.folder
+    return json.loads(Path(folder, "search.json").read_text())["chosen"]["cluster"]
+
+
+def searched(stage, i):
+    """Whether artifact ``stage``/``i`` comes from a target-EF search (cluster.target_ef)."""
+    return "ef_search" in REG["surgery"][up_id(stage, i, "surgery") if stage != "surgery" else i]["inputs"]
+
+
+def cluster_shards(cluster_id):
+    """A cluster artifact's shard folders (their number is known once its top-k, a checkpoint, ran)."""
+    n_units = _topk_manifest(up_id("cluster", cluster_id, "topk"))["n_units"]
+    return [f"results/cluster/{cluster_id}/shard-{s:04d}" for s in range(n_shards(n_units, config["cluster"]["units_per_shard"]))]
+
+
+def ef_search_inputs(w):
+    """A target-EF search step: the step before it (a checkpoint) and the candidate it clusters, if any."""
+    from elude.expansion import initial_state, next_index
+
+    p = REG["ef_search"][w.id]["params"]
+    prev = {"prev": checkpoints.ef_search.get(id=p["after"]).output.folder} if p["after"] else {}
+    state = json.loads(Path(prev["prev"], "search.json").read_text()) if prev else initial_state(len(p["candidates"]))
+    j = next_index(state)
+    return {**prev, "clusters": [] if j is None else cluster_shards(p["candidates"][j])}
 
 
 def path_of(stage, i):
@@ -221,9 +254,8 @@ def unit_shards(stage):
     checkpoint) has recorded the number of units."""
 
     def f(w):
-        n_units = _topk_manifest(up_id("merge", w.id, "topk"))["n_units"]
-        i = up_id("merge", w.id, stage)
-        return [f"results/{stage}/{i}/shard-{s:04d}" for s in range(n_shards(n_units, config["cluster"]["units_per_shard"]))]
+        n = len(cluster_shards(up_id("merge", w.id, "cluster")))
+        return [f"results/{stage}/{up_id('merge', w.id, stage)}/shard-{s:04d}" for s in range(n)]
 
     return f
 
@@ -328,7 +360,7 @@ def study_dirs(report_id):
     """stage -> the study artifact (dictionary, efficiency, rank, ablation; its seed's labels) a report reads,
     where it has one."""
     return {s: path_of(s, i) for s, i in REG["report"][report_id]["inputs"].items()
-            if s in ("dictionary", "efficiency", "rank", "ablation", "labels")}
+            if s in ("dictionary", "efficiency", "rank", "ablation", "ef_sweep", "labels")}
 
 
 def ablation_inputs(w):
@@ -338,6 +370,17 @@ def ablation_inputs(w):
         _, rest = k.split("-", 1)
         name, seed = rest.rsplit("-", 1)
         out.setdefault(name, {})[seed] = path_of("evaluate", i)
+    return out
+
+
+def ef_sweep_inputs(w):
+    """Table 6's EF axis: per target EF and token seed, ELUDe's evaluation and search and each family's
+    baseline evaluation; per target its LLM Rank, where judges ran: {"ef_search" | "evaluate" | "baseline_eval"
+    | "rank": {key: folder}}, keys "<target>-<seed>" ("<family>-<target>-<seed>"; rank: "<target>")."""
+    out = {}
+    for k, i in REG["ef_sweep"][w.id]["inputs"].items():
+        stage, key = k.split("-", 1)
+        out.setdefault(stage, {})[key] = path_of(stage, i)
     return out
 
 

@@ -14,7 +14,8 @@ rule report:
         baselines=lambda w: baseline_evals(w.id),
         studies=lambda w: study_dirs(w.id),
         artifacts=lambda w: {s: f"results/{s}/{up_id('report', w.id, s)}"
-                             for s in ("backbone", "cache", "topk", "cluster", "surgery", "merge", "verify", "evaluate")},
+                             for s in ("backbone", "cache", "topk", "ef_search", "cluster", "surgery", "merge", "verify",
+                                       "evaluate") if s != "ef_search" or searched("report", w.id)},
     log:
         log_path("report"),
     benchmark:

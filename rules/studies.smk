@@ -1,5 +1,5 @@
 # The first token seed's studies: Table 4 (dictionary structure over repeated runs, Section B.3) and
-# Table 5 (inference cost, Section B.4). Ids and inputs come from elude.config.study_artifacts (REG); the
+# Table 5 (inference cost, Section B.4). Ids and inputs come from elude.plan.study_artifacts (REG); the
 # repeated ELUDe runs are ordinary cluster/surgery/merge artifacts, the baselines' other init seeds
 # ordinary baseline_train artifacts.
 
@@ -75,3 +75,27 @@ rule ablation:
         "../envs/torch.yaml"
     script:
         "../workflow_scripts/ablation.py"
+
+
+rule ef_sweep:
+    """Table 6's expansion-factor axis: per target EF, ELUDe matched to it and each baseline family at it,
+    mean ± std over token seeds (Figure 2's points)."""
+    input:
+        lambda w: [d for ds in ef_sweep_inputs(w).values() for d in ds.values()],
+    output:
+        folder=directory("results/ef_sweep/{id}"),
+    params:
+        stage=stage_info("ef_sweep"),
+        dirs=ef_sweep_inputs,
+    log:
+        log_path("ef_sweep"),
+    benchmark:
+        bench_path("ef_sweep"),
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../workflow_scripts/ef_sweep.py"

@@ -25,6 +25,7 @@ def report(st: Stage, verify_dir: str, evaluate_dir: str, merge_dir: str, backbo
     summary.json, report.html, plots/*.png, units/<u>.html (one page per unit) and their images, img/."""
     from .. import report as report_mod
     from .. import report_pages
+    from ..expansion import figure2_png
 
     verify_res = json.loads((Path(verify_dir) / "verify.json").read_text())
     metrics = json.loads((Path(evaluate_dir) / "metrics.json").read_text())
@@ -34,6 +35,8 @@ def report(st: Stage, verify_dir: str, evaluate_dir: str, merge_dir: str, backbo
     study_dirs = study_dirs or {}
     studies = {f"table{n}": json.loads((Path(study_dirs[s]) / f"table{n}.json").read_text())
                for s, n in (("rank", 3), ("dictionary", 4), ("efficiency", 5), ("ablation", 7)) if s in study_dirs}
+    if "ef_sweep" in study_dirs:
+        studies["table6_ef"] = json.loads((Path(study_dirs["ef_sweep"]) / "table6_ef.json").read_text())
     example = studies.get("table3", {}).get("example")
     example_images = ({side: (Path(study_dirs["rank"]) / f).read_bytes() for side, f in example["files"].items()}
                       if example else None)
@@ -45,7 +48,7 @@ def report(st: Stage, verify_dir: str, evaluate_dir: str, merge_dir: str, backbo
     ds = _dataset(st.params["data"], "eval", backbone_dir)
     # images recur across the unit pages (a parent's top images are its sub-units'): decode each once
     thumbnail = functools.lru_cache(maxsize=8192)(getattr(ds, "thumbnail", lambda i: None))
-    plots = report_pages.plots(tables)
+    plots = {**report_pages.plots(tables), "figure2.png": figure2_png(summary["figure2"])}
     with st.publish(out) as (tmp, _):
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2))
         (tmp / "report.html").write_text(report_mod.html(summary, metrics, tables, layer_meta, thumbnail,

@@ -1,5 +1,6 @@
 """Workflow stages of the run's studies: dictionary structure (Table 4, Section B.3) and inference cost
-(Table 5, Section B.4) on the first token seed, and the clustering ablations over every seed (Table 7)."""
+(Table 5, Section B.4) on the first token seed, the clustering ablations over every seed (Table 7), and
+ELUDe at a target expansion factor: the search's steps and Table 6's EF axis (Sec. E.6)."""
 from __future__ import annotations
 
 import json
@@ -134,12 +135,7 @@ def ablation(st: Stage, evaluate_dirs: dict[str, dict[str, str]], out: str) -> N
     random-partition control (the same K_u, dimensions assigned at random), the original units' score,
     the effective expansion factor and the number of split units, each mean ± std over the token seeds.
     ``evaluate_dirs``: variant -> token seed -> evaluate artifact."""
-    import numpy as np
-
-    def stat(values):
-        x = np.array([v for v in values if v is not None], dtype=float)
-        return {"mean": float(x.mean()), "std": float(x.std(ddof=1)) if len(x) > 1 else 0.0,
-                "per_seed": x.tolist()} if len(x) else None
+    from ..expansion import stat
 
     settings = {"base": {}, **{v["name"]: v["cluster"] for v in st.params["variants"]}}
     rows = {}
@@ -157,3 +153,70 @@ def ablation(st: Stage, evaluate_dirs: dict[str, dict[str, str]], out: str) -> N
     with st.publish(out) as (tmp, _):
         (tmp / "table7.json").write_text(json.dumps({"base": st.params["base"], "token_seeds": list(
             next(iter(evaluate_dirs.values()))), "rows": rows}, indent=1))
+
+
+# --- ELUDe at a target expansion factor (Sec. E.6) and Table 6's EF axis ----------------------------------
+def ef_search_step(st: Stage, prev_dir: str | None, cluster_dirs: list[str], out: str) -> None:
+    """One bisection step of ``cluster.target_ef`` (:mod:`elude.expansion`): the effective EF of the candidate
+    clustered for this step (``cluster_dirs``: its shards; none once the bracket is closed), the new bracket,
+    the path and the closest candidate so far. The manifest's inputs name that candidate's cluster artifact,
+    so the jobs downstream check its bytes; its path and choice are recorded there too."""
+    from .. import expansion as ef
+
+    p = st.params
+    state = json.loads((Path(prev_dir) / "search.json").read_text()) if prev_dir else ef.initial_state(len(p["values"]))
+    state = {k: state[k] for k in ("lo", "hi", "path")}
+    j = ef.next_index(state)
+    if j is not None:
+        ids = {json.loads((Path(d) / "manifest.json").read_text())["id"] for d in cluster_dirs}
+        if ids != {p["candidates"][j]}:
+            raise ValueError(f"ef_search step {p['step']}: expected the shards of cluster {p['candidates'][j]}, got {ids}")
+        value, (e, subunits, units) = p["values"][j], ef.effective_ef(cluster_dirs)
+        state = ef.advance(state, j, e, p["target_ef"], value=value, cluster=p["candidates"][j], n_subunits=subunits,
+                           n_units=units, step=p["step"])
+        log.info("ef_search step %d: %s = %s gives EF %.4f (target %g)", p["step"], p["axis"], value, e, p["target_ef"])
+    chosen = ef.choose(state, p["target_ef"])
+    done = ef.next_index(state) is None
+    if p["step"] == ef.n_steps(len(p["values"])) - 1 and not done:
+        raise RuntimeError(f"ef_search: the bracket is still open after the last step: {state}")
+    st.inputs = {"cluster": chosen["cluster"]} if chosen else {}
+    with st.publish(out) as (tmp, manifest):
+        (tmp / "search.json").write_text(json.dumps({**state, "done": done, "chosen": chosen, "target_ef": p["target_ef"],
+                                                     "axis": p["axis"], "values": p["values"]}, indent=1))
+        manifest.update(path=state["path"], chosen=chosen, done=done)
+    if done and chosen:
+        log.info("ef_search: %s = %s, EF %.4f for target %g (%d clusterings)", p["axis"], chosen["value"], chosen["ef"],
+                 p["target_ef"], len(state["path"]))
+
+
+def ef_sweep(st: Stage, dirs: dict[str, dict[str, str]], out: str) -> None:
+    """Table 6's EF axis: per target EF the rows of Table 2 (:func:`elude.report.table2`: backbone, each
+    baseline family at that EF, ELUDe matched to it) as mean ± std over the token seeds, each method's EF and
+    LLM Rank (where judges ran), and ELUDe's search per seed. ``dirs``: :func:`ef_sweep_inputs` of the rules."""
+    from ..expansion import ef_block
+    from ..report import table2
+    from ..study_tables import table3
+
+    read = lambda d, f: json.loads((Path(d) / f).read_text())  # noqa: E731
+    blocks, searches = {}, {}
+    for t in st.params["targets"]:
+        key = f"{t:g}"
+        seeds = [k.split("-", 1)[1] for k in dirs["evaluate"] if k.split("-", 1)[0] == key]
+        per_seed, efs = [], {}
+        for seed in seeds:
+            metrics = read(dirs["evaluate"][f"{key}-{seed}"], "metrics.json")
+            baselines = {k.split("-")[0]: read(d, "metrics.json") for k, d in dirs.get("baseline_eval", {}).items()
+                         if k.split("-", 1)[1] == f"{key}-{seed}"}
+            rows = table2(metrics, baselines)["rows"]
+            per_seed.append(rows)
+            for m, r in rows.items():
+                efs.setdefault(m, []).append(r.get("n_features", metrics["n_units"]) / metrics["n_units"])
+            searches.setdefault(key, {})[seed] = read(dirs["ef_search"][f"{key}-{seed}"], "search.json")
+        rank = dirs.get("rank", {}).get(key)
+        ranks = {m: r["rank"] for m, r in table3(read(rank, "table3.json"))["rows"].items()} if rank else None
+        blocks[key] = ef_block(per_seed, efs, ranks)
+        log.info("EF %s: %s", key, json.dumps({m: r["ms_score"]["mean"] if r["ms_score"] else None
+                                               for m, r in blocks[key].items()}))
+    with st.publish(out) as (tmp, _):
+        (tmp / "table6_ef.json").write_text(json.dumps({"targets": st.params["targets"], "blocks": blocks,
+                                                        "searches": searches}, indent=1))

@@ -1,0 +1,183 @@
+"""ELUDe at a chosen size: matching a target expansion factor (Sec. E.6) and comparing methods at equal EF
+(Table 6's EF axis, Figure 2).
+
+The paper sets the SAEs' expansion factor first and then matches ELUDe to it "by adjusting either the TopK
+activation budget or the HDBSCAN min_cluster_size". Here that is a search: the candidate settings form a
+grid, ordered so that ELUDe's effective EF (sub-units / units, Table 9) does not rise along it (a larger
+min_cluster_size gives fewer, larger clusters; a smaller top-k budget gives fewer points to split). On
+such a monotone curve a bisection brackets the target between two neighbouring candidates after
+``n_steps(len(grid))`` = ceil(log2(G + 1)) clusterings, and the closest candidate of the whole grid is one
+of those two: any other lies beyond one of them on the curve. The choice is the closest evaluated
+candidate (ties: the smaller EF), so a curve that is not monotone still gets the best point seen.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+AXES = ("min_cluster_size", "topk_k")
+
+
+def candidate_values(cluster: dict, topk_k: int) -> list[int]:
+    """The search grid, ordered by falling EF: ``cluster.ef_search.values`` or, by default, the base setting
+    times 2^(j/2) for j = -6..6 (1/8x to 8x in steps of sqrt 2: 13 candidates, 4 clusterings)."""
+    axis, values = cluster["ef_search"]["axis"], cluster["ef_search"]["values"]
+    base, low = (cluster["min_cluster_size"], 2) if axis == "min_cluster_size" else (topk_k, 1)
+    values = sorted(values or {max(low, round(base * 2 ** (j / 2))) for j in range(-6, 7)})
+    return values if axis == "min_cluster_size" else values[::-1]
+
+
+def n_steps(n_candidates: int) -> int:
+    """Clusterings a bisection over ``n_candidates`` needs at most: ceil(log2(n + 1))."""
+    return int(n_candidates).bit_length()
+
+
+def initial_state(n_candidates: int) -> dict:
+    # bracket: EF(lo) >= target > EF(hi); the virtual ends -1 and n stand for +inf and -inf
+    return {"lo": -1, "hi": n_candidates, "path": []}
+
+
+def next_index(state: dict) -> int | None:
+    """The candidate the next step clusters, or None when the bracket is closed."""
+    lo, hi = state["lo"], state["hi"]
+    return None if hi - lo <= 1 else (lo + hi) // 2
+
+
+def advance(state: dict, index: int, ef: float, target: float, **record) -> dict:
+    """The state after candidate ``index`` gave effective EF ``ef``; ``record`` is kept with it in the path."""
+    lo, hi = (index, state["hi"]) if ef >= target else (state["lo"], index)
+    if ef == target:
+        hi = index + 1  # exact: nothing left to search
+    return {"lo": lo, "hi": hi, "path": state["path"] + [{"index": index, "ef": ef, **record}]}
+
+
+def choose(state: dict, target: float) -> dict | None:
+    """The evaluated candidate closest to ``target`` (ties: the smaller EF, then the earlier in the grid)."""
+    if not state["path"]:
+        return None
+    return min(state["path"], key=lambda p: (abs(p["ef"] - target), p["ef"], p["index"]))
+
+
+def effective_ef(cluster_shards: list[str | Path]) -> tuple[float, int, int]:
+    """(sub-units / units, sub-units, units) of a clustering, from its shards' manifests: each unit keeps
+    max(1, clusters) sub-units (a unit HDBSCAN does not split, or that never activates, stays whole)."""
+    counts = {}
+    for shard in cluster_shards:
+        counts.update(json.loads((Path(shard) / "manifest.json").read_text())["n_clusters"])
+    subunits = sum(max(1, int(n)) for n in counts.values())
+    return subunits / len(counts), subunits, len(counts)
+
+
+# --- Table 6's EF block and Figure 2 ---------------------------------------------------------------------
+TABLE6_COLUMNS = (("llm_rank", "LLM Rank (↓)"), ("ms_score", "MS-Score (↑)"), ("accuracy", "Accuracy (↑)"),
+                  ("r2", "R² (↑)"))
+
+
+def stat(values) -> dict | None:
+    x = np.array([v for v in values if v is not None], dtype=float)
+    return {"mean": float(x.mean()), "std": float(x.std(ddof=1)) if len(x) > 1 else 0.0,
+            "per_seed": x.tolist()} if len(x) else None
+
+
+def ef_block(per_seed_rows: list[dict], efs: dict[str, list[float]], ranks: dict | None) -> dict:
+    """One EF's rows (Table 2's, :func:`elude.report.table2`, one dict per token seed) as mean ± std over
+    the seeds, with each method's EF (features / units: ELUDe's effective EF) and its LLM Rank, where judges ran."""
+    rows = {}
+    for key, first in per_seed_rows[0].items():
+        rows[key] = {"method": first["method"], **{c: stat([r[key][c] for r in per_seed_rows])
+                                                   for c in ("ms_score", "accuracy", "r2")},
+                     "ef": stat(efs[key]), "llm_rank": (ranks or {}).get(key)}
+    return rows
+
+
+def figure2_points(blocks: dict[str, dict]) -> list[dict]:
+    """Figure 2's markers: per block (a name -> rows) and method, MS-Score against R^2 and against the
+    accuracy drop from the backbone (percentage points), with the method's EF as marker size."""
+    points = []
+    for name, rows in blocks.items():
+        base_acc = _mean(rows.get("backbone", {}).get("accuracy"))
+        for key, r in rows.items():
+            if key == "backbone":
+                continue
+            acc = _mean(r.get("accuracy"))
+            points.append({"block": name, "method": key, "name": r["method"], "ef": _mean(r.get("ef")),
+                           "ms_score": _mean(r.get("ms_score")), "r2": _mean(r.get("r2")),
+                           "accuracy_drop": None if acc is None or base_acc is None else round(base_acc - acc, 4)})
+    return points
+
+
+def _mean(c):
+    return c.get("mean") if isinstance(c, dict) else c
+
+
+def figure2_png(points: list[dict]) -> bytes:
+    """Interpretability (MS-Score) against faithfulness: R^2 (left) and the accuracy drop (right); one
+    marker per method and EF, its area proportional to the EF; ELUDe as pink diamonds (the paper's colour)."""
+    import io
+
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 4.2), layout="constrained")
+    methods = list(dict.fromkeys(p["name"] for p in points))
+    palette = [f"C{i}" for i in range(10) if i != 6]  # C6 is pink: ELUDe's alone
+    colors = {m: ("#d0609a" if m == "ELUDe" else palette[i % len(palette)]) for i, m in enumerate(methods)}
+    for i, (key, label) in enumerate((("r2", "R² (%) ↑"), ("accuracy_drop", "accuracy drop (points) ↓"))):
+        ax = fig.add_subplot(1, 2, i + 1)
+        for m in methods:
+            mine = [p for p in points if p["name"] == m and p[key] is not None and p["ms_score"] is not None]
+            if mine:
+                ax.scatter([p[key] for p in mine], [p["ms_score"] for p in mine], s=[30 * (p["ef"] or 1) for p in mine],
+                           color=colors[m], alpha=0.7, edgecolors="k", linewidths=0.5, label=m,
+                           marker="D" if m == "ELUDe" else "o")
+                for p in mine:
+                    ax.annotate(f"{p['ef']:.3g}", (p[key], p["ms_score"]), fontsize=7, xytext=(4, 4),
+                                textcoords="offset points")
+        ax.set(xlabel=label, ylabel="MS-Score (%) ↑", title=f"interpretability vs. {label.split(' (')[0]}")
+        if i == 0:
+            ax.legend(fontsize=7, markerscale=0.5)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    return buf.getvalue()
+
+
+def figure2(table2_rows: dict, table6_ef: dict | None) -> list[dict]:
+    """Figure 2's points: the run's Table 2 (ELUDe at its own EF, the baselines at theirs) and, where the run
+    has Table 6's EF axis, each of its blocks."""
+    blocks = {"Table 2": table2_rows, **{f"EF {k}": rows for k, rows in (table6_ef or {}).get("blocks", {}).items()}}
+    return figure2_points(blocks)
+
+
+def table6_ef_html(t6: dict, png: bytes | None) -> str:
+    """Table 6's EF axis (one block per target EF: Table 2's rows at that EF) and Figure 2."""
+    import html as html_lib
+
+    from .report import bytes_data_uri
+    from .tables import column_findings, findings_html, ranked_table_html
+
+    out = ""
+    for key, rows in (t6 or {}).get("blocks", {}).items():
+        for r in rows.values():
+            r["ef_text"] = "—" if not r["ef"] else f"{r['ef']['mean']:.2f}"
+        searches = "; ".join(
+            f"seed {seed}: {s['axis']} = {s['chosen']['value']} → EF {s['chosen']['ef']:.3f} (tried "
+            + ", ".join(f"{p['value']} → {p['ef']:.3f}" for p in s["path"]) + ")"
+            for seed, s in t6["searches"][key].items())
+        out += (f"<h3>EF {html_lib.escape(key)}</h3>"
+                f"{ranked_table_html(rows, TABLE6_COLUMNS, {'llm_rank'}, first=(('ef_text', 'EF'),))}"
+                f"{findings_html(column_findings(rows, TABLE6_COLUMNS, {'llm_rank'}))}"
+                f"<p>ELUDe's target-EF search: {html_lib.escape(searches)}.</p>")
+    if out:
+        out = ("<h2 id=\"table6-ef\">Expansion-factor axis (Table 6)</h2><p>Percent, mean ± std over token seeds. Per target"
+               " EF: every baseline family at that expansion factor (its own sweep and eq. 9 choice) and ELUDe matched to it"
+               " by the search over its clustering setting; EF column: features / units (ELUDe: its effective EF, which"
+               " lands on the candidate closest to the target, not on the target itself). Bold: best, underlined: second"
+               f" best; LLM Rank per EF where judges ran.</p>{out}")
+    if png:
+        out += ("<h2 id=\"figure2\">Interpretability vs. faithfulness (Figure 2)</h2>"
+                f'<img src="{bytes_data_uri(png)}" alt="Figure 2: MS-Score against R² and accuracy drop">'
+                "<p>One marker per method and table (Table 2 and each EF of Table 6), its area proportional to the"
+                " EF (the number beside it); the backbone is the reference (R² 100%, no accuracy drop). Data:"
+                " summary.json, figure2.</p>")
+    return out
