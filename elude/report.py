@@ -204,7 +204,9 @@ def html(summary: dict, metrics: dict, tables: dict, layer_meta: dict, thumbnail
     details = (f"<table><tr><th>baseline</th><th>features</th><th>features scored (active on the evaluation split)</th>"
                f"<th>L0 (evaluation)</th><th>selected hyperparameters (eq. 9)</th></tr>{details}</table>" if details else
                "<p>No baseline family was run (baselines.families is empty).</p>")
-    sections = [("lossless", "Lossless check"), ("table2", "Table 2"), ("ms-score", "MS-Score"),
+    sections = [("lossless", "Lossless check"), ("table2", "Table 2")] + (
+        [("table6-ef", "Table 6 (EF axis)")] if summary.get("table6_ef") else []) + [
+        ("figure2", "Figure 2"), ("ms-score", "MS-Score"),
                 ("k-histogram", "K<sub>u</sub> histogram"), ("ms-distributions", "MS-Score distributions")] + (
         [("concept-groups", "Concept groups")] if labels else []) + [("unit-index", "Unit index"),
                                                                       ("most-split", "Most-split units")]

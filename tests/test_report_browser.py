@@ -177,7 +177,7 @@ def test_tiny_report_opens_from_disk_in_a_headless_browser_and_sorts_by_click(ti
     summary = json.loads((run / "summary.json").read_text())
     src = (run / "report.html").read_text()
     assert not re.search(r'(?:src|href)="(?:https?:)?//', src), "the report must not load anything from the network"
-    assert sorted(p.name for p in (run / "plots").iterdir()) == sorted(report_pages.PLOTS)
+    assert sorted(p.name for p in (run / "plots").iterdir()) == sorted(report_pages.PLOTS + ("figure2.png",))
 
     shot = tmp_path / "report.png"
     _chromium(tmp_path, f"--screenshot={shot}", "--window-size=1280,4000", (run / "report.html").as_uri())
@@ -187,7 +187,7 @@ def test_tiny_report_opens_from_disk_in_a_headless_browser_and_sorts_by_click(ti
     headings = {a: re.sub(r"<[^>]+>", "", t) for a, t in re.findall(r'<h2 id="([\w-]+)">(.*?)</h2>', dom)}
     for anchor, words in (("lossless", "Lossless check"), ("table2", "Table 2"), ("ms-score", "MS-Score"),
                           ("k-histogram", "histogram"), ("ms-distributions", "MS-Score distributions"),
-                          ("unit-index", "Unit index"), ("most-split", "Most-split units")):
+                          ("figure2", "Figure 2"), ("unit-index", "Unit index"), ("most-split", "Most-split units")):
         assert words in headings.get(anchor, ""), (anchor, headings)
     assert re.search(r'<img src="data:image/png;base64,[^"]+" alt="K_u histogram">', dom)
     assert summary["labels"]["model"] == "demo:0" and "Concept labels" in headings["concept-groups"]
