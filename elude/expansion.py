@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-AXES = ("min_cluster_size", "topk_k")
+from .tables import cell_value
 
 
 def candidate_values(cluster: dict, topk_k: int) -> list[int]:
@@ -97,27 +97,23 @@ def figure2_points(blocks: dict[str, dict]) -> list[dict]:
     accuracy drop from the backbone (percentage points), with the method's EF as marker size."""
     points = []
     for name, rows in blocks.items():
-        base_acc = _mean(rows.get("backbone", {}).get("accuracy"))
+        base_acc = cell_value(rows.get("backbone", {}).get("accuracy"))
         for key, r in rows.items():
             if key == "backbone":
                 continue
-            acc = _mean(r.get("accuracy"))
-            points.append({"block": name, "method": key, "name": r["method"], "ef": _mean(r.get("ef")),
-                           "ms_score": _mean(r.get("ms_score")), "r2": _mean(r.get("r2")),
+            acc = cell_value(r.get("accuracy"))
+            points.append({"block": name, "method": key, "name": r["method"], "ef": cell_value(r.get("ef")),
+                           "ms_score": cell_value(r.get("ms_score")), "r2": cell_value(r.get("r2")),
                            "accuracy_drop": None if acc is None or base_acc is None else round(base_acc - acc, 4)})
     return points
-
-
-def _mean(c):
-    return c.get("mean") if isinstance(c, dict) else c
 
 
 def figure2_png(points: list[dict]) -> bytes:
     """Interpretability (MS-Score) against faithfulness: R^2 (left) and the accuracy drop (right); one
     marker per method and EF, its area proportional to the EF; ELUDe as pink diamonds (the paper's colour)."""
-    import io
-
     from matplotlib.figure import Figure
+
+    from .report_pages import figure_png
 
     fig = Figure(figsize=(11, 4.2), layout="constrained")
     methods = list(dict.fromkeys(p["name"] for p in points))
@@ -137,9 +133,7 @@ def figure2_png(points: list[dict]) -> bytes:
         ax.set(xlabel=label, ylabel="MS-Score (%) ↑", title=f"interpretability vs. {label.split(' (')[0]}")
         if i == 0:
             ax.legend(fontsize=7, markerscale=0.5)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    return buf.getvalue()
+    return figure_png(fig)
 
 
 def figure2(table2_rows: dict, table6_ef: dict | None) -> list[dict]:
@@ -158,8 +152,7 @@ def table6_ef_html(t6: dict, png: bytes | None) -> str:
 
     out = ""
     for key, rows in (t6 or {}).get("blocks", {}).items():
-        for r in rows.values():
-            r["ef_text"] = "—" if not r["ef"] else f"{r['ef']['mean']:.2f}"
+        rows = {k: {**r, "ef_text": "—" if not r["ef"] else f"{r['ef']['mean']:.2f}"} for k, r in rows.items()}
         searches = "; ".join(
             f"seed {seed}: {s['axis']} = {s['chosen']['value']} → EF {s['chosen']['ef']:.3f} (tried "
             + ", ".join(f"{p['value']} → {p['ef']:.3f}" for p in s["path"]) + ")"

@@ -49,7 +49,7 @@ def _group_link(labels: dict, g: int | None, up: str) -> str:
 
 
 # --- plots -------------------------------------------------------------------------------------------
-def _png(fig) -> bytes:
+def figure_png(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     return buf.getvalue()
@@ -70,7 +70,7 @@ def plots(tables: dict) -> dict[str, bytes]:
     ax.bar_label(bars, labels=[str(c) if c else "" for c in counts[1:]], fontsize=8)
     ax.set_xticks(ks)
     ax.set(xlabel="sub-units per unit (K_u)", ylabel="units", title=f"K_u over {len(k)} units")
-    out = {"k_histogram.png": _png(fig)}
+    out = {"k_histogram.png": figure_png(fig)}
 
     fig = Figure(figsize=(11, 3.5), layout="constrained")
     for i, (space, suf) in enumerate((("layer output (paper)", "layer"), ("pooled image embedding", "pooled"))):
@@ -91,7 +91,7 @@ def plots(tables: dict) -> dict[str, bytes]:
                             label=f"{name} (n={len(x)}, mean {x.mean():.3g})")
             ax.legend(fontsize=8)
         ax.set(xlabel="MS-Score (%)", ylabel="density", title=f"MS-Score, {space}")
-    out["ms_scores.png"] = _png(fig)
+    out["ms_scores.png"] = figure_png(fig)
     return out
 
 

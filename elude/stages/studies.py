@@ -210,7 +210,7 @@ def ef_sweep(st: Stage, dirs: dict[str, dict[str, str]], out: str) -> None:
             rows = table2(metrics, baselines)["rows"]
             per_seed.append(rows)
             for m, r in rows.items():
-                efs.setdefault(m, []).append(r.get("n_features", metrics["n_units"]) / metrics["n_units"])
+                efs.setdefault(m, []).append(r.get("ef", 1.0))  # Table 2's: features / units (backbone: 1)
             searches.setdefault(key, {})[seed] = read(dirs["ef_search"][f"{key}-{seed}"], "search.json")
         rank = dirs.get("rank", {}).get(key)
         ranks = {m: r["rank"] for m, r in table3(read(rank, "table3.json"))["rows"].items()} if rank else None
