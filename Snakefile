@@ -3,7 +3,8 @@
 # the SAE/transcoder baselines: sweep on the first seed -> eq. 9 selection -> train on every seed -> evaluate;
 # on the first seed, Table 4 (dictionary: repeated runs) and optionally Table 5 (efficiency); optionally
 # LLM Rank (grids per seed -> a judge job per judge and seed -> rank over all of them: Table 3).
-# All method logic lives in the `elude` package; see README.md and DESIGN.md.
+# All method logic lives in the `elude` package; docs/architecture.md is the reference (the DAG, how ids are
+# made, the module map, where code goes).
 import sys
 
 sys.path.insert(0, workflow.basedir)  # `elude` from this checkout (jobs: workflow_scripts/_repo.py)
@@ -12,6 +13,7 @@ sys.path.insert(0, workflow.basedir)  # `elude` from this checkout (jobs: workfl
 configfile: f"{workflow.basedir}/config.yaml"  # the embedded default, from any working directory
 
 
+include: "rules/concurrent_runs.smk"
 include: "rules/common.smk"
 include: "rules/backbone.smk"
 include: "rules/cache.smk"

@@ -28,10 +28,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from elude import cache  # noqa: E402
 from elude.baselines import FAMILIES, GRID_AXES  # noqa: E402
 from elude.baselines.models import Baseline  # noqa: E402
 from elude.baselines.train import InstanceStream, fit, loss_terms  # noqa: E402
+from elude.models import cache  # noqa: E402
 
 SETTINGS = {"sparsity": 20, "archetypal_ratio": 0.1, "matryoshka_prefixes": [0.0625, 0.125, 0.25, 0.5, 1.0],
             "init_seed": 42}

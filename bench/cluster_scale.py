@@ -62,7 +62,7 @@ def run_variant(variant: str, n: int, d: int, setting: dict, out: Path) -> None:
     import torch
 
     torch.set_num_threads(2)
-    from elude import clustering
+    from elude.method import clustering
 
     backend, dims = VARIANTS[variant]
     # warm up (imports, numba's compiled functions, CUDA context): a shard job pays this once, not per unit

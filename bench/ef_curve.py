@@ -25,9 +25,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from elude import expansion  # noqa: E402
-from elude.config import artifact_ids, load_run_config  # noqa: E402
 from workflow_helpers import snakemake  # noqa: E402
+
+from elude.method import expansion  # noqa: E402
+from elude.pipeline.config import load_run_config
+from elude.pipeline.plan import artifact_ids  # noqa: E402
 
 OFF = {"judges": {"models": []}, "labels": {"model": None}, "dictionary": {"enabled": False},
        "efficiency": {"enabled": False}}

@@ -8,7 +8,7 @@ each SAE/transcoder family hooked after the layer, every variant on one loaded b
 - default: the artifacts of a finished run (``DIR``/results, default this checkout; the config is
   config.yaml merged with ``--configfile``, as ``snakemake --configfile``): its backbone, ELUDe's merged
   layer and each family's selected baseline, measured by the workflow's own code
-  (:func:`elude.stages.studies.efficiency_table`), with the run's efficiency settings unless overridden;
+  (:func:`elude.pipeline.stages.studies.efficiency_table`), with the run's efficiency settings unless overridden;
 - ``--vit-b``: a random-init timm ViT-B/16 at 224 px (the shape of the paper's DINOv2-B/14 layer 11 MLP:
   fc2 3072 -> 768) with fc2 of the last block split at expansion factor 8 (6,144 sub-units; K_u and the
   partitions random: the cost does not depend on which split), and random-init baselines at EF 8.
@@ -31,10 +31,15 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from elude import backbones  # noqa: E402
-from elude.config import load_run_config, run_artifacts, token_seeds  # noqa: E402
-from elude.efficiency import measure, method_variants, rss_mb  # noqa: E402
-from elude.stages.studies import efficiency_settings, efficiency_table, table5_of  # noqa: E402
+from elude.evaluation.efficiency import measure, method_variants, rss_mb  # noqa: E402
+from elude.models import backbones  # noqa: E402
+from elude.pipeline.config import load_run_config  # noqa: E402
+from elude.pipeline.plan import run_artifacts, token_seeds
+from elude.pipeline.stages.studies import (  # noqa: E402
+    efficiency_settings,
+    efficiency_table,
+    table5_of,
+)
 
 PAPER = {"time": 437.73 / 380.83 - 1, "memory": 577.49 / 501.10 - 1}
 
@@ -64,8 +69,8 @@ def vit_b_table(args) -> dict:
 
     from elude.baselines import FAMILIES
     from elude.baselines.models import Baseline
-    from elude.layers import DisentangledLayer, LazyDisentangledLayer
-    from elude.surgery import bias_fractions, random_partition
+    from elude.method.layers import DisentangledLayer, LazyDisentangledLayer
+    from elude.method.surgery import bias_fractions, random_partition
 
     device = backbones.resolve_device(args.device or "cpu")
     settings = override({"batch_size": 256, "warmup": 100, "iterations": 500, "rounds": 1, "compile": True}

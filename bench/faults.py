@@ -32,8 +32,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from fault_injection import (concurrent_runs, damage_artifacts, disk_full, in_progress, kill_chain, merged_sha256,  # noqa: E402
-                             mount_tmpfs, resumed)
+from fault_injection import (  # noqa: E402
+    concurrent_runs,
+    damage_artifacts,
+    disk_full,
+    in_progress,
+    kill_chain,
+    merged_sha256,
+    mount_tmpfs,
+    resumed,
+)
 from workflow_helpers import ids_for, snakemake, write_config  # noqa: E402
 
 
@@ -100,7 +108,7 @@ def concurrency(root: Path, reference: str, tries: int) -> tuple:
 
 
 def rot(root: Path, reference_work: Path, cfg: Path) -> tuple:
-    from elude.housekeeping import check_inputs, verify
+    from elude.pipeline.housekeeping import check_inputs, verify
 
     work = root / "rot"
     shutil.copytree(reference_work, work, symlinks=True)
@@ -123,7 +131,7 @@ def bad_inputs() -> tuple:
     import yaml
     from test_faults import CONFIG_ERRORS
 
-    from elude.config import ConfigError, merge_config, validate_config
+    from elude.pipeline.config import ConfigError, merge_config, validate_config
 
     base = yaml.safe_load((ROOT / "config.yaml").read_text())
     ok = 0

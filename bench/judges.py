@@ -22,10 +22,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from elude.judges.backends import TransformersJudge, VllmJudge, model_check  # noqa: E402
-from elude.judges.demo import build_demo_judge, demo_seed  # noqa: E402
-from elude.judges.grids import grid_image  # noqa: E402
-from elude.judges.protocol import parse_answer  # noqa: E402
+from elude.demo.judge import build_demo_judge  # noqa: E402
+from elude.evaluation.judges.backends import TransformersJudge, VllmJudge, model_check  # noqa: E402
+from elude.evaluation.judges.grids import grid_image  # noqa: E402
+from elude.evaluation.judges.protocol import parse_answer  # noqa: E402
+from elude.models.backbones import demo_seed
 
 
 def main() -> None:

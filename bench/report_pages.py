@@ -1,7 +1,7 @@
 """Size and time of the report's unit pages at paper scale (not a test): a synthetic run of ``--units``
 units split into ``--subunits`` sub-units, top images drawn from ``--images`` evaluation images shown as
 ``--side`` px RGB thumbnails (smooth random images, closer to photos than noise), written by
-``elude.report_pages.write_unit_pages`` as the report stage writes them.
+``elude.reporting.pages.write_unit_pages`` as the report stage writes them.
 
     .venv/bin/python bench/report_pages.py [--units 768] [--subunits 3072] [--images 50000] [--side 64]
 
@@ -19,7 +19,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from elude.report_pages import PARENT_IMAGES, SUBUNIT_IMAGES, write_unit_pages  # noqa: E402
+from elude.reporting.pages import PARENT_IMAGES, SUBUNIT_IMAGES, write_unit_pages  # noqa: E402
 
 
 def synthetic(units: int, subunits: int, images: int, seed: int = 0) -> tuple[dict, dict]:

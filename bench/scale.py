@@ -55,9 +55,10 @@ def layer() -> nn.Module:
 
 
 def run_stage(stage: str, n: int, work: Path, k: int, units: int) -> dict:
-    from elude import backbones
-    from elude.data import iter_batches
-    from elude.stages import Stage, cluster_shard, surgery_shard, topk, topk_part
+    from elude.models import backbones
+    from elude.models.data import iter_batches
+    from elude.pipeline.stages import cluster_shard, surgery_shard, topk, topk_part
+    from elude.pipeline.stages.job import Stage
 
     t0 = time.perf_counter()
     if stage == "forward":  # the bare forward pass the cache stage is compared with
@@ -75,7 +76,7 @@ def run_stage(stage: str, n: int, work: Path, k: int, units: int) -> dict:
             backbones.save_backbone(model, spec, bb)
             (bb / "layer.json").write_text(json.dumps({"path": "1", "type": "Linear", "n_units": 768, "n_upstream": 3072}))
         x = Synthetic(n)
-        from elude.cache import write_cache
+        from elude.models.cache import write_cache
 
         t0 = time.perf_counter()
         out = work / stage

@@ -1,6 +1,6 @@
 """Steering sweep (Section C.3; not a test): for every class of the evaluation split, suppress the kappa
 sub-units matched to it with gain gamma, and report how much that class's accuracy drops against the other
-classes', over a grid of (gamma, kappa): the sweep that chose `elude.steer`'s defaults. ``--by class``
+classes', over a grid of (gamma, kappa): the sweep that chose `elude.evaluation.steering`'s defaults. ``--by class``
 matches by class selectivity; ``--by label`` by the sub-units' CLIP-Dissect labels, with the class's name
 (``--names``, default the digits') as the concept (``--groups``: their whole concept groups).
 
@@ -22,11 +22,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from elude.config import load_run_config, run_artifacts, token_seeds  # noqa: E402
-from elude.layers import LazyDisentangledLayer  # noqa: E402
-from elude.stages import _dataset, _load_layer  # noqa: E402
-from elude.demo_clip import DIGIT_NAMES  # noqa: E402
-from elude.steer import load_labels, steer_classes, steer_labels  # noqa: E402
+from elude.demo.clip import DIGIT_NAMES  # noqa: E402
+from elude.evaluation.steering import load_labels, steer_classes, steer_labels  # noqa: E402
+from elude.method.layers import LazyDisentangledLayer  # noqa: E402
+from elude.pipeline.config import load_run_config  # noqa: E402
+from elude.pipeline.plan import run_artifacts, token_seeds
+from elude.pipeline.stages.job import dataset, load_layer  # noqa: E402
 
 
 def main() -> None:
@@ -43,9 +44,9 @@ def main() -> None:
     cfg = load_run_config(args.configfile)
     arts = run_artifacts(cfg)["seeds"][token_seeds(cfg)[0]]
     backbone_dir, merge_dir = (Path(args.run) / "results" / s / arts[s]["id"] for s in ("backbone", "merge"))
-    model, original, info = _load_layer(backbone_dir)
+    model, original, info = load_layer(backbone_dir)
     layer = LazyDisentangledLayer.load(merge_dir, original)
-    ds = _dataset(arts["evaluate"]["params"]["data"], "eval", backbone_dir)
+    ds = dataset(arts["evaluate"]["params"]["data"], "eval", backbone_dir)
     if args.by == "label":
         labels, clip = load_labels(Path(args.run) / "results" / "labels" / arts["labels"]["id"])
         names = args.names.split(",")

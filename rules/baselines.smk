@@ -1,6 +1,6 @@
 # SAE and transcoder baselines (Section E.1): one job per sweep grid point on the first token seed, the
 # eq. 9 selection per family, the selected point trained on every other seed, and each family scored by
-# ELUDe's own metrics. Ids and inputs come from elude.plan.baseline_artifacts (REG).
+# ELUDe's own metrics. Ids and inputs come from elude.pipeline.plan.baseline_artifacts (REG).
 
 
 rule baseline_train:

@@ -24,7 +24,7 @@ rule cluster_shard:
 
 
 checkpoint ef_search:
-    """One bisection step of cluster.target_ef's search (elude.expansion): the effective EF of the candidate
+    """One bisection step of cluster.target_ef's search (elude.method.expansion): the effective EF of the candidate
     this step clusters, the bracket, the path so far and the closest candidate; a checkpoint because the next
     step's candidate, and for the last step surgery's clustering, follow from it. It only reads manifests: on
     SLURM it runs in the main process's host instead of waiting in the queue between clusterings."""

@@ -1,84 +1,37 @@
 # Config validation, content ids, artifact paths and input functions shared by all rules.
 #
 # Every rule's output is results/<stage>/{id}[/<shard>]: the id wildcard selects the artifact's
-# parameters and input ids from REG (elude.plan.run_artifacts), so one DAG can hold several variants
+# parameters and input ids from REG (elude.pipeline.plan.run_artifacts), so one DAG can hold several variants
 # of a stage (one per seeded token dataset) and each rule is written once.
 import json
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
-from elude.artifacts import active_run, record_run
-from elude.config import ConfigError, validate_config
-from elude.plan import flatten, run_artifacts
-from elude.stages import (cache_memory_mb, evaluate_memory_mb, n_shards, publish_run, shard_memory_mb,
-                          topk_memory_mb)
+from elude.evaluation.judges import judge_name
+from elude.pipeline import checks, resources
+from elude.pipeline.artifacts import record_run
+from elude.pipeline.config import ConfigError, validate_config
+from elude.pipeline.plan import (REPORT_STUDIES, ablation_runs, dictionary_runs, ef_sweep_runs, n_shards,
+                                 qualified, rank_runs, registry, run_artifacts)
+from elude.pipeline.stages.reporting import publish_run
 
 try:
     config.update(validate_config(config))  # defaults filled in; fails before any job with every problem
 except ConfigError as exc:
     raise WorkflowError(str(exc)) from None
 
-if (config["baselines"]["families"] or config["dictionary"]["enabled"]) and not workflow.dryrun and not workflow.deployment_settings.deployment_method:
-    # Jobs run in this environment (no --sdm conda): without overcomplete (baselines; Table 4's coherence),
-    # say which extra to install before any job starts (the jobs check again, for --sdm conda).
-    from elude.baselines import BaselineDependencyError, overcomplete_sae
-
+if not workflow.dryrun:
     try:
-        overcomplete_sae()
-    except BaselineDependencyError as exc:
+        if not workflow.deployment_settings.deployment_method:  # jobs run in this environment (no --sdm conda)
+            checks.dependencies(config)
+        if workflow.is_main_process:
+            checks.no_other_run()
+    except RuntimeError as exc:
         raise WorkflowError(str(exc)) from None
 
-if workflow.is_main_process and not workflow.dryrun:
-    if _other := active_run():  # clearer than Snakemake's LockException, which suggests --unlock
-        raise WorkflowError(
-            f"run {_other['run_name']!r} is running in this directory (Snakemake pid {_other['pid']}, started "
-            f"{_other['started']}); wait for it to finish: a second invocation here would write the same files. "
-            "To run another config at the same time on the same results, start it from its own directory whose "
-            "`results` links to this one (README, Reliability); shared artifacts are then built once. Do not "
-            "--unlock while that process runs.")
-
-def _keep_artifacts_finished_meanwhile():
-    """Before a job runs, Snakemake removes its existing outputs: also one that was missing when the DAG was
-    built and that another process finished since (a second run sharing this results folder, or a job that
-    outlived a killed Snakemake). Removing it would pull a finished artifact from under that run's
-    readers; kept, the job finds it finished and reuses it (elude.stages.run_logged). Outputs that existed
-    when the DAG was built (--forcerun, an incomplete job) are removed as before. This replaces Snakemake 9's
-    Job.remove_existing_output with the same steps plus that exception (README, Reliability)."""
-    from snakemake.io import is_flagged
-    from snakemake.jobs import Job
-
-    async def remove_existing_output(self):
-        missing = {str(f) for f in self.dag.reason(self).missing_output}
-        kept = [f for f in self.output if str(f) in missing and Path(f, "manifest.json").is_file()]
-        for f in self.output:
-            if is_flagged(f, "update") or f in kept:
-                continue
-            try:
-                await f.remove(remove_non_empty_dir=False)
-            except FileNotFoundError:
-                pass
-        if kept:  # and its log, which the job appends to
-            logger.info(f"Keeping {', '.join(map(str, kept))}: finished by another process since the DAG was built")
-            return
-        for f in self.log:
-            await f.remove(remove_non_empty_dir=False)
-
-    if hasattr(Job, "remove_existing_output"):
-        Job.remove_existing_output = remove_existing_output
-    else:
-        logger.warning("Snakemake has no Job.remove_existing_output (not Snakemake 9): two runs sharing this "
-                       "results folder must not run at the same time")
-
-
-_keep_artifacts_finished_meanwhile()
 RUN = run_artifacts(config)
-REG = {}  # stage -> id -> {"id", "params", "inputs"}
-for _a in flatten([{"stage": s, **a} for arts in RUN["seeds"].values() for s, a in arts.items()]
-                  + RUN["baselines"] + RUN["studies"]):
-    REG.setdefault(_a["stage"], {})[_a["id"]] = _a
-if RUN["aggregate"]:
-    REG["aggregate"] = {RUN["aggregate"]["id"]: RUN["aggregate"]}
+REG = registry(RUN)  # stage -> id -> {"id", "params", "inputs"}
 RUN_DIR = f"results/runs/{config['run_name']}"
 CACHE_SHARDS = [f"{s:04d}" for s in range(config["cache"]["shards"])]
 RUNTIME = {"workers": config["compute"]["workers"]}  # job settings that do not change results
@@ -89,49 +42,15 @@ wildcard_constraints:
     shard=r"\d{4}",
 
 
-# GPU requests (resource `gpu`: SLURM --gpus, and a concurrency limit under profiles/local).
-FORWARD_GPUS = int(config["compute"]["device"] == "cuda")  # cache, verify, evaluate
-# Cluster jobs: cuML needs a GPU; the torch backend (auto/torch) uses one when the run computes on CUDA.
-CLUSTER_GPUS = int(config["cluster"]["backend"] == "cuml"
-                   or (config["cluster"]["backend"] in ("auto", "torch") and config["compute"]["device"] == "cuda"))
+_GPUS = resources.gpus(config)  # resource `gpu` per kind of job
+FORWARD_GPUS, CLUSTER_GPUS, JUDGE_GPUS = _GPUS["forward"], _GPUS["cluster"], _GPUS["judge"]
 CLUSTER_ENV = f"../envs/cluster-{'cuml' if config['cluster']['backend'] == 'cuml' else 'cpu'}.yaml"
 
 
 def preflight():
-    """Checks made while the DAG is built, before any job starts: the image data exists; and, where the
-    jobs run locally, that what the run asks for (cuML, CUDA, judge and CLIP models, UMAP) can run here.
-    (On SLURM, jobs run on GPU nodes: there each job checks first thing, with the same message.)"""
-    if workflow.dryrun:
-        return
-    from elude.backbones import resolve_device
-    from elude.clustering import resolve_backend
-    from elude.data import check_data
-
+    """elude.pipeline.checks.preflight, before any job starts (not in a dry run)."""
     try:
-        check_data(config["data"])  # image folders and lists: on the shared file system, checked anywhere
-        if not workflow.local_exec:
-            return
-        if config["labels"]["model"]:
-            from elude.labels import clip_check
-
-            clip_check(config["labels"]["model"])
-        if config["judges"]["models"]:
-            from elude.judges.backends import model_check, vllm_check
-
-            for model in config["judges"]["models"]:
-                model_check(model)
-            if config["judges"]["backend"] == "vllm":
-                vllm_check()
-        reductions = [config["cluster"]["reduce"]["method"]] + [
-            v["cluster"].get("reduce", {}).get("method") for v in config["ablations"]["variants"]]
-        if "umap" in reductions:
-            from elude.clustering import umap_check
-
-            umap_check()
-        if config["cluster"]["backend"] == "cuml":
-            resolve_backend("cuml")
-        if config["compute"]["device"] == "cuda":
-            resolve_device("cuda")
+        workflow.dryrun or checks.preflight(config, workflow.local_exec)
     except (RuntimeError, ValueError, FileNotFoundError) as exc:
         raise WorkflowError(str(exc)) from None
 
@@ -168,7 +87,7 @@ def cluster_shards(cluster_id):
 
 def ef_search_inputs(w):
     """A target-EF search step: the step before it (a checkpoint) and the candidate it clusters, if any."""
-    from elude.expansion import initial_state, next_index
+    from elude.method.expansion import initial_state, next_index
 
     p = REG["ef_search"][w.id]["params"]
     prev = {"prev": checkpoints.ef_search.get(id=p["after"]).output.folder} if p["after"] else {}
@@ -209,44 +128,41 @@ def _topk_manifest(topk_id):
     return json.loads(open(f"{checkpoints.topk.get(id=topk_id).output.folder}/manifest.json").read())
 
 
-def shard_mem_mb(wildcards):
-    """Memory of a cluster/surgery shard job (elude.stages.shard_memory_mb)."""
-    stage = "cluster" if wildcards.id in REG["cluster"] else "surgery"
-    topk_id = up_id(stage, wildcards.id, "topk")
-    layer = json.loads(open(f"results/backbone/{up_id(stage, wildcards.id, 'backbone')}/layer.json").read())
-    itemsize = 2 if config["cache"]["dtype"] == "float16" else 4
-    return shard_memory_mb(config["cluster"], _topk_manifest(topk_id)["k"], layer["n_upstream"], itemsize,
-                           gpu=bool(CLUSTER_GPUS))
+# --- job resources (elude.pipeline.resources: the models and their measured constants) ---------------------
+def shard_mem_mb(w):
+    stage = "cluster" if w.id in REG["cluster"] else "surgery"
+    return resources.shard_job_mb(config["cluster"], _topk_manifest(up_id(stage, w.id, "topk"))["k"],
+                                  path_of("backbone", up_id(stage, w.id, "backbone")), config["cache"]["dtype"],
+                                  bool(CLUSTER_GPUS))
 
 
-def topk_mem_mb(wildcards, input):
-    """Memory of a top-k job (elude.stages.topk_memory_mb); the unit count is read from the backbone
-    artifact once it exists (at submission), assumed 1024 before (a dry run)."""
-    layer = Path(str(input.backbone)) / "layer.json"
-    n_units = json.loads(layer.read_text())["n_units"] if layer.exists() else 1024
-    return topk_memory_mb(REG["topk"][wildcards.id]["params"]["k"], n_units)
+def shard_runtime(w):
+    return resources.shard_job_minutes(config["cluster"])
 
 
-def cache_mem_mb(wildcards, input):
-    """Memory of a cache job (elude.stages.cache_memory_mb); image size from the backbone's
-    preprocessing once it exists, 224 before (a dry run)."""
-    pre_file = Path(str(input.backbone)) / "preprocess.json"
-    pre = json.loads(pre_file.read_text()) if pre_file.exists() else None
-    return cache_memory_mb(config["cache"]["batch_size"], config["compute"]["workers"], pre["size"] if pre else 224)
+def topk_mem_mb(w, input):
+    return resources.topk_job_mb(REG["topk"][w.id]["params"]["k"], input.backbone)
 
 
-def evaluate_mem_mb(wildcards, input):
-    """Memory of an evaluate job (elude.stages.evaluate_memory_mb); unit and sub-unit counts read from the
-    artifacts once they exist (1024 and 8 x 1024 before)."""
-    layer, merged = Path(str(input.backbone)) / "layer.json", Path(str(input.merge)) / "manifest.json"
-    units = json.loads(layer.read_text())["n_units"] if layer.exists() else 1024
-    subunits = json.loads(merged.read_text())["n_subunits"] if merged.exists() else 8 * units
-    return evaluate_memory_mb(units, subunits, config["evaluate"]["ms_top_k"], config["evaluate"]["batch_size"])
+def cache_mem_mb(w, input):
+    return resources.cache_job_mb(config["cache"], config["compute"]["workers"], input.backbone)
 
 
-def shard_runtime(wildcards):
-    """Minutes: 10 + units_per_shard x cluster.minutes_per_unit."""
-    return int(10 + config["cluster"]["units_per_shard"] * config["cluster"]["minutes_per_unit"])
+def evaluate_mem_mb(w, input):
+    return resources.evaluate_job_mb(config["evaluate"], input.backbone, merge_dir=input.merge)
+
+
+def baseline_eval_mem_mb(w, input):
+    return resources.evaluate_job_mb(config["evaluate"], input.backbone, model_dir=input.model)
+
+
+def baseline_train_mem_mb(w, input):
+    return resources.baseline_train_job_mb(REG["baseline_train"][w.id]["params"], input.backbone,
+                                           config["cache"]["chunk_rows"])
+
+
+def labels_mem_mb(w, input):
+    return resources.labels_job_mb(input.evaluate, input.merge)
 
 
 def unit_shards(stage):
@@ -285,140 +201,80 @@ def final_report(wildcards):
     return final_target()
 
 
-# --- baselines (rules/baselines.smk) and Table 2 (rules/report.smk) -------------------------------------
-# CPU runs: one thread per training job (small models; jobs run side by side); GPU jobs: a few threads to
-# feed the GPU (reading and decompressing cache chunks).
-BASELINE_THREADS = 1 if config["compute"]["device"] == "cpu" else 4
+# --- input functions of the baselines, the studies, LLM Rank and the report (decoders: elude.pipeline.plan) ----
+BASELINE_THREADS = resources.baseline_threads(config)
+JUDGE_MEM_MB = resources.judge_mem_mb(config)
+JUDGE_ENV = "../envs/judges-vllm.yaml" if config["judges"]["backend"] == "vllm" else "../envs/torch.yaml"
 
 
-def baseline_train_inputs(w):
-    inputs = REG["baseline_train"][w.id]["inputs"]
-    out = {"cache": path_of("cache", inputs["cache"]), "backbone": path_of("backbone", inputs["backbone"])}
-    if "merge" in inputs:  # expansion_factor: match
-        out["merge"] = path_of("merge", inputs["merge"])
-    if "baseline_select" in inputs:  # a later token seed: the first seed's selected point
-        out["select"] = path_of("baseline_select", inputs["baseline_select"])
-    return out
+def inputs_of(stage, w):
+    return REG[stage][w.id]["inputs"]
 
 
-def baseline_train_mem_mb(wildcards, input):
-    """Memory of a baseline training job (elude.stages.baselines.baseline_memory_mb); layer shape from the
-    backbone artifact once it exists (768 x 3072 before)."""
-    from elude.stages.baselines import baseline_memory_mb
-
-    layer = Path(str(input.backbone)) / "layer.json"
-    info = json.loads(layer.read_text()) if layer.exists() else {"n_units": 768, "n_upstream": 3072}
-    return baseline_memory_mb(REG["baseline_train"][wildcards.id]["params"], info["n_units"], info["n_upstream"],
-                              config["cache"]["chunk_rows"])
+def paths(stage, ids):
+    """ids (a dict or a list) -> the artifacts' folders."""
+    return {k: path_of(stage, i) for k, i in ids.items()} if isinstance(ids, dict) else [path_of(stage, i) for i in ids]
 
 
-def baseline_model(w):
-    """Where a baseline evaluation reads its model: the selection (first seed) or a later seed's training."""
-    (stage, i), = [(s, i) for s, i in REG["baseline_eval"][w.id]["inputs"].items() if s != "backbone"]
-    return path_of(stage, i)
-
-
-def baseline_eval_mem_mb(wildcards, input):
-    """Memory of a baseline evaluation: as an evaluate job (elude.stages.evaluate_memory_mb) with the
-    baseline's features counted as sub-units (an overestimate)."""
-    layer, model = Path(str(input.backbone)) / "layer.json", Path(str(input.model)) / "model.json"
-    units = json.loads(layer.read_text())["n_units"] if layer.exists() else 1024
-    features = json.loads(model.read_text())["n_features"] if model.exists() else 16 * units
-    return evaluate_memory_mb(units, features, config["evaluate"]["ms_top_k"], config["evaluate"]["batch_size"])
-
-
-def baseline_evals(report_id):
-    """family -> the baseline_eval artifact a report reads (Table 2)."""
-    return {k.split("-", 1)[1]: path_of("baseline_eval", i) for k, i in REG["report"][report_id]["inputs"].items()
-            if k.startswith("baseline_eval-")}
-
-
-# --- Tables 4 and 5 (rules/studies.smk) -----------------------------------------------------------------
-def baseline_model_path(i):
+def model_path(i):
     """A trained baseline's folder: a selection (the selected model) or a training."""
     return path_of("baseline_select" if i in REG.get("baseline_select", {}) else "baseline_train", i)
 
 
+def baseline_train_inputs(w):
+    inputs = inputs_of("baseline_train", w)
+    optional = {"merge": "merge", "select": "baseline_select"}  # expansion_factor: match; a later token seed
+    return {"cache": path_of("cache", inputs["cache"]), "backbone": path_of("backbone", inputs["backbone"]),
+            **{k: path_of(s, inputs[s]) for k, s in optional.items() if s in inputs}}
+
+
+def baseline_model(w):
+    """Where a baseline evaluation reads its model: the selection (first seed) or a later seed's training."""
+    (stage, i), = [(s, i) for s, i in inputs_of("baseline_eval", w).items() if s != "backbone"]
+    return path_of(stage, i)
+
+
+def baseline_evals(report_id):
+    """family -> the baseline_eval artifact a report reads (Table 2)."""
+    return paths("baseline_eval", qualified(REG["report"][report_id]["inputs"], "baseline_eval"))
+
+
+def study_dirs(report_id):
+    """stage -> the study artifact (dictionary, efficiency, rank, ablation, ef_sweep; its seed's labels) a report
+    reads, where it has one."""
+    return {s: path_of(s, i) for s, i in REG["report"][report_id]["inputs"].items() if s in REPORT_STUDIES}
+
+
 def dictionary_inputs(w):
-    """Table 4's runs: ELUDe's merges (merge-<run>) and each family's runs (<family>-<init seed>)."""
-    inputs = REG["dictionary"][w.id]["inputs"]
-    merges = [path_of("merge", i) for k, i in inputs.items() if k.startswith("merge-")]
-    families = {}
-    for k, i in inputs.items():
-        if not k.startswith("merge-"):
-            families.setdefault(k.rsplit("-", 1)[0], []).append(baseline_model_path(i))
-    return merges, families
+    """Table 4's runs: ELUDe's merges and each family's models (one per init seed)."""
+    merges, families = dictionary_runs(inputs_of("dictionary", w))
+    return paths("merge", merges), {f: [model_path(i) for i in ids] for f, ids in families.items()}
 
 
 def efficiency_baselines(w):
     """family -> the selected baseline that Table 5 times."""
-    return {k.split("-", 1)[1]: path_of("baseline_select", i)
-            for k, i in REG["efficiency"][w.id]["inputs"].items() if k.startswith("baseline-")}
-
-
-def study_dirs(report_id):
-    """stage -> the study artifact (dictionary, efficiency, rank, ablation; its seed's labels) a report reads,
-    where it has one."""
-    return {s: path_of(s, i) for s, i in REG["report"][report_id]["inputs"].items()
-            if s in ("dictionary", "efficiency", "rank", "ablation", "ef_sweep", "labels")}
+    return paths("baseline_select", qualified(inputs_of("efficiency", w), "baseline"))
 
 
 def ablation_inputs(w):
-    """variant ("base" first) -> token seed -> evaluate artifact of an ablation artifact (Table 7)."""
-    out = {}
-    for k, i in REG["ablation"][w.id]["inputs"].items():
-        _, rest = k.split("-", 1)
-        name, seed = rest.rsplit("-", 1)
-        out.setdefault(name, {})[seed] = path_of("evaluate", i)
-    return out
+    """variant ("base" first) -> token seed -> evaluate artifact (Table 7)."""
+    return {v: paths("evaluate", seeds) for v, seeds in ablation_runs(inputs_of("ablation", w)).items()}
 
 
 def ef_sweep_inputs(w):
-    """Table 6's EF axis: per target EF and token seed, ELUDe's evaluation and search and each family's
-    baseline evaluation; per target its LLM Rank, where judges ran: {"ef_search" | "evaluate" | "baseline_eval"
-    | "rank": {key: folder}}, keys "<target>-<seed>" ("<family>-<target>-<seed>"; rank: "<target>")."""
-    out = {}
-    for k, i in REG["ef_sweep"][w.id]["inputs"].items():
-        stage, key = k.split("-", 1)
-        out.setdefault(stage, {})[key] = path_of(stage, i)
-    return out
-
-
-# --- LLM Rank (rules/judges.smk) -------------------------------------------------------------------------
-_J = config["judges"]
-JUDGE_VLLM = _J["backend"] == "vllm"
-JUDGE_GPUS = _J["tensor_parallel_size"] if JUDGE_VLLM else FORWARD_GPUS
-JUDGE_ENV = "../envs/judges-vllm.yaml" if JUDGE_VLLM else "../envs/torch.yaml"
-JUDGE_MEM_MB = 64000 if JUDGE_VLLM else 16000  # host memory: vLLM maps the weights; transformers loads them
+    """Table 6's EF axis: {"evaluate" | "ef_search" | "baseline_eval" | "rank": {key: folder}}, keys as
+    elude.pipeline.plan.ef_sweep_runs gives them, joined by '-' (the ef_sweep stage splits them again)."""
+    return {kind: {"-".join(k) if isinstance(k, tuple) else k: path_of(kind, i) for k, i in ids.items()}
+            for kind, ids in ef_sweep_runs(inputs_of("ef_sweep", w)).items()}
 
 
 def grids_baselines(w):
     """family -> the baseline_eval artifact whose features a grids artifact shows."""
-    return {k.split("-", 1)[1]: path_of("baseline_eval", i) for k, i in REG["grids"][w.id]["inputs"].items()
-            if k.startswith("baseline_eval-")}
+    return paths("baseline_eval", qualified(inputs_of("grids", w), "baseline_eval"))
 
 
 def rank_inputs(w):
     """(token seed -> grids artifact, token seed -> judge name -> judge artifact) of a rank artifact."""
-    from elude.judges import judge_name
-
-    inputs = REG["rank"][w.id]["inputs"]
-    grids = {k.split("-", 1)[1]: path_of("grids", i) for k, i in inputs.items() if k.startswith("grids-")}
-    judges = {s: {} for s in grids}
-    for k, i in inputs.items():
-        if k.startswith("judge-"):
-            seed = k.split("-")[1]
-            judges[seed][judge_name(REG["judge"][i]["params"]["model"])] = path_of("judge", i)
-    return grids, judges
-
-
-# --- concept labels (rules/labels.smk) -------------------------------------------------------------------
-def labels_mem_mb(wildcards, input):
-    """Memory of a labels job (elude.stages.labeling.labels_memory_mb); image and sub-unit counts from the
-    evaluate and merge artifacts once they exist (50,000 and 8 x 1024 before)."""
-    from elude.stages.labeling import labels_memory_mb
-
-    metrics, merged = Path(str(input.evaluate)) / "metrics.json", Path(str(input.merge)) / "manifest.json"
-    m = json.loads(metrics.read_text()) if metrics.exists() else {"n_images": 50_000, "n_units": 1024}
-    subunits = json.loads(merged.read_text())["n_subunits"] if merged.exists() else 8 * m["n_units"]
-    return labels_memory_mb(m["n_images"], m["n_units"] + subunits)
+    grids, judges = rank_runs(inputs_of("rank", w))
+    return paths("grids", grids), {s: {judge_name(REG["judge"][i]["params"]["model"]): path_of("judge", i) for i in ids}
+                                   for s, ids in judges.items()}

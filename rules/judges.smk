@@ -1,6 +1,6 @@
 # LLM Rank (Section B.1): per token seed the judged unit pairs and their grids, one job per judge and token
 # seed (a GPU job with backend vllm), and one rank over every seed and judge (Table 3). Ids and inputs come
-# from elude.plan.judge_artifacts (REG).
+# from elude.pipeline.plan.judge_artifacts (REG).
 
 
 rule grids:

@@ -1,5 +1,5 @@
 # Concept labels (CLIP-Dissect, Sec. C.3) and concept groups across neurons (Sec. 4.2) of each token seed's
-# disentangled layer, when labels.model is set. Ids and inputs: elude.plan.labels_artifact (REG).
+# disentangled layer, when labels.model is set. Ids and inputs: elude.pipeline.plan.labels_artifact (REG).
 
 
 rule labels:

@@ -1,5 +1,5 @@
 # The first token seed's studies: Table 4 (dictionary structure over repeated runs, Section B.3) and
-# Table 5 (inference cost, Section B.4). Ids and inputs come from elude.plan.study_artifacts (REG); the
+# Table 5 (inference cost, Section B.4). Ids and inputs come from elude.pipeline.plan.study_artifacts (REG); the
 # repeated ELUDe runs are ordinary cluster/surgery/merge artifacts, the baselines' other init seeds
 # ordinary baseline_train artifacts.
 

@@ -12,8 +12,9 @@ import subprocess
 import time
 from pathlib import Path
 
-from elude.housekeeping import SHARDED, verify
 from workflow_helpers import ids_for, snakemake, snakemake_cmd
+
+from elude.pipeline.housekeeping import SHARDED, verify
 
 
 def merged_sha256(work: Path, cfg: Path) -> str | None:

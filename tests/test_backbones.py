@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from elude.backbones import load_backbone
-from elude.stages import Stage, backbone
+from elude.models.backbones import load_backbone
+from elude.pipeline.stages import backbone
+from elude.pipeline.stages.job import Stage
 
 TIMM = {"name": "vit_tiny_patch16_224", "kwargs": {"img_size": 32, "patch_size": 8, "embed_dim": 48, "depth": 2,
                                                    "num_heads": 3, "num_classes": 7}, "weights": None}
@@ -43,9 +44,10 @@ def test_non_linear_layer_is_rejected(tmp_path):
 def _cache_matches_hook(tmp_path, out, data=None, n_check=10):
     """The cache stage, run as 2 dataset shards, stores exactly the target layer's inputs captured
     directly with a forward hook, in image order, with their (image, instance) index."""
-    from elude.cache import Cache
-    from elude.data import iter_batches
-    from elude.stages import _dataset, cache_shard
+    from elude.models.cache import Cache
+    from elude.models.data import iter_batches
+    from elude.pipeline.stages import cache_shard
+    from elude.pipeline.stages.job import dataset
 
     data = data or {"kind": "digits", "eval_fraction": 0.3, "split_seed": 0}
     params = {"data": data, "batch_size": 4, "dtype": "float32", "chunk_rows": 50, "compressor": "lz4-1",
@@ -58,7 +60,7 @@ def _cache_matches_hook(tmp_path, out, data=None, n_check=10):
     layer_path = json.loads((out / "layer.json").read_text())["path"]
     captured = []
     dict(model.named_modules())[layer_path].register_forward_pre_hook(lambda m, a: captured.append(a[0]))
-    ds = _dataset(data, "probe", out)
+    ds = dataset(data, "probe", out)
     last = len(ds) - 1
     batch = next(iter_batches(ds, n_check, [*range(n_check - 1), last]))  # includes the second shard's last image
     with torch.no_grad():
@@ -132,8 +134,8 @@ def test_torch_hub_backbone_from_a_local_repository(tmp_path):
 def test_layer_weights_read_from_the_saved_file_equal_the_built_layer(tmp_path, layer):
     from safetensors.torch import save_file
 
-    from elude.backbones import layer_weight_bias
-    from elude.stages import layer_weights
+    from elude.models.backbones import layer_weight_bias
+    from elude.pipeline.stages.job import layer_weights
 
     net = torch.nn.Sequential(torch.nn.Identity(), torch.nn.Sequential(layer))
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp_path / "model.safetensors"))

@@ -7,8 +7,16 @@ import pytest
 import torch
 from PIL import Image
 
-from elude import backbones
-from elude.stages import Stage, cache_shard, cluster_shard, merge, surgery_shard, topk, topk_part
+from elude.models import backbones
+from elude.pipeline.stages import (
+    cache_shard,
+    cluster_shard,
+    merge,
+    surgery_shard,
+    topk,
+    topk_part,
+)
+from elude.pipeline.stages.job import Stage
 
 TIMM = {"name": "vit_tiny_patch16_224", "weights": None,
         "kwargs": {"img_size": 8, "patch_size": 2, "in_chans": 1, "num_classes": 3, "embed_dim": 16, "depth": 1,
@@ -103,7 +111,7 @@ def test_never_active_unit_and_clamped_topk_are_recorded(tmp_path):
           str(res / "merge/m"))
     meta = json.loads((res / "merge/m/layer.json").read_text())["metadata"]["units"]
     assert meta[3]["never_active"] and meta[3]["k"] == 1
-    from elude.layers import DisentangledLayer
+    from elude.method.layers import DisentangledLayer
 
     dl = DisentangledLayer.load(res / "merge/m")
     layer = backbones.get_module(backbones.load_backbone(bb), LAYER)
@@ -115,7 +123,7 @@ def test_never_active_unit_and_clamped_topk_are_recorded(tmp_path):
 def test_cluster_shard_killed_after_its_last_unit_resumes_to_the_same_bytes(tmp_path, monkeypatch):
     """Found by the fault suite (bench/faults.py): a SIGTERM after the shard's last unit was saved, before the
     shard was published, left every unit done; the rerun has nothing to cluster and must still publish."""
-    import elude.stages as stages
+    import elude.pipeline.stages.chain as stages
 
     bb = make_backbone(tmp_path / "bb")
     res = tmp_path / "results"

@@ -9,15 +9,21 @@ import sys
 import numpy as np
 import pytest
 import torch
+from workflow_helpers import REPO, SNAKEMAKE, write_config
 
-from elude import backbones, cache
 from elude.baselines import FAMILIES, family_grid, grid_points, select, selection_scores
 from elude.baselines.models import Baseline
-from elude.baselines.train import InstanceStream, archetypal_points, fit, normalisation, training_metrics
-from elude.data import DigitsDataset, iter_batches
-from elude.evaluation import forward_batch, score_baseline, substituted
-
-from workflow_helpers import REPO, SNAKEMAKE, write_config
+from elude.baselines.train import (
+    InstanceStream,
+    archetypal_points,
+    fit,
+    normalisation,
+    training_metrics,
+)
+from elude.demo.vit import demo_model_spec
+from elude.evaluation.scoring import forward_batch, score_baseline, substituted
+from elude.models import backbones, cache
+from elude.models.data import DigitsDataset, iter_batches
 
 SETTINGS = {"sparsity": 6, "archetypal_ratio": 0.1, "archetypal_points": 256,
             "matryoshka_prefixes": [0.25, 0.5, 1.0], "init_seed": 42}
@@ -49,7 +55,7 @@ def test_family_grids_use_their_own_axes_and_overrides():
 def vit_cache(tmp_path_factory):
     """A real cache: a random-init timm ViT's blocks.0.mlp.fc2 inputs (Linear 128 -> 32) on the digits probe split."""
     torch.manual_seed(0)
-    spec = backbones.demo_model_spec({"img_size": 8, "patch_size": 2, "embed_dim": 32, "depth": 1, "num_heads": 2,
+    spec = demo_model_spec({"img_size": 8, "patch_size": 2, "embed_dim": 32, "depth": 1, "num_heads": 2,
                                       "mlp_ratio": 4})
     model = backbones.build_from_spec(spec).eval()
     layer = backbones.get_module(model, "blocks.0.mlp.fc2")
@@ -184,7 +190,13 @@ def test_workflow_with_a_family_written_here_and_no_overcomplete_fails_before_an
 
 def test_table2_over_two_token_seeds_and_a_family_grid_change_reruns_only_that_family(two_seed_run, tmp_path):
     """workflow_helpers.BASELINE_RUN (with the judges of tests/test_judges.py, which share the run)."""
-    from workflow_helpers import RUN_FAMILIES, TWO_SEED_RUN, copy_run, executed_rules, snakemake
+    from workflow_helpers import (
+        RUN_FAMILIES,
+        TWO_SEED_RUN,
+        copy_run,
+        executed_rules,
+        snakemake,
+    )
 
     ran = two_seed_run[2]
     # the sweep on the first seed (topk: 2 grid points), then the selected point trained on the second
@@ -219,8 +231,9 @@ def test_table2_over_two_token_seeds_and_a_family_grid_change_reruns_only_that_f
 
 
 def test_baseline_ids_follow_only_their_own_family_and_match_waits_for_elude(tmp_path):
-    from elude.config import artifact_ids, baseline_artifacts, merge_config, validate_config
-    from elude.stages.baselines import n_features
+    from elude.pipeline.config import merge_config, validate_config
+    from elude.pipeline.plan import artifact_ids, baseline_artifacts
+    from elude.pipeline.stages.baselines import n_features
 
     base = validate_config({"baselines": {"grid": {"lr": [1e-3], "w_dead": [1e-4]}}})  # schema defaults otherwise
 
@@ -249,7 +262,7 @@ def test_baseline_ids_follow_only_their_own_family_and_match_waits_for_elude(tmp
 
 
 def test_table2_marks_best_and_second_and_says_where_elude_loses():
-    from elude.report import table2_findings, table2_html
+    from elude.reporting.summary import table2_findings, table2_html
 
     rows = {"backbone": {"method": "Backbone only", "ms_score": 90.0, "accuracy": 80.0, "r2": 100.0, "llm_rank": None},
             "topk": {"method": "TopK-SAE", "ms_score": 60.0, "accuracy": 81.0, "r2": 95.0, "llm_rank": None},

@@ -14,7 +14,7 @@ import torch
 import yaml
 from torch import nn
 
-from elude.config import merge_config, validate_config
+from elude.pipeline.config import merge_config, validate_config
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -137,7 +137,7 @@ def test_paper_settings(name):
         assert c["min_cluster_size"] == 1000
     # the demo's reductions in config.yaml (a 9-point sweep of 5 epochs, two-run Table 4, Table 5 on the CPU)
     # must not leak into a paper run: every baseline setting is E.1's (the schema's defaults)
-    from elude.config import load_schema, with_defaults
+    from elude.pipeline.config import load_schema, with_defaults
 
     defaults = with_defaults({}, load_schema())
     b = cfg["baselines"]

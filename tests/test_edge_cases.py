@@ -3,15 +3,16 @@ and the cache/top-k/MS-Score building blocks against direct computations."""
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import TensorDataset
 from torch import nn
+from torch.utils.data import TensorDataset
 
-from elude import cache, clustering, contributions
-from elude.backbones import layer_weight_bias
-from elude.layers import DisentangledLayer
-from elude.metrics import ms_score
-from elude.surgery import DEFAULT_RHO_GRID, split_unit
-from elude.topk import clamp_k, streaming_topk
+from elude.evaluation.metrics import ms_score
+from elude.method import clustering, contributions
+from elude.method.layers import DisentangledLayer
+from elude.method.surgery import DEFAULT_RHO_GRID, split_unit
+from elude.method.topk import clamp_k, streaming_topk
+from elude.models import cache
+from elude.models.backbones import layer_weight_bias
 
 
 def test_single_cluster_unit_is_unchanged(rng):

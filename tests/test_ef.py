@@ -4,9 +4,9 @@ import json
 import numpy as np
 import pytest
 
-from elude import expansion as ef
-from elude.config import (all_ids, artifact_ids, baseline_artifacts, load_run_config, merge_config, run_artifacts,
-                          validate_config)
+from elude.method import expansion as ef
+from elude.pipeline.config import load_run_config, merge_config, validate_config
+from elude.pipeline.plan import all_ids, artifact_ids, baseline_artifacts, run_artifacts
 
 
 def search(efs: list[float], target: float) -> tuple[dict, int]:

@@ -1,10 +1,8 @@
 """Every rule names a conda env; every env file parses and pins every package it lists."""
 import re
 import subprocess
-from pathlib import Path
 
 import yaml
-
 from workflow_helpers import REPO, SNAKEMAKE
 
 PINNED_CONDA = re.compile(r"^[A-Za-z0-9_.-]+=[0-9][^=\s]*$")  # conda: name=version

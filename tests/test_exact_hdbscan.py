@@ -7,11 +7,12 @@ import hdbscan
 import numpy as np
 import pytest
 import torch
-
-from elude import clustering, contributions, exact_hdbscan
-from elude.backbones import get_module, layer_weight_bias, load_backbone
-from elude.cache import Cache
 from workflow_helpers import ids_for
+
+from elude.method import _exact_hdbscan as exact_hdbscan
+from elude.method import clustering, contributions
+from elude.models.backbones import get_module, layer_weight_bias, load_backbone
+from elude.models.cache import Cache
 
 MIN_CLUSTER_SIZE = 25
 MIN_SAMPLES = [1, 5, None]  # None = the library default (= min_cluster_size)

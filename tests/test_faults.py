@@ -8,16 +8,35 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from fault_injection import (
+    concurrent_runs,
+    disk_full,
+    half_built,
+    in_progress,
+    kill_chain,
+    merged_sha256,
+    mount_tmpfs,
+    resumed,
+)
 from PIL import Image
+from workflow_helpers import (
+    REPO,
+    TINY,
+    executed_rules,
+    ids_for,
+    snakemake,
+    snakemake_cmd,
+    write_config,
+)
 
-from elude import backbones
-from elude.config import ConfigError, artifact_ids, merge_config, validate_config
-from elude.data import check_data, open_dataset
-from elude.housekeeping import verify
-from elude.stages import Stage, backbone
-from fault_injection import (concurrent_runs, disk_full, half_built, in_progress, kill_chain, merged_sha256,
-                             mount_tmpfs, resumed)
-from workflow_helpers import REPO, TINY, executed_rules, ids_for, snakemake, snakemake_cmd, write_config
+from elude.demo.vit import demo_model_spec
+from elude.models import backbones
+from elude.models.data import check_data, open_dataset
+from elude.pipeline.config import ConfigError, merge_config, validate_config
+from elude.pipeline.housekeeping import verify
+from elude.pipeline.plan import artifact_ids
+from elude.pipeline.stages import backbone
+from elude.pipeline.stages.job import Stage
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +134,7 @@ def test_two_runs_at_once_on_messy_images_share_artifacts_agree_and_a_second_inv
     assert faults["k_requested"] == 5000 and faults["k"] == 80 * 17  # every cached instance
     html = (tmp_path / "a/results/runs/tiny/report.html").read_text()
     assert "probe images skipped" in html and "5000 → 1360" in html
-    from elude.layers import DisentangledLayer
+    from elude.method.layers import DisentangledLayer
 
     merged = DisentangledLayer.load(next((tmp_path / "shared-results/merge").glob("[0-9a-f]*")))
     assert torch.isfinite(merged.weight).all() and torch.isfinite(merged.bias).all()
@@ -132,12 +151,12 @@ def test_build_lock_waits_for_its_holder_and_degrades_to_a_warning_without_flock
     import sys
     import time
 
-    from elude.artifacts import build_lock
+    from elude.pipeline.artifacts import build_lock
 
     results = tmp_path / "results"
     final = results / "merge/0123456789ab"
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
-                               "from elude.artifacts import build_lock\n"
+                               "from elude.pipeline.artifacts import build_lock\n"
                                f"with build_lock(Path({str(final)!r}), Path({str(results)!r})):\n"
                                "    print('held', flush=True); time.sleep(1.5)"], stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
@@ -270,5 +289,5 @@ def test_empty_split_and_unsupported_layer_are_named(tmp_path, monkeypatch):
         backbone(Stage("backbone", art["id"], art["params"]), str(tmp_path / "results/backbone" / art["id"]))
     assert not (tmp_path / "results/backbone" / art["id"]).exists()
     with pytest.raises(KeyError, match="layer 'blocks.7.mlp.fc2' is not a module of VisionTransformer; nearest"):
-        backbones.get_module(backbones.build_from_spec(backbones.demo_model_spec(cfg["backbone"]["demo"]["arch"])),
+        backbones.get_module(backbones.build_from_spec(demo_model_spec(cfg["backbone"]["demo"]["arch"])),
                              "blocks.7.mlp.fc2")

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from elude.config import merge_config, validate_config
-from elude.plan import all_ids
+from elude.pipeline.config import merge_config, validate_config
+from elude.pipeline.plan import all_ids
 
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = Path(__file__).with_name("golden") / "ids.json"

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from elude.config import artifact_ids, merge_config, validate_config
 from workflow_helpers import REPO
+
+from elude.pipeline.config import merge_config, validate_config
+from elude.pipeline.plan import artifact_ids
 
 # sub-folders of sharded artifacts, as the workflow writes them
 SUBFOLDERS = {"cache": ["shard-0000", "shard-0001"], "topk": ["part-0000", "part-0001", "merged"],
@@ -179,7 +180,7 @@ def test_verify_names_damaged_files_and_the_rebuild_restores_the_same_bytes(tiny
     assert f"{chunk.relative_to(results / 'cache' / a['cache'] / 'shard-0001')}: changed" in problems["cache"]
     assert "layer.safetensors: changed" in problems["merge"] and "tables.safetensors: missing" in problems["evaluate"]
     # a job made from the merge refuses to compute: its inputs, and theirs up to the cache, are checked first
-    from elude.housekeeping import check_inputs
+    from elude.pipeline.housekeeping import check_inputs
 
     with pytest.raises(RuntimeError, match=r"(?s)merge/.*layer.safetensors: changed.*shard-0001: .*: changed"):
         check_inputs(results, {"merge": a["merge"]})

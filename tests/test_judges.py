@@ -1,8 +1,19 @@
 """LLM Rank's protocol and aggregation (Section B.1), checked against hand-computed cases."""
 import pytest
 
-from elude.judges.consensus import bootstrap, comparisons, consensus, ranks, win_rates
-from elude.judges.protocol import PROMPT, parse_answer, presentations, sample_unit_pairs
+from elude.evaluation.judges.consensus import (
+    bootstrap,
+    comparisons,
+    consensus,
+    ranks,
+    win_rates,
+)
+from elude.evaluation.judges.protocol import (
+    PROMPT,
+    parse_answer,
+    presentations,
+    sample_unit_pairs,
+)
 
 
 def test_prompt_is_the_papers():
@@ -74,8 +85,8 @@ def test_grids_put_the_top_nine_images_in_3x3_cells(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from elude.data import DigitsDataset
-    from elude.judges.grids import EMPTY, cell_image, grid_image, save_grid
+    from elude.evaluation.judges.grids import EMPTY, cell_image, grid_image, save_grid
+    from elude.models.data import DigitsDataset
 
     digits = DigitsDataset("eval", 0.3, 0)
     images = [digits.thumbnail(i) for i in range(7)]  # 8x8 digits; only 7: two cells stay empty
@@ -98,10 +109,14 @@ def test_transformers_judge_asks_every_presentation_in_both_orders_and_resumes(t
 
     from PIL import Image
 
-    from elude.data import DigitsDataset
-    from elude.judges.backends import JudgmentStore, TransformersJudge, run_judge
-    from elude.judges.demo import build_demo_judge
-    from elude.judges.grids import grid_image
+    from elude.demo.judge import build_demo_judge
+    from elude.evaluation.judges.backends import (
+        JudgmentStore,
+        TransformersJudge,
+        run_judge,
+    )
+    from elude.evaluation.judges.grids import grid_image
+    from elude.models.data import DigitsDataset
 
     digits = DigitsDataset("eval", 0.3, 0)
     top = {"backbone": [[u + 9 * r for r in range(9)] for u in range(4)], "elude": [[u * 3 + r for r in range(9)] for u in range(6)]}
@@ -144,7 +159,12 @@ def test_vllm_requests_and_a_clear_error_where_it_cannot_run():
     import numpy as np
     from PIL import Image
 
-    from elude.judges.backends import JudgeDependencyError, VllmJudge, vllm_requests, vllm_settings
+    from elude.evaluation.judges.backends import (
+        JudgeDependencyError,
+        VllmJudge,
+        vllm_requests,
+        vllm_settings,
+    )
 
     a, b = (Image.fromarray(np.full((6, 6, 3), v, np.uint8)) for v in (10, 200))
     (conv,) = vllm_requests([(a, b)])
@@ -170,9 +190,16 @@ def test_workflow_llm_rank_pools_seeds_resumes_a_killed_judge_and_adds_a_judge_a
     import shutil
 
     pytest.importorskip("overcomplete")
-    from workflow_helpers import RUN_FAMILIES, TWO_SEED_RUN, copy_run, executed_rules, snakemake, write_config
+    from workflow_helpers import (
+        RUN_FAMILIES,
+        TWO_SEED_RUN,
+        copy_run,
+        executed_rules,
+        snakemake,
+        write_config,
+    )
 
-    from elude.judges.consensus import comparisons, ranks, win_rates
+    from elude.evaluation.judges.consensus import comparisons, ranks, win_rates
 
     two_seed_run = request.getfixturevalue("two_seed_run")  # (after the skip: the run needs overcomplete)
     ran = two_seed_run[2]
@@ -235,7 +262,7 @@ def test_workflow_llm_rank_pools_seeds_resumes_a_killed_judge_and_adds_a_judge_a
 
 
 def test_judge_agreement_by_hand():
-    from elude.judges.consensus import judge_agreement
+    from elude.evaluation.judges.consensus import judge_agreement
 
     # one unit pair in both orders, then a second pair shown once; x prefers unit (m, 0) both times
     shown = [{"pair": ("m", "n"), "index": 0, "a": ("m", 0), "b": ("n", 5)},
@@ -254,10 +281,10 @@ def test_judge_agreement_by_hand():
 def test_units_that_never_fire_are_not_shown_and_bad_judge_settings_fail_early(tmp_path):
     import numpy as np
 
-    from elude.artifacts import save_arrays
-    from elude.config import ConfigError, merge_config, validate_config
-    from elude.judges.backends import JudgeDependencyError, model_check
-    from elude.stages.judging import method_units
+    from elude.evaluation.judges.backends import JudgeDependencyError, model_check
+    from elude.pipeline.config import ConfigError, merge_config, validate_config
+    from elude.pipeline.stages.judging import method_units
+    from elude.util.files import save_arrays
 
     ms = np.array([0.3, np.nan, 0.5])
     top = np.arange(30).reshape(3, 10)
@@ -277,7 +304,7 @@ def test_units_that_never_fire_are_not_shown_and_bad_judge_settings_fail_early(t
 def test_vllm_where_it_cannot_run_stops_the_workflow_before_any_job(tmp_path):
     from workflow_helpers import executed_rules, snakemake, write_config
 
-    from elude.judges.backends import JudgeDependencyError, vllm_check
+    from elude.evaluation.judges.backends import JudgeDependencyError, vllm_check
 
     try:
         vllm_check()

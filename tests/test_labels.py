@@ -1,4 +1,4 @@
-"""Concept labels (CLIP-Dissect soft-WPMI, elude.labels) and concept groups (elude.groups) on hand-made
+"""Concept labels (CLIP-Dissect soft-WPMI, elude.evaluation.labels) and concept groups (elude.evaluation.groups) on hand-made
 data; the workflow's labels stage and steering by label run in tests/test_using.py."""
 import math
 
@@ -6,8 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from elude.groups import active, concept_groups, correlation
-from elude.labels import LabelsError, best_concepts, label_features, load_clip, load_concepts, soft_wpmi
+from elude.evaluation.groups import active, concept_groups, correlation
+from elude.evaluation.labels import (
+    LabelsError,
+    best_concepts,
+    label_features,
+    load_clip,
+    load_concepts,
+    soft_wpmi,
+)
 
 
 def test_soft_wpmi_matches_a_hand_computed_case():
@@ -45,8 +52,15 @@ def test_concept_sets(tmp_path):
 def tiny_random_clip(folder, words):
     """A random-init Hugging Face CLIP with a word-level tokenizer, saved like a model folder (offline)."""
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import (CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTextConfig,
-                              CLIPVisionConfig, PreTrainedTokenizerFast)
+    from transformers import (
+        CLIPConfig,
+        CLIPImageProcessor,
+        CLIPModel,
+        CLIPProcessor,
+        CLIPTextConfig,
+        CLIPVisionConfig,
+        PreTrainedTokenizerFast,
+    )
 
     vocab = {t: i for i, t in enumerate(["<pad>", "<unk>", "<s>", "</s>"] + words)}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
@@ -118,9 +132,9 @@ def test_concept_groups_join_correlated_subunits_of_different_neurons():
 
 def test_bad_labels_settings_fail_before_any_job(tmp_path):
     import yaml
-
-    from elude.config import ConfigError, merge_config, validate_config
     from workflow_helpers import REPO, snakemake, write_config
+
+    from elude.pipeline.config import ConfigError, merge_config, validate_config
 
     base = yaml.safe_load((REPO / "config.yaml").read_text())
     for over, message in [
@@ -141,7 +155,7 @@ def test_bad_labels_settings_fail_before_any_job(tmp_path):
 def test_labels_and_judges_need_image_data_and_say_so():
     from torch.utils.data import TensorDataset
 
-    from elude.data import DigitsDataset, image_reader
+    from elude.models.data import DigitsDataset, image_reader
 
     with pytest.raises(ValueError, match=r"labels \(labels.model\) needs the evaluation images.*thumbnail"):
         image_reader(TensorDataset(torch.zeros(3, 4)), 512, "labels (labels.model)")

@@ -3,13 +3,13 @@ import numpy as np
 import pytest
 import timm
 import torch
-from torch.utils.data import TensorDataset
 from torch import nn
+from torch.utils.data import TensorDataset
 
-from elude.backbones import get_module
-from elude.layers import DisentangledLayer, swap_in, swap_out
-from elude.metrics import output_differences
-from elude.surgery import bias_fractions, fractions_for_rho
+from elude.evaluation.metrics import output_differences
+from elude.method.layers import DisentangledLayer, swap_in, swap_out
+from elude.method.surgery import bias_fractions, fractions_for_rho
+from elude.models.backbones import get_module
 
 
 def random_split(layer: nn.Module, rng, max_k: int = 6) -> DisentangledLayer:
@@ -96,7 +96,7 @@ def test_steering_gain_scales_only_chosen_subunits(rng):
 
 
 def test_steering_at_the_nu_most_active_instances_only_in_both_modes(rng):
-    from elude.layers import LazyDisentangledLayer
+    from elude.method.layers import LazyDisentangledLayer
 
     torch.manual_seed(3)
     layer = nn.Linear(10, 4)
@@ -125,7 +125,7 @@ def test_rejects_non_contiguous_subunits():
 
 def test_verify_and_evaluate_on_a_cnn_with_a_1x1_conv_target(rng):
     """Instances of a conv layer are spatial positions; verify/evaluate handle the swapped layer alike."""
-    from elude.evaluation import evaluate, verify
+    from elude.evaluation.scoring import evaluate, verify
 
     torch.manual_seed(3)
     net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.GELU(), nn.Conv2d(8, 12, 1), nn.GELU(),
@@ -143,7 +143,7 @@ def test_verify_and_evaluate_on_a_cnn_with_a_1x1_conv_target(rng):
 
 @torch.no_grad()
 def test_lazy_mode_is_the_original_model_bit_for_bit_and_gives_the_dense_subunits_on_demand(rng, tmp_path):
-    from elude.layers import LazyDisentangledLayer, disentangle
+    from elude.method.layers import LazyDisentangledLayer, disentangle
 
     model = tiny_vit(4)
     x = torch.randn(5, 3, 32, 32)
@@ -197,7 +197,7 @@ def test_lazy_mode_is_the_original_model_bit_for_bit_and_gives_the_dense_subunit
 
 @torch.no_grad()
 def test_lazy_mode_on_a_1x1_conv(rng):
-    from elude.layers import LazyDisentangledLayer
+    from elude.method.layers import LazyDisentangledLayer
 
     torch.manual_seed(5)
     net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 24, 1), nn.ReLU(),
@@ -224,7 +224,7 @@ def test_lazy_mode_on_a_1x1_conv(rng):
 def test_both_merge_paths_sum_each_units_subunits_in_order():
     """The CPU path (index_add_) and the GPU path (slot by slot, run here on the CPU) are eq. 8, exactly the
     sequential per-unit sums, and agree with each other."""
-    from elude.layers import _merge, merge_table
+    from elude.method.layers import _merge, merge_table
 
     torch.manual_seed(6)
     counts = torch.tensor([3, 1, 0, 5, 2])
@@ -243,13 +243,13 @@ def test_both_merge_paths_sum_each_units_subunits_in_order():
 def test_steering_an_image_encoder_reports_the_output_change(rng):
     """Steering works on a model without class logits (an image encoder's embedding): no accuracy, but the
     largest output change, 0 with gains of 1."""
-    from elude.steer import steer
+    from elude.evaluation.steering import steer
 
     torch.manual_seed(0)
     model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, embed_dim=64,
                               depth=2, num_heads=4, num_classes=0).eval()
     path = "blocks.1.mlp.fc2"
-    from elude.layers import LazyDisentangledLayer
+    from elude.method.layers import LazyDisentangledLayer
 
     original = get_module(model, path)  # lazy, as the CLI loads it: gains of 1 run the original layer, bit-exact
     layer = LazyDisentangledLayer.from_dense(random_split(original, rng, max_k=3), original)

@@ -7,14 +7,15 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_backbones import _cache_matches_hook
 from torch import nn
 
-from elude.backbones import get_module, load_backbone
-from elude.cache import Cache
-from elude.data import image_transform, iter_batches, read_image
-from elude.evaluation import evaluate, random_control, verify
-from elude.stages import Stage, _dataset, backbone, cache_shard
-from test_backbones import _cache_matches_hook
+from elude.evaluation.scoring import evaluate, random_control, verify
+from elude.models.backbones import get_module, load_backbone
+from elude.models.cache import Cache
+from elude.models.data import image_transform, iter_batches, read_image
+from elude.pipeline.stages import backbone, cache_shard
+from elude.pipeline.stages.job import Stage, dataset
 
 
 def make_images(root, sizes=((20, 24), (16, 16), (31, 18)), per_class=4):
@@ -82,7 +83,7 @@ def test_hugging_face_vision_tower_from_a_local_folder(tmp_path):
     model = load_backbone(out)
     layer = get_module(model, params["layer"])
     dl = random_control(layer, torch.arange(32).repeat_interleave(2), seed=1)  # 2 sub-units per unit
-    ds = _dataset(data, "eval", out)
+    ds = dataset(data, "eval", out)
     res = verify(model, params["layer"], dl, ds, batch_size=3)
     assert res["max_rel_diff"] < 1e-5 and res["prediction_agreement"] is None and res["r2"] > 1 - 1e-9
     ev = evaluate(model, params["layer"], dl, ds, ms_top_k=4, random_seed=0, batch_size=3)
@@ -159,7 +160,7 @@ def test_text_factory_padding_never_enters_cache_or_metrics(tmp_path, text_facto
     model = load_backbone(out)
     seen = []
     model.mlp[2].register_forward_pre_hook(lambda m, a: seen.append(a[0]))
-    batch = next(iter_batches(_dataset(data, "probe", out), len(ds)))
+    batch = next(iter_batches(dataset(data, "probe", out), len(ds)))
     with torch.no_grad():
         model(**batch.inputs)
     np.testing.assert_allclose(c.gather(np.arange(c.n_rows)), seen[0][index[:, 0], index[:, 1]].numpy(), atol=1e-6)
@@ -173,7 +174,7 @@ def test_text_factory_padding_never_enters_cache_or_metrics(tmp_path, text_facto
 
     # verify and evaluate with a random split: lossless, and top images sit at real tokens only
     dl = random_control(model.mlp[2], torch.arange(16).repeat_interleave(3), seed=0)
-    eval_ds = _dataset(data, "eval", out)
+    eval_ds = dataset(data, "eval", out)
     res = verify(model, "mlp.2", dl, eval_ds, batch_size=7)
     assert res["max_rel_diff"] < 1e-5 and res["prediction_agreement"] == 1.0
     ev = evaluate(model, "mlp.2", dl, eval_ds, ms_top_k=5, random_seed=0, batch_size=7)
@@ -184,7 +185,7 @@ def test_text_factory_padding_never_enters_cache_or_metrics(tmp_path, text_facto
 def test_decoding_in_worker_processes_gives_the_same_batches(tmp_path):
     """compute.workers > 0 decodes image files in DataLoader processes: same batches, same order, and an
     unreadable file (on_bad_image: skip) marked in its batch either way."""
-    from elude.data import open_dataset
+    from elude.models.data import open_dataset
 
     root = make_images(tmp_path / "imgs")
     (root / "dog" / "9.png").write_bytes(b"not a png")

@@ -3,15 +3,16 @@ sub-unit fires on its own concept, while the model's outputs stay the same."""
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import TensorDataset
 from torch import nn
+from torch.utils.data import TensorDataset
 
-from elude import cache, clustering, contributions
-from elude.backbones import layer_weight_bias
-from elude.layers import DisentangledLayer, swap_in
-from elude.metrics import output_differences
-from elude.surgery import DEFAULT_RHO_GRID, split_unit
-from elude.topk import streaming_topk
+from elude.evaluation.metrics import output_differences
+from elude.method import clustering, contributions
+from elude.method.layers import DisentangledLayer, swap_in
+from elude.method.surgery import DEFAULT_RHO_GRID, split_unit
+from elude.method.topk import streaming_topk
+from elude.models import cache
+from elude.models.backbones import layer_weight_bias
 
 N_CONCEPTS, GROUP = 4, 8
 UNIT_CONCEPTS = [(0, 1), (1, 2, 3), (3,)]  # which concepts (upstream groups) drive each output unit

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from elude import report, report_pages
-from elude.stages.reporting import publish_run
 from workflow_helpers import snakemake, write_config
+
+from elude.pipeline.stages.reporting import publish_run
+from elude.reporting import pages as report_pages
+from elude.reporting import summary as report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 

@@ -6,11 +6,11 @@ import json
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import TensorDataset
 from torch import nn
+from torch.utils.data import TensorDataset
 
-from elude import cache
-from elude.artifacts import content_checksum
+from elude.models import cache
+from elude.pipeline.artifacts import content_checksum
 
 
 class Flaky(nn.Module):

@@ -5,11 +5,11 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from elude import cache
-from elude.backbones import layer_weight_bias
-from elude.evaluation import TopImages
-from elude.metrics import ms_score
-from elude.topk import merge_topk, streaming_topk
+from elude.evaluation.metrics import ms_score
+from elude.evaluation.scoring import TopImages
+from elude.method.topk import merge_topk, streaming_topk
+from elude.models import cache
+from elude.models.backbones import layer_weight_bias
 
 
 def test_sharded_topk_merge_equals_single_pass_with_ties(rng, tmp_path):

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from elude import dictionary as dic
-from elude.efficiency import measure, method_variants
+from elude.evaluation.scoring import dictionary as dic
+from elude.evaluation.efficiency import measure, method_variants
 from tests.workflow_helpers import REPO, executed_rules, snakemake, write_config
 
 
@@ -55,7 +55,7 @@ def test_effective_rank_coherence_and_dead_atoms():
 
 @torch.no_grad()
 def test_efficiency_protocol_measures_every_variant_on_one_model(rng):
-    from elude.layers import LazyDisentangledLayer
+    from elude.method.layers import LazyDisentangledLayer
     from tests.test_layers import random_split
 
     torch.manual_seed(0)
@@ -127,7 +127,7 @@ def test_overcomplete_metrics_then_sae_in_one_process():
 
 
 def test_tables_4_and_5_rank_what_they_measure_and_say_where_elude_loses():
-    from elude import study_tables as report
+    from elude.reporting import study_tables as report
 
     def row(stab, er, coh, n, dim):
         return {"stability": {"mean": stab, "std": 0.0}, "effective_rank": {"mean": er, "std": 0.0},

@@ -9,8 +9,13 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from torch import nn
 
-from elude.layers import DisentangledLayer
-from elude.surgery import DEFAULT_RHO_GRID, bias_fractions, fractions_for_rho, split_unit
+from elude.method.layers import DisentangledLayer
+from elude.method.surgery import (
+    DEFAULT_RHO_GRID,
+    bias_fractions,
+    fractions_for_rho,
+    split_unit,
+)
 
 
 def brute_force_fractions(rep_abs: np.ndarray, rho: float) -> np.ndarray:
@@ -100,6 +105,6 @@ def test_rho_choice_prefers_selective_split_and_breaks_ties_to_smallest_rho(rng)
     np.testing.assert_array_equal(split.fractions[1, :4], 0.0)
     assert split.scores[0] > 0
     # A fully shared split scores exactly zero.
-    from elude.surgery import selectivity
+    from elude.method.surgery import selectivity
 
     assert abs(selectivity(np.full((2, d), 0.5), contrib, 0.3, labels)) < 1e-12

@@ -6,7 +6,6 @@ import sys
 
 import numpy as np
 import pytest
-
 from workflow_helpers import REPO, executed_rules, ids_for, snakemake, write_config
 
 # The tiny config with a backbone trained long enough to classify (60 epochs: ~75% held-out accuracy), one
@@ -46,14 +45,14 @@ def test_table7_runs_each_variant_on_the_shared_cache_and_a_changed_variant_reru
 
 
 def test_suppressing_a_class_lowers_that_class_most_and_gains_of_one_are_exact(trained_run):
-    from elude.data import DigitsDataset
-    from elude.layers import LazyDisentangledLayer
-    from elude.stages import _load_layer
-    from elude.steer import steer_classes
+    from elude.evaluation.steering import steer_classes
+    from elude.method.layers import LazyDisentangledLayer
+    from elude.models.data import DigitsDataset
+    from elude.pipeline.stages.job import load_layer
 
     work, cfg, _ = trained_run
     ids = ids_for(cfg)
-    model, original, info = _load_layer(work / "results/backbone" / ids["backbone"])
+    model, original, info = load_layer(work / "results/backbone" / ids["backbone"])
     layer = LazyDisentangledLayer.load(work / "results/merge" / ids["merge"], original)
     ds = DigitsDataset("eval", 0.3, 0)
     own, others = [], []
@@ -72,7 +71,7 @@ def test_suppressing_a_class_lowers_that_class_most_and_gains_of_one_are_exact(t
     one = steer_classes(model, info["path"], layer, ds, suppress=[0], kappa=4, nu=1)
     assert 0 < one["max_output_change"] <= every["max_output_change"] + 1e-5
     # the steering context is gone afterwards: the model gives its original predictions again
-    from elude.steer import per_class_accuracy
+    from elude.evaluation.steering import per_class_accuracy
 
     assert per_class_accuracy(model, info["path"], ds)[0] == one["before"]
 
@@ -88,12 +87,12 @@ def test_steer_cli_prints_accuracy_per_class(trained_run):
 
 
 def _run_model(work, cfg):
-    from elude.data import DigitsDataset
-    from elude.layers import LazyDisentangledLayer
-    from elude.stages import _load_layer
+    from elude.method.layers import LazyDisentangledLayer
+    from elude.models.data import DigitsDataset
+    from elude.pipeline.stages.job import load_layer
 
     ids = ids_for(cfg)
-    model, original, info = _load_layer(work / "results/backbone" / ids["backbone"])
+    model, original, info = load_layer(work / "results/backbone" / ids["backbone"])
     return model, info["path"], LazyDisentangledLayer.load(work / "results/merge" / ids["merge"], original), \
         DigitsDataset("eval", 0.3, 0), ids
 
@@ -101,9 +100,9 @@ def _run_model(work, cfg):
 def test_labels_name_the_digit_each_subunit_responds_to_and_groups_are_a_view(trained_run):
     import pandas as pd
 
-    from elude.demo_clip import DIGIT_NAMES
-    from elude.groups import active, per_image_max
-    from elude.steer import class_selectivity
+    from elude.demo.clip import DIGIT_NAMES
+    from elude.evaluation.groups import active, per_image_max
+    from elude.evaluation.steering import class_selectivity
 
     work, cfg, _ = trained_run
     model, path, layer, ds, ids = _run_model(work, cfg)
@@ -132,8 +131,8 @@ def test_labels_name_the_digit_each_subunit_responds_to_and_groups_are_a_view(tr
 
 
 def test_steering_by_label_lowers_the_named_digit_most_and_a_whole_group_with_gains_one_is_exact(trained_run):
-    from elude.demo_clip import DIGIT_NAMES
-    from elude.steer import load_labels, steer_labels
+    from elude.demo.clip import DIGIT_NAMES
+    from elude.evaluation.steering import load_labels, steer_labels
 
     work, cfg, _ = trained_run
     model, path, layer, ds, ids = _run_model(work, cfg)

@@ -6,7 +6,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from workflow_helpers import executed_rules, ids_for, snakemake, write_config
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from elude.config import merge_config
+from elude.pipeline.config import merge_config
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
@@ -40,7 +40,8 @@ def write_config(path: Path, *overrides: dict) -> Path:
 
 def ids_for(configfile: Path) -> dict[str, str]:
     """The artifact ids Snakemake computes for config.yaml overridden by ``configfile``."""
-    from elude.config import artifact_ids, validate_config
+    from elude.pipeline.config import validate_config
+    from elude.pipeline.plan import artifact_ids
 
     base = yaml.safe_load((REPO / "config.yaml").read_text())
     cfg = validate_config(merge_config(base, yaml.safe_load(configfile.read_text())))

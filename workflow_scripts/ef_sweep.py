@@ -1,7 +1,7 @@
-# Thin entry point: see elude.stages.studies.ef_sweep.
+# Thin entry point: see elude.pipeline.stages.studies.ef_sweep.
 import _repo  # noqa: F401,I001 (puts the checkout on sys.path)
-from elude.stages import run_logged
-from elude.stages.studies import ef_sweep
+from elude.pipeline.stages import run_logged
+from elude.pipeline.stages.studies import ef_sweep
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 run_logged(sm.params.stage, sm.log[0], sm.threads, sm.output.folder, lambda st: ef_sweep(st, sm.params.dirs, sm.output.folder))

@@ -1,7 +1,7 @@
-# Thin entry point: see elude.stages.labeling.labels.
+# Thin entry point: see elude.pipeline.stages.labeling.labels.
 import _repo  # noqa: F401,I001 (puts the checkout on sys.path)
-from elude.stages import run_logged
-from elude.stages.labeling import labels
+from elude.pipeline.stages import run_logged
+from elude.pipeline.stages.labeling import labels
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 run_logged(sm.params.stage, sm.log[0], sm.threads, sm.output.folder,

@@ -1,6 +1,6 @@
-# Thin entry point: see elude.stages.merge.
+# Thin entry point: see elude.pipeline.stages.merge.
 import _repo  # noqa: I001 (puts the checkout on sys.path)
-from elude.stages import merge, run_logged
+from elude.pipeline.stages import merge, run_logged
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 run_logged(sm.params.stage, sm.log[0], sm.threads, sm.output.folder,

@@ -1,6 +1,6 @@
-# Thin entry point: see elude.stages.surgery_shard.
+# Thin entry point: see elude.pipeline.stages.surgery_shard.
 import _repo  # noqa: I001 (puts the checkout on sys.path)
-from elude.stages import run_logged, surgery_shard
+from elude.pipeline.stages import run_logged, surgery_shard
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 run_logged(sm.params.stage, sm.log[0], sm.threads, sm.output.folder,

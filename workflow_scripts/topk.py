@@ -1,6 +1,6 @@
-# Thin entry point: see elude.stages.topk (the merge of the partial top-k).
+# Thin entry point: see elude.pipeline.stages.topk (the merge of the partial top-k).
 import _repo  # noqa: I001 (puts the checkout on sys.path)
-from elude.stages import run_logged, topk
+from elude.pipeline.stages import run_logged, topk
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 run_logged(sm.params.stage, sm.log[0], sm.threads, sm.output.folder,

@@ -1,6 +1,6 @@
-# Thin entry point: see elude.stages.topk_part.
+# Thin entry point: see elude.pipeline.stages.topk_part.
 import _repo  # noqa: F401,I001 (puts the checkout on sys.path)
-from elude.stages import run_logged, topk_part
+from elude.pipeline.stages import run_logged, topk_part
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 run_logged(sm.params.stage, sm.log[0], sm.threads, sm.output.folder,

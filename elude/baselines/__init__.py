@@ -2,15 +2,18 @@
 
 The families reuse the overcomplete library (0.3.0) where it has them (:mod:`.models` says which);
 training streams the probe instances from the activation cache (:mod:`.train`); scoring is ELUDe's own
-(:func:`elude.evaluation.score_baseline`).
+(:func:`elude.evaluation.scoring.score_baseline`).
 """
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import math
-import sys
-import types
+
+from ..util.optional import (  # noqa: F401 (re-exported)
+    BaselineDependencyError,
+    overcomplete_module,
+    overcomplete_sae,
+)
 
 # Paper order (Table 2). Each family's sweep axes (E.1): lr x w_dead for all; the L1 weight for Vanilla and
 # the Transcoder; the sparsity-penalty weight for JumpReLU.
@@ -21,54 +24,8 @@ FAMILY_NAMES = {"vanilla": "Vanilla SAE", "topk": "TopK-SAE", "jumprelu": "JumpR
 GRID_AXES = {f: ("lr", "w_dead") for f in FAMILIES}
 GRID_AXES.update({"vanilla": ("lr", "w_dead", "w_l1"), "transcoder": ("lr", "w_dead", "w_l1"),
                   "jumprelu": ("lr", "w_dead", "w_sp")})
-EXTRA = "baselines"  # pyproject extra that installs overcomplete
 
 
-class BaselineDependencyError(RuntimeError):
-    pass
-
-
-def overcomplete_sae() -> types.ModuleType:
-    """overcomplete's ``sae`` subpackage, with a clear error when the extra is missing."""
-    return overcomplete_module("sae")
-
-
-def overcomplete_module(name: str) -> types.ModuleType:
-    """``overcomplete.<name>`` (``sae``, ``metrics``), with a clear error when the extra is missing.
-
-    Imported without running the ``__init__`` of overcomplete and of its ``optimization`` subpackage,
-    which load its vision models, plotting and scikit-learn wrappers (timm, torchvision models,
-    matplotlib, OpenCV, scikit-learn: 5 s per job, none of it used here): each becomes a bare package,
-    and ``optimization`` gets the one function the SAE modules import from it."""
-    if f"overcomplete.{name}" in sys.modules:
-        return sys.modules[f"overcomplete.{name}"]
-    try:
-        bare = getattr(sys.modules.get("overcomplete"), "__path__", None)
-        if bare and getattr(sys.modules["overcomplete"], "__spec__", None) is None:
-            root = list(bare)[0]  # the bare package of an earlier call (find_spec refuses a module without a spec)
-        else:
-            spec = importlib.util.find_spec("overcomplete")
-            if spec is None or not spec.submodule_search_locations:
-                raise ImportError("no module named 'overcomplete'")
-            root = list(spec.submodule_search_locations)[0]
-        for pkg_name, path in (("overcomplete", root), ("overcomplete.optimization", f"{root}/optimization")):
-            if pkg_name not in sys.modules:
-                pkg = types.ModuleType(pkg_name)
-                pkg.__path__ = [path]
-                sys.modules[pkg_name] = pkg
-        from overcomplete.optimization.utils import batched_matrix_nnls
-
-        sys.modules["overcomplete.optimization"].batched_matrix_nnls = batched_matrix_nnls
-        module = importlib.import_module(f"overcomplete.{name}")
-    except ImportError as exc:
-        for pkg_name in ("overcomplete", "overcomplete.optimization"):
-            sys.modules.pop(pkg_name, None)
-        raise BaselineDependencyError(
-            f"the SAE/transcoder baselines and the dictionary metrics (baselines.families, dictionary) need the "
-            f"overcomplete library, which is not "
-            f"importable here ({exc}). Install the '{EXTRA}' extra: `.venv/bin/pip install -e '.[{EXTRA}]'` "
-            "(scripts/setup.sh does), or set baselines.families: [] to run ELUDe alone.") from None
-    return module
 
 
 def family_grid(baselines: dict, family: str) -> dict[str, list[float]]:

@@ -16,10 +16,10 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from ..artifacts import write_atomic
-from ..cache import Cache
-from ..evaluation import R2
-from ..progress import progress
+from ..evaluation.metrics import R2
+from ..models.cache import Cache
+from ..util.files import write_atomic
+from ..util.progress import progress
 from . import overcomplete_sae
 from .models import Baseline, prefix_sizes
 
@@ -157,7 +157,7 @@ def fit(model: Baseline, stream: InstanceStream, *, hp: dict, epochs: int, batch
 @torch.no_grad()
 def training_metrics(model: Baseline, stream: InstanceStream, device: torch.device) -> dict:
     """On the training instances, in inference mode: MSE (standardised coordinates, mean over elements),
-    L0 (mean active features per instance), R^2 of a (:class:`elude.evaluation.R2`), features never active
+    L0 (mean active features per instance), R^2 of a (:class:`elude.evaluation.metrics.R2`), features never active
     (and, under ``"alive"``, a bool tensor of the features that fired: Table 4 leaves the others out).
     MSE and L0 are eq. 9's inputs."""
     model.to(device).eval()

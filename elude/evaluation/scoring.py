@@ -1,0 +1,344 @@
+"""Verification (lossless check) and evaluation (accuracy, MS-Score, controls) of a disentangled layer.
+
+Both stream the evaluation set in batches. Memory: one batch of activations, per-unit running top-K
+image lists (units x K), the pooled embedding of every evaluation image (images x D), and in the
+second MS-Score pass the layer-output embeddings of the at most (units + 2 x sub-units) x K selected
+(image, instance) pairs; never the whole split's activations.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..method.layers import DisentangledLayer, swapped
+from ..method.surgery import bias_fractions, random_partition
+from ..models.backbones import (
+    call_model,
+    get_module,
+    instances_of,
+    is_channels_first,
+    layer_weight_bias,
+    output_tensors,
+    pooled_output,
+)
+from ..models.data import Batch, iter_batches
+from ..util.progress import progress
+from .metrics import R2, ms_score, output_differences
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Forward:
+    outputs: list[torch.Tensor]  # every floating output tensor, on the CPU
+    layer_in: torch.Tensor  # (B, instances, upstream)
+    layer_out: torch.Tensor  # (B, instances, units)
+    valid: torch.Tensor  # (B, instances) instances that count (dataset mask, skipped images)
+    pooled: torch.Tensor | None  # (B, D) pooled embedding, where the model has one
+    pooled_space: str | None = None
+
+
+@torch.no_grad()
+def forward_batch(model: nn.Module, layer_path: str, batch: Batch, pooled: bool = False) -> Forward:
+    """One batch through the model (on its own device), keeping the target layer's input and output."""
+    layer = get_module(model, layer_path)
+    device = next(model.parameters()).device
+    seen = {}
+
+    def hook(mod, args, out):
+        seen["in"], seen["out"] = instances_of(mod, args[0]).float().cpu(), instances_of(mod, out).float().cpu()
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        if pooled and hasattr(model, "forward_head") and hasattr(model, "forward_features"):
+            feats = model.forward_features(batch.inputs.to(device))
+            out, emb, space = model.forward_head(feats), model.forward_head(feats, pre_logits=True), "pre-logits"
+        else:
+            out = call_model(model, batch.inputs, device)
+            emb, space = (pooled_output(out) if pooled else None), "pooler output"
+    finally:
+        handle.remove()
+    return Forward([t.float().cpu() for t in output_tensors(out)], seen["in"], seen["out"],
+                   batch.valid_mask(seen["in"].shape[1]), None if emb is None else emb.float().cpu(),
+                   None if emb is None else space)
+
+
+def logits_of(fwd: Forward) -> torch.Tensor | None:
+    """The classifier logits, when the model's first output is (batch, classes)."""
+    first = fwd.outputs[0] if fwd.outputs else None
+    return first if first is not None and first.dim() == 2 and first.shape[1] > 1 else None
+
+
+def verify(model: nn.Module, layer_path: str, disentangled: DisentangledLayer, dataset, batch_size: int,
+           workers: int = 0) -> dict:
+    """Compare the original and the disentangled model on every evaluation example (the model is restored):
+    max abs / relative difference over all output tensors, R^2 of the layer output, and top-1 agreement
+    when the model is a classifier."""
+    max_abs, max_rel, agree, n, r2, bad = 0.0, 0.0, 0, 0, R2(), []
+    has_logits = True
+    for batch in progress(iter_batches(dataset, batch_size, workers=workers), -(-len(dataset) // batch_size),
+                          "verify batches"):
+        ref = forward_batch(model, layer_path, batch)
+        with swapped(model, layer_path, disentangled, back_to_cpu=True):
+            new = forward_batch(model, layer_path, batch)
+        y0 = torch.cat([t.double().reshape(len(batch), -1) for t in ref.outputs], 1)
+        y1 = torch.cat([t.double().reshape(len(batch), -1) for t in new.outputs], 1)
+        d = output_differences(y0, y1)
+        max_abs, max_rel = max(max_abs, d["max_abs_diff"]), max(max_rel, d["max_rel_diff"])
+        r2.update(ref.layer_out[ref.valid], new.layer_out[ref.valid])
+        l0, l1 = logits_of(ref), logits_of(new)
+        has_logits = has_logits and l0 is not None
+        if has_logits:
+            agree += int((l0.argmax(-1) == l1.argmax(-1)).sum())
+        n += len(batch)
+        bad += list(batch.bad.values())
+    return {"max_abs_diff": max_abs, "max_rel_diff": max_rel, "r2": r2.value(),
+            "prediction_agreement": agree / n if has_logits and n else None, "n_images": n,
+            "bad_images_skipped": bad}
+
+
+def lossless_failures(result: dict, max_rel_diff: float) -> list[str]:
+    """Reasons the disentangled model is not lossless (empty when it is)."""
+    bad = []
+    if not result["max_rel_diff"] <= max_rel_diff:
+        bad.append(f"max relative output difference {result['max_rel_diff']:.3g} > tolerance {max_rel_diff:g}")
+    if result["prediction_agreement"] is not None and result["prediction_agreement"] < 1.0:
+        bad.append(f"top-1 predictions differ on {(1 - result['prediction_agreement']) * result['n_images']:.0f} images")
+    return bad
+
+
+def random_control(layer: nn.Module, parent: torch.Tensor, seed: int) -> DisentangledLayer:
+    """Table 7's random-partition control: same K_u per unit, upstream dimensions assigned at random."""
+    rng = np.random.default_rng(seed)
+    w, _ = layer_weight_bias(layer)
+    counts = torch.bincount(parent, minlength=w.shape[0]).tolist()
+    fracs = [random_partition(k, w.shape[1], rng) if k > 1 else np.ones((1, w.shape[1])) for k in counts]
+    return DisentangledLayer.from_fractions(layer, fracs, [bias_fractions(f) for f in fracs])
+
+
+class TopImages:
+    """Streaming half of the MS-Score (Section B.2) for a set of units: per unit, the top-K images ranked
+    by their max activation over valid instances (with that instance), and the unit's activation range
+    over all valid evaluation instances."""
+
+    def __init__(self, n_units: int, k: int):
+        self.k = k
+        self.val = torch.full((n_units, 0), -torch.inf)
+        self.img = torch.zeros((n_units, 0), dtype=torch.int64)
+        self.inst = torch.zeros((n_units, 0), dtype=torch.int64)
+        self.lo = torch.full((n_units,), torch.inf)
+        self.hi = torch.full((n_units,), -torch.inf)
+
+    def update(self, acts: torch.Tensor, valid: torch.Tensor, images: torch.Tensor) -> None:
+        """acts (B, instances, units), valid (B, instances), images (B,) evaluation image ids."""
+        if valid.any():
+            v = acts[valid]
+            self.lo, self.hi = torch.minimum(self.lo, v.amin(0)), torch.maximum(self.hi, v.amax(0))
+        img_max, arg = acts.masked_fill(~valid[..., None], -torch.inf).max(1)  # (B, units)
+        vals = torch.cat([self.val, img_max.T], 1)
+        order = torch.sort(vals, dim=1, descending=True, stable=True).indices[:, : self.k]
+        self.val = torch.gather(vals, 1, order)
+        self.img = torch.gather(torch.cat([self.img, images.expand(len(vals), -1)], 1), 1, order)
+        self.inst = torch.gather(torch.cat([self.inst, arg.T], 1), 1, order)
+
+    def scores(self, layer_emb, pooled_emb: torch.Tensor) -> dict[str, np.ndarray]:
+        """Eq. 7 per unit in the layer space (``layer_emb(images, instances)`` -> (units, K, D)) and the
+        pooled space (``pooled_emb`` (images, D)); each image weighted by its activation min-max normalised
+        with the unit's range. Units that never activate (max <= 0), are constant, or fire on a single image
+        (no pair) are NaN."""
+        k = int(torch.isfinite(self.val).all(0).sum())  # images with no valid instance never count
+        val, img, inst = self.val[:, :k], self.img[:, :k], self.inst[:, :k]
+        w = (val - self.lo[:, None]) / (self.hi - self.lo).clamp_min(1e-12)[:, None]
+        ok = ((self.hi > 0) & (self.hi > self.lo)).numpy()
+        out = {"top_images": img.numpy()}
+        for name, emb in (("layer", layer_emb(img, inst)), ("pooled", pooled_emb[img])):
+            out[name] = np.where(ok, ms_score(nn.functional.normalize(emb.float(), dim=-1), w).numpy(), np.nan)
+        return out
+
+
+def nanmean(x: np.ndarray) -> float | None:
+    x = x[~np.isnan(x)]
+    return float(x.mean()) if len(x) else None
+
+
+@contextlib.contextmanager
+def substituted(model: nn.Module, layer_path: str, reconstruct):
+    """The model with the target layer's output replaced, through a forward hook, by
+    ``reconstruct(q, a)`` of its instance rows (q: the layer input, a: its output; (B, instances, .))."""
+    layer = get_module(model, layer_path)
+
+    def hook(mod, args, out):
+        rec = reconstruct(instances_of(mod, args[0]), instances_of(mod, out)).to(out.dtype)
+        if is_channels_first(mod):  # (B, H*W, C) -> (B, C, H, W)
+            return rec.transpose(1, 2).reshape(out.shape)
+        return rec.reshape(out.shape)
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@torch.no_grad()
+def score(model: nn.Module, layer_path: str, dataset, feature_sets: dict, substitutes: dict, *, ms_top_k: int,
+          batch_size: int, workers: int = 0, accuracy: str = "auto") -> dict:
+    """The metrics every method gets, by one code path (Sections 4.1, B.2).
+
+    ``feature_sets``: name -> fn(:class:`Forward` of the original model) -> activations (B, instances, F);
+    each gets the MS-Score (eq. 7) of every feature in the layer space and the pooled space.
+    ``substitutes``: name -> fn() -> a context manager under which the model computes with the method in
+    place of the layer; each gets top-1 accuracy and R^2 (:class:`R2`) of the layer output it produces.
+
+    Pass 1 streams the evaluation set (accuracy, R^2, per-feature top-K images, pooled embeddings); pass 2
+    re-runs only the selected images to embed each at its argmax instance. ``accuracy``: auto = when the
+    model outputs (batch, classes) logits and every label is a class index (``never`` for a model whose
+    2-D output is an embedding wider than the number of classes).
+    """
+    k = min(ms_top_k, len(dataset))
+    tops: dict[str, TopImages] = {}
+    pooled, pooled_space, bad = {}, None, []
+    correct, n_labelled, classifier = {"original": 0, **{n: 0 for n in substitutes}}, 0, True
+    r2 = {name: R2() for name in substitutes}
+    n_batches = -(-len(dataset) // batch_size)
+    for batch in progress(iter_batches(dataset, batch_size, workers=workers), n_batches, "evaluate batches"):
+        ref = forward_batch(model, layer_path, batch, pooled=True)
+        logits = logits_of(ref)
+        labelled = batch.labels >= 0
+        labelled[list(batch.bad)] = False  # unreadable images (on_bad_image: skip) do not count
+        bad += list(batch.bad.values())
+        classifier = classifier and logits is not None and bool((batch.labels < logits.shape[1]).all())
+        count = classifier and accuracy != "never" and bool(labelled.any())
+        if count:
+            correct["original"] += int((logits.argmax(-1) == batch.labels)[labelled].sum())
+            n_labelled += int(labelled.sum())
+        for name, context in substitutes.items():
+            with context():
+                new = forward_batch(model, layer_path, batch)
+            r2[name].update(ref.layer_out[ref.valid], new.layer_out[ref.valid])
+            if count:
+                correct[name] += int((logits_of(new).argmax(-1) == batch.labels)[labelled].sum())
+        # the pooled space: timm pre-logits or an HF pooler output; else the mean layer output
+        emb, pooled_space = ((ref.pooled, ref.pooled_space) if ref.pooled is not None else
+                             (_masked_mean(ref.layer_out, ref.valid), "mean of layer output over instances"))
+        pooled.update(zip(batch.index.tolist(), emb))
+        for name, features in feature_sets.items():
+            acts = features(ref)
+            tops.setdefault(name, TopImages(acts.shape[-1], k)).update(acts, ref.valid, batch.index)
+    layer_emb = _embed_selected(model, layer_path, dataset, tops.values(), batch_size, workers)
+    ids = torch.tensor(sorted(pooled))
+    pooled_emb = torch.zeros(int(ids.max()) + 1, len(pooled[int(ids[0])]))
+    pooled_emb[ids] = torch.stack([pooled[int(i)] for i in ids])
+    acc_on = accuracy == "auto" and classifier and n_labelled > 0
+    return {"accuracy": {name: (c / n_labelled if acc_on else None) for name, c in correct.items()},
+            "r2": {name: r.value() for name, r in r2.items()},
+            "ms": {name: t.scores(layer_emb, pooled_emb) for name, t in tops.items()},
+            "pooled_space": pooled_space, "n_images": len(dataset), "bad_images_skipped": bad}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, layer_path: str, disentangled: DisentangledLayer, dataset, *, ms_top_k: int,
+             random_seed: int, batch_size: int, workers: int = 0, accuracy: str = "auto") -> dict:
+    """ELUDe's metrics (:func:`score`): accuracy and R^2 with the disentangled layer swapped in, and the
+    MS-Score of the original units, the sub-units and the random-partition control, in two spaces."""
+    layer = get_module(model, layer_path)
+    n_units = layer_weight_bias(layer)[0].shape[0]
+    parent = disentangled.parent
+    control = random_control(layer, parent, random_seed)
+    res = score(model, layer_path, dataset,
+                {"units": lambda f: f.layer_out, "subunits": lambda f: disentangled.subunits_of_instances(f.layer_in),
+                 "random": lambda f: control.subunits_of_instances(f.layer_in)},
+                {"disentangled": lambda: swapped(model, layer_path, disentangled, back_to_cpu=True)},
+                ms_top_k=ms_top_k, batch_size=batch_size, workers=workers, accuracy=accuracy)
+    ms = res["ms"]
+    counts = torch.bincount(parent, minlength=n_units).numpy()
+    split_units = counts > 1
+    split_subs = split_units[parent.numpy()]
+    summary = {"accuracy": res["accuracy"], "r2": res["r2"]["disentangled"],
+               "ms_score": {}, "n_units": int(len(counts)), "n_subunits": int(len(parent)),
+               "expansion_factor": float(len(parent) / len(counts)),
+               "n_split_units": int(split_units.sum()),
+               "k_histogram": {int(c): int((counts == c).sum()) for c in np.unique(counts)},
+               "ms_top_k": int(ms["units"]["top_images"].shape[1]), "pooled_space": res["pooled_space"],
+               "n_images": res["n_images"], "bad_images_skipped": res["bad_images_skipped"]}
+    for space in ("layer", "pooled"):
+        suffix = "" if space == "layer" else "_pooled"
+        summary["ms_score"].update({
+            f"units_mean{suffix}": nanmean(ms["units"][space]),
+            f"subunits_mean{suffix}": nanmean(ms["subunits"][space]),
+            f"random_mean{suffix}": nanmean(ms["random"][space]),
+            f"split_units_mean{suffix}": nanmean(ms["units"][space][split_units]),
+            f"split_subunits_mean{suffix}": nanmean(ms["subunits"][space][split_subs]),
+            f"split_random_mean{suffix}": nanmean(ms["random"][space][split_subs]),
+        })
+    tables = {"units_ms_layer": ms["units"]["layer"], "units_ms_pooled": ms["units"]["pooled"],
+              "subunits_ms_layer": ms["subunits"]["layer"], "subunits_ms_pooled": ms["subunits"]["pooled"],
+              "random_ms_layer": ms["random"]["layer"], "random_ms_pooled": ms["random"]["pooled"],
+              "units_top_images": ms["units"]["top_images"], "subunits_top_images": ms["subunits"]["top_images"],
+              "parent": parent.numpy(), "k_per_unit": counts}
+    return {"summary": summary, "tables": tables}
+
+
+@torch.no_grad()
+def score_baseline(model: nn.Module, layer_path: str, baseline, dataset, *, ms_top_k: int, batch_size: int,
+                   workers: int = 0, accuracy: str = "auto") -> dict:
+    """A baseline's metrics by :func:`score`: the MS-Score of its features (codes read off the original
+    layer's input and output), and accuracy and R^2 with its reconstruction in place of the layer output;
+    also its L0 on the evaluation instances. Features that never activate there get no MS-Score (NaN) and
+    are left out of the mean, as for ELUDe."""
+    active = {"sum": 0.0, "n": 0}
+
+    def features(f: Forward) -> torch.Tensor:
+        codes = baseline.apply(f.layer_in, f.layer_out)[0]
+        active["sum"] += float((codes[f.valid] != 0).sum())
+        active["n"] += int(f.valid.sum())
+        return codes
+
+    res = score(model, layer_path, dataset, {"features": features},
+                {"reconstructed": lambda: substituted(model, layer_path, lambda q, a: baseline.apply(q, a)[1])},
+                ms_top_k=ms_top_k, batch_size=batch_size, workers=workers, accuracy=accuracy)
+    ms = res["ms"]["features"]
+    summary = {"accuracy": res["accuracy"], "r2": res["r2"]["reconstructed"],
+               "ms_score": {"features_mean": nanmean(ms["layer"]), "features_mean_pooled": nanmean(ms["pooled"])},
+               "n_features": int(len(ms["layer"])), "n_scored_features": int((~np.isnan(ms["layer"])).sum()),
+               "l0_eval": active["sum"] / max(active["n"], 1), "ms_top_k": int(ms["top_images"].shape[1]),
+               "pooled_space": res["pooled_space"], "n_images": res["n_images"],
+               "bad_images_skipped": res["bad_images_skipped"]}
+    tables = {"features_ms_layer": ms["layer"], "features_ms_pooled": ms["pooled"],
+              "features_top_images": ms["top_images"]}
+    return {"summary": summary, "tables": tables}
+
+
+def _masked_mean(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    v = valid[..., None].float()
+    return (x * v).sum(1) / v.sum(1).clamp_min(1)
+
+
+def _embed_selected(model, layer_path, dataset, tops, batch_size: int, workers: int):
+    """Second pass: the original layer output at every selected (image, instance) pair, re-running only the
+    selected images. Returns a lookup (images, instances) -> (..., D)."""
+    tops = list(tops)
+    n_inst_max = int(max(int(t.inst.max()) if t.inst.numel() else 0 for t in tops)) + 1
+    keys = np.unique(np.concatenate([(t.img * n_inst_max + t.inst).reshape(-1).numpy() for t in tops]))
+    images = np.unique(keys // n_inst_max)
+    table = None
+    n_batches = -(-len(images) // batch_size)
+    for batch in progress(iter_batches(dataset, batch_size, images.tolist(), workers), n_batches, "MS-Score embeddings"):
+        out = forward_batch(model, layer_path, batch).layer_out
+        if table is None:
+            table = torch.zeros(len(keys), out.shape[-1])
+        lo, hi = np.searchsorted(keys, [int(batch.index[0]) * n_inst_max, (int(batch.index[-1]) + 1) * n_inst_max])
+        sel = keys[lo:hi]
+        row = {int(i): j for j, i in enumerate(batch.index.tolist())}
+        table[lo:hi] = out[[row[int(i)] for i in sel // n_inst_max], torch.from_numpy(sel % n_inst_max)]
+    lookup = torch.from_numpy(keys)
+
+    def layer_emb(img: torch.Tensor, inst: torch.Tensor) -> torch.Tensor:
+        return table[torch.searchsorted(lookup, img * n_inst_max + inst)]
+
+    return layer_emb

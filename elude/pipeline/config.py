@@ -1,0 +1,155 @@
+"""Run configuration: JSON-schema validation with readable errors and defaults.
+
+The schema (``elude/pipeline/config.schema.yaml``) describes every key with its default and rejects unknown
+keys. The content ids of a run's artifacts are :mod:`elude.pipeline.plan`'s (re-exported here).
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import yaml
+
+SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def merge_config(base: dict, over: dict) -> dict:
+    """``over`` merged into a copy of ``base``: dicts key by key, other values replaced, as
+    ``snakemake --configfile`` extends the workflow's default config."""
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_config(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def load_schema() -> dict:
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def with_defaults(config: dict, schema: dict) -> dict:
+    """A copy of ``config`` with every missing key that has a schema default filled in (recursively)."""
+    out = copy.deepcopy(config)
+    for key, sub in schema.get("properties", {}).items():
+        if key not in out and "default" in sub:
+            out[key] = copy.deepcopy(sub["default"])
+        if isinstance(out.get(key), dict) and sub.get("type") == "object":
+            out[key] = with_defaults(out[key], sub)
+    return out
+
+
+def _describe(error) -> str:
+    path = ".".join(str(p) for p in error.absolute_path) or "(top level)"
+    v, kind = error.validator_value, error.validator
+    if kind == "enum":
+        return f"{path}: {error.instance!r} is not allowed; allowed values: {', '.join(map(repr, v))}"
+    if kind == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        unknown = sorted(set(error.instance) - set(allowed))
+        return f"{path}: unknown key(s) {', '.join(unknown)}; allowed keys: {', '.join(allowed)}"
+    if kind == "required":
+        missing = [k for k in v if k not in error.instance]
+        return f"{path}: missing required key(s) {', '.join(missing)}" + (
+            f" ({error.schema['description']})" if "description" in error.schema else "")
+    if kind == "type":
+        return f"{path}: {error.instance!r} has the wrong type; expected {v}"
+    if kind in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "minItems"):
+        bound = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "exclusiveMaximum": "<",
+                 "minItems": "number of items >="}[kind]
+        return f"{path}: {error.instance!r} is out of range; allowed: {bound} {v}"
+    if kind == "pattern":
+        return f"{path}: {error.instance!r} does not match the allowed form {v}"
+    return f"{path}: {error.message}"
+
+
+def load_run_config(configfile: str | Path | None = None) -> dict:
+    """The validated config of a run made with ``snakemake [--configfile F]`` from this checkout: the
+    embedded config.yaml merged with F (for command-line tools that read a finished run's artifacts)."""
+    config = yaml.safe_load((Path(__file__).resolve().parents[2] / "config.yaml").read_text())
+    if configfile:
+        config = merge_config(config, yaml.safe_load(Path(configfile).read_text()))
+    return validate_config(config)
+
+
+def validate_config(config: dict) -> dict:
+    """Validate ``config`` against the schema; returns it with defaults filled in.
+
+    Raises :class:`ConfigError` listing every problem, each naming the key and the allowed values.
+    """
+    import jsonschema
+
+    schema = load_schema()
+    full = with_defaults(config, schema)
+    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(full), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = "\n".join(f"  - {m}" for m in dict.fromkeys(_describe(e) for e in errors))
+        raise ConfigError(f"invalid configuration ({SCHEMA_PATH.name} describes every key):\n{lines}")
+    if isinstance(full["cache"]["token_seed"], list) and full["cache"]["tokens_per_image"] is None:
+        raise ConfigError("invalid configuration: cache.token_seed is a list of seeds, but cache.tokens_per_image is "
+                          "null (every instance is cached, so all seeds give the same run): set "
+                          "cache.tokens_per_image (the paper uses 2) or give one seed")
+    _check_ablations(full)
+    _check_labels(full)
+    from ..evaluation.judges import judge_name
+
+    names = [judge_name(m) for m in full["judges"]["models"]]
+    if len(set(names)) < len(names):
+        raise ConfigError(f"invalid configuration: judges.models {full['judges']['models']} has two judges with the "
+                          "same name (the last part of the folder or id names a judge): rename a folder")
+    return full
+
+
+def _check_labels(full: dict) -> None:
+    """The concept file reads, and the demo CLIP (trained on the digits) labels only the digits."""
+    from ..evaluation.labels import LabelsError, load_concepts
+    from ..models.backbones import demo_seed
+
+    lab = full["labels"]
+    if not lab["model"]:
+        return
+    try:
+        load_concepts(lab["concepts"])
+    except LabelsError as exc:
+        raise ConfigError(f"invalid configuration: {exc}") from None
+    if demo_seed(lab["model"]) is not None and full["data"]["kind"] != "digits":
+        raise ConfigError(f"invalid configuration: labels.model {lab['model']!r} is the demo CLIP, trained on the digits, "
+                          f"and cannot label data.kind {full['data']['kind']!r}: give a CLIP/SigLIP folder or cached id")
+    if lab["p_end"] > lab["p_start"]:
+        raise ConfigError(f"invalid configuration: labels.p_end {lab['p_end']} > labels.p_start {lab['p_start']}: the "
+                          "top image is the likeliest member of a feature's concept set")
+
+
+def ablation_config(config: dict, variant: dict) -> dict:
+    """The run's config with one ablation variant's cluster settings (Table 7). A variant that sets the
+    min_cluster_size a target-EF search would choose keeps it (as Table 7's rows at EF 4 do); others are
+    matched to cluster.target_ef like the base."""
+    cluster = merge_config(config["cluster"], variant["cluster"])
+    if cluster.get("ef_search", {}).get("axis") == "min_cluster_size" and "min_cluster_size" in variant["cluster"]:
+        cluster["target_ef"] = None
+    return {**config, "cluster": cluster}
+
+
+def _check_ablations(full: dict) -> None:
+    """Every ablation variant is a valid cluster section, differs from the base, and has its own name."""
+    import jsonschema
+
+    variants = full["ablations"]["variants"]
+    problems = []
+    names = [v["name"] for v in variants]
+    if len(set(names)) < len(names):
+        problems.append(f"ablations.variants: two variants share a name ({names}): give each its own")
+    schema = load_schema()["properties"]["cluster"]
+    for i, v in enumerate(variants):
+        cluster = with_defaults(ablation_config(full, v)["cluster"], schema)
+        for e in jsonschema.Draft202012Validator(schema).iter_errors(cluster):
+            problems.append(f"ablations.variants[{i}] ({v['name']}): cluster: {_describe(e)}")
+        if cluster == full["cluster"]:
+            problems.append(f"ablations.variants[{i}] ({v['name']}): changes nothing in the cluster section")
+    if problems:
+        raise ConfigError("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))

@@ -1,0 +1,276 @@
+"""ELUDe's own stages, in DAG order: backbone, cache (dataset shards), top-k (parts, merge), cluster and
+surgery (unit shards), merge, verify, evaluate. Each reads its inputs, calls the method (:mod:`elude.method`)
+and publishes its artifact."""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ...demo import vit as demo_vit
+from ...evaluation import scoring
+from ...evaluation.metrics import accuracy
+from ...method import clustering, contributions
+from ...method import surgery as surgery_mod
+from ...method.layers import DisentangledLayer
+from ...method.topk import clamp_k, merge_topk, streaming_topk
+from ...models import backbones
+from ...models import cache as cache_mod
+from ...models.data import materialize, open_dataset
+from ...util.files import load_arrays, save_arrays
+from ...util.progress import progress
+from ..plan import shard_units
+from .job import Stage, layer_weights, load_layer, model_job
+
+log = logging.getLogger(__name__)
+
+
+# --- backbone ---------------------------------------------------------------------------------------
+def backbone(st: Stage, out: str) -> None:
+    """Build (or train, for the demo) the model once; save its weights, the target layer's shape and the
+    preprocessing every later stage applies to image files (native, with ``preprocess`` overrides)."""
+    p = st.params
+    with st.publish(out) as (tmp, manifest):
+        if p["kind"] == "demo":
+            spec = demo_vit.demo_model_spec(p["demo"]["arch"])  # the layer is checked before the training
+            backbones.check_target_layer(backbones.get_module(backbones.build_from_spec(spec), p["layer"]), p["layer"])
+            pre = {"size": p["demo"]["arch"]["img_size"], **demo_vit.DEMO_PREPROCESS, **(p.get("preprocess") or {})}
+            splits = {s: open_dataset(p["data"], s, pre) for s in ("probe", "eval")}
+            (x, y), (x_eval, y_eval) = materialize(splits["probe"]), materialize(splits["eval"])
+            model, stats = demo_vit.train_demo(p["demo"]["arch"], p["demo"]["train"], x, y)
+            with torch.no_grad():
+                stats["eval_accuracy"] = accuracy(model(x_eval), y_eval)
+            log.info("demo model: held-out accuracy %.4f", stats["eval_accuracy"])
+            manifest["training"] = stats
+        elif p["kind"] == "timm":
+            spec = {"kind": "timm", "name": p["timm"]["name"], "kwargs": p["timm"].get("kwargs", {})}
+            model = backbones.build_from_spec(spec, rebuild=False)  # pretrained: the user's hub cache
+            if p["timm"].get("weights"):
+                from safetensors.torch import load_file
+
+                w = p["timm"]["weights"]
+                state = load_file(w) if w.endswith(".safetensors") else torch.load(w, map_location="cpu")
+                model.load_state_dict(state)
+        elif p["kind"] in ("hub", "factory"):
+            spec = {"kind": p["kind"], **p[p["kind"]]}
+            model = backbones.build_from_spec(spec, rebuild=False)
+        elif p["kind"] == "hf":
+            h = p["hf"]
+            model, spec = backbones.load_hf(h["model"], h["class"], h.get("submodule"), h.get("kwargs", {}))
+        else:
+            raise ValueError(f"backbone.kind: {p['kind']!r} is not one of 'demo', 'timm', 'hub', 'hf', 'factory'")
+        model = model.eval()
+        layer = backbones.get_module(model, p["layer"])
+        backbones.check_target_layer(layer, p["layer"])
+        w, _ = backbones.layer_weight_bias(layer)
+        info = {"path": p["layer"], "type": type(layer).__name__, "n_units": w.shape[0], "n_upstream": w.shape[1]}
+        if p["kind"] != "demo":
+            native = backbones.native_preprocess(model, spec)
+            pre = {**(native or {}), **(p.get("preprocess") or {})} if native or p.get("preprocess") else None
+        (tmp / "layer.json").write_text(json.dumps(info, indent=2))
+        (tmp / "preprocess.json").write_text(json.dumps(pre, indent=2))
+        backbones.save_backbone(model, spec, tmp)
+        manifest["layer"], manifest["preprocess"] = info, pre
+
+
+# --- cache (one dataset shard) ----------------------------------------------------------------------
+def cache_shard(st: Stage, shard: int, backbone_dir: str, out: str) -> None:
+    """Cache dataset shard ``shard`` of ``shards`` (a contiguous block of probe images).
+    Memory: the model and a bounded number of batches (see :func:`elude.models.cache.write_cache`).
+    Resumable per chunk."""
+    p = st.params
+    job = model_job(p, backbone_dir, "probe")
+    ds = job.data
+    images = cache_mod.shard_range(len(ds), p["shards"], shard)
+    if not images:
+        raise ValueError(f"cache.shards={p['shards']} exceeds the {len(ds)} probe images: dataset shard {shard} "
+                         "would be empty; lower cache.shards")
+    with st.publish(out, resumable=True, shard=shard) as (tmp, manifest):
+        manifest.update(cache_mod.write_cache(
+            job.model, job.layer, ds, tmp, images=images, batch_size=p["batch_size"], dtype=p["dtype"],
+            chunk_rows=p["chunk_rows"], compressor=p["compressor"], device=job.device,
+            workers=st.runtime.get("workers", 0), tokens_per_image=p["tokens_per_image"], token_seed=p.get("token_seed", 0)))
+
+
+# --- top-k ------------------------------------------------------------------------------------------
+def topk_part(st: Stage, cache_dir: str, backbone_dir: str, out: str) -> None:
+    """Partial top-k over one dataset shard (local row indices). Memory: O(k x units) plus one chunk."""
+    w, b, _ = layer_weights(backbone_dir)
+    c = cache_mod.Cache([cache_dir])
+    with st.publish(out) as (tmp, manifest):
+        idx, val = streaming_topk(c, w, b, st.params["k"])
+        save_arrays(tmp / "topk.safetensors", {"indices": idx, "values": val})
+        manifest["n_rows"] = c.n_rows
+
+
+def topk(st: Stage, part_dirs: list[str], backbone_dir: str, out: str) -> None:
+    """Merge the dataset shards' partial top-k (in shard order) into the top-k over the whole cache
+    (eq. 1), with global row indices. Memory: O(k x units) per part."""
+    info = json.loads((Path(backbone_dir) / "layer.json").read_text())
+    rows = [json.loads((Path(d) / "manifest.json").read_text())["n_rows"] for d in part_dirs]
+    offsets = np.concatenate([[0], np.cumsum(rows)])
+    n_instances = int(offsets[-1])
+    k = clamp_k(st.params["k"], n_instances)
+    parts = []
+    for off, d in zip(offsets, part_dirs):
+        z = load_arrays(Path(d) / "topk.safetensors")
+        parts.append((z["indices"] + off, z["values"]))
+    with st.publish(out) as (tmp, manifest):
+        idx, val = merge_topk(parts, k)
+        save_arrays(tmp / "topk.safetensors", {"indices": idx, "values": val})
+        manifest.update({"k": k, "k_requested": st.params["k"], "k_clamped": k != st.params["k"],
+                         "n_units": info["n_units"], "n_instances": n_instances, "n_parts": len(part_dirs)})
+
+
+# --- cluster (one unit shard) -----------------------------------------------------------------------
+def cluster_shard(st: Stage, shard: int, cache_dirs: list[str], topk_dir: str, backbone_dir: str, out: str) -> None:
+    """Memory: the shard's top-k rows (units_per_shard x k x upstream, in the cache's storage type),
+    gathered in one pass over the cache, one unit's float32 contributions, plus the clustering's working
+    set: blocks of distances and k x (min_samples + 1) radius edges (torch backend), or a k x k distance
+    matrix (hdbscan backend) (:func:`shard_memory_mb`).
+
+    Resumable per unit: each finished unit is saved in the partial folder, and a rerun skips it. A unit
+    whose top-k pre-activations are all <= 0 never activates: it is not clustered and stays one sub-unit.
+    """
+    p = st.params
+    backend = clustering.resolve_backend(p["backend"])
+    red = p.get("reduce") or {"method": "none", "dims": 0}
+    if red["method"] == "umap":
+        clustering.umap_check()  # before any work
+    w, _, info = layer_weights(backbone_dir)
+    top = load_arrays(Path(topk_dir) / "topk.safetensors")
+    units = list(shard_units(info["n_units"], p["units_per_shard"], shard))
+    q = cache_mod.Cache(cache_dirs)
+    with st.publish(out, shard=shard, backend=backend, resumable=True) as (tmp, manifest):
+        unit_dir = tmp / "units"
+        unit_dir.mkdir(exist_ok=True)
+        unit_file = lambda u: unit_dir / f"unit-{u:06d}.safetensors"  # noqa: E731
+        todo = [u for u in units if not unit_file(u).exists()]
+        log.info("cluster shard %d: %d units, %d done in an earlier run, %d to cluster (backend %s)",
+                 shard, len(units), len(units) - len(todo), len(todo), backend)
+        # (nothing to read when every unit was done before a kill that came just after the last one)
+        rows = q.gather(top["indices"][todo].reshape(-1), q.dtype).reshape(len(todo), -1, q.n_upstream) if todo else []
+        for i, u in progress(enumerate(todo), len(todo), f"cluster shard {shard} units"):
+            r = clustering.cluster_unit(rows[i], w[u].numpy(), top["values"][u], min_cluster_size=p["min_cluster_size"],
+                                        min_samples=p["min_samples"], method=p["cluster_selection_method"],
+                                        backend=backend, reduce=red)
+            save_arrays(unit_file(u), {"labels": r.labels.astype(np.int32), "probabilities": r.probabilities.astype(np.float32),
+                                       "representatives": r.representatives, "never_active": np.array([r.never_active]),
+                                       "variance_kept": np.array([r.variance_kept], np.float64)})
+        per_unit = [load_arrays(unit_file(u)) for u in units]
+        save_arrays(tmp / "clusters.safetensors", {
+            "units": np.array(units, np.int64),
+            "labels": np.stack([r["labels"] for r in per_unit]),
+            "probabilities": np.stack([r["probabilities"] for r in per_unit]),
+            "n_clusters": np.array([len(r["representatives"]) for r in per_unit], np.int64),
+            "representatives": np.concatenate([r["representatives"] for r in per_unit]),
+            "never_active": np.concatenate([r["never_active"] for r in per_unit])})
+        shutil.rmtree(unit_dir)
+        manifest["units_resumed"] = len(units) - len(todo)
+        manifest["n_clusters"] = {str(u): len(r["representatives"]) for u, r in zip(units, per_unit)}
+        manifest["never_active_units"] = [u for u, r in zip(units, per_unit) if r["never_active"][0]]
+        if red["method"] != "none":  # fraction of each unit's contribution variance the reduction kept
+            manifest["variance_kept"] = {str(u): round(float(r["variance_kept"][0]), 6) for u, r in zip(units, per_unit)}
+        if manifest["never_active_units"]:
+            log.warning("units that never activate (left unchanged): %s", manifest["never_active_units"])
+
+
+def read_clusters(folder: str | Path) -> dict:
+    z = load_arrays(Path(folder) / "clusters.safetensors")
+    offsets = np.concatenate([[0], np.cumsum(z["n_clusters"])])
+    return {"units": z["units"], "labels": z["labels"], "probabilities": z["probabilities"],
+            "never_active": z["never_active"],
+            "reps": [z["representatives"][offsets[i] : offsets[i + 1]] for i in range(len(z["units"]))]}
+
+
+# --- surgery (one unit shard) -----------------------------------------------------------------------
+def surgery_shard(st: Stage, cluster_dir: str, cache_dirs: list[str], topk_dir: str, backbone_dir: str, out: str) -> None:
+    """Memory: the shard's top-k rows, as in :func:`cluster_shard`, and 20 candidate splits of one unit."""
+    w, b, _ = layer_weights(backbone_dir)
+    cl = read_clusters(cluster_dir)
+    top = load_arrays(Path(topk_dir) / "topk.safetensors")
+    q = cache_mod.Cache(cache_dirs)
+    units = cl["units"]
+    rows = q.gather(top["indices"][units].reshape(-1), q.dtype).reshape(len(units), -1, q.n_upstream)
+    grid = st.params["rho_grid"]
+    fracs, omegas, rhos, scores = [], [], [], []
+    for i, u in progress(enumerate(units), len(units), "surgery units"):
+        contrib = contributions.contributions(rows[i], w[u].numpy()).astype(np.float64)
+        split = surgery_mod.split_unit(cl["reps"][i], contrib, float(b[u]), cl["labels"][i], grid)
+        fracs.append(split.fractions)
+        omegas.append(split.omega)
+        rhos.append(np.nan if split.rho is None else split.rho)
+        scores.append(split.scores or [np.nan] * len(grid))
+    with st.publish(out) as (tmp, manifest):
+        save_arrays(tmp / "surgery.safetensors", {
+            "units": np.asarray(units, np.int64), "fractions": np.concatenate(fracs), "omegas": np.concatenate(omegas),
+            "n_subunits": np.array([len(o) for o in omegas], np.int64), "rho": np.array(rhos, np.float64),
+            "scores": np.array(scores, np.float64), "rho_grid": np.array(grid, np.float64)})
+        manifest["rho"] = {str(u): (None if np.isnan(r) else r) for u, r in zip(units, rhos)}
+
+
+# --- merge ------------------------------------------------------------------------------------------
+def merge(st: Stage, surgery_dirs: list[str], cluster_dirs: list[str], backbone_dir: str, out: str) -> None:
+    _, layer, info = load_layer(backbone_dir)
+    fracs, omegas, units_meta = {}, {}, {}
+    for s_dir, c_dir in zip(surgery_dirs, cluster_dirs):
+        z = load_arrays(Path(s_dir) / "surgery.safetensors")
+        cl = read_clusters(c_dir)
+        offsets = np.concatenate([[0], np.cumsum(z["n_subunits"])])
+        for i, u in enumerate(z["units"].tolist()):
+            fracs[u] = z["fractions"][offsets[i] : offsets[i + 1]]
+            omegas[u] = z["omegas"][offsets[i] : offsets[i + 1]]
+            lab = cl["labels"][i]
+            k = int(z["n_subunits"][i])
+            units_meta[u] = {"k": k, "rho": None if np.isnan(z["rho"][i]) else float(z["rho"][i]),
+                             "cluster_sizes": np.bincount(lab[lab >= 0]).tolist(), "noise": int((lab < 0).sum()),
+                             "top_k": int(len(lab)), "never_active": bool(cl["never_active"][i]),
+                             # share of upstream dimensions won by a proper subset of the sub-units (eq. 3)
+                             "exclusive_fraction": float((np.abs(fracs[u] - 1.0 / k) > 1e-12).any(0).mean())}
+    if sorted(fracs) != list(range(info["n_units"])):
+        raise ValueError(f"merge: surgery shards cover {len(fracs)} of {info['n_units']} units")
+    order = range(info["n_units"])
+    meta = {"layer": info["path"], "units": [units_meta[u] for u in order]}
+    dl = DisentangledLayer.from_fractions(layer, [fracs[u] for u in order], [omegas[u] for u in order], meta)
+    with st.publish(out, n_subunits=dl.n_subunits) as (tmp, _):
+        dl.save(tmp)
+
+
+# --- verify -----------------------------------------------------------------------------------------
+class NotLosslessError(RuntimeError):
+    pass
+
+
+def verify(st: Stage, backbone_dir: str, merge_dir: str, out: str) -> dict:
+    """Memory: the model and one batch (both layers' outputs)."""
+    p = st.params
+    job = model_job(p, backbone_dir, "eval")
+    result = scoring.verify(job.model, job.info["path"], DisentangledLayer.load(merge_dir), job.data, p["batch_size"],
+                               st.runtime.get("workers", 0))
+    failures = scoring.lossless_failures(result, p["max_rel_diff"])
+    result["lossless"] = not failures
+    log.info("verify: %s", json.dumps({k: v for k, v in result.items() if k != "bad_images_skipped"}))
+    if failures:
+        raise NotLosslessError(f"verify (artifact {st.id}): the disentangled model is NOT lossless: "
+                               + "; ".join(failures))
+    with st.publish(out) as (tmp, _):
+        (tmp / "verify.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+# --- evaluate ---------------------------------------------------------------------------------------
+def evaluate(st: Stage, backbone_dir: str, merge_dir: str, out: str) -> None:
+    """Memory: see :mod:`elude.evaluation.scoring` (streamed; per-unit top-K lists and one batch)."""
+    p = st.params
+    job = model_job(p, backbone_dir, "eval")
+    res = scoring.evaluate(job.model, job.info["path"], DisentangledLayer.load(merge_dir), job.data,
+                           ms_top_k=p["ms_top_k"], random_seed=p["random_seed"], batch_size=p["batch_size"],
+                           workers=st.runtime.get("workers", 0), accuracy=p["accuracy"])
+    log.info("evaluate: %s", json.dumps({k: v for k, v in res["summary"].items() if k != "bad_images_skipped"}))
+    with st.publish(out) as (tmp, _):
+        (tmp / "metrics.json").write_text(json.dumps(res["summary"], indent=2))
+        save_arrays(tmp / "tables.safetensors", res["tables"])

@@ -1,0 +1,81 @@
+"""Running a stage as a workflow job: logging, the artifact's build lock, SIGTERM, a full disk (README,
+Reliability)."""
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import torch
+
+from ..artifacts import build_lock, partial_dir
+from .job import Stage
+
+log = logging.getLogger("elude.pipeline.stages")
+
+
+class Terminated(BaseException):
+    """SIGTERM (a SLURM preemption, ``scancel``, a graceful shutdown) arrived in a job; like
+    KeyboardInterrupt it is not an ``Exception``, so no library ``except`` swallows it on the way out."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
+def run_logged(stage: dict, log_file: str, threads: int, out: str, fn) -> None:
+    """Run the stage job that builds the artifact folder ``out``: logging to its log file and the terminal,
+    torch threads, and a failure message that names the stage, the artifact id and the log file.
+
+    Faults (README, Reliability): the job holds :func:`elude.pipeline.artifacts.build_lock` on ``out``, and finds
+    the artifact finished when another process built it meanwhile (a concurrent run sharing it, or a job
+    left running by a killed Snakemake): then it reuses it. SIGTERM stops the job through the normal
+    failure path (temporary folders removed, a resumable stage's progress kept for the rerun), exit 143.
+    A full disk is named as such."""
+    import signal
+
+    from ...util.progress import setup_logging
+    from ..housekeeping import check_inputs
+
+    setup_logging(log_file, f"{stage['name']} {stage['id']}")
+    torch.set_num_threads(max(1, int(threads)))
+    signal.signal(signal.SIGTERM, _terminate)
+    what = f"stage {stage['name']} (artifact {stage['id']})"
+    try:
+        with build_lock(out) as holder:
+            if holder is not None:
+                log.info("%s: waited for process %s, which was building %s", what, holder, out)
+            if (Path(out) / "manifest.json").is_file():
+                log.info("%s: %s was finished by another process; reusing it", what, out)
+                return
+            check_inputs(Path("results"), stage["inputs"])  # jobs run in the run's directory
+            fn(Stage(**stage))
+    except Terminated:
+        kept = partial_dir(out)
+        log.error("%s stopped by SIGTERM; %s -- log: %s", what,
+                  f"its progress is kept in {kept}, and the next run continues from it" if kept.exists() else
+                  "its temporary folder is removed (this stage restarts when the run is started again)", log_file)
+        raise SystemExit(143)
+    except Exception as exc:
+        if not _disk_full(exc):
+            log.error("%s failed: %s: %s -- log: %s", what, type(exc).__name__, exc, log_file)
+            raise
+        free = shutil.disk_usage(Path(out).parent if Path(out).parent.exists() else ".").free
+        log.error("%s failed: the disk is full (%s; %.1f MB free where %s is written). Finished artifacts are "
+                  "intact and nothing was published under %s; free space (e.g. `python -m elude.housekeeping "
+                  "--delete`), then run the same command again -- log: %s", what, exc, free / 1e6, out, out, log_file)
+        raise
+
+
+def _disk_full(exc: BaseException | None) -> bool:
+    """Whether ``exc``, or an exception it was raised from or during (zarr and safetensors wrap I/O
+    errors), is ENOSPC."""
+    import errno
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False

@@ -1,0 +1,40 @@
+# A patch of Snakemake 9's internals, kept apart: two runs may share one results folder (README, Reliability),
+# and an artifact that another process finished after this run built its DAG must not be deleted under that
+# run's readers. Included first by the Snakefile; it only replaces Job.remove_existing_output.
+from pathlib import Path
+
+
+def _keep_artifacts_finished_meanwhile():
+    """Before a job runs, Snakemake removes its existing outputs: also one that was missing when the DAG was
+    built and that another process finished since (a second run sharing this results folder, or a job that
+    outlived a killed Snakemake). Removing it would pull a finished artifact from under that run's
+    readers; kept, the job finds it finished and reuses it (elude.pipeline.stages.run_logged). Outputs that existed
+    when the DAG was built (--forcerun, an incomplete job) are removed as before. This replaces Snakemake 9's
+    Job.remove_existing_output with the same steps plus that exception (README, Reliability)."""
+    from snakemake.io import is_flagged
+    from snakemake.jobs import Job
+
+    async def remove_existing_output(self):
+        missing = {str(f) for f in self.dag.reason(self).missing_output}
+        kept = [f for f in self.output if str(f) in missing and Path(f, "manifest.json").is_file()]
+        for f in self.output:
+            if is_flagged(f, "update") or f in kept:
+                continue
+            try:
+                await f.remove(remove_non_empty_dir=False)
+            except FileNotFoundError:
+                pass
+        if kept:  # and its log, which the job appends to
+            logger.info(f"Keeping {', '.join(map(str, kept))}: finished by another process since the DAG was built")
+            return
+        for f in self.log:
+            await f.remove(remove_non_empty_dir=False)
+
+    if hasattr(Job, "remove_existing_output"):
+        Job.remove_existing_output = remove_existing_output
+    else:
+        logger.warning("Snakemake has no Job.remove_existing_output (not Snakemake 9): two runs sharing this "
+                       "results folder must not run at the same time")
+
+
+_keep_artifacts_finished_meanwhile()
