@@ -88,3 +88,19 @@ def test_the_layout_test_sees_real_imports():
     assert "elude.models.backbones" in g["elude.method.layers"]
     assert "elude.evaluation.labels" in g["elude.demo.clip"]  # lazy, inside a function
     assert "elude.method._exact_hdbscan" in g["elude.method.clustering"]
+
+
+def test_the_readme_uses_only_the_public_api():
+    """The README's Python snippets import from ``elude`` itself and use names it exports."""
+    import re
+
+    import elude
+
+    readme = (ELUDE.parent / "README.md").read_text()
+    code = "\n".join(re.findall(r"```python\n(.*?)```", readme, flags=re.S))
+    assert "import elude" in code
+    assert not re.findall(r"from elude\.\w+", code), "the README imports past the public API"
+    used = set(re.findall(r"\belude\.(\w+)", code))
+    assert used and used <= set(elude.__all__), f"not exported by elude: {used - set(elude.__all__)}"
+    for name in elude.__all__:  # every exported name resolves
+        assert getattr(elude, name) is not None

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from elude.evaluation.scoring import dictionary as dic
+from elude.evaluation import dictionary as dic
 from elude.evaluation.efficiency import measure, method_variants
 from tests.workflow_helpers import REPO, executed_rules, snakemake, write_config
 

@@ -76,6 +76,33 @@ def test_suppressing_a_class_lowers_that_class_most_and_gains_of_one_are_exact(t
     assert per_class_accuracy(model, info["path"], ds)[0] == one["before"]
 
 
+def test_the_public_api_puts_a_finished_runs_layer_into_the_users_model(trained_run):
+    """README's snippet, through the names elude exports: the run's folders, the lazy layer swapped into a
+    model the user loaded (here: the run's own backbone), outputs bit-identical, steering changes them."""
+    import torch
+
+    import elude
+    from elude.models.backbones import load_backbone
+    from elude.models.data import DigitsDataset
+
+    work, cfg, _ = trained_run
+    folders = elude.run_folders(cfg, work)
+    assert {"backbone", "merge", "evaluate", "report"} <= set(folders)
+    assert folders["merge"] == work / "results/merge" / ids_for(cfg)["merge"]
+    model = load_backbone(folders["backbone"]).eval()
+    x = DigitsDataset("eval", 0.3, 0).images[:64]
+    with torch.no_grad():
+        ref = model(x)
+        layer = elude.disentangle(model, "blocks.1.mlp.fc2", folders["merge"])
+        assert torch.equal(model(x), ref)  # lazy: bit for bit
+        layer.subunit_gain = elude.gains(layer.n_subunits, suppress=[0, 1, 2])
+        assert not torch.equal(model(x), ref)
+        layer.subunit_gain = None
+        assert torch.equal(model(x), ref)
+    dense = elude.disentangle(load_backbone(folders["backbone"]).eval(), "blocks.1.mlp.fc2", folders["merge"], "dense")
+    assert isinstance(dense, elude.DisentangledLayer)
+
+
 def test_steer_cli_prints_accuracy_per_class(trained_run):
     work, cfg, _ = trained_run
     proc = subprocess.run([sys.executable, "-m", "elude.steer", "--run", str(work), "--configfile", str(cfg),
