@@ -8,6 +8,17 @@ torch.set_num_threads(2)
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 
+# The fast tier (`pytest -m "not slow"`) leaves out what runs the Snakemake workflow: tests marked slow, and
+# every test that reads a finished workflow run (these fixtures).
+WORKFLOW_FIXTURES = {"tiny_run", "two_seed_run", "trained_run", "reference"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if WORKFLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture
 def rng():
     import numpy as np

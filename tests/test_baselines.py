@@ -173,6 +173,7 @@ def test_missing_overcomplete_gives_the_extra_to_install():
     assert "BaselineDependencyError" in proc.stderr and "pip install -e '.[baselines]'" in proc.stderr
 
 
+@pytest.mark.slow
 def test_workflow_with_a_family_written_here_and_no_overcomplete_fails_before_any_job(tmp_path):
     fake = tmp_path / "shadow" / "overcomplete"  # an overcomplete without its SAE module shadows the real one
     fake.mkdir(parents=True)

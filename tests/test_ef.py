@@ -7,6 +7,7 @@ import pytest
 from elude.method import expansion as ef
 from elude.pipeline.config import load_run_config, merge_config, validate_config
 from elude.pipeline.plan import all_ids, artifact_ids, baseline_artifacts, run_artifacts
+from elude.reporting import ef_tables
 
 
 def search(efs: list[float], target: float) -> tuple[dict, int]:
@@ -88,12 +89,12 @@ def test_figure2_points_by_hand():
             "topk": {"method": "TopK-SAE", "ms_score": 50.0, "accuracy": 78.5, "r2": 85.0, "ef": 8.0},
             "elude": {"method": "ELUDe", "ms_score": {"mean": 60.0, "std": 1.0}, "accuracy": {"mean": 80.0}, "r2": 100.0,
                       "ef": {"mean": 7.9}}}
-    points = ef.figure2(rows, {"blocks": {"4": {k: dict(r) for k, r in rows.items()}}})
+    points = ef_tables.figure2(rows, {"blocks": {"4": {k: dict(r) for k, r in rows.items()}}})
     assert [(p["block"], p["method"]) for p in points] == [("Table 2", "topk"), ("Table 2", "elude"), ("EF 4", "topk"),
                                                             ("EF 4", "elude")]
     assert points[0]["accuracy_drop"] == 1.5 and points[1] == {
         "block": "Table 2", "method": "elude", "name": "ELUDe", "ef": 7.9, "ms_score": 60.0, "r2": 100.0, "accuracy_drop": 0.0}
-    assert ef.figure2_png(points)[:8] == b"\x89PNG\r\n\x1a\n"
+    assert ef_tables.figure2_png(points)[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 GRID = [5, 10, 20, 40, 80]
@@ -102,15 +103,18 @@ SWEEP = {"cluster": {"target_ef": 4, "ef_search": {"values": GRID}, "units_per_s
          "ef_sweep": {"targets": [2, 4]}}
 
 
-def test_workflow_target_ef_and_the_ef_axis(tmp_path):
+@pytest.mark.slow
+def test_workflow_target_ef_and_the_ef_axis(tiny_run, tmp_path):
     """A run matched to EF 4 with Table 6's EF axis at 2 and 4 (TopK beside ELUDe): each search lands on the
     grid's closest candidate (all candidates clustered afterwards to check), surgery uses its clustering,
     the report has both EF blocks and Figure 2; the same command again runs nothing."""
     pytest.importorskip("overcomplete")
-    from workflow_helpers import executed_rules, snakemake, write_config
+    from workflow_helpers import copy_run, executed_rules, snakemake, write_config
 
+    copy_run(tiny_run, tmp_path)  # the tiny run's backbone, cache and top-k are this run's too (same ids)
     cfg = write_config(tmp_path / "ef.yaml", SWEEP)
     ran = executed_rules(snakemake(tmp_path, cfg, timeout=1200).stderr)
+    assert "backbone" not in ran and "cache_shard" not in ran and "topk" not in ran
     # two searches over one grid share their candidates: each candidate clustered once (one unit shard)
     assert ran.count("cluster_shard") <= len(GRID) and ran.count("surgery_shard") == 2
     assert ran.count("ef_search") == 2 * ef.n_steps(len(GRID)) and ran.count("ef_sweep") == 1

@@ -22,6 +22,7 @@ from PIL import Image
 from workflow_helpers import (
     REPO,
     TINY,
+    assert_same_artifacts,
     executed_rules,
     ids_for,
     snakemake,
@@ -46,19 +47,24 @@ def reference(tiny_run):
     return merged_sha256(work, cfg)
 
 
-def test_sigkill_of_the_main_snakemake_at_five_seeded_moments(tmp_path, reference):
+@pytest.mark.slow
+def test_sigkill_of_the_main_snakemake_at_five_seeded_moments(tmp_path, reference, tiny_run):
     """The main process alone is killed; its running jobs go on as orphans, and the next start waits for
-    them on the artifacts' build locks (or reuses what they finished). Recovery: --unlock, the same command."""
+    them on the artifacts' build locks (or reuses what they finished). Recovery: --unlock, the same command.
+    The finished run, made from nothing in five pieces, equals the uninterrupted tiny run byte for byte in
+    every artifact: the same config gives the same bytes."""
     cfg = write_config(tmp_path / "tiny.yaml")
     out = kill_chain(tmp_path, cfg, signal.SIGKILL, n_kills=5, seed=1, span=(5, 16))
     assert out["final"].returncode == 0, out["final"].stderr[-3000:]
     assert len(out["kills"]) == 5 and all(k["exit"] == -signal.SIGKILL for k in out["kills"])
     assert all(k["unlock"] for k in out["kills"][1:]) and out["final_unlock"]  # SIGKILL leaves the lock behind
     assert out["sha256"] == reference
+    assert_same_artifacts(tiny_run[0], tmp_path, cfg)
     assert not in_progress(tmp_path / "results") and not half_built(tmp_path / "results")
     assert not verify(tmp_path / "results")
 
 
+@pytest.mark.slow
 def test_sigterm_of_the_whole_run_stops_jobs_cleanly_and_their_progress_is_reused(tmp_path, reference):
     """A SLURM preemption or Ctrl-C signals Snakemake and its jobs: each job stops through its failure path
     (logged, temporary folders removed, exit 143), the kept progress is exactly what the next run resumes."""
@@ -80,6 +86,7 @@ def test_sigterm_of_the_whole_run_stops_jobs_cleanly_and_their_progress_is_reuse
     assert not in_progress(tmp_path / "results") and not verify(tmp_path / "results")
 
 
+@pytest.mark.slow
 def test_disk_full_fails_clearly_publishes_nothing_and_the_rerun_matches(tmp_path, reference):
     mnt = tmp_path / "mnt"
     if why := mount_tmpfs(mnt, 48):
@@ -112,6 +119,7 @@ def digit_folders(root, n_per_class: int, corrupt: int):
     return root
 
 
+@pytest.mark.slow
 def test_two_runs_at_once_on_messy_images_share_artifacts_agree_and_a_second_invocation_is_refused(tmp_path):
     """Two run names, one results folder, started together: shared artifacts are built once (the other run
     waits on the build lock and reuses them), both finish, and agree. The image folders hold files that do not
@@ -240,6 +248,7 @@ def _imagefolder(tmp_path, probe, evals):
     return {"kind": "imagefolder", "probe_dir": str(probe), "eval_dir": str(evals), "on_bad_image": "fail"}
 
 
+@pytest.mark.slow
 def test_data_errors_before_any_job(tmp_path):
     good = digit_folders(tmp_path / "good", 2, corrupt=0)
     (tmp_path / "empty/0").mkdir(parents=True)

@@ -180,6 +180,7 @@ def test_vllm_requests_and_a_clear_error_where_it_cannot_run():
 
 
 # --- the workflow: grids -> a judge job per judge and token seed -> rank; Table 3 in the report -----------
+@pytest.mark.slow
 def test_workflow_llm_rank_pools_seeds_resumes_a_killed_judge_and_adds_a_judge_alone(request, tmp_path):
     """Two token seeds, six methods (backbone, four baseline families, ELUDe: workflow_helpers.TWO_SEED_RUN,
     shared with tests/test_baselines.py), two tiny random judges through the real transformers backend: every
@@ -301,6 +302,7 @@ def test_units_that_never_fire_are_not_shown_and_bad_judge_settings_fail_early(t
         validate_config(merge_config({}, {"judges": {"models": ["a/judge", "b/judge"]}}))
 
 
+@pytest.mark.slow
 def test_vllm_where_it_cannot_run_stops_the_workflow_before_any_job(tmp_path):
     from workflow_helpers import executed_rules, snakemake, write_config
 

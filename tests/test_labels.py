@@ -130,6 +130,7 @@ def test_concept_groups_join_correlated_subunits_of_different_neurons():
     assert torch.allclose(c, torch.tensor(np.corrcoef(np.stack(cols[:3]))), atol=1e-9)
 
 
+@pytest.mark.slow
 def test_bad_labels_settings_fail_before_any_job(tmp_path):
     import yaml
     from workflow_helpers import REPO, snakemake, write_config

@@ -6,8 +6,18 @@ import pytest
 import yaml
 
 from elude.pipeline.config import merge_config, validate_config
-from elude.pipeline.plan import (ablation_runs, dictionary_runs, ef_sweep_runs, input_key, qualified, rank_runs,
-                                 registry, run_artifacts, split_key, token_seeds)
+from elude.pipeline.plan import (
+    ablation_runs,
+    dictionary_runs,
+    ef_sweep_runs,
+    input_key,
+    qualified,
+    rank_runs,
+    registry,
+    run_artifacts,
+    split_key,
+    token_seeds,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 # every study on, over two token seeds, an ablation variant whose name holds '-', and Table 6's EF axis

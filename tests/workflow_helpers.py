@@ -93,3 +93,16 @@ def copy_run(run: tuple, dest: Path) -> Path:
     work, configfile = run[0], run[1]
     shutil.copytree(work, dest, symlinks=True, dirs_exist_ok=True)
     return dest / configfile.relative_to(work)
+
+
+def assert_same_artifacts(work_a: Path, work_b: Path, configfile: Path) -> None:
+    """Every artifact of ``configfile``'s run has the same content checksum in both working folders (every
+    manifest, shards included): the same config gives byte-identical artifacts."""
+    import json
+
+    for stage, i in ids_for(configfile).items():
+        a, b = work_a / "results" / stage / i, work_b / "results" / stage / i
+        manifests = sorted(p.relative_to(a) for p in a.rglob("manifest.json"))
+        assert manifests, stage
+        for m in manifests:
+            assert json.loads((a / m).read_text())["checksum"] == json.loads((b / m).read_text())["checksum"], (stage, m)
