@@ -9,6 +9,7 @@ rule backbone:
         log_path("backbone"),
     benchmark:
         bench_path("backbone"),
+    priority: PRIORITY
     threads: 2
     resources:
         mem_mb=4000,

@@ -10,7 +10,8 @@ rule cache_shard:
         log_path("cache", "-shard-{shard}"),
     benchmark:
         bench_path("cache", "-shard-{shard}"),
-    threads: 2
+    priority: PRIORITY
+    threads: FORWARD_THREADS
     resources:
         mem_mb=cache_mem_mb,
         gpu=FORWARD_GPUS,

@@ -12,6 +12,7 @@ rule cluster_shard:
         log_path("cluster", "-shard-{shard}"),
     benchmark:
         bench_path("cluster", "-shard-{shard}"),
+    priority: PRIORITY
     threads: 1
     resources:
         mem_mb=shard_mem_mb,
@@ -39,6 +40,7 @@ checkpoint ef_search:
         log_path("ef_search"),
     benchmark:
         bench_path("ef_search"),
+    priority: PRIORITY
     threads: 1
     resources:
         mem_mb=1000,

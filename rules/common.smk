@@ -44,6 +44,13 @@ wildcard_constraints:
 
 _GPUS = resources.gpus(config)  # resource `gpu` per kind of job
 FORWARD_GPUS, CLUSTER_GPUS, JUDGE_GPUS = _GPUS["forward"], _GPUS["cluster"], _GPUS["judge"]
+FORWARD_THREADS = config["compute"]["threads"]  # cache, verify, evaluate
+# Order among ready jobs (`priority`; results do not depend on it): every rule but the baselines' first.
+# Snakemake picks the set of ready jobs with the largest sum of priorities, so the gap must exceed what a
+# core-full of baseline jobs (priority 0) sums to. The baselines' chain to the report (grids, judges) is
+# the longest, and ELUDe's chain and what hangs off it (labels, ablations, repeated runs) then fill the
+# cores beside it instead of trailing after it.
+PRIORITY = 100
 CLUSTER_ENV = f"../envs/cluster-{'cuml' if config['cluster']['backend'] == 'cuml' else 'cpu'}.yaml"
 
 
@@ -205,6 +212,7 @@ def final_report(wildcards):
 BASELINE_THREADS = resources.baseline_threads(config)
 JUDGE_MEM_MB = resources.judge_mem_mb(config)
 JUDGE_ENV = "../envs/judges-vllm.yaml" if config["judges"]["backend"] == "vllm" else "../envs/torch.yaml"
+JUDGE_THREADS = 4 if config["judges"]["backend"] == "vllm" else FORWARD_THREADS
 
 
 def inputs_of(stage, w):

@@ -11,7 +11,8 @@ rule evaluate:
         log_path("evaluate"),
     benchmark:
         bench_path("evaluate"),
-    threads: 2
+    priority: PRIORITY
+    threads: FORWARD_THREADS
     resources:
         mem_mb=evaluate_mem_mb,
         gpu=FORWARD_GPUS,

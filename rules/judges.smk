@@ -18,6 +18,7 @@ rule grids:
         log_path("grids"),
     benchmark:
         bench_path("grids"),
+    priority: PRIORITY
     threads: 1
     resources:
         mem_mb=2000,
@@ -40,7 +41,8 @@ rule judge:
         log_path("judge"),
     benchmark:
         bench_path("judge"),
-    threads: 4
+    priority: PRIORITY
+    threads: JUDGE_THREADS
     resources:
         mem_mb=JUDGE_MEM_MB,
         gpu=JUDGE_GPUS,
@@ -66,6 +68,7 @@ rule rank:
         log_path("rank"),
     benchmark:
         bench_path("rank"),
+    priority: PRIORITY
     threads: 1
     resources:
         mem_mb=2000,

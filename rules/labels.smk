@@ -16,6 +16,7 @@ rule labels:
         log_path("labels"),
     benchmark:
         bench_path("labels"),
+    priority: PRIORITY
     threads: 2
     resources:
         mem_mb=labels_mem_mb,

@@ -12,6 +12,7 @@ rule merge:
         log_path("merge"),
     benchmark:
         bench_path("merge"),
+    priority: PRIORITY
     threads: 1
     resources:
         mem_mb=4000,

@@ -20,6 +20,7 @@ rule report:
         log_path("report"),
     benchmark:
         bench_path("report"),
+    priority: PRIORITY
     threads: 1
     resources:
         mem_mb=2000,
@@ -42,6 +43,7 @@ rule aggregate:
         log_path("aggregate"),
     benchmark:
         bench_path("aggregate"),
+    priority: PRIORITY
     threads: 1
     resources:
         mem_mb=1000,

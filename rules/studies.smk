@@ -18,6 +18,7 @@ rule dictionary:
         log_path("dictionary"),
     benchmark:
         bench_path("dictionary"),
+    priority: PRIORITY
     threads: 2
     resources:
         mem_mb=4000,
@@ -43,6 +44,7 @@ rule efficiency:
         log_path("efficiency"),
     benchmark:
         bench_path("efficiency"),
+    priority: PRIORITY
     threads: 8  # local runs scale it down to every core: the job times alone, undisturbed by others
     resources:
         mem_mb=8000,
@@ -67,6 +69,7 @@ rule ablation:
         log_path("ablation"),
     benchmark:
         bench_path("ablation"),
+    priority: PRIORITY
     threads: 1
     resources:
         mem_mb=1000,
@@ -91,6 +94,7 @@ rule ef_sweep:
         log_path("ef_sweep"),
     benchmark:
         bench_path("ef_sweep"),
+    priority: PRIORITY
     threads: 1
     resources:
         mem_mb=1000,

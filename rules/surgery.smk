@@ -13,6 +13,7 @@ rule surgery_shard:
         log_path("surgery", "-shard-{shard}"),
     benchmark:
         bench_path("surgery", "-shard-{shard}"),
+    priority: PRIORITY
     threads: 1
     resources:
         mem_mb=shard_mem_mb,

@@ -11,6 +11,7 @@ rule topk_part:
         log_path("topk", "-part-{shard}"),
     benchmark:
         bench_path("topk", "-part-{shard}"),
+    priority: PRIORITY
     threads: 2
     resources:
         mem_mb=topk_mem_mb,
@@ -34,6 +35,7 @@ checkpoint topk:
         log_path("topk", "-merge"),
     benchmark:
         bench_path("topk", "-merge"),
+    priority: PRIORITY
     threads: 1
     resources:
         mem_mb=topk_mem_mb,

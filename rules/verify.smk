@@ -11,7 +11,8 @@ rule verify:
         log_path("verify"),
     benchmark:
         bench_path("verify"),
-    threads: 2
+    priority: PRIORITY
+    threads: FORWARD_THREADS
     resources:
         mem_mb=4000,
         gpu=FORWARD_GPUS,

@@ -199,12 +199,19 @@ class DisentangledLayer(_SubunitAccess):
         from ..models.backbones import layer_weight_bias
 
         w, b = layer_weight_bias(layer)
+        kind = "conv1x1" if isinstance(layer, nn.Conv2d) else "linear"
+        return cls.from_weights(w, b, kind, unit_fractions, unit_omegas, metadata)
+
+    @classmethod
+    def from_weights(cls, w: torch.Tensor, b: torch.Tensor, kind: str, unit_fractions: list[np.ndarray],
+                     unit_omegas: list[np.ndarray], metadata: dict | None = None) -> "DisentangledLayer":
+        """As :meth:`from_fractions`, from the layer's (out, in) weights and bias and its kind ("linear" or
+        "conv1x1"), e.g. as :func:`elude.pipeline.stages.job.layer_weights` reads them without the model."""
         rows, biases, parent = [], [], []
         for u, (frac, omega) in enumerate(zip(unit_fractions, unit_omegas)):
             rows.append(torch.from_numpy(frac).float() * w[u])  # eq. 4
             biases.append(torch.from_numpy(omega).float() * b[u])
             parent += [u] * len(omega)
-        kind = "conv1x1" if isinstance(layer, nn.Conv2d) else "linear"
         return cls(torch.cat(rows), torch.cat(biases), torch.tensor(parent), w.shape[0], kind, metadata)
 
 

@@ -29,6 +29,15 @@ def setup_logging(log_file: str | None, stage: str) -> logging.Logger:
     return log
 
 
+def process_age() -> float | None:
+    """Seconds since this process started (psutil, which Snakemake brings; None without it)."""
+    try:
+        import psutil
+    except ImportError:
+        return None
+    return time.time() - psutil.Process().create_time()
+
+
 def progress(items: Iterable[T], total: int, what: str, every_s: float = 5.0) -> Iterator[T]:
     """Iterate, logging 'what: done/total, rate, time left' at most every ``every_s`` seconds and at the end."""
     t0 = last = time.time()

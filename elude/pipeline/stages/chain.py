@@ -24,7 +24,7 @@ from ...models.data import materialize, open_dataset
 from ...util.files import load_arrays, save_arrays
 from ...util.progress import progress
 from ..plan import shard_units
-from .job import Stage, layer_weights, load_layer, model_job
+from .job import Stage, layer_weights, model_job
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +215,7 @@ def surgery_shard(st: Stage, cluster_dir: str, cache_dirs: list[str], topk_dir: 
 
 # --- merge ------------------------------------------------------------------------------------------
 def merge(st: Stage, surgery_dirs: list[str], cluster_dirs: list[str], backbone_dir: str, out: str) -> None:
-    _, layer, info = load_layer(backbone_dir)
+    w, b, info = layer_weights(backbone_dir)  # (not the model: a merge needs only the layer's weights)
     fracs, omegas, units_meta = {}, {}, {}
     for s_dir, c_dir in zip(surgery_dirs, cluster_dirs):
         z = load_arrays(Path(s_dir) / "surgery.safetensors")
@@ -235,7 +235,7 @@ def merge(st: Stage, surgery_dirs: list[str], cluster_dirs: list[str], backbone_
         raise ValueError(f"merge: surgery shards cover {len(fracs)} of {info['n_units']} units")
     order = range(info["n_units"])
     meta = {"layer": info["path"], "units": [units_meta[u] for u in order]}
-    dl = DisentangledLayer.from_fractions(layer, [fracs[u] for u in order], [omegas[u] for u in order], meta)
+    dl = DisentangledLayer.from_weights(w, b, info["kind"], [fracs[u] for u in order], [omegas[u] for u in order], meta)
     with st.publish(out, n_subunits=dl.n_subunits) as (tmp, _):
         dl.save(tmp)
 

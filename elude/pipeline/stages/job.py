@@ -35,9 +35,10 @@ def load_layer(backbone_dir: str | Path):
 
 
 def layer_weights(backbone_dir: str | Path) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """(W, b, layer.json) of the target layer, as :func:`elude.models.backbones.layer_weight_bias` gives them, read
-    straight from the saved weights: stages that need only the layer's weights skip rebuilding the model
-    (importing timm alone takes ~2.5 s per job). Falls back to the model where the keys differ."""
+    """(W, b, layer.json + "kind") of the target layer, as :func:`elude.models.backbones.layer_weight_bias`
+    gives them, read straight from the saved weights: stages that need only the layer's weights skip
+    rebuilding the model (importing timm alone takes ~1.5-2.5 s per job). "kind": "linear" or "conv1x1" (a 4-D
+    weight). Falls back to the model where the keys differ."""
     from safetensors import safe_open
 
     info = json.loads((Path(backbone_dir) / "layer.json").read_text())
@@ -45,11 +46,13 @@ def layer_weights(backbone_dir: str | Path) -> tuple[torch.Tensor, torch.Tensor,
         keys = set(f.keys())
         if f"{info['path']}.weight" in keys:
             w = f.get_tensor(f"{info['path']}.weight").float()
+            info["kind"] = "conv1x1" if w.dim() == 4 else "linear"
             w = w.reshape(w.shape[0], -1)
             bias = f"{info['path']}.bias"
             return w, f.get_tensor(bias).float() if bias in keys else torch.zeros(w.shape[0]), info
-    w, b = backbones.layer_weight_bias(load_layer(backbone_dir)[1])
-    return w, b, info
+    layer = load_layer(backbone_dir)[1]
+    w, b = backbones.layer_weight_bias(layer)
+    return w, b, {**info, "kind": "conv1x1" if isinstance(layer, nn.Conv2d) else "linear"}
 
 
 def load_preprocess(backbone_dir: str | Path) -> dict | None:

@@ -34,10 +34,12 @@ def run_logged(stage: dict, log_file: str, threads: int, out: str, fn) -> None:
     A full disk is named as such."""
     import signal
 
-    from ...util.progress import setup_logging
+    from ...util.progress import process_age, setup_logging
     from ..housekeeping import check_inputs
 
     setup_logging(log_file, f"{stage['name']} {stage['id']}")
+    if (age := process_age()) is not None:
+        log.info("start-up %.2f s (interpreter and imports, before any work; bench/default_run.py sums these)", age)
     torch.set_num_threads(max(1, int(threads)))
     signal.signal(signal.SIGTERM, _terminate)
     what = f"stage {stage['name']} (artifact {stage['id']})"
