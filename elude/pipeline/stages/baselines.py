@@ -15,7 +15,7 @@ from ...evaluation import scoring
 from ...models import backbones
 from ...models import cache as cache_mod
 from ...util.files import save_arrays
-from .job import Stage, dataset, layer_weights, load_layer
+from .job import Stage, layer_weights, model_job
 
 log = logging.getLogger(__name__)
 MODEL_FILES = ("model.safetensors", "model.json", "activity.safetensors")
@@ -96,13 +96,11 @@ def baseline_eval(st: Stage, model_dir: str, backbone_dir: str, out: str) -> Non
 
     baselines.overcomplete_sae()
     p = st.params
-    device = backbones.resolve_device(p["device"])
-    model, _, info = load_layer(backbone_dir)
-    ds = dataset(p["data"], "eval", backbone_dir)
-    sae = Baseline.load(model_dir, device)
-    res = scoring.score_baseline(model.to(device), info["path"], sae, ds, ms_top_k=p["ms_top_k"],
-                                    batch_size=p["batch_size"], workers=st.runtime.get("workers", 0),
-                                    accuracy=p["accuracy"])
+    job = model_job(p, backbone_dir, "eval")
+    sae = Baseline.load(model_dir, job.device)
+    res = scoring.score_baseline(job.model, job.info["path"], sae, job.data, ms_top_k=p["ms_top_k"],
+                                 batch_size=p["batch_size"], workers=st.runtime.get("workers", 0),
+                                 accuracy=p["accuracy"])
     train = json.loads((Path(model_dir) / "train.json").read_text())
     res["summary"].update({"family": sae.settings["family"], "hp": train["hp"], "training": train["metrics"]})
     log.info("baseline %s: %s", sae.settings["family"],

@@ -9,10 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from ...method.layers import DisentangledLayer
-from ...models import backbones
 from ...models.data import image_reader
 from ...util.files import load_arrays
-from .job import Stage, dataset, load_layer
+from .job import Stage, dataset, model_job
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +42,12 @@ def labels(st: Stage, backbone_dir: str, merge_dir: str, evaluate_dir: str, out:
     from ...evaluation.labels import label_features, load_concepts
 
     p = st.params
-    device = backbones.resolve_device(p["device"])
-    model, _, info = load_layer(backbone_dir)
+    job = model_job(p, backbone_dir, "eval")
+    device, ev = job.device, job.data
     layer = DisentangledLayer.load(merge_dir)
-    ev = dataset(p["data"], "eval", backbone_dir)
     image = image_reader(ev, CLIP_IMAGE_SIDE, "labels (labels.model)")
     concepts = load_concepts(p["concepts"])
-    acts = per_image_max(model.to(device), info["path"], layer, ev, p["layer_batch_size"], st.runtime.get("workers", 0))
+    acts = per_image_max(job.model, job.info["path"], layer, ev, p["layer_batch_size"], st.runtime.get("workers", 0))
     parent = layer.parent.numpy()
     groups = concept_groups(acts["subunits"], parent, p["group_threshold"])
     tables = load_arrays(Path(evaluate_dir) / "tables.safetensors")
