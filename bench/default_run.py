@@ -1,6 +1,8 @@
 """Where a run's time goes (not a test): per stage, its jobs' wall and CPU time from Snakemake's benchmark
 files, split into start-up (interpreter and imports, which every job logs before any work) and the rest;
-and the run's own wall time from Snakemake's log, with the time no job was running.
+and the run's own wall time from Snakemake's log, with the time no job was running. Start-up is what a
+job imports before its stage function runs: stages that import torch or a model library inside the
+function (the baselines', the studies', the judges') count that import as work.
 
     .venv/bin/python bench/default_run.py [--run DIR] [--fresh]
 

@@ -1,6 +1,7 @@
 # A patch of Snakemake 9's internals, kept apart: two runs may share one results folder (README, Reliability),
 # and an artifact that another process finished after this run built its DAG must not be deleted under that
-# run's readers. Included first by the Snakefile; it only replaces Job.remove_existing_output.
+# run's readers, nor a finished one removed because its job was killed after publishing it. Included first
+# by the Snakefile; it wraps Job.remove_existing_output and Job.cleanup.
 from pathlib import Path
 
 
@@ -35,6 +36,20 @@ def _keep_artifacts_finished_meanwhile():
     else:
         logger.warning("Snakemake has no Job.remove_existing_output (not Snakemake 9): two runs sharing this "
                        "results folder must not run at the same time")
+
+    # A job killed (SIGTERM: a preemption, Ctrl-C) after it published its artifact counts as failed, and
+    # Snakemake would remove the finished folder "since it might be corrupted": its work would be redone from
+    # nothing. Our outputs appear only complete (atomic rename, manifest last), so one with a manifest stays.
+    if hasattr(Job, "cleanup"):
+        remove_outputs_of_failed_job = Job.cleanup
+
+        async def cleanup(self, skip_outputs):
+            finished = [f for f in self.output if Path(f, "manifest.json").is_file()]
+            if finished:
+                logger.info(f"Keeping {', '.join(map(str, finished))}: published complete before the job failed")
+            return await remove_outputs_of_failed_job(self, [*skip_outputs, *finished])
+
+        Job.cleanup = cleanup
 
 
 _keep_artifacts_finished_meanwhile()

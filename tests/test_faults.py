@@ -21,6 +21,7 @@ from fault_injection import (
 from PIL import Image
 from workflow_helpers import (
     REPO,
+    SNAKEMAKE,
     TINY,
     assert_same_artifacts,
     executed_rules,
@@ -213,6 +214,43 @@ def test_an_artifact_another_process_finished_after_the_dag_was_built_is_kept_an
     logs = [(results / "logs/surgery" / f"{ids['surgery']}-shard-{s:04d}.log").read_text() for s in range(3)]
     assert all("was finished by another process; reusing it" in log for log in logs)
     assert merged_sha256(tmp_path, cfg) == reference
+
+
+PUBLISH_THEN_KILLED = """
+include: "{patch}"
+
+rule all:
+    input: "results/published", "results/half"
+
+# publishes its folder the way every stage does (manifest last, one rename), then is killed before it exits
+rule published:
+    output: directory("results/published")
+    shell: "mkdir .tmp && echo 1 > .tmp/data && echo done > .tmp/manifest.json && mv .tmp {{output}} && kill -TERM $$"
+
+# killed while writing straight into its output: that folder may be corrupt and must go
+rule half:
+    output: directory("results/half")
+    shell: "mkdir -p {{output}} && echo 1 > {{output}}/data && kill -TERM $$"
+"""
+
+
+def test_a_job_killed_after_it_published_keeps_its_artifact_and_the_next_run_reuses_it(tmp_path):
+    """The window a seeded kill only sometimes hits, made certain: a job publishes its artifact complete and
+    is then killed by SIGTERM (a preemption, Ctrl-C) before it exits. Snakemake counts the job failed and
+    would remove the finished folder "since it might be corrupted", so its work would be redone from
+    nothing; rules/concurrent_runs.smk keeps an output that holds a manifest.json, and the next run reuses
+    it. An output without one (the job died while writing it) is still removed."""
+    import subprocess
+
+    (tmp_path / "Snakefile").write_text(PUBLISH_THEN_KILLED.format(patch=REPO / "rules/concurrent_runs.smk"))
+    cmd = [str(SNAKEMAKE), "--snakefile", str(tmp_path / "Snakefile"), "--directory", str(tmp_path), "--cores", "1"]
+    first = subprocess.run([*cmd, "--keep-going"], capture_output=True, text=True, timeout=300)
+    assert first.returncode != 0 and first.stderr.count("Error in rule") == 2, first.stderr[-3000:]
+    assert (tmp_path / "results/published/manifest.json").is_file(), first.stderr[-3000:]
+    assert "Keeping results/published: published complete before the job failed" in first.stderr
+    assert not (tmp_path / "results/half").exists()
+    again = subprocess.run([*cmd, "--dry-run", "results/published"], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr, again.stderr[-3000:]
 
 
 # --- bad inputs: each a clear message naming the key or file, before work where possible --------------

@@ -104,3 +104,39 @@ def test_the_readme_uses_only_the_public_api():
     assert used and used <= set(elude.__all__), f"not exported by elude: {used - set(elude.__all__)}"
     for name in elude.__all__:  # every exported name resolves
         assert getattr(elude, name) is not None
+
+
+def test_building_the_dag_of_a_plain_run_imports_no_torch():
+    """What rules/common.smk calls while Snakemake builds the DAG (config, ids, checks, memory requests, the
+    run's alias) imports no torch for a run without labels, judges or baselines (the tiny test config): every
+    snakemake invocation, and every SLURM job step, would pay ~1.5 s for it. Nor do the jobs that only read
+    other artifacts' metrics (eq. 9's selection, LLM Rank's table, Table 7, the EF axis) before they run."""
+    import subprocess
+    import sys
+
+    code = """
+import sys, yaml
+sys.path.insert(0, 'tests')
+from workflow_helpers import TINY
+from elude.evaluation.judges import judge_name
+from elude.pipeline import checks, resources
+from elude.pipeline.artifacts import record_run
+from elude.pipeline.config import merge_config, validate_config
+from elude.pipeline.plan import registry, run_artifacts, qualified, n_shards
+from elude.pipeline.stages.reporting import publish_run
+from elude.pipeline.stages import run_logged, Stage  # what every job imports, and the light jobs' own stages:
+from elude.pipeline.stages.baselines import baseline_select  # eq. 9
+from elude.pipeline.stages.judging import rank
+from elude.pipeline.stages.studies import ablation, ef_search_step, ef_sweep
+config = validate_config(merge_config(yaml.safe_load(open('config.yaml')), TINY))
+checks.dependencies(config)
+reg = registry(run_artifacts(config))
+checks.preflight(config, True)
+resources.shard_job_mb(config['cluster'], 300, '/nonexistent', 'float16', False)
+resources.evaluate_job_mb(config['evaluate'], '/nonexistent', merge_dir='/nonexistent')
+assert reg['merge'], reg
+print('torch' in sys.modules)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ELUDE.parent, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "False", "the DAG's code imports torch"

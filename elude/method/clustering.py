@@ -24,11 +24,11 @@ import numpy as np
 import torch
 
 from .contributions import contributions, normalise_rows
+from .limits import PRECOMPUTED_MAX_ROWS
 
 log = logging.getLogger(__name__)
 
 REP_EPS = 1e-8  # eq. 2's epsilon
-PRECOMPUTED_MAX_ROWS = 6000  # hdbscan backend: exact torch distances up to this many points (6000^2 float64 = 288 MB)
 BACKENDS = ("auto", "torch", "hdbscan", "cuml", "cpu")
 
 

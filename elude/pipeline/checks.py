@@ -29,12 +29,13 @@ def no_other_run() -> None:
 
 def preflight(config: dict, local: bool) -> None:
     """The image data exists; and, where the jobs run here (``local``), that what the run asks for (cuML,
-    CUDA, judge and CLIP models, UMAP) can run here. Raises RuntimeError, ValueError or FileNotFoundError."""
-    from ..method.clustering import resolve_backend, umap_check
-    from ..models.backbones import resolve_device
-    from ..models.data import check_data
+    CUDA, judge and CLIP models, UMAP) can run here. Raises RuntimeError, ValueError or FileNotFoundError.
+    Each check imports its module only when the run needs it: the workflow's main process stays free of torch
+    for the runs that need none of them."""
+    if config["data"]["kind"] in ("imagefolder", "filelist"):  # on the shared file system: checked anywhere
+        from ..models.data import check_data
 
-    check_data(config["data"])  # image folders and lists: on the shared file system, checked anywhere
+        check_data(config["data"])
     if not local:
         return
     if config["labels"]["model"]:
@@ -51,8 +52,14 @@ def preflight(config: dict, local: bool) -> None:
     reductions = [config["cluster"]["reduce"]["method"]] + [
         v["cluster"].get("reduce", {}).get("method") for v in config["ablations"]["variants"]]
     if "umap" in reductions:
+        from ..method.clustering import umap_check
+
         umap_check()
     if config["cluster"]["backend"] == "cuml":
+        from ..method.clustering import resolve_backend
+
         resolve_backend("cuml")
     if config["compute"]["device"] == "cuda":
+        from ..models.backbones import resolve_device
+
         resolve_device("cuda")

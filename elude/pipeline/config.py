@@ -107,12 +107,12 @@ def validate_config(config: dict) -> dict:
 
 def _check_labels(full: dict) -> None:
     """The concept file reads, and the demo CLIP (trained on the digits) labels only the digits."""
-    from ..evaluation.labels import LabelsError, load_concepts
-    from ..models.backbones import demo_seed
-
     lab = full["labels"]
     if not lab["model"]:
         return
+    from ..evaluation.labels import LabelsError, load_concepts
+    from ..models.backbones import demo_seed
+
     try:
         load_concepts(lab["concepts"])
     except LabelsError as exc:

@@ -7,8 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..method._exact_hdbscan import BLOCK_MB
-from ..method.clustering import PRECOMPUTED_MAX_ROWS
+from ..method.limits import BLOCK_MB, PRECOMPUTED_MAX_ROWS
 
 # torch backend, host bytes per radius-list edge: 52 measured (peak RSS, 20k x 64 points, min_samples 200 vs 5), x2
 TORCH_BYTES_PER_RADIUS_EDGE = 100

@@ -61,12 +61,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..limits import BLOCK_MB
 from .boruvka import boruvka, long_edge_ties
 from .core import core_distances
 from .points import Points
 from .prim import prim_order
-
-BLOCK_MB = {"cpu": 256, "cuda": 8192}  # working set of one block of rows (~4 block x n float64)
 
 log = logging.getLogger(__name__)
 

@@ -7,22 +7,17 @@ Modules: :mod:`.job` (the Stage, the model-job prologue), :mod:`.chain` (ELUDe's
 evaluate), :mod:`.baselines`, :mod:`.studies` (Tables 4, 5, 7 and the EF axis), :mod:`.judging` (LLM Rank),
 :mod:`.labeling`, :mod:`.reporting` (report, aggregate, the run's alias), :mod:`.running`.
 """
-from .chain import (
-                    NotLosslessError,
-                    backbone,
-                    cache_shard,
-                    cluster_shard,
-                    evaluate,
-                    merge,
-                    read_clusters,
-                    surgery_shard,
-                    topk,
-                    topk_part,
-                    verify,
-)
-from .job import Stage
-from .reporting import aggregate, publish_run, report
-from .running import run_logged
+import importlib
 
-__all__ = ["NotLosslessError", "Stage", "aggregate", "backbone", "cache_shard", "cluster_shard", "evaluate", "merge",
-           "publish_run", "read_clusters", "report", "run_logged", "surgery_shard", "topk", "topk_part", "verify"]
+# Imported on first use: a job imports only its own stage's module, and the workflow's main process (which
+# imports stages.reporting while it builds the DAG) none of the torch ones.
+_WHERE = {**dict.fromkeys(("NotLosslessError", "backbone", "cache_shard", "cluster_shard", "evaluate", "merge",
+                           "read_clusters", "surgery_shard", "topk", "topk_part", "verify"), "chain"),
+          "Stage": "job", **dict.fromkeys(("aggregate", "publish_run", "report"), "reporting"), "run_logged": "running"}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

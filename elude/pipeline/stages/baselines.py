@@ -7,15 +7,10 @@ import logging
 import shutil
 from pathlib import Path
 
-import numpy as np
-import torch
-
 from ... import baselines
-from ...evaluation import scoring
-from ...models import backbones
-from ...models import cache as cache_mod
-from ...util.files import save_arrays
 from .job import Stage, layer_weights, model_job
+
+# torch, the models and the cache are imported by the jobs that train and score: eq. 9's selection needs none
 
 log = logging.getLogger(__name__)
 MODEL_FILES = ("model.safetensors", "model.json", "activity.safetensors")
@@ -36,6 +31,8 @@ def baseline_train(st: Stage, cache_dirs: list[str], backbone_dir: str, out: str
     or another init seed for Table 4). Writes the model, its training metrics (MSE and L0 on the training
     instances: eq. 9's inputs) and which features fired on them. Resumable per epoch.
     Memory: :func:`baseline_memory_mb` (streamed; never the whole cache)."""
+    import torch
+
     from ...baselines.models import Baseline
     from ...baselines.train import (
         InstanceStream,
@@ -44,6 +41,9 @@ def baseline_train(st: Stage, cache_dirs: list[str], backbone_dir: str, out: str
         normalisation,
         training_metrics,
     )
+    from ...models import backbones
+    from ...models import cache as cache_mod
+    from ...util.files import save_arrays
 
     baselines.overcomplete_sae()  # the capability check, before any work
     p = dict(st.params)
@@ -92,7 +92,11 @@ def baseline_select(st: Stage, train_dirs: list[str], out: str) -> None:
 def baseline_eval(st: Stage, model_dir: str, backbone_dir: str, out: str) -> None:
     """Score a trained baseline on the evaluation split with ELUDe's metrics. Memory: as ``evaluate``, with
     the baseline's features in place of the sub-units."""
+    import numpy as np
+
     from ...baselines.models import Baseline
+    from ...evaluation import scoring
+    from ...util.files import save_arrays
 
     baselines.overcomplete_sae()
     p = st.params

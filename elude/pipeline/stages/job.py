@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-import torch
-from torch import nn
-
-from ...models import backbones
-from ...models.data import open_dataset
 from ..artifacts import atomic_dir
+
+if TYPE_CHECKING:  # (torch is imported where it is used: the workflow's main process imports this module)
+    import torch
+    from torch import nn
 
 
 @dataclass
@@ -29,6 +28,8 @@ class Stage:
 
 def load_layer(backbone_dir: str | Path):
     """(model, its target layer, layer.json) of a backbone artifact."""
+    from ...models import backbones
+
     model = backbones.load_backbone(backbone_dir)
     info = json.loads((Path(backbone_dir) / "layer.json").read_text())
     return model, backbones.get_module(model, info["path"]), info
@@ -39,7 +40,11 @@ def layer_weights(backbone_dir: str | Path) -> tuple[torch.Tensor, torch.Tensor,
     gives them, read straight from the saved weights: stages that need only the layer's weights skip
     rebuilding the model (importing timm alone takes ~1.5-2.5 s per job). "kind": "linear" or "conv1x1" (a 4-D
     weight). Falls back to the model where the keys differ."""
+    import torch
     from safetensors import safe_open
+    from torch import nn
+
+    from ...models import backbones
 
     info = json.loads((Path(backbone_dir) / "layer.json").read_text())
     with safe_open(str(Path(backbone_dir) / "model.safetensors"), framework="pt") as f:
@@ -62,6 +67,8 @@ def load_preprocess(backbone_dir: str | Path) -> dict | None:
 
 def dataset(data: dict, split: str, backbone_dir: str | Path):
     """Split ``split`` ("probe" or "eval") of the ``data`` section, preprocessed as the backbone wants."""
+    from ...models.data import open_dataset
+
     return open_dataset(data, split, load_preprocess(backbone_dir))
 
 
@@ -76,6 +83,8 @@ class ModelJob(NamedTuple):
 def model_job(params: dict, backbone_dir: str | Path, split: str) -> ModelJob:
     """The prologue of a job that runs the model: the device ``params["device"]`` (an error naming the fix when
     CUDA is asked for and missing), the backbone on it, its target layer and the ``params["data"]`` split."""
-    device = backbones.resolve_device(params["device"])
+    from ...models.backbones import resolve_device
+
+    device = resolve_device(params["device"])
     model, layer, info = load_layer(backbone_dir)
     return ModelJob(model.to(device), layer, info, dataset(params["data"], split, backbone_dir), device)

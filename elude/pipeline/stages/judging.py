@@ -11,12 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ...demo.judge import build_demo_judge
 from ...evaluation.judges import consensus as cons
 from ...evaluation.judges import judge_name, protocol
-from ...evaluation.judges.grids import save_grid
-from ...models.backbones import demo_seed
-from ...models.data import image_reader
 from ...util.files import load_arrays, write_atomic
 from .job import Stage, dataset
 
@@ -51,6 +47,9 @@ def grids(st: Stage, evaluate_dir: str, baseline_dirs: dict[str, str], backbone_
     """The presentations of one token dataset (B.1: ``pairs_per_method_pair`` unit pairs per pair of
     methods, each in both orders, sampled with ``sample_seed`` + the token seed) and a PNG grid of every unit
     they show. Memory: one grid at a time (9 images)."""
+    from ...evaluation.judges.grids import save_grid
+    from ...models.data import image_reader
+
     p = st.params
     methods = method_units(evaluate_dir, baseline_dirs)
     empty = [m for m, v in methods.items() if not len(v["units"])]
@@ -82,7 +81,9 @@ def grids(st: Stage, evaluate_dir: str, baseline_dirs: dict[str, str], backbone_
 # --- judge ------------------------------------------------------------------------------------------
 def make_judge(p: dict):
     """The configured backend's ``ask`` (the model loads on first use: a finished job loads nothing)."""
+    from ...demo.judge import build_demo_judge
     from ...evaluation.judges import backends
+    from ...models.backbones import demo_seed
 
     state = {}
 

@@ -3,10 +3,10 @@ Reliability)."""
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import sys
 from pathlib import Path
-
-import torch
 
 from ..artifacts import build_lock, partial_dir
 from .job import Stage
@@ -40,7 +40,7 @@ def run_logged(stage: dict, log_file: str, threads: int, out: str, fn) -> None:
     setup_logging(log_file, f"{stage['name']} {stage['id']}")
     if (age := process_age()) is not None:
         log.info("start-up %.2f s (interpreter and imports, before any work; bench/default_run.py sums these)", age)
-    torch.set_num_threads(max(1, int(threads)))
+    _set_threads(max(1, int(threads)))
     signal.signal(signal.SIGTERM, _terminate)
     what = f"stage {stage['name']} (artifact {stage['id']})"
     try:
@@ -67,6 +67,14 @@ def run_logged(stage: dict, log_file: str, threads: int, out: str, fn) -> None:
                   "intact and nothing was published under %s; free space (e.g. `python -m elude.housekeeping "
                   "--delete`), then run the same command again -- log: %s", what, exc, free / 1e6, out, out, log_file)
         raise
+
+
+def _set_threads(n: int) -> None:
+    """torch's threads: set now where the stage's module imported torch, else through the environment that
+    torch reads when the job imports it later (light jobs, e.g. eq. 9's selection, never import it)."""
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(n)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(n)
 
 
 def _disk_full(exc: BaseException | None) -> bool:

@@ -7,23 +7,14 @@ import json
 import logging
 import platform
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from ...baselines import overcomplete_sae
-from ...evaluation import dictionary as dic
-from ...evaluation.efficiency import (
-    compile_default,
-    input_batch,
-    measure,
-    method_variants,
-    release,
-    rss_mb,
-)
-from ...models import backbones
 from ...util.files import load_arrays
 from ..plan import split_key
 from .job import Stage, dataset, load_layer
+
+if TYPE_CHECKING:  # torch and the measuring modules are imported where used: ablation and the EF axis need none
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +23,10 @@ def elude_runs(merge_dir: str | Path) -> dict:
     """One ELUDe run's atoms, read from its merge artifact: per-neuron blocks of live sub-unit weight rows
     (input space: :mod:`elude.evaluation.dictionary`), and for comparison with the paper the same sub-units as their
     output-space atoms e_u."""
+    import torch
     from safetensors.torch import load_file
+
+    from ...evaluation import dictionary as dic
 
     t = load_file(str(Path(merge_dir) / "layer.safetensors"))
     n_units = json.loads((Path(merge_dir) / "layer.json").read_text())["out_features"]
@@ -43,7 +37,10 @@ def elude_runs(merge_dir: str | Path) -> dict:
 
 def baseline_atoms(model_dir: str | Path) -> torch.Tensor:
     """A trained baseline's live atoms: decoder rows of the features that fired on the training instances."""
+    import torch
+
     from ...baselines.models import Baseline
+    from ...evaluation import dictionary as dic
 
     alive = torch.from_numpy(load_arrays(Path(model_dir) / "activity.safetensors")["alive"])
     return dic.live(Baseline.load(model_dir).dictionary().cpu(), alive)
@@ -54,7 +51,10 @@ def dictionary(st: Stage, merge_dirs: list[str], baseline_dirs: dict[str, list[s
     its runs (:func:`elude.evaluation.dictionary.method_row`). ``merge_dirs``: ELUDe's runs on identical inputs;
     ``baseline_dirs``: family -> its runs, one per init seed. Memory: one method's runs' atoms and one
     atoms x atoms cosine matrix at a time."""
+    import torch
+
     from ...baselines import overcomplete_module
+    from ...evaluation import dictionary as dic
 
     overcomplete_module("metrics")  # the capability check, before any work
     runs = [elude_runs(d) for d in merge_dirs]
@@ -76,6 +76,8 @@ def dictionary(st: Stage, merge_dirs: list[str], baseline_dirs: dict[str, list[s
 def efficiency_settings(params: dict, device: torch.device) -> dict:
     """The protocol's settings for ``device``: the GPU ones, or on the CPU those under ``cpu``; compile
     resolved (:func:`elude.evaluation.efficiency.compile_default`)."""
+    from ...evaluation.efficiency import compile_default
+
     settings = {k: params[k] for k in ("batch_size", "warmup", "iterations", "rounds")}
     if device.type == "cpu":
         settings.update(params["cpu"])
@@ -89,8 +91,17 @@ def efficiency_table(backbone_dir: str, merge_dir: str, baseline_dirs: dict[str,
     method's modules at a time."""
     import timm  # noqa: F401 (imported before the floor, like the data below: libraries are not the model)
 
+    from ...baselines import overcomplete_sae
     from ...baselines.models import Baseline
+    from ...evaluation.efficiency import (
+        input_batch,
+        measure,
+        method_variants,
+        release,
+        rss_mb,
+    )
     from ...method.layers import DisentangledLayer, LazyDisentangledLayer
+    from ...models import backbones
 
     if baseline_dirs:
         overcomplete_sae()
@@ -112,6 +123,10 @@ def efficiency_table(backbone_dir: str, merge_dir: str, baseline_dirs: dict[str,
 def table5_of(rows: dict, layer: torch.nn.Module, device: torch.device, settings: dict) -> dict:
     """The efficiency artifact's table: the measured rows with each variant's input dimension (what the
     method reads: ELUDe and the transcoder the layer input, SAEs the layer output) and where it ran."""
+    import torch
+
+    from ...models import backbones
+
     n_out, n_in = backbones.layer_weight_bias(layer)[0].shape
     for name, row in rows.items():
         row["input_dim"] = None if name == "backbone" else n_in if name.startswith("elude") or name == "transcoder" else n_out
@@ -125,8 +140,10 @@ def table5_of(rows: dict, layer: torch.nn.Module, device: torch.device, settings
 def efficiency(st: Stage, backbone_dir: str, merge_dir: str, baseline_dirs: dict[str, str], out: str) -> None:
     """Table 5 of the first token seed's artifacts (:func:`efficiency_table`): on a GPU with the protocol's
     settings, on the CPU with ``cpu``'s."""
+    from ...models.backbones import resolve_device
+
     p = st.params
-    device = backbones.resolve_device(p["device"])
+    device = resolve_device(p["device"])
     table = efficiency_table(backbone_dir, merge_dir, baseline_dirs, p["data"], device, efficiency_settings(p, device))
     log.info("Table 5 (%s): %s", table["device_name"],
              json.dumps({k: round(r["ms_per_batch"], 3) for k, r in table["rows"].items()}))
