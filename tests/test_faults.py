@@ -48,6 +48,14 @@ def reference(tiny_run):
     return merged_sha256(work, cfg)
 
 
+def landed(kills: list[dict]) -> list[dict]:
+    """The kills that hit a running chain: at least 4 of the 5 seeded moments (the last restart may have
+    little left to do, and on a fast machine finish before its moment: that one is not a kill)."""
+    hit = [k for k in kills if not k.get("finished_first")]  # (the chain stops at the first run that finished)
+    assert len(hit) >= 4, kills
+    return hit
+
+
 @pytest.mark.slow
 def test_sigkill_of_the_main_snakemake_at_five_seeded_moments(tmp_path, reference, tiny_run):
     """The main process alone is killed; its running jobs go on as orphans, and the next start waits for
@@ -57,7 +65,8 @@ def test_sigkill_of_the_main_snakemake_at_five_seeded_moments(tmp_path, referenc
     cfg = write_config(tmp_path / "tiny.yaml")
     out = kill_chain(tmp_path, cfg, signal.SIGKILL, n_kills=5, seed=1, span=(5, 16))
     assert out["final"].returncode == 0, out["final"].stderr[-3000:]
-    assert len(out["kills"]) == 5 and all(k["exit"] == -signal.SIGKILL for k in out["kills"])
+    kills = landed(out["kills"])
+    assert all(k["exit"] == -signal.SIGKILL for k in kills)
     assert all(k["unlock"] for k in out["kills"][1:]) and out["final_unlock"]  # SIGKILL leaves the lock behind
     assert out["sha256"] == reference
     assert_same_artifacts(tiny_run[0], tmp_path, cfg)
@@ -73,8 +82,8 @@ def test_sigterm_of_the_whole_run_stops_jobs_cleanly_and_their_progress_is_reuse
     out = kill_chain(tmp_path, cfg, signal.SIGTERM, n_kills=5, seed=2, span=(5, 16), whole_group=True)
     assert out["final"].returncode == 0, out["final"].stderr[-3000:]
     assert out["sha256"] == reference
-    kills = out["kills"]
-    assert len(kills) == 5 and all(k["exit"] != 0 for k in kills)
+    kills = landed(out["kills"])
+    assert all(k["exit"] != 0 for k in kills)
     assert all(".tmp-" not in p for k in kills for p in k["in_progress"])  # only resumable progress is kept
     # the jobs running at a kill logged their stop (a kill that found work in progress stopped a job)
     assert any(k["stopped"] for k in kills) and all(k["stopped"] for k in kills if k["in_progress"])
