@@ -38,6 +38,7 @@ rule all:
 
 onstart:
     record_run(config["run_name"])
+    remember_run("results", config)  # housekeeping keeps its artifacts (python -m elude.housekeeping)
 
 
 onsuccess:

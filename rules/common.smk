@@ -10,7 +10,7 @@ from snakemake.exceptions import WorkflowError
 
 from elude.evaluation.judges import judge_name
 from elude.pipeline import checks, resources
-from elude.pipeline.artifacts import record_run
+from elude.pipeline.artifacts import record_run, remember_run
 from elude.pipeline.config import ConfigError, validate_config
 from elude.pipeline.plan import (REPORT_STUDIES, ablation_runs, dictionary_runs, ef_sweep_runs, n_shards,
                                  qualified, rank_runs, registry, run_artifacts)

@@ -3,6 +3,7 @@ run killed at seeded moments (SIGKILL, SIGTERM), a full disk, two runs at once o
 messy data, and bad inputs, each with the message a user gets."""
 import json
 import signal
+import sys
 
 import numpy as np
 import pytest
@@ -223,6 +224,41 @@ def test_an_artifact_another_process_finished_after_the_dag_was_built_is_kept_an
     logs = [(results / "logs/surgery" / f"{ids['surgery']}-shard-{s:04d}.log").read_text() for s in range(3)]
     assert all("was finished by another process; reusing it" in log for log in logs)
     assert merged_sha256(tmp_path, cfg) == reference
+
+
+@pytest.mark.slow
+def test_housekeeping_during_and_after_a_configfile_run_keeps_all_of_its_work(tmp_path, reference):
+    """A run of the user's own --configfile, and `python -m elude.housekeeping --delete` run from the same
+    folder while the run works and after it finished, without any --keep (the repository's config.yaml is
+    the base config, which shares nothing with this run): the run remembered itself when it started, so none
+    of its artifacts, finished or in progress, is removed, and it ends with the reference checkpoint. A
+    leftover of a config never started here goes (the delete is real)."""
+    import subprocess
+    import time
+
+    cfg = write_config(tmp_path / "mine.yaml")
+    ids = ids_for(cfg)
+    stray = tmp_path / "results" / "merge" / "0123456789ab"
+    stray.mkdir(parents=True)
+    (stray / "manifest.json").write_text("{}")
+    proc = subprocess.Popen(snakemake_cmd(tmp_path, cfg, f"results/merge/{ids['merge']}"), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    topk = tmp_path / "results" / "topk" / ids["topk"] / "merged" / "manifest.json"
+    while not topk.is_file() and proc.poll() is None:  # then the clustering and what follows are still to come
+        time.sleep(0.1)
+    housekeeping = [sys.executable, "-m", "elude.housekeeping", "--delete"]
+    during = subprocess.run(housekeeping, cwd=tmp_path, capture_output=True, text=True)
+    was_running = proc.poll() is None
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    assert during.returncode == 0 and was_running, during.stderr
+    assert "1 run(s) started here: tiny-" in during.stdout and "Removed 1 artifacts" in during.stdout
+    assert not stray.exists()
+    assert merged_sha256(tmp_path, cfg) == reference
+    before = sorted(p for p in (tmp_path / "results").rglob("*") if ".locks" not in p.parts)
+    after = subprocess.run(housekeeping, cwd=tmp_path, capture_output=True, text=True)
+    assert after.returncode == 0 and "Removed 0 artifacts" in after.stdout, after.stdout + after.stderr
+    assert sorted(p for p in (tmp_path / "results").rglob("*") if ".locks" not in p.parts) == before
 
 
 PUBLISH_THEN_KILLED = """

@@ -11,6 +11,7 @@ import pytest
 import yaml
 from workflow_helpers import REPO
 
+from elude.pipeline.artifacts import remember_run
 from elude.pipeline.config import merge_config, validate_config
 from elude.pipeline.plan import artifact_ids
 
@@ -146,6 +147,42 @@ def test_delete_removes_exactly_the_unreferenced(tree):
     # Nothing left to remove.
     again = housekeeping(tree["root"], "--keep", "one.yaml")
     assert {row[2] for row in rows(again.stdout)} == {"kept", "kept (incomplete)"}
+
+
+def test_every_run_started_here_is_kept_until_it_is_forgotten(tree):
+    """A run started on the results folder is remembered with its resolved config (as the workflow's onstart
+    does, whatever --configfile it came from): --delete without any --keep keeps its artifacts, and once
+    the run is forgotten removes those no kept config shares, and its record."""
+    results, one, two = tree["results"], tree["one"], tree["two"]
+    base = yaml.safe_load((tree["root"] / "base.yaml").read_text())
+    record = remember_run(results, validate_config(merge_config(base, TWO)))
+    assert record.parent == results / ".runs" and record.name.startswith("two-")
+    assert remember_run(results, validate_config(merge_config(base, TWO))) == record  # started again: one record
+    before = listing(results)
+    r = housekeeping(tree["root"], "--delete")  # kept: the base config and the run started here
+    assert r.returncode == 0, r.stderr
+    assert f"1 run(s) started here: {record.stem}" in r.stdout
+    after = listing(results)
+    for a in two.values():  # run two's artifacts, logs and work in progress included, survive
+        assert {p for p in before if f"/{a['id']}" in "/" + p} <= after
+    assert not (results / "cluster" / one["cluster"]["id"]).exists()  # config one was never started here
+    r = housekeeping(tree["root"], "--forget", "two", "--delete")
+    assert r.returncode == 0, r.stderr
+    assert f"forgot {record.stem}" in r.stdout and not record.exists()
+    assert not (results / "cluster" / two["cluster"]["id"]).exists()
+    assert (results / "backbone" / two["backbone"]["id"]).is_dir()  # shared with the base config
+
+
+def test_an_unknown_forget_or_an_unreadable_record_stops_delete(tree):
+    results = tree["results"]
+    before = listing(results)
+    r = housekeeping(tree["root"], "--forget", "nobody", "--delete")
+    assert r.returncode == 2 and "--forget nobody: no run" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    (results / ".runs").mkdir()
+    (results / ".runs" / "broken-0123456789ab.json").write_text("{not json")
+    r = housekeeping(tree["root"], "--delete")
+    assert r.returncode == 2 and "--forget broken-0123456789ab" in r.stderr, r.stderr
+    assert listing(results) == before | {".runs", ".runs/broken-0123456789ab.json"}
 
 
 @pytest.mark.parametrize("content", [None, "cluster: {min_cluster_size: 'many'}\n", "nope: 1\n", "[1, 2\n"])

@@ -102,7 +102,7 @@ def test_a_random_clip_folder_labels_through_the_transformers_loader(tmp_path):
 
 
 def test_a_model_that_is_neither_a_folder_nor_cached_is_refused_with_the_fix():
-    with pytest.raises(RuntimeError, match=r"labels.model: 'no-such-org/no-such-clip' .*huggingface-cli download"):
+    with pytest.raises(RuntimeError, match=r"labels.model: 'no-such-org/no-such-clip' .*hf download"):
         load_clip("no-such-org/no-such-clip")
     with pytest.raises(RuntimeError, match="open_clip_torch"):
         load_clip("open_clip:ViT-B-32:laion2b_s34b_b79k")

@@ -165,6 +165,25 @@ def build_lock(final: str | Path, results: Path = Path("results")) -> Iterator[i
         yield holder
 
 
+REMEMBERED = ".runs"  # results/.runs/: every run started on this results folder (housekeeping keeps their work)
+
+
+def remember_run(results: str | Path, config: dict) -> Path:
+    """Remember a run started on the results folder ``results``: its resolved config (defaults filled in) in
+    ``results/.runs/<run_name>-<sha of the config>.json``, written before any job. Housekeeping keeps the
+    artifacts of every remembered run until the user forgets it (``python -m elude.housekeeping --forget``),
+    whatever config file or directory the run came from. The same config started again updates its record."""
+    from ..util.files import write_atomic
+
+    body = json.dumps(config, sort_keys=True, default=str)
+    path = Path(results) / REMEMBERED / f"{config['run_name']}-{hashlib.sha256(body.encode()).hexdigest()[:12]}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {"run_name": config["run_name"], "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+              "directory": os.getcwd(), "config": json.loads(body)}
+    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(record, indent=1)))
+    return path
+
+
 RUN_RECORD = Path(".snakemake/elude-run.json")  # in the run's directory, beside Snakemake's own lock
 
 

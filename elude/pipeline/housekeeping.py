@@ -3,13 +3,17 @@ check every finished artifact's bytes against its manifest and list the damaged 
 
 Usage::
 
-    python -m elude.housekeeping [--results DIR] [--base CONFIG] [--keep CONFIG ...] [--delete]
+    python -m elude.housekeeping [--results DIR] [--base CONFIG] [--keep CONFIG ...] [--forget RUN ...] [--delete]
     python -m elude.housekeeping [--results DIR] --verify
 
-Each ``--keep`` file is a YAML file of overrides merged over the base config (the repository's
-``config.yaml``) exactly as ``snakemake --configfile`` does; without ``--keep`` the base config alone
-is kept. An artifact is *kept* when its id is one of the ids (:func:`elude.pipeline.plan.all_ids`: every token seed, the baselines, and the aggregate) of a
-kept config, *unreferenced* otherwise. Hidden work in progress (``.<id>.partial``, ``.<id>.tmp-<pid>``,
+Kept configs: every run started on this results folder (remembered in ``results/.runs/`` with its resolved
+config when it starts: :func:`elude.pipeline.artifacts.remember_run`), whatever config file or directory it
+came from, and it stays kept until ``--forget <run name or record>`` names it; plus each ``--keep`` file, a
+YAML file of overrides merged over the base config (the repository's ``config.yaml``) exactly as
+``snakemake --configfile`` does, or without ``--keep`` the base config itself. So neither a run in progress
+nor a finished one loses its work to ``--delete`` unless it is forgotten. An artifact is *kept* when its id
+is one of the ids (:func:`elude.pipeline.plan.all_ids`: every token seed, the baselines, and the aggregate)
+of a kept config, *unreferenced* otherwise. Hidden work in progress (``.<id>.partial``, ``.<id>.tmp-<pid>``,
 or a sharded folder (cache, topk, cluster, surgery) holding hidden ``.shard-*``/``.part-*`` leftovers or no manifest at all) and logs without any
 folder are *incomplete*. An artifact's logs (``results/logs/<stage>/<id>*.log``) and benchmarks
 (``results/benchmarks/<stage>/<id>*.tsv``) count towards its size and go with it.
@@ -19,9 +23,9 @@ every artifact whose ``inputs`` name it, i.e. when it, or an artifact made direc
 written. Without any such manifest (incomplete work), the newest modification time of its files.
 
 Dry run by default. ``--delete`` removes every unreferenced artifact and every incomplete one whose
-id is unreferenced (folders, logs, benchmarks, build locks); kept ids and ``results/runs/`` are never touched.
-Do not delete while a workflow run of a config that is not kept is in progress: its work in progress
-is unreferenced too.
+id is unreferenced (folders, logs, benchmarks, build locks), and the records of the forgotten runs; kept ids
+and ``results/runs/`` are never touched. A remembered run whose record cannot be read stops ``--delete``
+with its name (forget it, or fix the file).
 """
 from __future__ import annotations
 
@@ -38,7 +42,7 @@ from pathlib import Path
 
 import yaml
 
-from .artifacts import CODE_VERSIONS, checksums
+from .artifacts import CODE_VERSIONS, REMEMBERED, checksums
 from .config import ConfigError, merge_config, validate_config
 from .plan import all_ids
 
@@ -87,17 +91,49 @@ def read_yaml(path: Path) -> dict:
     return data
 
 
-def kept_ids(base: Path, keep: list[Path]) -> set[tuple[str, str]]:
-    """(stage, id) of every artifact of every kept config (the base alone when none is given)."""
+def kept_ids(base: Path, keep: list[Path], remembered: dict[str, dict] | None = None) -> set[tuple[str, str]]:
+    """(stage, id) of every artifact of every kept config: the ``keep`` files (the base alone when none is
+    given) and the ``remembered`` runs' resolved configs (record file -> record)."""
     base_cfg = read_yaml(base)
+    configs = [(str(path), merge_config(base_cfg, read_yaml(path))) for path in keep] if keep else [(str(base), base_cfg)]
+    configs += [(f"remembered run {name}", record["config"]) for name, record in (remembered or {}).items()]
     out: set[tuple[str, str]] = set()
-    for path in keep or [base]:
+    for where, config in configs:
         try:
-            config = validate_config(merge_config(base_cfg, read_yaml(path) if keep else {}))
+            resolved = validate_config(config)
         except ConfigError as exc:  # its message lists one problem a line; the CLI promises one line
             first, *problems = str(exc).splitlines()
-            raise UsageError(f"config {path}: {first} " + "; ".join(p.strip(" -") for p in problems)) from None
-        out |= {(stage, i) for stage, ids in all_ids(config).items() for i in ids}
+            fix = f" (forget it with --forget {where.split()[-1]}, or fix the file)" if where.startswith("remembered") else ""
+            raise UsageError(f"config {where}: {first} " + "; ".join(p.strip(" -") for p in problems) + fix) from None
+        out |= {(stage, i) for stage, ids in all_ids(resolved).items() for i in ids}
+    return out
+
+
+def remembered_runs(results: Path) -> dict[str, dict]:
+    """The runs started on ``results`` (:func:`elude.pipeline.artifacts.remember_run`): record name (the file's
+    stem, ``<run_name>-<config sha>``) -> record. A record that cannot be read is a UsageError: its run's work
+    would otherwise look unreferenced."""
+    out = {}
+    for path in sorted((results / REMEMBERED).glob("*.json")):
+        try:
+            record = json.loads(path.read_text())
+            assert isinstance(record["config"], dict) and record["run_name"]
+        except (OSError, ValueError, KeyError, TypeError, AssertionError) as exc:
+            raise UsageError(f"remembered run {path} cannot be read ({type(exc).__name__}: {exc}); forget it with "
+                             f"--forget {path.stem}, or fix the file") from None
+        out[path.stem] = record
+    return out
+
+
+def forgotten(remembered: dict[str, dict], names: list[str]) -> list[str]:
+    """The record names that ``--forget`` names: a record's name, or a run name (all of its records)."""
+    out = []
+    for name in names:
+        hits = [k for k, r in remembered.items() if name in (k, r["run_name"])]
+        if not hits:
+            known = ", ".join(f"{k} ({r['run_name']})" for k, r in remembered.items()) or "none"
+            raise UsageError(f"--forget {name}: no run of that name or record is remembered here (remembered: {known})")
+        out += [k for k in hits if k not in out]
     return out
 
 
@@ -255,6 +291,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base", type=Path, default=REPO_CONFIG, help="base config (default: the repository's config.yaml)")
     parser.add_argument("--keep", type=Path, nargs="+", action="extend", default=[], metavar="CONFIG",
                         help="override file(s) whose artifacts are kept (default: the base config alone)")
+    parser.add_argument("--forget", nargs="+", action="extend", default=[], metavar="RUN",
+                        help="runs started here whose artifacts are no longer kept: a run name (all its records) "
+                             "or a record name; --delete then removes their records too")
     parser.add_argument("--delete", action="store_true", help="remove unreferenced artifacts (default: dry run)")
     parser.add_argument("--verify", action="store_true",
                         help="check every artifact's bytes against its manifest; list the damaged ones (exit 1)")
@@ -262,13 +301,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.verify:
         return report_damage(args.results)
     try:
-        keep = kept_ids(args.base, args.keep)
+        remembered = remembered_runs(args.results)
+        forget = forgotten(remembered, args.forget)
+        kept_runs = {k: r for k, r in remembered.items() if k not in forget}
+        keep = kept_ids(args.base, args.keep, kept_runs)
     except UsageError as exc:
         print(f"housekeeping: error: {exc}", file=sys.stderr)
         return 2
     if not args.results.is_dir():
         print(f"housekeeping: no results folder at {args.results}; nothing to do")
         return 0
+    print(f"Kept: {', '.join(map(str, args.keep)) if args.keep else f'the base config ({args.base})'}, and "
+          + (f"{len(kept_runs)} run(s) started here: " + ", ".join(kept_runs) if kept_runs else "no run remembered here")
+          + (f"; forgotten: {', '.join(forget)}" if forget else "") + "\n")
 
     arts = scan(args.results)
     for a in arts:
@@ -287,12 +332,14 @@ def main(argv: list[str] | None = None) -> int:
           f"not referenced by a kept config, taking {total}")
     if not args.delete:
         print("Dry run: nothing removed. Run again with --delete to remove them "
-              "(results/runs/ and kept artifacts are never touched).")
+              "(results/runs/, kept artifacts and the work of every run started here are never touched).")
         return 0
     for a in doomed:
         for p in a.paths:
             remove(p)
-    print(f"Removed {len(doomed)} artifacts ({total}).")
+    for name in forget:  # last: a failure above leaves the run remembered
+        (args.results / REMEMBERED / f"{name}.json").unlink()
+    print(f"Removed {len(doomed)} artifacts ({total})" + (f" and forgot {', '.join(forget)}." if forget else "."))
     return 0
 
 

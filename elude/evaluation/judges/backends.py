@@ -88,7 +88,7 @@ def model_check(model: str, key: str = "judges.models") -> None:
     if not cached:
         raise JudgeDependencyError(
             f"{key}: {model!r} is neither a model folder nor in the Hugging Face cache, and nothing is "
-            f"downloaded at run time: fetch it first (`huggingface-cli download {model}`, on a machine with "
+            f"downloaded at run time: fetch it first (`hf download {model}`, on a machine with "
             f"network, into the HF_HOME the jobs see), give its local folder, or remove it from {key}")
 
 

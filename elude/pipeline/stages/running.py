@@ -64,8 +64,9 @@ def run_logged(stage: dict, log_file: str, threads: int, out: str, fn) -> None:
             raise
         free = shutil.disk_usage(Path(out).parent if Path(out).parent.exists() else ".").free
         log.error("%s failed: the disk is full (%s; %.1f MB free where %s is written). Finished artifacts are "
-                  "intact and nothing was published under %s; free space (e.g. `python -m elude.housekeeping "
-                  "--delete`), then run the same command again -- log: %s", what, exc, free / 1e6, out, out, log_file)
+                  "intact and nothing was published under %s; free space (`python -m elude.housekeeping` lists what "
+                  "no run started on this results folder uses, without removing anything; add --delete to remove "
+                  "it), then run the same command again -- log: %s", what, exc, free / 1e6, out, out, log_file)
         raise
 
 
