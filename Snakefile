@@ -10,7 +10,8 @@ import sys
 sys.path.insert(0, workflow.basedir)  # `elude` from this checkout (jobs: workflow_scripts/_repo.py)
 
 
-configfile: f"{workflow.basedir}/config.yaml"  # the embedded default, from any working directory
+configfile: f"{workflow.basedir}/config.yaml"  # the embedded demo, from any working directory (a --configfile run
+# does not build on it: rules/common.smk resolves the config, elude.pipeline.config.resolve_config)
 
 
 include: "rules/concurrent_runs.smk"

@@ -38,9 +38,11 @@ OFF = {"judges": {"models": []}, "labels": {"model": None}, "dictionary": {"enab
 def run(folder: Path, override: dict) -> tuple[float, dict]:
     import yaml
 
+    from elude.pipeline.config import DEMO_CONFIG, merge_config
+
     folder.mkdir(parents=True, exist_ok=True)
-    cfg = folder / "override.yaml"
-    cfg.write_text(yaml.safe_dump(override))
+    cfg = folder / "override.yaml"  # the demo with the override, whole: a --configfile stands on its own
+    cfg.write_text(yaml.safe_dump(merge_config(yaml.safe_load(DEMO_CONFIG.read_text()), override)))
     t0 = time.time()
     snakemake(folder, cfg, timeout=7200)
     return time.time() - t0, json.loads((folder / "results/runs/demo/summary.json").read_text())

@@ -6,7 +6,7 @@ each SAE/transcoder family hooked after the layer, every variant on one loaded b
     .venv/bin/python bench/efficiency.py --vit-b [--families topk,mp|all|none]   # a ViT-B-sized layer
 
 - default: the artifacts of a finished run (``DIR``/results, default this checkout; the config is
-  config.yaml merged with ``--configfile``, as ``snakemake --configfile``): its backbone, ELUDe's merged
+  config.yaml, or ``--configfile`` as ``snakemake --configfile`` reads it): its backbone, ELUDe's merged
   layer and each family's selected baseline, measured by the workflow's own code
   (:func:`elude.pipeline.stages.studies.efficiency_table`), with the run's efficiency settings unless overridden;
 - ``--vit-b``: a random-init timm ViT-B/16 at 224 px (the shape of the paper's DINOv2-B/14 layer 11 MLP:
@@ -137,7 +137,7 @@ def print_table(title: str, table: dict) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--run", default=str(ROOT), help="folder holding the finished run's results/ (default: this checkout)")
-    ap.add_argument("--configfile", help="the run's --configfile, merged into config.yaml")
+    ap.add_argument("--configfile", help="the run's --configfile (default: none, the demo's config.yaml)")
     ap.add_argument("--vit-b", action="store_true", help="a random-init ViT-B/16 layer at EF 8 instead of a run")
     ap.add_argument("--families", default="all", help="--vit-b: baseline families (comma-separated, all, none)")
     ap.add_argument("--device", help="cpu or cuda (default: the run's compute.device; --vit-b: cpu)")

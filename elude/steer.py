@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m elude.steer", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", default=".", help="working directory of a finished run (holds results/)")
-    ap.add_argument("--configfile", help="the run's --configfile, merged over config.yaml")
+    ap.add_argument("--configfile", help="the run's --configfile (default: none, the demo's config.yaml)")
     ap.add_argument("--by", choices=["label", "class"], default=None,
                     help="match concepts to sub-unit labels (text; default when the run has labels) or classes")
     ap.add_argument("--amplify", action="append", default=[], help="concept to amplify (repeatable)")

@@ -11,13 +11,17 @@ from snakemake.exceptions import WorkflowError
 from elude.evaluation.judges import judge_name
 from elude.pipeline import checks, resources
 from elude.pipeline.artifacts import record_run, remember_run
-from elude.pipeline.config import ConfigError, validate_config
+from elude.pipeline.config import ConfigError, resolve_config
 from elude.pipeline.plan import (REPORT_STUDIES, ablation_runs, dictionary_runs, ef_sweep_runs, n_shards,
                                  qualified, rank_runs, registry, run_artifacts)
 from elude.pipeline.stages.reporting import publish_run
 
-try:
-    config.update(validate_config(config))  # defaults filled in; fails before any job with every problem
+try:  # fails before any job, naming every problem
+    # The run's config (elude.pipeline.config.resolve_config): the demo (config.yaml, which the Snakefile loads)
+    # with any --config values; or with --configfile, the user's files over the schema's defaults alone.
+    _resolved = resolve_config(workflow.config_settings.configfiles, dict(workflow.config_settings.config))
+    config.clear()
+    config.update(_resolved)
 except ConfigError as exc:
     raise WorkflowError(str(exc)) from None
 
@@ -34,7 +38,8 @@ RUN = run_artifacts(config)
 REG = registry(RUN)  # stage -> id -> {"id", "params", "inputs"}
 RUN_DIR = f"results/runs/{config['run_name']}"
 CACHE_SHARDS = [f"{s:04d}" for s in range(config["cache"]["shards"])]
-RUNTIME = {"workers": config["compute"]["workers"]}  # job settings that do not change results
+RUNTIME = {"workers": config["compute"]["workers"],  # job settings that do not change results
+           "trust_pickle": config["backbone"]["timm"].get("trust_pickle", False)}
 
 
 wildcard_constraints:

@@ -15,7 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 CONF = Path("/etc/slurm/slurm.conf")
-PARTITION = "debug"
+PARTITIONS = ("cpu", "gpu")  # profiles/slurm/partitions.yaml's names; SLURM's default is "gpu", so a job lands
+# on "cpu" only if the plugin chose it from that file (no GPU here: no job needs "gpu")
 
 
 class SlurmUnavailable(RuntimeError):
@@ -49,7 +50,8 @@ SlurmdLogFile={tmp}/slurmd.log
 SlurmctldPidFile={tmp}/slurmctld.pid
 SlurmdPidFile={tmp}/slurmd.pid
 NodeName=localhost NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={mem_mb} State=UNKNOWN
-PartitionName={PARTITION} Nodes=localhost Default=YES MaxTime=INFINITE State=UP
+PartitionName={PARTITIONS[0]} Nodes=localhost Default=NO MaxTime=INFINITE State=UP
+PartitionName={PARTITIONS[1]} Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 """
 
 

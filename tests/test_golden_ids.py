@@ -6,9 +6,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-from elude.pipeline.config import merge_config, validate_config
+from elude.pipeline.config import resolve_config
 from elude.pipeline.plan import all_ids
 
 REPO = Path(__file__).resolve().parents[1]
@@ -17,10 +16,9 @@ CONFIGS = ["config.yaml", "configs/dinov2-b14-l12.yaml", "configs/augreg-vit-b16
 
 
 def ids_of(name: str) -> dict[str, list[str]]:
-    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
-    if name != "config.yaml":
-        cfg = merge_config(cfg, yaml.safe_load((REPO / name).read_text()))
-    return {stage: sorted(ids) for stage, ids in sorted(all_ids(validate_config(cfg)).items())}
+    """As the workflow resolves ``snakemake`` (config.yaml, the demo) and ``snakemake --configfile <name>``."""
+    cfg = resolve_config([] if name == "config.yaml" else [REPO / name])
+    return {stage: sorted(ids) for stage, ids in sorted(all_ids(cfg).items())}
 
 
 @pytest.mark.parametrize("name", CONFIGS)

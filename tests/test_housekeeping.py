@@ -49,8 +49,8 @@ def tree(tmp_path):
     """Two configs' artifacts (backbone, cache, topk shared), work in progress, logs and a published run."""
     base = yaml.safe_load((REPO / "config.yaml").read_text())
     (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))  # a copy: others may edit the repo's
-    (tmp_path / "one.yaml").write_text(yaml.safe_dump(ONE))
-    (tmp_path / "two.yaml").write_text(yaml.safe_dump(TWO))
+    (tmp_path / "one.yaml").write_text(yaml.safe_dump(merge_config(base, ONE)))  # whole, as a --configfile is
+    (tmp_path / "two.yaml").write_text(yaml.safe_dump(merge_config(base, TWO)))
     one, two, three = ids(base, ONE), ids(base, TWO), ids(base, THREE)
     results = tmp_path / "results"
     t0 = 1_700_000_000.0

@@ -51,6 +51,55 @@ def test_timm_model_without_weights_on_an_imagefolder(tmp_path):
     assert x.shape == (3, 16, 16) and -1.0 <= float(x.min()) and float(x.max()) <= 1.0
 
 
+TINY_VIT = {"img_size": 16, "patch_size": 4, "embed_dim": 24, "depth": 2, "num_heads": 2, "num_classes": 2}
+
+
+def test_timm_weights_in_the_formats_people_have(tmp_path):
+    """backbone.timm.weights as researchers have them: safetensors, a bare state dict, and timm's training
+    checkpoint (state_dict and state_dict_ema wrappers with DataParallel's "module." prefix, the training
+    args pickled as an argparse.Namespace), read with weights_only=True; the EMA weights are the ones loaded
+    (timm's rule) unless checkpoint_key says state_dict. A pickle holding anything else is refused with the
+    key to set, and loads once trust_pickle says so; weights of another architecture are named as such."""
+    import argparse
+    import pathlib
+
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    trained, ema = (timm.create_model("vit_tiny_patch16_224", **TINY_VIT).state_dict() for _ in range(2))
+    files = {"bare.pth": trained, "timm-checkpoint.pth.tar": {
+        "epoch": 299, "arch": "vit_tiny_patch16_224", "args": argparse.Namespace(lr=1e-3, model="vit_tiny_patch16_224"),
+        "state_dict": {f"module.{k}": v for k, v in trained.items()}, "state_dict_ema": ema, "metric": 81.2}}
+    for name, obj in files.items():
+        torch.save(obj, tmp_path / name)
+    save_file({k: v.contiguous() for k, v in trained.items()}, str(tmp_path / "model.safetensors"))
+    torch.save({"state_dict": trained, "saved_from": pathlib.PurePosixPath("/home/me/run")}, tmp_path / "odd.pth")
+
+    def load(weights: str, runtime: dict | None = None, **timm_keys) -> dict:
+        out = tmp_path / "results/backbone" / f"{abs(hash((weights, str(timm_keys)))) % 10**12:012d}"
+        backbone(Stage("backbone", out.name, {"kind": "timm", "layer": "blocks.1.mlp.fc2", "preprocess": None,
+                                              "timm": {"name": "vit_tiny_patch16_224", "kwargs": TINY_VIT,
+                                                       "weights": str(tmp_path / weights), **timm_keys}},
+                       runtime=runtime or {}), str(out))
+        return load_backbone(out).state_dict()
+
+    def same(a: dict, b: dict) -> bool:
+        return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    assert same(load("model.safetensors"), trained) and same(load("bare.pth"), trained)
+    assert same(load("timm-checkpoint.pth.tar"), ema) and not same(ema, trained)
+    assert same(load("timm-checkpoint.pth.tar", checkpoint_key="state_dict"), trained)
+    with pytest.raises(ValueError, match=r"backbone.timm.weights: .*odd.pth holds objects that a safe load refuses"
+                                         r".*backbone.timm.trust_pickle: true"):
+        load("odd.pth")
+    assert same(load("odd.pth", runtime={"trust_pickle": True}), trained)
+    other = timm.create_model("vit_tiny_patch16_224", **{**TINY_VIT, "num_classes": 5}).state_dict()
+    torch.save(other, tmp_path / "other.pth")
+    with pytest.raises(ValueError, match=r"other.pth does not fit timm model vit_tiny_patch16_224 .*num_classes"):
+        load("other.pth")
+
+
 def tiny_siglip(folder):
     from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel
 

@@ -31,7 +31,9 @@ TINY = {
 
 
 def write_config(path: Path, *overrides: dict) -> Path:
-    cfg = TINY
+    """A --configfile for the tiny run: the demo (config.yaml) made small by TINY, then ``overrides``. Written
+    whole: a --configfile stands on its own (over the schema's defaults, not over config.yaml)."""
+    cfg = merge_config(yaml.safe_load((REPO / "config.yaml").read_text()), TINY)
     for o in overrides:
         cfg = merge_config(cfg, o)
     path.write_text(yaml.safe_dump(cfg))
@@ -39,13 +41,11 @@ def write_config(path: Path, *overrides: dict) -> Path:
 
 
 def ids_for(configfile: Path) -> dict[str, str]:
-    """The artifact ids Snakemake computes for config.yaml overridden by ``configfile``."""
-    from elude.pipeline.config import validate_config
+    """The artifact ids Snakemake computes for ``snakemake --configfile configfile``."""
+    from elude.pipeline.config import resolve_config
     from elude.pipeline.plan import artifact_ids
 
-    base = yaml.safe_load((REPO / "config.yaml").read_text())
-    cfg = validate_config(merge_config(base, yaml.safe_load(configfile.read_text())))
-    return {s: a["id"] for s, a in artifact_ids(cfg).items()}
+    return {s: a["id"] for s, a in artifact_ids(resolve_config([configfile])).items()}
 
 
 def snakemake_cmd(workdir: Path, configfile: Path, *extra: str, profile: str = "local") -> list[str]:

@@ -37,6 +37,48 @@ def build_timm(name: str, kwargs: dict) -> nn.Module:
     return timm.create_model(name, pretrained=False, **kwargs)
 
 
+CHECKPOINT_KEYS = ("state_dict_ema", "state_dict", "model")  # timm's load_checkpoint order (use_ema=True)
+
+
+def load_weights(path: str | Path, trust_pickle: bool = False, checkpoint_key: str | None = None,
+                 key: str = "backbone.timm.weights") -> dict[str, torch.Tensor]:
+    """A state dict from a local weights file as people have them: safetensors, a bare torch state dict, or a
+    training checkpoint that wraps one (timm's: ``state_dict_ema``, else ``state_dict``, else ``model``, as
+    timm's own loader picks; ``checkpoint_key`` names one), with DataParallel's ``module.`` prefix removed.
+    Pickles are read with ``weights_only=True`` plus what a timm checkpoint holds besides tensors (its training
+    args, an ``argparse.Namespace``); anything else needs ``trust_pickle`` (unpickling runs code the file names).
+    Errors name ``key`` (the config key of the file) and the fix."""
+    import argparse
+    import pickle
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{key}: {path} does not exist (a local .safetensors, .pth or timm checkpoint file)")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    elif trust_pickle:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    else:
+        try:
+            with torch.serialization.safe_globals([argparse.Namespace]):
+                state = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            why = str(exc).strip().splitlines()[-1][:200]
+            raise ValueError(f"{key}: {path} holds objects that a safe load refuses ({why}). Save the state dict as "
+                             ".safetensors, or, if you trust the file, set backbone.timm.trust_pickle: true "
+                             "(unpickling runs code that the file names)") from None
+    if isinstance(state, dict) and not all(isinstance(v, torch.Tensor) for v in state.values()):
+        found = [k for k in ([checkpoint_key] if checkpoint_key else CHECKPOINT_KEYS) if isinstance(state.get(k), dict)]
+        if not found:
+            raise ValueError(f"{key}: {path} is a checkpoint without a state dict under "
+                             f"{[checkpoint_key] if checkpoint_key else list(CHECKPOINT_KEYS)} (its keys: "
+                             f"{sorted(map(str, state))[:12]}): set backbone.timm.checkpoint_key to the one that holds it")
+        state = state[found[0]]
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
 def build_hub(repo: str, entry: str, kwargs: dict) -> nn.Module:
     """torch.hub entry point: ``repo`` is a local clone (a folder with hubconf.py) or ``owner/name`` in the
     hub cache (``$TORCH_HOME/hub``); no validation round trip to GitHub."""

@@ -1,16 +1,18 @@
 """Run configuration: JSON-schema validation with readable errors and defaults.
 
-The schema (``elude/pipeline/config.schema.yaml``) describes every key with its default and rejects unknown
-keys. The content ids of a run's artifacts are :mod:`elude.pipeline.plan`'s (re-exported here).
+The schema (``elude/pipeline/config.schema.yaml``) describes every key with its default (the paper's settings;
+studies that cost extra off) and rejects unknown keys. How a run's config is made: :func:`resolve_config`.
 """
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
 
 SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
+DEMO_CONFIG = Path(__file__).resolve().parents[2] / "config.yaml"  # the embedded demo: a run without --configfile
 
 
 class ConfigError(ValueError):
@@ -68,13 +70,25 @@ def _describe(error) -> str:
     return f"{path}: {error.message}"
 
 
+def resolve_config(configfiles: Sequence[str | Path | dict] = (), overrides: dict | None = None) -> dict:
+    """A run's config, validated with every default filled in, as the workflow resolves it for
+    ``snakemake [--configfile F ...] [--config key=value ...]``. Without a config file: the embedded digits demo
+    (``config.yaml``) and ``overrides``. With config files (paths, or dicts already read): the schema's defaults
+    (the paper's settings, extra studies off), then each file in order, then ``overrides``: never the demo's
+    settings, so a user's config stands on its own; ``run_name`` defaults to the last file's name (a dict:
+    ``"run"``)."""
+    config = {} if configfiles else yaml.safe_load(DEMO_CONFIG.read_text())
+    if configfiles:
+        config["run_name"] = Path(configfiles[-1]).stem if not isinstance(configfiles[-1], dict) else "run"
+    for f in configfiles:
+        config = merge_config(config, f if isinstance(f, dict) else yaml.safe_load(Path(f).read_text()) or {})
+    return validate_config(merge_config(config, overrides or {}))
+
+
 def load_run_config(configfile: str | Path | None = None) -> dict:
-    """The validated config of a run made with ``snakemake [--configfile F]`` from this checkout: the
-    embedded config.yaml merged with F (for command-line tools that read a finished run's artifacts)."""
-    config = yaml.safe_load((Path(__file__).resolve().parents[2] / "config.yaml").read_text())
-    if configfile:
-        config = merge_config(config, yaml.safe_load(Path(configfile).read_text()))
-    return validate_config(config)
+    """The validated config of a run made with ``snakemake [--configfile F]`` from this checkout
+    (:func:`resolve_config`; for command-line tools that read a finished run's artifacts)."""
+    return resolve_config([configfile] if configfile else [])
 
 
 def validate_config(config: dict) -> dict:

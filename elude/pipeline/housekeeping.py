@@ -9,8 +9,8 @@ Usage::
 Kept configs: every run started on this results folder (remembered in ``results/.runs/`` with its resolved
 config when it starts: :func:`elude.pipeline.artifacts.remember_run`), whatever config file or directory it
 came from, and it stays kept until ``--forget <run name or record>`` names it; plus each ``--keep`` file, a
-YAML file of overrides merged over the base config (the repository's ``config.yaml``) exactly as
-``snakemake --configfile`` does, or without ``--keep`` the base config itself. So neither a run in progress
+config resolved exactly as ``snakemake --configfile`` resolves it (the schema's defaults and the file), or
+without ``--keep`` the base config itself (the repository's ``config.yaml``: the demo). So neither a run in progress
 nor a finished one loses its work to ``--delete`` unless it is forgotten. An artifact is *kept* when its id
 is one of the ids (:func:`elude.pipeline.plan.all_ids`: every token seed, the baselines, and the aggregate)
 of a kept config, *unreferenced* otherwise. Hidden work in progress (``.<id>.partial``, ``.<id>.tmp-<pid>``,
@@ -43,10 +43,9 @@ from pathlib import Path
 import yaml
 
 from .artifacts import CODE_VERSIONS, REMEMBERED, checksums
-from .config import ConfigError, merge_config, validate_config
+from .config import DEMO_CONFIG, ConfigError, resolve_config, validate_config
 from .plan import all_ids
 
-REPO_CONFIG = Path(__file__).resolve().parents[2] / "config.yaml"
 STAGES = list(CODE_VERSIONS)  # every stage, in DAG order
 SHARDED = {"cache", "topk", "cluster", "surgery"}  # artifact folder = shard-NNNN (topk: part-NNNN, merged) subfolders, each with a manifest
 FINAL = re.compile(r"^([0-9a-f]{12})$")
@@ -92,15 +91,17 @@ def read_yaml(path: Path) -> dict:
 
 
 def kept_ids(base: Path, keep: list[Path], remembered: dict[str, dict] | None = None) -> set[tuple[str, str]]:
-    """(stage, id) of every artifact of every kept config: the ``keep`` files (the base alone when none is
-    given) and the ``remembered`` runs' resolved configs (record file -> record)."""
-    base_cfg = read_yaml(base)
-    configs = [(str(path), merge_config(base_cfg, read_yaml(path))) for path in keep] if keep else [(str(base), base_cfg)]
-    configs += [(f"remembered run {name}", record["config"]) for name, record in (remembered or {}).items()]
+    """(stage, id) of every artifact of every kept config: the ``keep`` files, each resolved as ``snakemake
+    --configfile`` resolves it (:func:`elude.pipeline.config.resolve_config`), or without any the ``base``
+    config itself (the demo's config.yaml); and the ``remembered`` runs' resolved configs (record name -> record)."""
+    configs = ([(str(path), lambda raw=read_yaml(path): resolve_config([raw])) for path in keep] if keep else
+               [(str(base), lambda raw=read_yaml(base): validate_config(raw))])
+    configs += [(f"remembered run {name}", lambda raw=record["config"]: validate_config(raw))
+                for name, record in (remembered or {}).items()]
     out: set[tuple[str, str]] = set()
-    for where, config in configs:
+    for where, resolve in configs:
         try:
-            resolved = validate_config(config)
+            resolved = resolve()
         except ConfigError as exc:  # its message lists one problem a line; the CLI promises one line
             first, *problems = str(exc).splitlines()
             fix = f" (forget it with --forget {where.split()[-1]}, or fix the file)" if where.startswith("remembered") else ""
@@ -288,9 +289,9 @@ def check_inputs(results: Path, inputs: dict[str, str]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m elude.housekeeping", description=__doc__.splitlines()[0])
     parser.add_argument("--results", type=Path, default=Path("results"), help="results folder (default: results)")
-    parser.add_argument("--base", type=Path, default=REPO_CONFIG, help="base config (default: the repository's config.yaml)")
+    parser.add_argument("--base", type=Path, default=DEMO_CONFIG, help="the config kept when no --keep is given (default: the repository's config.yaml, the demo)")
     parser.add_argument("--keep", type=Path, nargs="+", action="extend", default=[], metavar="CONFIG",
-                        help="override file(s) whose artifacts are kept (default: the base config alone)")
+                        help="config file(s) whose artifacts are kept, each as `snakemake --configfile` reads it (default: the base config)")
     parser.add_argument("--forget", nargs="+", action="extend", default=[], metavar="RUN",
                         help="runs started here whose artifacts are no longer kept: a run name (all its records) "
                              "or a record name; --delete then removes their records too")

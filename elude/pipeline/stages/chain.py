@@ -50,11 +50,14 @@ def backbone(st: Stage, out: str) -> None:
             spec = {"kind": "timm", "name": p["timm"]["name"], "kwargs": p["timm"].get("kwargs", {})}
             model = backbones.build_from_spec(spec, rebuild=False)  # pretrained: the user's hub cache
             if p["timm"].get("weights"):
-                from safetensors.torch import load_file
-
-                w = p["timm"]["weights"]
-                state = load_file(w) if w.endswith(".safetensors") else torch.load(w, map_location="cpu")
-                model.load_state_dict(state)
+                t = p["timm"]
+                state = backbones.load_weights(t["weights"], st.runtime.get("trust_pickle", False), t.get("checkpoint_key"))
+                try:
+                    model.load_state_dict(state)
+                except RuntimeError as exc:
+                    raise ValueError(f"backbone.timm.weights: {t['weights']} does not fit timm model {t['name']} with "
+                                     f"kwargs {spec['kwargs']} ({str(exc).splitlines()[1].strip()[:300]} ...): check "
+                                     "backbone.timm.name and kwargs (e.g. num_classes, img_size)") from None
         elif p["kind"] in ("hub", "factory"):
             spec = {"kind": p["kind"], **p[p["kind"]]}
             model = backbones.build_from_spec(spec, rebuild=False)
