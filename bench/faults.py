@@ -1,5 +1,5 @@
 """Fault-injection benchmark (not a test): tries each fault on the real workflow with the tiny test config
-and prints one table -- fault, tries, survived, data lost -- that the README's Reliability section quotes.
+and prints one table -- fault, tries, survived, data lost -- that docs/reliability.md quotes.
 
     .venv/bin/python bench/faults.py [--chains 2] [--seed 0] [--skip disk]
 

@@ -19,7 +19,7 @@ Two ways to match a concept to sub-units:
 
 Defaults: the paper fixes no values (its operating points range over alpha 5-50, gamma -0.5 to -50, kappa
 50-200 sub-units of a 1152-wide layer, chosen per concept by a coarse sweep); kappa 16 of the demo's ~240
-sub-units, gamma -10 and alpha 5 are such a point for the demo (README: the sweep).
+sub-units, gamma -10 and alpha 5 are such a point for the demo (docs/studies.md: the sweep).
 
 prints accuracy per class before and after, and the largest output change with all gains 1 (0 = exact).
 """

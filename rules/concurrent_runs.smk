@@ -1,4 +1,4 @@
-# A patch of Snakemake 9's internals, kept apart: two runs may share one results folder (README, Reliability),
+# A patch of Snakemake 9's internals, kept apart: two runs may share one results folder (docs/reliability.md),
 # and an artifact that another process finished after this run built its DAG must not be deleted under that
 # run's readers, nor a finished one removed because its job was killed after publishing it. Included first
 # by the Snakefile; it wraps Job.remove_existing_output and Job.cleanup.
@@ -11,7 +11,7 @@ def _keep_artifacts_finished_meanwhile():
     outlived a killed Snakemake). Removing it would pull a finished artifact from under that run's
     readers; kept, the job finds it finished and reuses it (elude.pipeline.stages.run_logged). Outputs that existed
     when the DAG was built (--forcerun, an incomplete job) are removed as before. This replaces Snakemake 9's
-    Job.remove_existing_output with the same steps plus that exception (README, Reliability)."""
+    Job.remove_existing_output with the same steps plus that exception (docs/reliability.md)."""
     from snakemake.io import is_flagged
     from snakemake.jobs import Job
 

@@ -71,7 +71,7 @@ def stopped_jobs(results: Path) -> list[str]:
 
 
 def unlock_if_needed(work: Path, cfg: Path) -> bool:
-    """The documented recovery before the same command (README, Reliability): ``--unlock`` where a killed
+    """The documented recovery before the same command (docs/reliability.md): ``--unlock`` where a killed
     Snakemake left its lock behind."""
     locks = work / ".snakemake/locks"
     if locks.is_dir() and any(locks.iterdir()):
@@ -182,7 +182,7 @@ def disk_full(work: Path, cfg: Path, mountpoint: Path, leave_bytes: int = 1 << 2
 
 def concurrent_runs(root: Path, cfg_a: Path, cfg_b: Path) -> dict:
     """Two runs started at once, each from its own directory whose ``results`` links to one shared folder
-    (README, Reliability), and, while they run, the first invoked a second time in its directory. Returns
+    (docs/reliability.md), and, while they run, the first invoked a second time in its directory. Returns
     both processes, the jobs that found an artifact built by the other run (or waited for it), each run's
     merged checkpoint sha256 and the second invocation."""
     shared = root / "shared-results"

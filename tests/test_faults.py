@@ -1,4 +1,4 @@
-"""Faults tried on purpose (README, Reliability; bench/faults.py prints the same as a table): the whole
+"""Faults tried on purpose (docs/reliability.md; bench/faults.py prints the same as a table): the whole
 run killed at seeded moments (SIGKILL, SIGTERM), a full disk, two runs at once on one results folder,
 messy data, and bad inputs, each with the message a user gets."""
 import json

@@ -23,7 +23,7 @@ def no_other_run() -> None:
             f"run {other['run_name']!r} is running in this directory (Snakemake pid {other['pid']}, started "
             f"{other['started']}); wait for it to finish: a second invocation here would write the same files. "
             "To run another config at the same time on the same results, start it from its own directory whose "
-            "`results` links to this one (README, Reliability); shared artifacts are then built once. Do not "
+            "`results` links to this one (docs/reliability.md); shared artifacts are then built once. Do not "
             "--unlock while that process runs.")
 
 

@@ -61,7 +61,7 @@ def report(st: Stage, verify_dir: str, evaluate_dir: str, merge_dir: str, backbo
 
 
 def data_faults(artifacts: dict[str, str], metrics: dict, layer_meta: dict) -> dict:
-    """What the run set aside or changed on messy data, from the manifests (README, Reliability): images that
+    """What the run set aside or changed on messy data, from the manifests (docs/reliability.md): images that
     did not decode (``data.on_bad_image: skip``), a top-k clamped to the instances cached, units that never
     activate on the probe split (left unchanged, K=1)."""
     cache_manifests = [json.loads(m.read_text()) for m in sorted(Path(artifacts["cache"]).glob("shard-*/manifest.json"))]

@@ -1,5 +1,5 @@
-"""Running a stage as a workflow job: logging, the artifact's build lock, SIGTERM, a full disk (README,
-Reliability)."""
+"""Running a stage as a workflow job: logging, the artifact's build lock, SIGTERM, a full disk
+(docs/reliability.md)."""
 from __future__ import annotations
 
 import logging
@@ -27,7 +27,7 @@ def run_logged(stage: dict, log_file: str, threads: int, out: str, fn) -> None:
     """Run the stage job that builds the artifact folder ``out``: logging to its log file and the terminal,
     torch threads, and a failure message that names the stage, the artifact id and the log file.
 
-    Faults (README, Reliability): the job holds :func:`elude.pipeline.artifacts.build_lock` on ``out``, and finds
+    Faults (docs/reliability.md): the job holds :func:`elude.pipeline.artifacts.build_lock` on ``out``, and finds
     the artifact finished when another process built it meanwhile (a concurrent run sharing it, or a job
     left running by a killed Snakemake): then it reuses it. SIGTERM stops the job through the normal
     failure path (temporary folders removed, a resumable stage's progress kept for the rerun), exit 143.
