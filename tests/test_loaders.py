@@ -100,6 +100,17 @@ def test_timm_weights_in_the_formats_people_have(tmp_path):
         load("other.pth")
 
 
+def test_a_timm_spec_with_pretrained_true_is_rebuilt_without_weights():
+    """The paper's timm configs say kwargs {pretrained: true} (weights from the HF cache in the backbone job);
+    every later job rebuilds the architecture from the saved spec with pretrained switched off, and the
+    backbone job itself passes the flag through to timm (it used to raise "multiple values for 'pretrained'")."""
+    from elude.models.backbones import build_from_spec
+
+    spec = {"kind": "timm", "name": "vit_tiny_patch16_224", "kwargs": {**TINY_VIT, "pretrained": True}}
+    model = build_from_spec(spec)  # rebuild: pretrained off, nothing looked up
+    assert isinstance(model.blocks[1].mlp.fc2, nn.Linear) and model.blocks[1].mlp.fc2.out_features == 24
+
+
 def tiny_siglip(folder):
     from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel
 

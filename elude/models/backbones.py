@@ -34,7 +34,7 @@ def demo_seed(model: str) -> int | None:
 def build_timm(name: str, kwargs: dict) -> nn.Module:
     import timm
 
-    return timm.create_model(name, pretrained=False, **kwargs)
+    return timm.create_model(name, **{"pretrained": False, **kwargs})  # kwargs' own pretrained wins (paper configs)
 
 
 CHECKPOINT_KEYS = ("state_dict_ema", "state_dict", "model")  # timm's load_checkpoint order (use_ema=True)

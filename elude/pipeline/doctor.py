@@ -1,0 +1,255 @@
+"""Before a long run, what will and will not work here, and why (``python -m elude.doctor``).
+
+Usage::
+
+    python -m elude.doctor [--configfile F ...] [--results DIR]
+
+The config is resolved as ``snakemake [--configfile F ...]`` resolves it (without one: the demo). One line per
+check: the GPUs and their memory, what ``cluster.backend`` runs as here, cuML, vLLM (when judges need it),
+every configured model (backbone weights, judges, labeller) found locally, the data folders with their image
+counts, the target layer's shape, free disk against the run's largest artifacts (cache, top-k, clusters),
+SLURM (reachable, and the profile's partitions there), and how many jobs the run plans per stage. Exit status
+1 when any check FAILs (what the run would stop on), else 0; ``warn`` lines will not stop it.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+PROFILE_PARTITIONS = Path(__file__).resolve().parents[2] / "profiles/slurm/partitions.yaml"
+DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4}
+
+
+@dataclass
+class Finding:
+    status: str  # "ok", "warn" or "FAIL"
+    topic: str
+    text: str
+
+
+def _check(topic: str, fn, *args) -> Finding:
+    """``fn`` returns the ok text or a Finding; an exception is the FAIL text (the checks' errors name the key)."""
+    try:
+        out = fn(*args)
+        return out if isinstance(out, Finding) else Finding("ok", topic, out)
+    except Exception as exc:  # noqa: BLE001 (every failure is reported, none stops the other checks)
+        return Finding("FAIL", topic, str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+
+
+def device(config: dict) -> str | Finding:
+    import torch
+
+    from ..models.backbones import resolve_device
+
+    gpus = [f"{torch.cuda.get_device_name(i)} ({torch.cuda.get_device_properties(i).total_memory / 2**30:.0f} GiB)"
+            for i in range(torch.cuda.device_count())]
+    text = f"compute.device {config['compute']['device']}; GPUs here: {', '.join(gpus) or 'none'}; {os.cpu_count()} CPU cores"
+    if config["compute"]["device"] == "cuda" and not gpus and shutil.which("sbatch"):  # a login node
+        return Finding("warn", "device", text + ": fine on SLURM (each GPU job gets one), not with profiles/local")
+    resolve_device(config["compute"]["device"])
+    return text
+
+
+def clustering(config: dict) -> str:
+    from ..method.clustering import cuml_available, resolve_backend
+
+    runs_as = resolve_backend(config["cluster"]["backend"])
+    ok, why = cuml_available()
+    return f"cluster.backend {config['cluster']['backend']!r} runs as {runs_as} here; cuML {'usable' if ok else f'not usable ({why})'}"
+
+
+def judges(config: dict) -> str:
+    from ..evaluation.judges.backends import model_check, vllm_check
+
+    models = config["judges"]["models"]
+    if not models:
+        return "judges.models is empty: LLM Rank is off"
+    for model in models:
+        model_check(model)
+    if config["judges"]["backend"] == "vllm":
+        vllm_check()
+    return f"{len(models)} judge(s) found locally ({config['judges']['backend']})"
+
+
+def models(config: dict) -> str:
+    """The backbone's weights (and the labeller's) can be loaded here without a download."""
+    from ..models import backbones
+
+    bb = config["backbone"]
+    kind, found = bb["kind"], []
+    if kind == "timm" and bb["timm"].get("weights"):
+        if not Path(bb["timm"]["weights"]).is_file():
+            raise FileNotFoundError(f"backbone.timm.weights: {bb['timm']['weights']} does not exist")
+        found.append(f"weights {bb['timm']['weights']}")
+    elif kind == "factory":
+        backbones.import_target(bb["factory"]["target"], "backbone.factory.target")
+        found.append(f"factory {bb['factory']['target']}")
+    elif kind == "hf":
+        from ..evaluation.judges.backends import model_check
+
+        model_check(bb["hf"]["model"], key="backbone.hf.model")
+        found.append(f"Hugging Face {bb['hf']['model']}")
+    else:
+        found.append({"demo": "the demo ViT (trained in the backbone job)", "hub": f"torch.hub {bb['hub'].get('repo')} "
+                      "(checked by the backbone job)", "timm": "timm random init / kwargs (no weights file)"}[kind])
+    if config["labels"]["model"]:
+        from ..evaluation.labels import clip_check
+
+        clip_check(config["labels"]["model"])
+        found.append(f"labeller {config['labels']['model']}")
+    return "; ".join(found)
+
+
+def data(config: dict) -> tuple[str, int | None]:
+    """The probe and evaluation images, counted (and the probe count for the disk estimate)."""
+    from ..models.data import DigitsDataset, check_data, folder_items, list_items
+
+    d = config["data"]
+    check_data(d)
+    if d["kind"] == "digits":
+        n = {s: len(DigitsDataset(s, d["eval_fraction"], d["split_seed"])) for s in ("probe", "eval")}
+    elif d["kind"] == "imagefolder":
+        n = {s: len(folder_items(d[f"{s}_dir"], f"data.{s}_dir")) for s in ("probe", "eval")}
+    elif d["kind"] == "filelist":
+        n = {s: len(list_items(d[f"{s}_list"], f"data.{s}_list")) for s in ("probe", "eval")}
+    else:
+        return "data.kind factory: counted by the jobs", None
+    return f"data.kind {d['kind']}: {n['probe']} probe images, {n['eval']} evaluation images", n["probe"]
+
+
+def layer_shape(config: dict) -> dict | None:
+    """units, inputs per unit and instances per image of the target layer, from an architecture built here
+    without weights (demo, timm, factory); None for the kinds that need their weights to be built."""
+    import torch
+
+    from ..demo.vit import demo_model_spec
+    from ..models import backbones
+
+    bb = config["backbone"]
+    if bb["kind"] == "demo":
+        spec = demo_model_spec(bb["demo"]["arch"])
+    elif bb["kind"] in ("timm", "factory"):
+        spec = {"kind": bb["kind"], **({"name": bb["timm"]["name"], "kwargs": bb["timm"].get("kwargs", {})}
+                                       if bb["kind"] == "timm" else bb["factory"])}  # (built without its weights)
+    else:
+        return None
+    model = backbones.build_from_spec(spec).eval()
+    layer = backbones.get_module(model, bb["layer"])
+    backbones.check_target_layer(layer, bb["layer"])
+    pre = {**(backbones.native_preprocess(model, spec) or {"size": bb["demo"]["arch"]["img_size"], "channels": 1}),
+           **(bb.get("preprocess") or {})}
+    seen = {}
+    hook = layer.register_forward_hook(lambda m, i, o: seen.update(q=i[0]))  # (returns None: output kept)
+    with torch.no_grad():
+        backbones.call_model(model, torch.zeros(1, pre["channels"], pre["size"], pre["size"]))
+    hook.remove()
+    w, _ = backbones.layer_weight_bias(layer)
+    return {"units": w.shape[0], "inputs": w.shape[1], "per_image": backbones.instances_of(layer, seen["q"]).shape[1]}
+
+
+def disk(config: dict, results: Path, probe_images: int | None, shape: dict | None) -> Finding:
+    """Free space where results/ is written against the run's largest artifacts: the cache (instances x layer
+    inputs in cache.dtype, before compression), the top-k lists and the clusters, per token seed."""
+    where = next(p for p in [results, *results.resolve().parents] if p.exists())
+    free = shutil.disk_usage(where).free
+    if probe_images is None or shape is None:
+        return Finding("warn", "disk", f"{free / 2**30:.1f} GiB free at {where}; the run's size is not estimated "
+                       "here (a backbone or data kind that only its jobs measure)")
+    seeds = config["cache"]["token_seed"] if isinstance(config["cache"]["token_seed"], list) else [0]
+    per_image = config["cache"]["tokens_per_image"] or shape["per_image"]
+    instances = probe_images * min(per_image, shape["per_image"])
+    k = min(config["topk"]["k"], instances)
+    need = len(seeds) * (instances * shape["inputs"] * DTYPE_BYTES.get(config["cache"]["dtype"], 4)
+                         + shape["units"] * k * (8 + 4 + 4 + 4))  # top-k (index, value), labels, probabilities
+    text = (f"{free / 2**30:.1f} GiB free at {where}; the run's cache, top-k and clusters take about "
+            f"{need / 2**30:.2f} GiB ({len(seeds)} token seed(s) x {instances:,} instances x {shape['inputs']} inputs)")
+    if need > free:
+        raise OSError(text + ": not enough space (free some: `python -m elude.housekeeping`)")
+    return Finding("warn" if need > free / 2 else "ok", "disk", text)
+
+
+def slurm() -> Finding:
+    import yaml
+
+    if not shutil.which("sinfo"):
+        return Finding("ok", "slurm", "no SLURM client here: run with profiles/local (or from a login node)")
+    proc = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, timeout=20)
+    if proc.returncode:
+        why = " ".join(proc.stderr.split())[:160]
+        return Finding("warn", "slurm", f"a SLURM client but no controller reachable (sinfo: {why})")
+    here = {p.strip().rstrip("*") for p in proc.stdout.split()}
+    wanted = set(yaml.safe_load(PROFILE_PARTITIONS.read_text())["partitions"])
+    missing = sorted(wanted - here)
+    return Finding("warn" if missing else "ok", "slurm", f"partitions here: {', '.join(sorted(here))}" + (
+        f"; profiles/slurm/partitions.yaml names {', '.join(missing)}, which this cluster does not have: EDIT it"
+        if missing else "; profiles/slurm/partitions.yaml's partitions exist"))
+
+
+def jobs(config: dict, shape: dict | None) -> str:
+    """Jobs the run plans per stage: one per artifact, cache and unit stages one per shard."""
+    from .plan import all_ids
+
+    counts = {stage: len(ids) for stage, ids in all_ids(config).items() if ids}
+    counts["cache"] = counts.get("cache", 0) * config["cache"]["shards"]
+    counts["topk"] = counts.get("topk", 0) * (config["cache"]["shards"] + 1)  # a part per cache shard, the merge
+    if shape:
+        unit_shards = math.ceil(shape["units"] / config["cluster"]["units_per_shard"])
+        for stage in ("cluster", "surgery"):
+            counts[stage] = counts.get(stage, 0) * unit_shards
+    total = sum(counts.values())
+    return f"about {total} jobs: " + ", ".join(f"{s} {n}" for s, n in counts.items()) + (
+        "" if shape else " (cluster/surgery: x the layer's unit shards)")
+
+
+def diagnose(configfiles: list[str], results: Path) -> list[Finding]:
+    from .config import resolve_config
+
+    try:
+        config = resolve_config(configfiles)
+    except Exception as exc:  # noqa: BLE001
+        return [Finding("FAIL", "config", str(exc))]
+    found = [Finding("ok", "config", f"run {config['run_name']!r} from "
+                     f"{', '.join(map(str, configfiles)) or 'config.yaml (the demo)'}")]
+    found += [_check("device", device, config), _check("clustering", clustering, config),
+              _check("judges", judges, config), _check("models", models, config)]
+    probe = None
+    try:
+        text, probe = data(config)
+        found.append(Finding("ok", "data", text))
+    except Exception as exc:  # noqa: BLE001
+        found.append(Finding("FAIL", "data", str(exc).splitlines()[0]))
+    try:
+        shape = layer_shape(config)
+        found.append(Finding("ok", "layer", f"{config['backbone']['layer']}: {shape['units']} units x {shape['inputs']} "
+                             f"inputs, {shape['per_image']} instances per image") if shape else
+                     Finding("warn", "layer", "not built here (hub/hf models need their weights): the backbone job checks it"))
+    except Exception as exc:  # noqa: BLE001
+        shape = None
+        found.append(Finding("FAIL", "layer", str(exc).splitlines()[0]))
+    found += [_check("disk", disk, config, results, probe, shape), _check("slurm", slurm),
+              _check("jobs", jobs, config, shape)]
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m elude.doctor", description=__doc__.splitlines()[0])
+    parser.add_argument("--configfile", nargs="+", default=[], help="the run's --configfile(s) (default: the demo)")
+    parser.add_argument("--results", type=Path, default=Path("results"), help="results folder (default: results)")
+    args = parser.parse_args(argv)
+    found = diagnose(args.configfile, args.results)
+    width = max(len(f.topic) for f in found)
+    for f in found:
+        print(f"{f.status:<4}  {f.topic:<{width}}  {f.text}")
+    failed = [f.topic for f in found if f.status == "FAIL"]
+    print(f"\n{'FAIL: ' + ', '.join(failed) + ' (the run would stop there)' if failed else 'nothing here stops the run'}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
