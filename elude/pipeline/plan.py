@@ -108,8 +108,7 @@ def stage_specs(config: dict, seed: int | None = None, run: int = 0) -> dict[str
     data = data_params(config["data"])
     bb = {"kind": config["backbone"]["kind"], "layer": config["backbone"]["layer"],
           "preprocess": config["backbone"]["preprocess"]}
-    # (trust_pickle says how the weights may be read, not what they are: a job's runtime setting, not in the id)
-    bb[bb["kind"]] = {k: v for k, v in config["backbone"][bb["kind"]].items() if k != "trust_pickle"}
+    bb[bb["kind"]] = {k: v for k, v in config["backbone"][bb["kind"]].items() if k != "trust_pickle"}  # how, not what
     if bb["kind"] == "demo":
         bb["data"] = data  # the demo model is trained on the probe split
     cache = {**config["cache"], "data": data, "device": config["compute"]["device"]}
