@@ -24,7 +24,9 @@ class SlurmUnavailable(RuntimeError):
 
 
 def _conf(tmp: Path) -> str:
-    cpus = os.cpu_count() or 2
+    # 4 CPUs at least, whatever the machine has (config_overrides lets slurmd accept it): the workflow's jobs
+    # are short and mostly start-up, and a 2-core CI machine would otherwise run them two at a time
+    cpus = max(4, os.cpu_count() or 2)
     mem_mb = int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20 * 0.9)
     return f"""ClusterName=elude-test
 SlurmctldHost=localhost
@@ -41,6 +43,7 @@ AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none
 MinJobAge=600
 ReturnToService=2
+SlurmdParameters=config_overrides
 SlurmctldPort=6817
 SlurmdPort=6818
 StateSaveLocation={tmp}/state

@@ -1,8 +1,10 @@
 """``python -m elude.doctor``: the checks on this machine, for the demo and for a user config that cannot run."""
+import re
 import shutil
 import subprocess
 import sys
 
+import pytest
 import torch
 import yaml
 from workflow_helpers import REPO
@@ -29,7 +31,12 @@ def test_the_demo_passes_with_its_shape_size_and_jobs(tmp_path):
     assert found["layer"] == ("ok", "blocks.3.mlp.fc2: 64 units x 256 inputs, 17 instances per image")
     assert found["data"] == ("ok", "data.kind digits: 1257 probe images, 540 evaluation images")
     assert "21,369 instances x 256 inputs" in found["disk"][1]
+    assert found["scale"] == ("ok", "topk.k 1,000 of 21,369 instances (4.7%), cluster.min_cluster_size 25 = k/40; "
+                                    "the paper: 15.6% and k/400")
     assert found["jobs"][1].startswith("about 63 jobs: ")
+    # the time from the measured per-stage costs (elude.pipeline.estimate) and the forward pass timed here
+    assert re.fullmatch(r"about \d+ min of job time \((\w+ \d+ min, ){2}\w+ \d+ min\), before parallel jobs "
+                        r"share it; forward pass [\d,]+ images/s measured here on cpu", found["time"][1]), found["time"]
     assert found["clustering"][1].startswith("cluster.backend 'auto' runs as torch:")
     assert "nothing here stops the run" in proc.stdout
 
@@ -48,8 +55,51 @@ def test_a_config_that_cannot_run_fails_naming_each_key(tmp_path):
     assert found["models"] == ("FAIL", f"backbone.timm.weights: {tmp_path}/missing.pth does not exist")
     assert found["data"][0] == "FAIL" and "data.probe_dir" in found["data"][1]
     assert found["layer"][0] == "FAIL" and "blocks.0.mlp.fc9" in found["layer"][1]
+    assert found["scale"][0] == "warn" and "only counted by the jobs" in found["scale"][1]
     if not torch.cuda.is_available():
         assert found["clustering"][0] == "FAIL" and "cuml" in found["clustering"][1]
         # no GPU here: a login node with sbatch may still run it on SLURM (warn), else the run would stop
         assert found["device"][0] == ("warn" if shutil.which("sbatch", path="/usr/bin:/bin") else "FAIL")
     assert proc.stdout.rstrip().splitlines()[-1].startswith("FAIL: ")
+
+
+def test_the_time_estimate_at_the_papers_scale_is_hours_of_clustering_and_baselines():
+    """elude.pipeline.estimate on a Table 9 config with a ViT-B/16 fc2 (768 units x 3,072 inputs, 197 tokens),
+    ImageNet's 1,281,167 probe and 50,000 evaluation images, a GPU's forward rate: hours, not minutes, and
+    clustering (quadratic in top-k) and the baseline sweep are what costs; the clustering grows as k^2.1."""
+    from elude.pipeline.config import resolve_config
+    from elude.pipeline.estimate import cluster_unit_seconds, describe, stage_seconds
+
+    config = resolve_config([REPO / "configs/augreg-vit-b16-l12.yaml"])
+    shape = {"units": 768, "inputs": 3072, "per_image": 197}
+    seconds = stage_seconds(config, shape, 1_281_167, 50_000, per_image_s=1 / 2000)
+    assert max(seconds, key=seconds.get) in ("cluster", "baseline_train") and sum(seconds.values()) > 24 * 3600
+    line = describe(seconds, 1 / 2000, "cuda", "cuda")  # (training on a GPU has no measured rate: named apart)
+    assert re.match(r"about [\d.]+ h of job time \(cluster [\d.]+ h, .*, plus the baselines' training on the GPU "
+                    r"\(not measured; [\d,.]+ h at the 2-core CPU rate\)", line), line
+    assert cluster_unit_seconds(200_000, 3072, gpu=True) / cluster_unit_seconds(100_000, 3072, gpu=True) == pytest.approx(2 ** 2.1)
+    # the paper's own figure (Sec. E.2): 768 units at k = 400,000 in ~28 h on one GPU
+    assert 768 * cluster_unit_seconds(400_000, 3072, gpu=True) == pytest.approx(28 * 3600)
+
+
+def test_a_config_left_at_the_papers_defaults_on_a_small_folder_is_told_to_scale_top_k_and_min_cluster_size(tmp_path):
+    """The schema's defaults are the paper's (ImageNet: k = 400,000 of 2.56 M tokens, min_cluster_size 1,000):
+    on a folder of a few images the doctor says that k is clamped and that no unit could split, with the fix."""
+    import numpy as np
+    from PIL import Image
+
+    for split in ("probe", "eval"):
+        (tmp_path / split / "a").mkdir(parents=True)
+        for i in range(5):
+            Image.fromarray(np.full((16, 16, 3), 40 * i, np.uint8)).save(tmp_path / split / "a" / f"{i}.png")
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(yaml.safe_dump({
+        "backbone": {"kind": "timm", "layer": "blocks.1.mlp.fc2", "timm": {"name": "vit_tiny_patch16_224", "kwargs": {
+            "img_size": 16, "patch_size": 4, "embed_dim": 24, "depth": 2, "num_heads": 2, "num_classes": 2}}},
+        "data": {"kind": "imagefolder", "probe_dir": str(tmp_path / "probe"), "eval_dir": str(tmp_path / "eval")}}))
+    proc = doctor(tmp_path, "--configfile", str(mine))
+    assert proc.returncode == 0, proc.stdout + proc.stderr  # a warning: the run would go, splitting nothing
+    assert lines(proc.stdout)["scale"] == (
+        "warn", "topk.k 10 of 10 instances (100.0%), cluster.min_cluster_size 1,000 = 100.0 x k; the paper: 15.6% and "
+        "k/400; topk.k 400,000 is clamped to the 10 instances: no unit can split into two clusters of "
+        "min_cluster_size: lower cluster.min_cluster_size (e.g. k/400, the paper's ratio)")

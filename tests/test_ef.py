@@ -47,7 +47,7 @@ def test_default_grid_is_ordered_by_falling_ef_around_the_base():
 
 
 def test_candidates_are_the_plain_runs_artifacts_and_a_target_changes_only_the_search():
-    base = validate_config({"baselines": {"families": ["topk"]}, "ablations": {"variants": [
+    base = validate_config({"cache": {"token_seed": 42}, "baselines": {"families": ["topk"]}, "ablations": {"variants": [
         {"name": "eom", "cluster": {"cluster_selection_method": "eom"}},
         {"name": "mcs-50", "cluster": {"min_cluster_size": 50}}]}})
     target = merge_config(base, {"cluster": {"target_ef": 4, "ef_search": {"values": [10, 25, 50]}}})
@@ -75,7 +75,8 @@ def test_candidates_are_the_plain_runs_artifacts_and_a_target_changes_only_the_s
 
 
 def test_ef_sweep_plans_each_target_with_baselines_at_that_ef():
-    cfg = validate_config({"baselines": {"families": ["topk"]}, "ef_sweep": {"targets": [2, 8.0]}})  # 8.0 is 8
+    cfg = validate_config({"cache": {"token_seed": 42}, "baselines": {"families": ["topk"]},
+                           "ef_sweep": {"targets": [2, 8.0]}})  # 8.0 is 8
     sweep = next(a for a in run_artifacts(cfg)["studies"] if a["stage"] == "ef_sweep")
     assert sweep["id"] == artifact_ids(cfg)["report"]["inputs"]["ef_sweep"]
     main_eval = next(a["id"] for a in baseline_artifacts(cfg) if a["stage"] == "baseline_eval")

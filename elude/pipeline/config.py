@@ -105,9 +105,10 @@ def validate_config(config: dict) -> dict:
         lines = "\n".join(f"  - {m}" for m in dict.fromkeys(_describe(e) for e in errors))
         raise ConfigError(f"invalid configuration ({SCHEMA_PATH.name} describes every key):\n{lines}")
     if isinstance(full["cache"]["token_seed"], list) and full["cache"]["tokens_per_image"] is None:
-        raise ConfigError("invalid configuration: cache.token_seed is a list of seeds, but cache.tokens_per_image is "
-                          "null (every instance is cached, so all seeds give the same run): set "
-                          "cache.tokens_per_image (the paper uses 2) or give one seed")
+        raise ConfigError("invalid configuration: cache.token_seed is a list of seeds (the default: the paper's 42, "
+                          "123, 999), but cache.tokens_per_image is null (every instance is cached, so all seeds give "
+                          "the same run): set cache.tokens_per_image (the paper uses 2) or give one seed "
+                          "(cache.token_seed: 42)")
     _check_ablations(full)
     _check_labels(full)
     from ..evaluation.judges import judge_name

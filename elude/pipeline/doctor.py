@@ -7,8 +7,10 @@ Usage::
 The config is resolved as ``snakemake [--configfile F ...]`` resolves it (without one: the demo). One line per
 check: the GPUs and their memory, what ``cluster.backend`` runs as here, cuML, vLLM (when judges need it),
 every configured model (backbone weights, judges, labeller) found locally, the data folders with their image
-counts, the target layer's shape, free disk against the run's largest artifacts (cache, top-k, clusters),
-SLURM (reachable, and the profile's partitions there), and how many jobs the run plans per stage. Exit status
+counts, the target layer's shape, top-k and min_cluster_size against the instances (beside the paper's ratios), free
+disk against the run's largest artifacts (cache, top-k, clusters),
+SLURM (reachable, and the profile's partitions there), how many jobs the run plans per stage, and their time
+(:mod:`elude.pipeline.estimate`: measured per-stage costs, the forward pass timed here). Exit status
 1 when any check FAILs (what the run would stop on), else 0; ``warn`` lines will not stop it.
 """
 from __future__ import annotations
@@ -21,6 +23,8 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+from .estimate import describe, forward_seconds_per_image, stage_seconds
 
 PROFILE_PARTITIONS = Path(__file__).resolve().parents[2] / "profiles/slurm/partitions.yaml"
 DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4}
@@ -106,8 +110,8 @@ def models(config: dict) -> str:
     return "; ".join(found)
 
 
-def data(config: dict) -> tuple[str, int | None]:
-    """The probe and evaluation images, counted (and the probe count for the disk estimate)."""
+def data(config: dict) -> tuple[str, dict | None]:
+    """The probe and evaluation images, counted (the counts feed the disk and time estimates)."""
     from ..models.data import DigitsDataset, check_data, folder_items, list_items
 
     d = config["data"]
@@ -120,12 +124,13 @@ def data(config: dict) -> tuple[str, int | None]:
         n = {s: len(list_items(d[f"{s}_list"], f"data.{s}_list")) for s in ("probe", "eval")}
     else:
         return "data.kind factory: counted by the jobs", None
-    return f"data.kind {d['kind']}: {n['probe']} probe images, {n['eval']} evaluation images", n["probe"]
+    return f"data.kind {d['kind']}: {n['probe']} probe images, {n['eval']} evaluation images", n
 
 
 def layer_shape(config: dict) -> dict | None:
     """units, inputs per unit and instances per image of the target layer, from an architecture built here
-    without weights (demo, timm, factory); None for the kinds that need their weights to be built."""
+    without weights (demo, timm, factory), and its forward pass timed here (seconds per image, on the
+    configured device where this machine has it); None for the kinds that need their weights to be built."""
     import torch
 
     from ..demo.vit import demo_model_spec
@@ -150,7 +155,9 @@ def layer_shape(config: dict) -> dict | None:
         backbones.call_model(model, torch.zeros(1, pre["channels"], pre["size"], pre["size"]))
     hook.remove()
     w, _ = backbones.layer_weight_bias(layer)
-    return {"units": w.shape[0], "inputs": w.shape[1], "per_image": backbones.instances_of(layer, seen["q"]).shape[1]}
+    on = "cuda" if config["compute"]["device"] == "cuda" and torch.cuda.is_available() else "cpu"
+    return {"units": w.shape[0], "inputs": w.shape[1], "per_image": backbones.instances_of(layer, seen["q"]).shape[1],
+            "per_image_s": forward_seconds_per_image(model, pre["size"], pre["channels"], on), "timed_on": on}
 
 
 def disk(config: dict, results: Path, probe_images: int | None, shape: dict | None) -> Finding:
@@ -172,6 +179,36 @@ def disk(config: dict, results: Path, probe_images: int | None, shape: dict | No
     if need > free:
         raise OSError(text + ": not enough space (free some: `python -m elude.housekeeping`)")
     return Finding("warn" if need > free / 2 else "ok", "disk", text)
+
+
+PAPER_K, PAPER_INSTANCES, PAPER_MCS = 400_000, 2 * 1_281_167, 1000  # Sec. 4.1, E.7: ImageNet train x 2 tokens
+
+
+def scale(config: dict, counts: dict | None, shape: dict | None) -> str | Finding:
+    """topk.k and cluster.min_cluster_size against the instances the run has, beside the paper's ratios (its
+    defaults are ImageNet's: a smaller dataset needs both scaled, or no unit can split)."""
+    if counts is None or shape is None:
+        return Finding("warn", "scale", "the instances are only counted by the jobs: check topk.k and "
+                       "cluster.min_cluster_size against them (the paper: k = 15.6% of the instances, min_cluster_size = k/400)")
+    per_image = min(config["cache"]["tokens_per_image"] or shape["per_image"], shape["per_image"])
+    instances = counts["probe"] * per_image
+    k, mcs = min(config["topk"]["k"], instances), config["cluster"]["min_cluster_size"]
+    ratio = f"k/{k / mcs:.0f}" if mcs < k else f"{mcs / k:.1f} x k"
+    text = (f"topk.k {k:,} of {instances:,} instances ({k / instances:.1%}), cluster.min_cluster_size {mcs:,} = {ratio}; "
+            f"the paper: {PAPER_K / PAPER_INSTANCES:.1%} and k/{PAPER_K // PAPER_MCS}")
+    if config["topk"]["k"] > instances:
+        text += f"; topk.k {config['topk']['k']:,} is clamped to the {instances:,} instances"
+    if 2 * mcs > k:
+        return Finding("warn", "scale", text + ": no unit can split into two clusters of min_cluster_size: "
+                       "lower cluster.min_cluster_size (e.g. k/400, the paper's ratio)")
+    return Finding("warn" if config["topk"]["k"] > instances else "ok", "scale", text)
+
+
+def run_time(config: dict, counts: dict | None, shape: dict | None) -> str | Finding:
+    if counts is None or shape is None:
+        return Finding("warn", "time", "not estimated (the layer or the data are only measured by the jobs)")
+    seconds = stage_seconds(config, shape, counts["probe"], counts["eval"], shape["per_image_s"])
+    return describe(seconds, shape["per_image_s"], shape["timed_on"], config["compute"]["device"])
 
 
 def slurm() -> Finding:
@@ -218,9 +255,9 @@ def diagnose(configfiles: list[str], results: Path) -> list[Finding]:
                      f"{', '.join(map(str, configfiles)) or 'config.yaml (the demo)'}")]
     found += [_check("device", device, config), _check("clustering", clustering, config),
               _check("judges", judges, config), _check("models", models, config)]
-    probe = None
+    counts = None
     try:
-        text, probe = data(config)
+        text, counts = data(config)
         found.append(Finding("ok", "data", text))
     except Exception as exc:  # noqa: BLE001
         found.append(Finding("FAIL", "data", str(exc).splitlines()[0]))
@@ -232,8 +269,9 @@ def diagnose(configfiles: list[str], results: Path) -> list[Finding]:
     except Exception as exc:  # noqa: BLE001
         shape = None
         found.append(Finding("FAIL", "layer", str(exc).splitlines()[0]))
-    found += [_check("disk", disk, config, results, probe, shape), _check("slurm", slurm),
-              _check("jobs", jobs, config, shape)]
+    found += [_check("disk", disk, config, results, counts and counts["probe"], shape), _check("slurm", slurm),
+              _check("scale", scale, config, counts, shape), _check("jobs", jobs, config, shape),
+              _check("time", run_time, config, counts, shape)]
     return found
 
 
