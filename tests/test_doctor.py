@@ -32,7 +32,8 @@ def test_the_demo_passes_with_its_shape_size_and_jobs(tmp_path):
     assert found["data"] == ("ok", "data.kind digits: 1257 probe images, 540 evaluation images")
     assert "21,369 instances x 256 inputs" in found["disk"][1]
     assert found["scale"] == ("ok", "topk.k 1,000 of 21,369 instances (4.7%), cluster.min_cluster_size 25 = k/40; "
-                                    "the paper: 15.6% and k/400")
+                                    "the paper: 15.6% and k/400; evaluate.ms_top_k 50 of 540 evaluation images "
+                                    "(9.3%; the paper: 100 of 50,000 = 0.2%)")
     assert found["jobs"][1].startswith("about 63 jobs: ")
     # the time from the measured per-stage costs (elude.pipeline.estimate) and the forward pass timed here
     assert re.fullmatch(r"about \d+ min of job time \((\w+ \d+ min, ){2}\w+ \d+ min\), before parallel jobs "
@@ -101,5 +102,6 @@ def test_a_config_left_at_the_papers_defaults_on_a_small_folder_is_told_to_scale
     assert proc.returncode == 0, proc.stdout + proc.stderr  # a warning: the run would go, splitting nothing
     assert lines(proc.stdout)["scale"] == (
         "warn", "topk.k 10 of 10 instances (100.0%), cluster.min_cluster_size 1,000 = 100.0 x k; the paper: 15.6% and "
-        "k/400; topk.k 400,000 is clamped to the 10 instances: no unit can split into two clusters of "
-        "min_cluster_size: lower cluster.min_cluster_size (e.g. k/400, the paper's ratio)")
+        "k/400; topk.k 400,000 is clamped to the 10 instances; evaluate.ms_top_k 100 of 5 evaluation images (100.0%; "
+        "the paper: 100 of 50,000 = 0.2%): no unit can split into two clusters of min_cluster_size: lower "
+        "cluster.min_cluster_size (e.g. k/400, the paper's ratio)")

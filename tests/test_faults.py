@@ -50,10 +50,11 @@ def reference(tiny_run):
 
 
 def landed(kills: list[dict]) -> list[dict]:
-    """The kills that hit a running chain: at least 4 of the 5 seeded moments (the last restart may have
-    little left to do, and on a fast machine finish before its moment: that one is not a kill)."""
+    """The kills that hit a running chain: at least 3 of the 5 seeded moments. The restarts resume what the
+    killed runs kept, so on a fast machine a late restart can finish before its moment: that one is not a
+    kill, and the chain stops there (seen: the 4th start of the SIGTERM chain finished in 5.9 s)."""
     hit = [k for k in kills if not k.get("finished_first")]  # (the chain stops at the first run that finished)
-    assert len(hit) >= 4, kills
+    assert len(hit) >= 3, kills
     return hit
 
 

@@ -45,15 +45,17 @@ def test_sharded_topk_merge_equals_single_pass_with_ties(rng, tmp_path):
     np.testing.assert_array_equal(sharded.index(np.arange(97))[:, 0], np.arange(97))  # global image ids
 
 
-def brute_force_ms(acts, valid, layer_emb, pooled_emb, k):
+def brute_force_ms(acts, valid, layer_emb, pooled_emb, k, weight_range="instances"):
     """Section B.2 read literally, per unit: rank images by max activation over valid instances, take the
-    top k, weight by min-max normalised activation, embed at the argmax instance / as the image."""
+    top k, weight by min-max normalised activation (the range over every valid instance, or over the images'
+    max activations), embed at the argmax instance / as the image."""
     n_img, _, n_units = acts.shape
     out = {"layer": [], "pooled": []}
     for u in range(n_units):
         a = np.where(valid, acts[:, :, u], -np.inf)
-        lo, hi = acts[:, :, u][valid].min(), acts[:, :, u][valid].max()
         img_max, arg = a.max(1), a.argmax(1)
+        lo = acts[:, :, u][valid].min() if weight_range == "instances" else img_max[valid.any(1)].min()
+        hi = acts[:, :, u][valid].max()
         top = np.argsort(-img_max, kind="stable")[:k]
         w = (img_max[top] - lo) / (hi - lo)
         for space, e in (("layer", layer_emb[top, arg[top]]), ("pooled", pooled_emb[top])):
@@ -71,12 +73,17 @@ def test_streamed_ms_score_equals_literal_reading(rng):
     valid[:, 0] = True
     layer_emb = torch.from_numpy(rng.normal(size=(40, 6, 5)).astype(np.float32))
     pooled = torch.from_numpy(rng.normal(size=(40, 5)).astype(np.float32))
-    top = TopImages(7, 9)
-    for start in range(0, 40, 6):  # batches of 6 images
-        sl = slice(start, start + 6)
-        top.update(acts[sl], valid[sl], torch.arange(40)[sl])
-    got = top.scores(lambda img, inst: layer_emb[img, inst], pooled)
-    ref = brute_force_ms(acts.numpy(), valid.numpy(), layer_emb.numpy(), pooled.numpy(), 9)
-    np.testing.assert_allclose(got["layer"], ref["layer"], rtol=1e-5)
-    np.testing.assert_allclose(got["pooled"], ref["pooled"], rtol=1e-5)
+    valid[3] = False  # an image with no valid instance takes no part in either range
+    got = {}
+    for reading in ("instances", "images"):
+        top = TopImages(7, 9, reading)
+        for start in range(0, 40, 6):  # batches of 6 images
+            sl = slice(start, start + 6)
+            top.update(acts[sl], valid[sl], torch.arange(40)[sl])
+        got[reading] = top.scores(lambda img, inst: layer_emb[img, inst], pooled)
+        ref = brute_force_ms(acts.numpy(), valid.numpy(), layer_emb.numpy(), pooled.numpy(), 9, reading)
+        np.testing.assert_allclose(got[reading]["layer"], ref["layer"], rtol=1e-5)
+        np.testing.assert_allclose(got[reading]["pooled"], ref["pooled"], rtol=1e-5)
+    # signed activations: the instances' minimum lies below every image's max, so the two readings differ
+    assert not np.allclose(got["instances"]["layer"], got["images"]["layer"])
     assert ms_score(torch.nn.functional.normalize(torch.ones(1, 3, 2), dim=-1), torch.ones(1, 3)).item() > 0.999

@@ -121,18 +121,29 @@ def random_control(layer: nn.Module, parent: torch.Tensor, seed: int) -> Disenta
     return DisentangledLayer.from_fractions(layer, fracs, [bias_fractions(f) for f in fracs])
 
 
+WEIGHT_RANGES = ("instances", "images")
+
+
 class TopImages:
     """Streaming half of the MS-Score (Section B.2) for a set of units: per unit, the top-K images ranked
     by their max activation over valid instances (with that instance), and the unit's activation range
-    over all valid evaluation instances."""
+    over the evaluation split. Section B.2 normalises each image's weight "using the activation range
+    observed across the entire evaluation split"; ``weight_range`` picks the reading: ``instances`` (the
+    range of every valid instance's activation: the workflow's) or ``images`` (the range of the images'
+    activations, each image's max over its instances). They differ only where the minimum differs: for a
+    signed unit the instances' minimum lies far below any image's max, which flattens its weights; codes
+    that are >= 0 with a zero somewhere get lo = 0 either way (docs/findings/faithfulness-audit.md, D6)."""
 
-    def __init__(self, n_units: int, k: int):
-        self.k = k
+    def __init__(self, n_units: int, k: int, weight_range: str = "instances"):
+        if weight_range not in WEIGHT_RANGES:
+            raise ValueError(f"weight_range {weight_range!r}: one of {WEIGHT_RANGES}")
+        self.k, self.weight_range = k, weight_range
         self.val = torch.full((n_units, 0), -torch.inf)
         self.img = torch.zeros((n_units, 0), dtype=torch.int64)
         self.inst = torch.zeros((n_units, 0), dtype=torch.int64)
         self.lo = torch.full((n_units,), torch.inf)
         self.hi = torch.full((n_units,), -torch.inf)
+        self.lo_image = torch.full((n_units,), torch.inf)  # the smallest image activation (max over instances)
 
     def update(self, acts: torch.Tensor, valid: torch.Tensor, images: torch.Tensor) -> None:
         """acts (B, instances, units), valid (B, instances), images (B,) evaluation image ids."""
@@ -140,6 +151,8 @@ class TopImages:
             v = acts[valid]
             self.lo, self.hi = torch.minimum(self.lo, v.amin(0)), torch.maximum(self.hi, v.amax(0))
         img_max, arg = acts.masked_fill(~valid[..., None], -torch.inf).max(1)  # (B, units)
+        if valid.any():
+            self.lo_image = torch.minimum(self.lo_image, img_max[valid.any(1)].amin(0))
         vals = torch.cat([self.val, img_max.T], 1)
         order = torch.sort(vals, dim=1, descending=True, stable=True).indices[:, : self.k]
         self.val = torch.gather(vals, 1, order)
@@ -153,8 +166,9 @@ class TopImages:
         (no pair) are NaN."""
         k = int(torch.isfinite(self.val).all(0).sum())  # images with no valid instance never count
         val, img, inst = self.val[:, :k], self.img[:, :k], self.inst[:, :k]
-        w = (val - self.lo[:, None]) / (self.hi - self.lo).clamp_min(1e-12)[:, None]
-        ok = ((self.hi > 0) & (self.hi > self.lo)).numpy()
+        lo = self.lo if self.weight_range == "instances" else self.lo_image
+        w = (val - lo[:, None]) / (self.hi - lo).clamp_min(1e-12)[:, None]
+        ok = ((self.hi > 0) & (self.hi > lo)).numpy()
         out = {"top_images": img.numpy()}
         for name, emb in (("layer", layer_emb(img, inst)), ("pooled", pooled_emb[img])):
             out[name] = np.where(ok, ms_score(nn.functional.normalize(emb.float(), dim=-1), w).numpy(), np.nan)
@@ -187,7 +201,7 @@ def substituted(model: nn.Module, layer_path: str, reconstruct):
 
 @torch.no_grad()
 def score(model: nn.Module, layer_path: str, dataset, feature_sets: dict, substitutes: dict, *, ms_top_k: int,
-          batch_size: int, workers: int = 0, accuracy: str = "auto") -> dict:
+          batch_size: int, workers: int = 0, accuracy: str = "auto", weight_range: str = "instances") -> dict:
     """The metrics every method gets, by one code path (Sections 4.1, B.2).
 
     ``feature_sets``: name -> fn(:class:`Forward` of the original model) -> activations (B, instances, F);
@@ -198,7 +212,7 @@ def score(model: nn.Module, layer_path: str, dataset, feature_sets: dict, substi
     Pass 1 streams the evaluation set (accuracy, R^2, per-feature top-K images, pooled embeddings); pass 2
     re-runs only the selected images to embed each at its argmax instance. ``accuracy``: auto = when the
     model outputs (batch, classes) logits and every label is a class index (``never`` for a model whose
-    2-D output is an embedding wider than the number of classes).
+    2-D output is an embedding wider than the number of classes). ``weight_range``: :class:`TopImages`.
     """
     k = min(ms_top_k, len(dataset))
     tops: dict[str, TopImages] = {}
@@ -229,7 +243,7 @@ def score(model: nn.Module, layer_path: str, dataset, feature_sets: dict, substi
         pooled.update(zip(batch.index.tolist(), emb))
         for name, features in feature_sets.items():
             acts = features(ref)
-            tops.setdefault(name, TopImages(acts.shape[-1], k)).update(acts, ref.valid, batch.index)
+            tops.setdefault(name, TopImages(acts.shape[-1], k, weight_range)).update(acts, ref.valid, batch.index)
     layer_emb = _embed_selected(model, layer_path, dataset, tops.values(), batch_size, workers)
     ids = torch.tensor(sorted(pooled))
     pooled_emb = torch.zeros(int(ids.max()) + 1, len(pooled[int(ids[0])]))

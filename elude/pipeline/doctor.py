@@ -198,9 +198,15 @@ def scale(config: dict, counts: dict | None, shape: dict | None) -> str | Findin
             f"the paper: {PAPER_K / PAPER_INSTANCES:.1%} and k/{PAPER_K // PAPER_MCS}")
     if config["topk"]["k"] > instances:
         text += f"; topk.k {config['topk']['k']:,} is clamped to the {instances:,} instances"
+    top, n_eval = config["evaluate"]["ms_top_k"], counts["eval"]
+    text += (f"; evaluate.ms_top_k {top} of {n_eval:,} evaluation images ({min(top, n_eval) / n_eval:.1%}; the paper: "
+             "100 of 50,000 = 0.2%)")
     if 2 * mcs > k:
         return Finding("warn", "scale", text + ": no unit can split into two clusters of min_cluster_size: "
                        "lower cluster.min_cluster_size (e.g. k/400, the paper's ratio)")
+    if top >= n_eval:
+        return Finding("warn", "scale", text + ": the MS-Score's top set is every evaluation image: lower "
+                       "evaluate.ms_top_k or add evaluation images (docs/findings/faithfulness-audit.md, D1)")
     return Finding("warn" if config["topk"]["k"] > instances else "ok", "scale", text)
 
 
