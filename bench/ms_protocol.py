@@ -31,10 +31,11 @@ from elude.util.optional import overcomplete_sae  # noqa: E402
 
 
 def feature_sets(job, merged: DisentangledLayer, baselines: dict[str, Baseline], random_seed: int) -> dict:
-    """name -> activations of a Forward, as the evaluate and baseline_eval stages define them."""
-    control = scoring.random_control(job.layer, merged.parent, random_seed)
-    sets = {"units": lambda f: f.layer_out, "ELUDe": lambda f: merged.subunits_of_instances(f.layer_in),
-            "random": lambda f: control.subunits_of_instances(f.layer_in)}
+    """name -> activations of a Forward: the evaluate stage's sets, then each baseline's codes (as
+    :func:`elude.evaluation.scoring.score_baseline` reads them)."""
+    sets = scoring.elude_feature_sets(job.layer, merged, random_seed)
+    sets["ELUDe"] = sets.pop("subunits")
+    sets = {name: sets[name] for name in ("units", "ELUDe", "random")}
     for family, b in baselines.items():
         sets[family] = lambda f, b=b: b.apply(f.layer_in, f.layer_out)[0]
     return sets

@@ -255,6 +255,14 @@ def score(model: nn.Module, layer_path: str, dataset, feature_sets: dict, substi
             "pooled_space": pooled_space, "n_images": len(dataset), "bad_images_skipped": bad}
 
 
+def elude_feature_sets(layer: nn.Module, disentangled: DisentangledLayer, random_seed: int) -> dict:
+    """What :func:`evaluate` scores, as :func:`score`'s feature sets: the original units, ELUDe's sub-units and
+    the random-partition control (same K_u, upstream dimensions assigned at random)."""
+    control = random_control(layer, disentangled.parent, random_seed)
+    return {"units": lambda f: f.layer_out, "subunits": lambda f: disentangled.subunits_of_instances(f.layer_in),
+            "random": lambda f: control.subunits_of_instances(f.layer_in)}
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, layer_path: str, disentangled: DisentangledLayer, dataset, *, ms_top_k: int,
              random_seed: int, batch_size: int, workers: int = 0, accuracy: str = "auto") -> dict:
@@ -263,10 +271,7 @@ def evaluate(model: nn.Module, layer_path: str, disentangled: DisentangledLayer,
     layer = get_module(model, layer_path)
     n_units = layer_weight_bias(layer)[0].shape[0]
     parent = disentangled.parent
-    control = random_control(layer, parent, random_seed)
-    res = score(model, layer_path, dataset,
-                {"units": lambda f: f.layer_out, "subunits": lambda f: disentangled.subunits_of_instances(f.layer_in),
-                 "random": lambda f: control.subunits_of_instances(f.layer_in)},
+    res = score(model, layer_path, dataset, elude_feature_sets(layer, disentangled, random_seed),
                 {"disentangled": lambda: swapped(model, layer_path, disentangled, back_to_cpu=True)},
                 ms_top_k=ms_top_k, batch_size=batch_size, workers=workers, accuracy=accuracy)
     ms = res["ms"]

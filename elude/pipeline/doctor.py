@@ -24,7 +24,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .estimate import describe, forward_seconds_per_image, stage_seconds
+from .estimate import describe, forward_seconds_per_image, probe_instances, stage_seconds
 
 PROFILE_PARTITIONS = Path(__file__).resolve().parents[2] / "profiles/slurm/partitions.yaml"
 DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4}
@@ -169,8 +169,7 @@ def disk(config: dict, results: Path, probe_images: int | None, shape: dict | No
         return Finding("warn", "disk", f"{free / 2**30:.1f} GiB free at {where}; the run's size is not estimated "
                        "here (a backbone or data kind that only its jobs measure)")
     seeds = config["cache"]["token_seed"] if isinstance(config["cache"]["token_seed"], list) else [0]
-    per_image = config["cache"]["tokens_per_image"] or shape["per_image"]
-    instances = probe_images * min(per_image, shape["per_image"])
+    instances = probe_instances(config, shape, probe_images)
     k = min(config["topk"]["k"], instances)
     need = len(seeds) * (instances * shape["inputs"] * DTYPE_BYTES.get(config["cache"]["dtype"], 4)
                          + shape["units"] * k * (8 + 4 + 4 + 4))  # top-k (index, value), labels, probabilities
@@ -190,8 +189,7 @@ def scale(config: dict, counts: dict | None, shape: dict | None) -> str | Findin
     if counts is None or shape is None:
         return Finding("warn", "scale", "the instances are only counted by the jobs: check topk.k and "
                        "cluster.min_cluster_size against them (the paper: k = 15.6% of the instances, min_cluster_size = k/400)")
-    per_image = min(config["cache"]["tokens_per_image"] or shape["per_image"], shape["per_image"])
-    instances = counts["probe"] * per_image
+    instances = probe_instances(config, shape, counts["probe"])
     k, mcs = min(config["topk"]["k"], instances), config["cluster"]["min_cluster_size"]
     ratio = f"k/{k / mcs:.0f}" if mcs < k else f"{mcs / k:.1f} x k"
     text = (f"topk.k {k:,} of {instances:,} instances ({k / instances:.1%}), cluster.min_cluster_size {mcs:,} = {ratio}; "

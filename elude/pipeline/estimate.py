@@ -74,6 +74,11 @@ def baseline_epoch_seconds(family: str, instances: int, features: int, units: in
     return max(at_scale, BASELINE_DEMO_EPOCH_S[family] * instances / BASELINE_DEMO_INSTANCES)
 
 
+def probe_instances(config: dict, shape: dict, probe_images: int) -> int:
+    """Instances the cache holds per token seed: tokens_per_image (or every instance) of each probe image."""
+    return probe_images * min(config["cache"]["tokens_per_image"] or shape["per_image"], shape["per_image"])
+
+
 def stage_seconds(config: dict, shape: dict, probe_images: int, eval_images: int, per_image_s: float) -> dict:
     """Seconds of job time per stage (summed over its jobs, job start-up included) for a run of ``config`` on a
     layer of ``shape`` (units, inputs, per_image), from the registry of every artifact the run builds."""
@@ -82,8 +87,7 @@ def stage_seconds(config: dict, shape: dict, probe_images: int, eval_images: int
 
     reg = registry(run_artifacts(config))
     units, inputs = shape["units"], shape["inputs"]
-    per_image = min(config["cache"]["tokens_per_image"] or shape["per_image"], shape["per_image"])
-    instances = probe_images * per_image
+    instances = probe_instances(config, shape, probe_images)
     shards = n_shards(units, config["cluster"]["units_per_shard"])
     red = config["cluster"]["reduce"]
     dims = min(red["dims"], inputs) if red["method"] != "none" else inputs
