@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 from elude.evaluation.efficiency import measure, method_variants, rss_mb  # noqa: E402
 from elude.models import backbones  # noqa: E402
 from elude.pipeline.config import load_run_config  # noqa: E402
-from elude.pipeline.plan import run_artifacts, token_seeds
+from elude.pipeline.plan import baseline_models, run_artifacts, token_seeds
 from elude.pipeline.stages.studies import (  # noqa: E402
     efficiency_settings,
     efficiency_table,
@@ -51,7 +51,7 @@ def run_table(args) -> dict:
     run = run_artifacts(config)
     chain = run["seeds"][token_seeds(config)[0]]
     dirs = {"backbone": results / "backbone" / chain["backbone"]["id"], "merge": results / "merge" / chain["merge"]["id"]}
-    selected = {a["family"]: results / "baseline_select" / a["id"] for a in run["baselines"] if a["stage"] == "baseline_select"}
+    selected = baseline_models(config, args.run, selection=True)
     missing = [str(d) for d in [*dirs.values(), *selected.values()] if not d.exists()]
     if missing:
         sys.exit(f"bench/efficiency.py: the run's artifacts are missing ({', '.join(missing[:3])}): run the pipeline "

@@ -25,7 +25,7 @@ from elude.baselines.models import Baseline  # noqa: E402
 from elude.evaluation import scoring  # noqa: E402
 from elude.method.layers import DisentangledLayer  # noqa: E402
 from elude.pipeline.config import load_run_config  # noqa: E402
-from elude.pipeline.plan import run_artifacts, token_seeds  # noqa: E402
+from elude.pipeline.plan import baseline_models, run_artifacts, token_seeds  # noqa: E402
 from elude.pipeline.stages.job import model_job  # noqa: E402
 from elude.util.optional import overcomplete_sae  # noqa: E402
 
@@ -53,8 +53,7 @@ def main() -> None:
     run = run_artifacts(config)
     chain = run["seeds"][token_seeds(config)[0]]
     backbone_dir, merge_dir = (results / s / chain[s]["id"] for s in ("backbone", "merge"))
-    selected = {a["family"]: results / "baseline_select" / a["id"] for a in run["baselines"]
-                if a["stage"] == "baseline_select"}
+    selected = baseline_models(config, args.run)  # the models Table 2 scored
     missing = [str(d) for d in [backbone_dir, merge_dir, *selected.values()] if not d.exists()]
     if missing:
         sys.exit(f"bench/ms_protocol.py: the run's artifacts are missing ({', '.join(missing[:3])}): run the "

@@ -52,6 +52,7 @@ rule baseline_eval:
     """A selected baseline scored like ELUDe: MS-Score of its features, accuracy and R^2 with its reconstruction."""
     input:
         model=baseline_model,
+        cache=baseline_cache,
         backbone=lambda w: path_of("backbone", REG["baseline_eval"][w.id]["inputs"]["backbone"]),
     output:
         folder=directory("results/baseline_eval/{id}"),

@@ -247,6 +247,13 @@ def baseline_model(w):
     return path_of(stage, i)
 
 
+def baseline_cache(w):
+    """The activation cache a baseline evaluation's model was trained on: its probe instances (live features)."""
+    (stage, i), = [(s, i) for s, i in inputs_of("baseline_eval", w).items() if s != "backbone"]
+    train = i if stage == "baseline_train" else next(iter(REG["baseline_select"][i]["inputs"].values()))
+    return path_of("cache", REG["baseline_train"][train]["inputs"]["cache"])
+
+
 def baseline_evals(report_id):
     """family -> the baseline_eval artifact a report reads (Table 2)."""
     return paths("baseline_eval", qualified(REG["report"][report_id]["inputs"], "baseline_eval"))

@@ -3,6 +3,7 @@ rule evaluate:
     input:
         backbone=upstream("evaluate", "backbone"),
         merge=upstream("evaluate", "merge"),
+        cache=upstream("evaluate", "cache"),  # the probe instances: which features are live (not in the id)
     output:
         folder=directory("results/evaluate/{id}"),
     params:

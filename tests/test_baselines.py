@@ -156,12 +156,16 @@ def test_score_baseline_excludes_features_that_never_fire(vit_cache):
     model, stream = vit_cache
     sae, _ = trained("topk", stream, epochs=1, n_features=256)
     ds = torch.utils.data.Subset(DigitsDataset("eval", 0.3, 0), range(60))
-    res = score_baseline(model, "blocks.0.mlp.fc2", sae.eval(), ds, ms_top_k=10, batch_size=32)
+    res = score_baseline(model, "blocks.0.mlp.fc2", sae.eval(), ds, ms_top_k=10, batch_size=32, probe=stream.cache)
     s, t = res["summary"], res["tables"]
     assert s["n_features"] == 256 and 0 < s["n_scored_features"] < 256
     assert s["n_scored_features"] == int((~np.isnan(t["features_ms_layer"])).sum())
     assert 0 < s["ms_score"]["features_mean"] <= 1 and 0 < s["r2"] < 1
     assert s["l0_eval"] == pytest.approx(6.0)
+    # the fair columns: live on the probe instances = the features that fired in training's own pass over them
+    f = s["features"]
+    assert f["live_probe"] == int(training_metrics(sae, stream, torch.device("cpu"))["alive"].sum())
+    assert f["n_scored"] <= f["live_eval"] < f["live_probe"] <= 256  # 60 evaluation images see fewer than the probe
 
 
 def test_missing_overcomplete_gives_the_extra_to_install():
@@ -213,7 +217,14 @@ def test_table2_over_two_token_seeds_and_a_family_grid_change_reruns_only_that_f
         assert 0 < rows[f]["ms_score"]["mean"] <= 100
     html = (tmp_path / "results/runs/tiny/report.html").read_text()
     assert "Table 2" in html and "<b>100.00 ± 0.00</b>" in html
+    assert "<th>live features (probe)</th><th>live EF</th><th>L0 (evaluation)</th><th>scored (%)</th>" in html
     seed = json.loads((tmp_path / "results/runs/tiny/seed-1/summary.json").read_text())
+    n_units = seed["n_units"]
+    for key, r in seed["table2"]["rows"].items():  # issue 26's fair columns, on every row
+        assert 0 < r["live"] <= r["n_features"] and r["live_ef"] == pytest.approx(r["live"] / n_units), key
+        assert 0 < r["scored"] <= 100 and r["l0_eval"] > 0, key
+    assert seed["table2"]["rows"]["elude"]["n_features"] == seed["n_subunits"]
+    assert agg["table2"]["rows"]["topk"]["live"]["per_seed"][0] == seed["table2"]["rows"]["topk"]["live"]
     topk_eval = tmp_path / seed["artifacts"]["baseline_eval-topk"]
     sel_id = json.loads((topk_eval / "manifest.json").read_text())["inputs"]["baseline_select"]
     selected = json.loads((tmp_path / "results/baseline_select" / sel_id / "selected.json").read_text())
@@ -229,6 +240,22 @@ def test_table2_over_two_token_seeds_and_a_family_grid_change_reruns_only_that_f
     # two evaluations; then the reports and the aggregate
     assert sorted(ran) == sorted(["baseline_train"] * 2 + ["baseline_select", "baseline_eval", "baseline_eval",
                                                          "report", "report", "aggregate", "all"])
+
+    # expansion_factor: match_live (topk alone): each seed's selected point retrained until its live features
+    # come closest to ELUDe's sub-unit count; Table 2 shows the chosen dictionary
+    live = write_config(tmp_path / "b3.yaml", TWO_SEED_RUN, {"baselines": {"families": ["topk"],
+                                                                           "expansion_factor": "match_live"},
+                                                             "judges": {"models": []}})
+    snakemake(tmp_path, live, timeout=1200)
+    for s in (1, 2):
+        seed = json.loads((tmp_path / f"results/runs/tiny/seed-{s}/summary.json").read_text())
+        ev = json.loads((tmp_path / seed["artifacts"]["baseline_eval-topk"] / "manifest.json").read_text())
+        search = json.loads((tmp_path / "results/baseline_train" / ev["inputs"]["baseline_train"] /
+                             "live_match.json").read_text())
+        target, tries, row = seed["n_subunits"], search["tries"], seed["table2"]["rows"]["topk"]
+        assert search["target"] == target and tries[0]["features"] == target and len(tries) >= 1
+        assert row["n_features"] == search["chosen"]
+        assert abs(row["live"] - target) == min(abs(t["live"] - target) for t in tries)
 
 
 def test_baseline_ids_follow_only_their_own_family_and_match_waits_for_elude(tmp_path):
@@ -260,6 +287,32 @@ def test_baseline_ids_follow_only_their_own_family_and_match_waits_for_elude(tmp
     (tmp_path / "manifest.json").write_text(json.dumps({"n_subunits": 123}))
     assert n_features({"expansion_factor": "match"}, 64, str(tmp_path)) == 123
     assert n_features({"expansion_factor": 8}, 64, None) == 512
+
+    # match_live: the sweep and the selection are the match run's (shared by id); then every seed's selected point
+    # is trained again, the first seed's search starting from the selection's own model
+    live = validate_config(merge_config(base, {"baselines": {"expansion_factor": "match_live"}}))
+    shared = {(a["stage"], a["id"]) for a in baseline_artifacts(match) if a["stage"] in ("baseline_train", "baseline_select")}
+    arts = baseline_artifacts(live)
+    assert shared <= {(a["stage"], a["id"]) for a in arts}
+    refits = [a for a in arts if a["params"].get("hp") == "selected"]
+    assert len(refits) == len(live["baselines"]["families"])
+    assert all(a["params"]["first_try"] == "selection" and a["inputs"]["merge"] == merge_id for a in refits)
+    evals = [a for a in arts if a["stage"] == "baseline_eval"]
+    assert {a["inputs"]["baseline_train"] for a in evals} == {a["id"] for a in refits}
+
+
+def test_live_match_search_scales_by_live_features_and_keeps_the_closest():
+    from elude.baselines import LIVE_MATCH_TRIES, live_match_choice, live_match_next
+
+    assert live_match_next(200, [(200, 100)]) == 400  # half the features fired: twice the dictionary
+    assert live_match_next(200, [(200, 100), (400, 190)]) == 421  # from the closest so far
+    assert live_match_next(200, [(200, 197)]) is None  # within 2%
+    assert live_match_next(200, [(200, 1)]) == 1600  # at most 8x ELUDe's count
+    assert live_match_next(200, [(200, 100), (400, 100)]) is None  # the step lands on a size already tried
+    tries = [(200, 50), (800, 120), (1600, 150), (1600 + 1, 160)]
+    assert len(tries) > LIVE_MATCH_TRIES and live_match_next(200, tries) is None  # the refits are spent
+    assert live_match_choice(200, [(200, 100), (400, 230), (350, 160)]) == 1
+    assert live_match_choice(200, [(200, 100), (400, 230), (350, 230)]) == 2  # a tie: the smaller dictionary
 
 
 def test_table2_marks_best_and_second_and_says_where_elude_loses():

@@ -135,10 +135,21 @@ def test_verify_and_evaluate_on_a_cnn_with_a_1x1_conv_target(rng):
     result = verify(net, "2", dl, TensorDataset(images), batch_size=8)
     assert result["max_rel_diff"] < 1e-5 and result["prediction_agreement"] == 1.0 and result["r2"] > 1 - 1e-9
     assert isinstance(net[2], nn.Conv2d)  # restored
-    res = evaluate(net, "2", dl, TensorDataset(images, labels), ms_top_k=10, random_seed=0, batch_size=8)
+    # probe instances: the conv's input at every position of other images, in two chunks (as a cache reads them)
+    q = net[:2](torch.randn(5, 1, 6, 6)).permute(0, 2, 3, 1).reshape(-1, 8).detach()
+    probe = type("Probe", (), {"iter_chunks": lambda self: iter([(0, q[:100].numpy()), (100, q[100:].numpy())])})()
+    res = evaluate(net, "2", dl, TensorDataset(images, labels), ms_top_k=10, random_seed=0, batch_size=8, probe=probe)
     assert res["summary"]["n_units"] == 12 and res["summary"]["n_subunits"] == dl.n_subunits
     assert res["tables"]["subunits_ms_layer"].shape == (dl.n_subunits,)
     assert res["summary"]["accuracy"]["original"] == res["summary"]["accuracy"]["disentangled"]
+    f = res["summary"]["features"]
+    units = q @ net[2].weight[:, :, 0, 0].T + net[2].bias
+    assert f["units"]["live_probe"] == int((units > 0).any(0).sum())
+    assert f["subunits"]["live_probe"] == int((dl.subunits_of_instances(q) > 0).any(0).sum())
+    assert f["subunits"]["n_features"] == dl.n_subunits and f["random"]["n_features"] == dl.n_subunits
+    with torch.no_grad():  # L0 on the evaluation instances: firings per position
+        acts = net[:3](images).permute(0, 2, 3, 1).reshape(-1, 12)
+    assert f["units"]["l0_eval"] == pytest.approx(float((acts > 0).sum(1).float().mean()))
 
 
 @torch.no_grad()

@@ -5,4 +5,5 @@ from elude.pipeline.stages.baselines import baseline_eval
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 run_logged(sm.params.stage, sm.log[0], sm.threads, sm.output.folder,
-           lambda st: baseline_eval(st, sm.input.model, sm.input.backbone, sm.output.folder))
+           lambda st: baseline_eval(st, sm.input.model, sm.input.backbone, sm.input.cache,
+                                                  sm.output.folder))

@@ -61,3 +61,34 @@ def select(candidates: list[dict]) -> int:
         raise ValueError("every sweep candidate of this family diverged (non-finite MSE or L0): lower the learning "
                          "rates in its grid")
     return max(range(len(s)), key=lambda i: (s[i], -i))
+
+
+# Dictionary sizes matched to ELUDe's sub-unit count (Sec. E.6): ``match`` by dictionary size, ``match_live`` by the
+# features that fire on the probe instances (issue 26: an SAE with many dead features is smaller than it looks).
+MATCHED = ("match", "match_live")
+LIVE_MATCH_TRIES = 3  # refits of the selected point at most, after the sweep's own model at ELUDe's count
+LIVE_MATCH_MAX_SCALE = 8.0  # the largest dictionary tried, as a multiple of ELUDe's sub-unit count
+
+
+def live_match_tolerance(target: int) -> int:
+    """``match_live`` stops once a dictionary's live features are within this of ``target`` (2%, at least 1)."""
+    return max(1, round(0.02 * target))
+
+
+def live_match_next(target: int, tries: list[tuple[int, int]]) -> int | None:
+    """``match_live``'s search: the next dictionary size to train, or None when done. ``tries``: (features, live
+    features) of the dictionaries trained so far, the first at ``target`` (ELUDe's sub-unit count). The live
+    fraction changes slowly with the dictionary's size, so the next size scales the closest try's by target / live
+    (a proportional step); it stops within :func:`live_match_tolerance`, after :data:`LIVE_MATCH_TRIES` refits, or
+    when the step lands on a size already tried. Sizes stay in [1, :data:`LIVE_MATCH_MAX_SCALE` x target]."""
+    n, live = min(tries, key=lambda t: (abs(t[1] - target), t[0]))
+    if abs(live - target) <= live_match_tolerance(target) or len(tries) > LIVE_MATCH_TRIES:
+        return None
+    step = round(n * target / max(live, 1))
+    step = int(min(max(step, 1), LIVE_MATCH_MAX_SCALE * target))
+    return None if step in {t[0] for t in tries} else step
+
+
+def live_match_choice(target: int, tries: list[tuple[int, int]]) -> int:
+    """Index of the try whose live features are closest to ``target`` (the smaller dictionary on a tie)."""
+    return min(range(len(tries)), key=lambda i: (abs(tries[i][1] - target), tries[i][0]))

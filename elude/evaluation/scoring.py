@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -144,12 +145,16 @@ class TopImages:
         self.lo = torch.full((n_units,), torch.inf)
         self.hi = torch.full((n_units,), -torch.inf)
         self.lo_image = torch.full((n_units,), torch.inf)  # the smallest image activation (max over instances)
+        self.fired = torch.zeros(n_units, dtype=torch.float64)  # valid instances where each unit fires (> 0)
+        self.n_instances = 0
 
     def update(self, acts: torch.Tensor, valid: torch.Tensor, images: torch.Tensor) -> None:
         """acts (B, instances, units), valid (B, instances), images (B,) evaluation image ids."""
         if valid.any():
             v = acts[valid]
             self.lo, self.hi = torch.minimum(self.lo, v.amin(0)), torch.maximum(self.hi, v.amax(0))
+            self.fired += (v > 0).sum(0, dtype=torch.float64)
+            self.n_instances += len(v)
         img_max, arg = acts.masked_fill(~valid[..., None], -torch.inf).max(1)  # (B, units)
         if valid.any():
             self.lo_image = torch.minimum(self.lo_image, img_max[valid.any(1)].amin(0))
@@ -158,6 +163,12 @@ class TopImages:
         self.val = torch.gather(vals, 1, order)
         self.img = torch.gather(torch.cat([self.img, images.expand(len(vals), -1)], 1), 1, order)
         self.inst = torch.gather(torch.cat([self.inst, arg.T], 1), 1, order)
+
+    def activity(self) -> dict:
+        """On the evaluation instances: L0 (features firing, i.e. > 0, per valid instance, on average) and the
+        live features (fired at least once), out of ``n_features``."""
+        return {"n_features": len(self.hi), "live_eval": int((self.hi > 0).sum()),
+                "l0_eval": float(self.fired.sum()) / max(self.n_instances, 1)}
 
     def scores(self, layer_emb, pooled_emb: torch.Tensor) -> dict[str, np.ndarray]:
         """Eq. 7 per unit in the layer space (``layer_emb(images, instances)`` -> (units, K, D)) and the
@@ -199,9 +210,20 @@ def substituted(model: nn.Module, layer_path: str, reconstruct):
         handle.remove()
 
 
+def probe_forwards(cache, layer: nn.Module) -> Iterator[Forward]:
+    """The probe instances of an activation cache (:class:`elude.models.cache.Cache`: the rows ELUDe's top-k and
+    the baselines' training read), a stored chunk at a time, as :class:`Forward` s of the layer alone: layer
+    input q from the cache, output W q + b. Feature sets read them as they read the model's batches."""
+    w, b = (t.float() for t in layer_weight_bias(layer))
+    for _, q in cache.iter_chunks():
+        q = torch.from_numpy(q)[None]
+        yield Forward([], q, nn.functional.linear(q, w, b), torch.ones(q.shape[:2], dtype=torch.bool), None)
+
+
 @torch.no_grad()
 def score(model: nn.Module, layer_path: str, dataset, feature_sets: dict, substitutes: dict, *, ms_top_k: int,
-          batch_size: int, workers: int = 0, accuracy: str = "auto", weight_range: str = "instances") -> dict:
+          batch_size: int, workers: int = 0, accuracy: str = "auto", weight_range: str = "instances",
+          probe: Iterable[Forward] = ()) -> dict:
     """The metrics every method gets, by one code path (Sections 4.1, B.2).
 
     ``feature_sets``: name -> fn(:class:`Forward` of the original model) -> activations (B, instances, F);
@@ -210,7 +232,11 @@ def score(model: nn.Module, layer_path: str, dataset, feature_sets: dict, substi
     place of the layer; each gets top-1 accuracy and R^2 (:class:`R2`) of the layer output it produces.
 
     Pass 1 streams the evaluation set (accuracy, R^2, per-feature top-K images, pooled embeddings); pass 2
-    re-runs only the selected images to embed each at its argmax instance. ``accuracy``: auto = when the
+    re-runs only the selected images to embed each at its argmax instance; pass 3 streams ``probe`` (:func:`probe_forwards`), where
+    given, for the features that fire on the probe instances. Every feature set's ``activity``: its features,
+    those live (fired, > 0, at least once) on the evaluation and on the probe instances, and its evaluation L0
+    (issue 26's fair columns: a method's live features, not its dictionary size, set its effective expansion
+    factor). ``accuracy``: auto = when the
     model outputs (batch, classes) logits and every label is a class index (``never`` for a model whose
     2-D output is an embedding wider than the number of classes). ``weight_range``: :class:`TopImages`.
     """
@@ -245,6 +271,11 @@ def score(model: nn.Module, layer_path: str, dataset, feature_sets: dict, substi
             acts = features(ref)
             tops.setdefault(name, TopImages(acts.shape[-1], k, weight_range)).update(acts, ref.valid, batch.index)
     layer_emb = _embed_selected(model, layer_path, dataset, tops.values(), batch_size, workers)
+    live_probe: dict[str, torch.Tensor] = {}
+    for fwd in probe:
+        for name, features in feature_sets.items():
+            fired = (features(fwd)[fwd.valid] > 0).any(0)
+            live_probe[name] = live_probe[name] | fired if name in live_probe else fired
     ids = torch.tensor(sorted(pooled))
     pooled_emb = torch.zeros(int(ids.max()) + 1, len(pooled[int(ids[0])]))
     pooled_emb[ids] = torch.stack([pooled[int(i)] for i in ids])
@@ -252,6 +283,8 @@ def score(model: nn.Module, layer_path: str, dataset, feature_sets: dict, substi
     return {"accuracy": {name: (c / n_labelled if acc_on else None) for name, c in correct.items()},
             "r2": {name: r.value() for name, r in r2.items()},
             "ms": {name: t.scores(layer_emb, pooled_emb) for name, t in tops.items()},
+            "activity": {name: {**t.activity(), "live_probe": int(live_probe[name].sum()) if name in live_probe else None}
+                         for name, t in tops.items()},
             "pooled_space": pooled_space, "n_images": len(dataset), "bad_images_skipped": bad}
 
 
@@ -265,15 +298,18 @@ def elude_feature_sets(layer: nn.Module, disentangled: DisentangledLayer, random
 
 @torch.no_grad()
 def evaluate(model: nn.Module, layer_path: str, disentangled: DisentangledLayer, dataset, *, ms_top_k: int,
-             random_seed: int, batch_size: int, workers: int = 0, accuracy: str = "auto") -> dict:
+             random_seed: int, batch_size: int, workers: int = 0, accuracy: str = "auto", probe=None) -> dict:
     """ELUDe's metrics (:func:`score`): accuracy and R^2 with the disentangled layer swapped in, and the
-    MS-Score of the original units, the sub-units and the random-partition control, in two spaces."""
+    MS-Score of the original units, the sub-units and the random-partition control, in two spaces; each one's
+    live features and L0 (:func:`features_summary`; on the probe instances where ``probe``, an activation
+    cache, is given)."""
     layer = get_module(model, layer_path)
     n_units = layer_weight_bias(layer)[0].shape[0]
     parent = disentangled.parent
     res = score(model, layer_path, dataset, elude_feature_sets(layer, disentangled, random_seed),
                 {"disentangled": lambda: swapped(model, layer_path, disentangled, back_to_cpu=True)},
-                ms_top_k=ms_top_k, batch_size=batch_size, workers=workers, accuracy=accuracy)
+                ms_top_k=ms_top_k, batch_size=batch_size, workers=workers, accuracy=accuracy,
+                probe=() if probe is None else probe_forwards(probe, layer))
     ms = res["ms"]
     counts = torch.bincount(parent, minlength=n_units).numpy()
     split_units = counts > 1
@@ -284,7 +320,8 @@ def evaluate(model: nn.Module, layer_path: str, disentangled: DisentangledLayer,
                "n_split_units": int(split_units.sum()),
                "k_histogram": {int(c): int((counts == c).sum()) for c in np.unique(counts)},
                "ms_top_k": int(ms["units"]["top_images"].shape[1]), "pooled_space": res["pooled_space"],
-               "n_images": res["n_images"], "bad_images_skipped": res["bad_images_skipped"]}
+               "n_images": res["n_images"], "bad_images_skipped": res["bad_images_skipped"],
+               "features": features_summary(res)}
     for space in ("layer", "pooled"):
         suffix = "" if space == "layer" else "_pooled"
         summary["ms_score"].update({
@@ -305,32 +342,35 @@ def evaluate(model: nn.Module, layer_path: str, disentangled: DisentangledLayer,
 
 @torch.no_grad()
 def score_baseline(model: nn.Module, layer_path: str, baseline, dataset, *, ms_top_k: int, batch_size: int,
-                   workers: int = 0, accuracy: str = "auto") -> dict:
+                   workers: int = 0, accuracy: str = "auto", probe=None) -> dict:
     """A baseline's metrics by :func:`score`: the MS-Score of its features (codes read off the original
     layer's input and output), and accuracy and R^2 with its reconstruction in place of the layer output;
-    also its L0 on the evaluation instances. Features that never activate there get no MS-Score (NaN) and
-    are left out of the mean, as for ELUDe."""
-    active = {"sum": 0.0, "n": 0}
-
-    def features(f: Forward) -> torch.Tensor:
-        codes = baseline.apply(f.layer_in, f.layer_out)[0]
-        active["sum"] += float((codes[f.valid] != 0).sum())
-        active["n"] += int(f.valid.sum())
-        return codes
-
-    res = score(model, layer_path, dataset, {"features": features},
+    and its live features and L0 (:func:`features_summary`; on the probe instances where ``probe``, an activation
+    cache, is given). Features that never activate on the evaluation split get no MS-Score (NaN) and are left
+    out of the mean, as for ELUDe."""
+    res = score(model, layer_path, dataset, {"features": lambda f: baseline.apply(f.layer_in, f.layer_out)[0]},
                 {"reconstructed": lambda: substituted(model, layer_path, lambda q, a: baseline.apply(q, a)[1])},
-                ms_top_k=ms_top_k, batch_size=batch_size, workers=workers, accuracy=accuracy)
+                ms_top_k=ms_top_k, batch_size=batch_size, workers=workers, accuracy=accuracy,
+                probe=() if probe is None else probe_forwards(probe, get_module(model, layer_path)))
     ms = res["ms"]["features"]
+    features = features_summary(res)["features"]
     summary = {"accuracy": res["accuracy"], "r2": res["r2"]["reconstructed"],
                "ms_score": {"features_mean": nanmean(ms["layer"]), "features_mean_pooled": nanmean(ms["pooled"])},
-               "n_features": int(len(ms["layer"])), "n_scored_features": int((~np.isnan(ms["layer"])).sum()),
-               "l0_eval": active["sum"] / max(active["n"], 1), "ms_top_k": int(ms["top_images"].shape[1]),
+               "n_features": features["n_features"], "n_scored_features": features["n_scored"],
+               "l0_eval": features["l0_eval"], "features": features, "ms_top_k": int(ms["top_images"].shape[1]),
                "pooled_space": res["pooled_space"], "n_images": res["n_images"],
                "bad_images_skipped": res["bad_images_skipped"]}
     tables = {"features_ms_layer": ms["layer"], "features_ms_pooled": ms["pooled"],
               "features_top_images": ms["top_images"]}
     return {"summary": summary, "tables": tables}
+
+
+def features_summary(res: dict) -> dict[str, dict]:
+    """Per feature set of :func:`score`'s result: its features, those scored (with an MS-Score: see
+    :meth:`TopImages.scores`), those live on the evaluation and on the probe instances (None without a probe
+    pass), and its evaluation L0 (firings, > 0, per valid instance)."""
+    return {name: {**act, "n_scored": int((~np.isnan(res["ms"][name]["layer"])).sum())}
+            for name, act in res["activity"].items()}
 
 
 def _masked_mean(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 import time
 
+from ..baselines import LIVE_MATCH_TRIES
+
 # Per job: Python, torch, timm and elude imported, the inputs opened (on 2 cores, tests/test_template_run.py's
 # run: 3.1 s per surgery shard, which does little else, 4.8 s per baseline training job of a few steps).
 JOB_START_S = 4.0
@@ -115,8 +117,9 @@ def stage_seconds(config: dict, shape: dict, probe_images: int, eval_images: int
                 add(stage, 1, PASSES[stage] * eval_images * per_image_s)
             elif stage == "baseline_train":
                 ef = p["expansion_factor"]
-                features = subunits if ef == "match" else int(ef * units)
-                add(stage, 1, p["epochs"] * baseline_epoch_seconds(p["family"], instances, features, units, inputs))
+                features = subunits if ef in ("match", "match_live") else int(ef * units)
+                tries = 1 + LIVE_MATCH_TRIES if ef == "match_live" else 1  # at most; each about ELUDe's size
+                add(stage, 1, tries * p["epochs"] * baseline_epoch_seconds(p["family"], instances, features, units, inputs))
             else:  # merge, report, selection and the studies' own jobs: start-up and little work
                 add(stage, 1, 0.0)
     return out

@@ -194,7 +194,7 @@ def _family_settings(config: dict, family: str) -> dict:
 
 def _train_inputs(config: dict, chain: dict) -> dict:
     inputs = {"cache": chain["cache"]["id"], "backbone": chain["backbone"]["id"]}
-    if config["baselines"]["expansion_factor"] == "match":
+    if config["baselines"]["expansion_factor"] in ("match", "match_live"):
         inputs["merge"] = chain["merge"]["id"]
     return inputs
 
@@ -207,7 +207,10 @@ def baseline_artifacts(config: dict, seed: int | None = None) -> list[dict]:
     """The baseline artifacts one token seed's report needs, each {"stage", "id", "params", "inputs",
     "family"}: on the first seed, the sweep (one ``baseline_train`` per grid point) and the eq. 9
     ``baseline_select``, whose model is the seed's; on the others, a ``baseline_train`` of the selected
-    point; then a ``baseline_eval`` per family (Section E.1)."""
+    point; then a ``baseline_eval`` per family (Section E.1). With ``expansion_factor: match_live`` the sweep
+    trains at ``match`` (its artifacts are a ``match`` run's) and every seed's selected point is trained again
+    at the size whose live features match ELUDe's sub-units (the first seed's search starts from the selection's
+    own model)."""
     from ..baselines import family_grid, grid_points
 
     b = config["baselines"]
@@ -223,15 +226,19 @@ def baseline_artifacts(config: dict, seed: int | None = None) -> list[dict]:
     def train_inputs(chain):
         return _train_inputs(config, chain)
 
+    live = b["expansion_factor"] == "match_live"
     for family in b["families"]:
         settings = _family_settings(config, family)
         grid = family_grid(b, family)
-        sweep = {input_key("train", f"{i:03d}"): add("baseline_train", {**settings, "hp": hp}, train_inputs(first), family)["id"]
-                 for i, hp in enumerate(grid_points(grid))}
+        sweep_settings = {**settings, "expansion_factor": "match"} if live else settings
+        sweep = {input_key("train", f"{i:03d}"): add("baseline_train", {**sweep_settings, "hp": hp}, train_inputs(first),
+                                                     family)["id"] for i, hp in enumerate(grid_points(grid))}
         select = add("baseline_select", {"family": family, "grid": grid}, sweep, family)
         source = {"baseline_select": select["id"]}
-        if seed != seeds[0]:
-            fit = add("baseline_train", {**settings, "hp": "selected"}, {**train_inputs(mine), **source}, family)
+        if seed != seeds[0] or live:
+            first_try = {"first_try": "selection"} if live and seed == seeds[0] else {}
+            fit = add("baseline_train", {**settings, "hp": "selected", **first_try}, {**train_inputs(mine), **source},
+                      family)
             source = {"baseline_train": fit["id"]}
         ev = config["evaluate"]
         add("baseline_eval", {"ms_top_k": ev["ms_top_k"], "accuracy": ev["accuracy"], "batch_size": ev["batch_size"],
@@ -327,8 +334,9 @@ def ef_config(config: dict, target: float) -> dict:
     """The run's config at expansion factor ``target``: ELUDe matched to it, the baselines at it (8.0 is 8: the
     ids of a run whose own baselines are at that EF are shared)."""
     target = int(target) if float(target).is_integer() else target
+    live = config["baselines"]["expansion_factor"] == "match_live"  # then matched by live features at every EF
     return {**config, "cluster": {**config["cluster"], "target_ef": target},
-            "baselines": {**config["baselines"], "expansion_factor": target}}
+            "baselines": {**config["baselines"], "expansion_factor": "match_live" if live else target}}
 
 
 def ef_sweep_artifacts(config: dict) -> list[dict]:
@@ -448,3 +456,16 @@ def run_folders(configfile: str | Path | None = None, workdir: str | Path = ".",
     arts = run_artifacts(config)["seeds"][token_seeds(config)[0] if seed is None else seed]
     folders = {stage: Path(workdir) / "results" / stage / a["id"] for stage, a in arts.items()}
     return {stage: f for stage, f in folders.items() if f.is_dir()}
+
+
+def baseline_models(config: dict, workdir: str | Path = ".", seed: int | None = None, selection: bool = False) -> dict:
+    """family -> the model folder of a run's baseline on token seed ``seed`` (default: the first): the one its
+    Table 2 row scored (``baseline_eval``'s source: the eq. 9 selection, a later seed's training, or
+    ``match_live``'s refit), or with ``selection`` the eq. 9 selection's own (what Tables 4 and 5 use). Folders
+    may not exist yet: the caller checks."""
+    seed = token_seeds(config)[0] if seed is None else seed
+    arts = baseline_artifacts(config, seed)
+    if selection:
+        return {a["family"]: Path(workdir) / "results/baseline_select" / a["id"] for a in arts if a["stage"] == "baseline_select"}
+    return {a["family"]: Path(workdir) / "results" / stage / i for a in arts if a["stage"] == "baseline_eval"
+            for stage, i in a["inputs"].items() if stage != "backbone"}

@@ -69,10 +69,10 @@ def evaluate_memory_mb(n_units: int, n_subunits: int, ms_top_k: int, batch_size:
 
 def baseline_memory_mb(params: dict, n_units: int, n_upstream: int, chunk_rows: int) -> int:
     """Memory request of a baseline training job: ~1.5 GB for the process, the dictionary and encoder with
-    gradients and Adam's two moments (x4; at ``match`` assumed 16 x units), the archetypal mixing matrix
+    gradients and Adam's two moments (x4; at ``match`` assumed 16 x units, at ``match_live`` 32 x), the archetypal mixing matrix
     (features x candidate points, x4) and candidates, and the shuffling window of cache chunks (q and a,
     float32, x3 while permuted)."""
-    ef = 16 if params["expansion_factor"] == "match" else params["expansion_factor"]
+    ef = {"match": 16, "match_live": 32}.get(params["expansion_factor"], params["expansion_factor"])
     n_feat = int(ef * n_units)
     d_read = n_upstream if params["family"] == "transcoder" else n_units
     weights = 4 * n_feat * (d_read + n_units + 2) * 4

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from .html import bytes_data_uri, figure_png
-from .tables import cell_value, column_findings, findings_html, ranked_table_html
+from .tables import FAIR_COLUMNS, cell_value, column_findings, findings_html, ranked_table_html
 
 TABLE6_COLUMNS = (("llm_rank", "LLM Rank (↓)"), ("ms_score", "MS-Score (↑)"), ("accuracy", "Accuracy (↑)"),
                   ("r2", "R² (↑)"))
@@ -23,8 +23,8 @@ def ef_block(per_seed_rows: list[dict], efs: dict[str, list[float]], ranks: dict
     the seeds, with each method's EF (features / units: ELUDe's effective EF) and its LLM Rank, where judges ran."""
     rows = {}
     for key, first in per_seed_rows[0].items():
-        rows[key] = {"method": first["method"], **{c: stat([r[key][c] for r in per_seed_rows])
-                                                   for c in ("ms_score", "accuracy", "r2")},
+        rows[key] = {"method": first["method"], **{c: stat([r[key].get(c) for r in per_seed_rows])
+                                                   for c in ("ms_score", "accuracy", "r2") + tuple(k for k, _ in FAIR_COLUMNS)},
                      "ef": stat(efs[key]), "llm_rank": (ranks or {}).get(key)}
     return rows
 
@@ -41,21 +41,24 @@ def figure2_points(blocks: dict[str, dict]) -> list[dict]:
             acc = cell_value(r.get("accuracy"))
             points.append({"block": name, "method": key, "name": r["method"], "ef": cell_value(r.get("ef")),
                            "ms_score": cell_value(r.get("ms_score")), "r2": cell_value(r.get("r2")),
+                           "live": cell_value(r.get("live")),
                            "accuracy_drop": None if acc is None or base_acc is None else round(base_acc - acc, 4)})
     return points
 
 
 def figure2_png(points: list[dict]) -> bytes:
-    """Interpretability (MS-Score) against faithfulness: R^2 (left) and the accuracy drop (right); one
-    marker per method and EF, its area proportional to the EF; ELUDe as pink diamonds (the paper's colour)."""
+    """Interpretability (MS-Score) against faithfulness: R^2 (left) and the accuracy drop (middle), and against
+    the live features (right: what a method's MS-Score is an average over); one marker per method and EF, its
+    area proportional to the EF; ELUDe as pink diamonds (the paper's colour)."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(11, 4.2), layout="constrained")
+    fig = Figure(figsize=(15, 4.2), layout="constrained")
     methods = list(dict.fromkeys(p["name"] for p in points))
     palette = [f"C{i}" for i in range(10) if i != 6]  # C6 is pink: ELUDe's alone
     colors = {m: ("#d0609a" if m == "ELUDe" else palette[i % len(palette)]) for i, m in enumerate(methods)}
-    for i, (key, label) in enumerate((("r2", "R² (%) ↑"), ("accuracy_drop", "accuracy drop (points) ↓"))):
-        ax = fig.add_subplot(1, 2, i + 1)
+    for i, (key, label) in enumerate((("r2", "R² (%) ↑"), ("accuracy_drop", "accuracy drop (points) ↓"),
+                                      ("live", "live features (probe)"))):
+        ax = fig.add_subplot(1, 3, i + 1)
         for m in methods:
             mine = [p for p in points if p["name"] == m and p[key] is not None and p["ms_score"] is not None]
             if mine:
@@ -66,6 +69,8 @@ def figure2_png(points: list[dict]) -> bytes:
                     ax.annotate(f"{p['ef']:.3g}", (p[key], p["ms_score"]), fontsize=7, xytext=(4, 4),
                                 textcoords="offset points")
         ax.set(xlabel=label, ylabel="MS-Score (%) ↑", title=f"interpretability vs. {label.split(' (')[0]}")
+        if key == "live":
+            ax.set_xscale("log")
         if i == 0:
             ax.legend(fontsize=7, markerscale=0.5)
     return figure_png(fig)
@@ -90,7 +95,7 @@ def table6_ef_html(t6: dict, png: bytes | None) -> str:
             + ", ".join(f"{p['value']} → {p['ef']:.3f}" for p in s["path"]) + ")"
             for seed, s in t6["searches"][key].items())
         out += (f"<h3>EF {html_lib.escape(key)}</h3>"
-                f"{ranked_table_html(rows, TABLE6_COLUMNS, {'llm_rank'}, first=(('ef_text', 'EF'),))}"
+                f"{ranked_table_html(rows, TABLE6_COLUMNS, {'llm_rank'}, first=(('ef_text', 'EF'),), plain=FAIR_COLUMNS)}"
                 f"{findings_html(column_findings(rows, TABLE6_COLUMNS, {'llm_rank'}))}"
                 f"<p>ELUDe's target-EF search: {html_lib.escape(searches)}.</p>")
     if out:
@@ -101,8 +106,9 @@ def table6_ef_html(t6: dict, png: bytes | None) -> str:
                f" best; LLM Rank per EF where judges ran.</p>{out}")
     if png:
         out += ("<h2 id=\"figure2\">Interpretability vs. faithfulness (Figure 2)</h2>"
-                f'<img src="{bytes_data_uri(png)}" alt="Figure 2: MS-Score against R² and accuracy drop">'
+                f'<img src="{bytes_data_uri(png)}" alt="Figure 2: MS-Score against R², accuracy drop and live features">'
                 "<p>One marker per method and table (Table 2 and each EF of Table 6), its area proportional to the"
-                " EF (the number beside it); the backbone is the reference (R² 100%, no accuracy drop). Data:"
-                " summary.json, figure2.</p>")
+                " EF (the number beside it); the backbone is the reference (R² 100%, no accuracy drop). Right: against"
+                " the live features (fired on the probe instances), the count a method's MS-Score is averaged over."
+                " Data: summary.json, figure2.</p>")
     return out

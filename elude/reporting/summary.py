@@ -12,34 +12,49 @@ import numpy as np
 from .ef_tables import figure2, figure2_png, table6_ef_html
 from .html import CSS
 from .study_tables import studies_html, studies_summary, table3, table4, table5, table7
-from .tables import column_findings, findings_html, fmt, pct, ranked_table_html
+from .tables import (
+    FAIR_COLUMNS,
+    NOT_SPARSE_L0,
+    NOT_SPARSE_MARK,
+    column_findings,
+    fair_columns,
+    findings_html,
+    fmt,
+    pct,
+    ranked_table_html,
+)
 
 TABLE2_COLUMNS = (("llm_rank", "LLM Rank (↓)"), ("ms_score", "MS-Score (↑)"), ("ms_score_pooled", "MS-Score, pooled space (↑)"),
                   ("accuracy", "Accuracy (↑)"), ("r2", "R² (↑)"))
 LOWER_IS_BETTER = {"llm_rank"}
-
-
 def table2(metrics: dict, baselines: dict[str, dict]) -> dict:
     """Table 2 of one token dataset: rows backbone only, each baseline family (paper order), ELUDe; columns
     MS-Score (layer and pooled space), accuracy, R^2, all in percent, and the LLM Rank (filled by the judges
     stage, a later issue; null until then). ``baselines``: family -> its baseline_eval metrics."""
     from ..baselines import FAMILIES, FAMILY_NAMES
 
-    ms = metrics["ms_score"]
+    ms, n_units = metrics["ms_score"], metrics["n_units"]
+    features = metrics.get("features", {})
     rows = {"backbone": {"method": "Backbone only", "ms_score": pct(ms["units_mean"]),
                          "ms_score_pooled": pct(ms["units_mean_pooled"]),
-                         "accuracy": pct(metrics["accuracy"]["original"]), "r2": 100.0, "llm_rank": None}}
+                         "accuracy": pct(metrics["accuracy"]["original"]), "r2": 100.0, "llm_rank": None,
+                         **fair_columns(features.get("units"), n_units)}}
     for family in [f for f in FAMILIES if f in baselines]:
         b = baselines[family]
-        rows[family] = {"method": FAMILY_NAMES[family], "ms_score": pct(b["ms_score"]["features_mean"]),
+        fair = fair_columns(b.get("features"), n_units)
+        not_sparse = b["l0_eval"] > NOT_SPARSE_L0 * b["n_features"]
+        rows[family] = {"method": FAMILY_NAMES[family] + (NOT_SPARSE_MARK if not_sparse else ""),
+                        "ms_score": pct(b["ms_score"]["features_mean"]),
                         "ms_score_pooled": pct(b["ms_score"]["features_mean_pooled"]),
                         "accuracy": pct(b["accuracy"]["reconstructed"]), "r2": pct(b["r2"]), "llm_rank": None,
                         "n_features": b["n_features"], "n_scored_features": b["n_scored_features"],
-                        "l0_eval": b["l0_eval"], "hp": b["hp"], "ef": b["n_features"] / metrics["n_units"]}
+                        "l0_eval": b["l0_eval"], "hp": b["hp"], "ef": b["n_features"] / n_units,
+                        "not_sparse": not_sparse, **fair}
     rows["elude"] = {"method": "ELUDe", "ms_score": pct(ms["subunits_mean"]),
                      "ms_score_pooled": pct(ms["subunits_mean_pooled"]),
                      "accuracy": pct(metrics["accuracy"]["disentangled"]), "r2": pct(metrics["r2"]),
-                     "llm_rank": None, "n_features": metrics["n_subunits"], "ef": metrics["expansion_factor"]}
+                     "llm_rank": None, "n_features": metrics["n_subunits"], "ef": metrics["expansion_factor"],
+                     **fair_columns(features.get("subunits"), n_units)}
     return {"unit": "percent", "rows": rows}
 
 
@@ -84,7 +99,7 @@ def summary(run_name: str, verify: dict, metrics: dict, layer_meta: dict, artifa
 
 
 def table2_html(rows: dict[str, dict]) -> str:
-    return ranked_table_html(rows, TABLE2_COLUMNS, LOWER_IS_BETTER)
+    return ranked_table_html(rows, TABLE2_COLUMNS, LOWER_IS_BETTER, plain=FAIR_COLUMNS)
 
 
 def table2_findings(rows: dict[str, dict]) -> list[str]:
@@ -96,7 +111,12 @@ TABLE2_NOTE = ("<p>Percent. MS-Score (eq. 7) of every feature that activates on 
                " R² of the reconstructed layer output. Baselines are trained on the same probe instances and scored by"
                " the same code; each family's hyperparameters are the eq. 9 choice of its sweep. Bold: best, underlined:"
                " second best (the backbone-only row is not ranked). LLM Rank (1 = best): order of the consensus win rates"
-               " of Table 3, pooled over the token seeds; — where the run has no judges (judges.models).</p>")
+               " of Table 3, pooled over the token seeds; — where the run has no judges (judges.models). Not ranked, what the"
+               " numbers rest on: a method's features; those live (that fire, > 0, on at least one probe instance: the"
+               " instances ELUDe's top-k and the baselines' training read); the live expansion factor (live features /"
+               " units); the evaluation L0 (features firing per evaluation instance); the share of features scored (an"
+               f" MS-Score needs a feature that fires on the evaluation split). {NOT_SPARSE_MARK.strip()}: not sparse, a"
+               f" baseline whose evaluation L0 is above {NOT_SPARSE_L0:.0%} of its features.</p>")
 
 
 
@@ -151,12 +171,10 @@ def html(summary: dict, metrics: dict, tables: dict, layer_meta: dict, thumbnail
     artifacts = "".join(f"<tr><td>{s}</td><td><code>{html_lib.escape(p)}</code></td></tr>"
                         for s, p in summary["artifacts"].items())
     details = "".join(
-        f"<tr><td>{html_lib.escape(r['method'])}</td><td>{r['n_features']}</td><td>{r['n_scored_features']}</td>"
-        f"<td>{fmt(r['l0_eval'])}</td><td><code>{html_lib.escape(json.dumps(r['hp']))}</code></td></tr>"
+        f"<tr><td>{html_lib.escape(r['method'])}</td><td><code>{html_lib.escape(json.dumps(r['hp']))}</code></td></tr>"
         for k, r in summary["table2"]["rows"].items() if "hp" in r)
-    details = (f"<table><tr><th>baseline</th><th>features</th><th>features scored (active on the evaluation split)</th>"
-               f"<th>L0 (evaluation)</th><th>selected hyperparameters (eq. 9)</th></tr>{details}</table>" if details else
-               "<p>No baseline family was run (baselines.families is empty).</p>")
+    details = (f"<table><tr><th>baseline</th><th>selected hyperparameters (eq. 9)</th></tr>{details}</table>" if details
+               else "<p>No baseline family was run (baselines.families is empty).</p>")
     sections = [("lossless", "Lossless check"), ("table2", "Table 2")] + (
         [("table6-ef", "Table 6 (EF axis)")] if summary.get("table6_ef") else []) + [
         ("figure2", "Figure 2"), ("ms-score", "MS-Score"),
@@ -208,7 +226,8 @@ def aggregate(run_name: str, seeds: list[int], summaries: list[dict]) -> dict:
                     "per_seed": x.tolist()}
     rows = {}
     for key, row in summaries[0]["table2"]["rows"].items():
-        rows[key] = {"method": row["method"], **{col: stats.get(f"table2.rows.{key}.{col}") for col, _ in TABLE2_COLUMNS},
+        rows[key] = {"method": row["method"],
+                     **{col: stats.get(f"table2.rows.{key}.{col}") for col, _ in TABLE2_COLUMNS + FAIR_COLUMNS},
                      "ef": stats.get(f"table2.rows.{key}.ef"),
                      "llm_rank": row["llm_rank"]}  # one rank pooled over the seeds (Table 3), not a mean
     t6 = summaries[0].get("table6_ef")  # over every seed already, on the first seed's report

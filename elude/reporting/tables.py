@@ -22,10 +22,31 @@ def cell_value(cell):
     return cell.get("mean") if isinstance(cell, dict) else cell
 
 
-def ranked_table_html(rows: dict[str, dict], columns, lower_is_better=(), unranked=("backbone",), first=()) -> str:
+# Issue 26's fair columns, not ranked: what each method's numbers rest on (live features, not dictionary size,
+# make an expansion factor; an SAE that is not sparse is not the method the paper compares against)
+FAIR_COLUMNS = (("n_features", "features"), ("live", "live features (probe)"), ("live_ef", "live EF"),
+                ("l0_eval", "L0 (evaluation)"), ("scored", "scored (%)"))
+NOT_SPARSE_L0 = 0.10  # a baseline whose evaluation L0 exceeds this fraction of its features is flagged
+NOT_SPARSE_MARK = " †"
+
+
+def fair_columns(features: dict | None, n_units: int) -> dict:
+    """A feature set's fair columns (:data:`FAIR_COLUMNS`) from :func:`elude.evaluation.scoring.features_summary`:
+    live = fired on the probe instances (on the evaluation instances for artifacts without a probe pass)."""
+    if not features:
+        return {}
+    live = features["live_probe"] if features.get("live_probe") is not None else features["live_eval"]
+    return {"n_features": features["n_features"], "live": live, "live_ef": live / n_units,
+            "l0_eval": features["l0_eval"], "scored": 100.0 * features["n_scored"] / max(features["n_features"], 1)}
+
+
+
+def ranked_table_html(rows: dict[str, dict], columns, lower_is_better=(), unranked=("backbone",), first=(),
+                      plain=()) -> str:
     """A results table as HTML. ``rows``: key -> {"method", column: a number, None, or {"mean", "std"}};
-    ``first``: (key, label) text columns before the numbers. Per column the best method is bold and the
-    second best underlined; ``unranked`` rows (references: the backbone) are not ranked, as in the paper."""
+    ``first``: (key, label) text columns before the numbers; ``plain``: number columns after them, not ranked.
+    Per column the best method is bold and the second best underlined; ``unranked`` rows (references: the
+    backbone) are not ranked, as in the paper."""
     value = cell_value
     marks = {}
     for col, _ in columns:
@@ -42,10 +63,11 @@ def ranked_table_html(rows: dict[str, dict], columns, lower_is_better=(), unrank
         tag = marks[col].get(round(v, 2)) if ranked else None
         return f"<td><{tag}>{text}</{tag}></td>" if tag else f"<td>{text}</td>"
 
-    head = "".join(f"<th>{html_lib.escape(label)}</th>" for _, label in tuple(first) + tuple(columns))
+    head = "".join(f"<th>{html_lib.escape(label)}</th>" for _, label in tuple(first) + tuple(columns) + tuple(plain))
     body = "".join(f"<tr><td>{html_lib.escape(r['method'])}</td>"
                    + "".join(f"<td>{fmt(r.get(k))}</td>" for k, _ in first)
-                   + "".join(cell(col, r.get(col), k not in unranked) for col, _ in columns) + "</tr>"
+                   + "".join(cell(col, r.get(col), k not in unranked) for col, _ in columns)
+                   + "".join(cell(col, r.get(col), False) for col, _ in plain) + "</tr>"
                    for k, r in rows.items())
     return f'<table class="ranked"><tr><th>method</th>{head}</tr>{body}</table>'
 

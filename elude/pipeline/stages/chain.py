@@ -266,13 +266,15 @@ def verify(st: Stage, backbone_dir: str, merge_dir: str, out: str) -> dict:
 
 
 # --- evaluate ---------------------------------------------------------------------------------------
-def evaluate(st: Stage, backbone_dir: str, merge_dir: str, out: str) -> None:
-    """Memory: see :mod:`elude.evaluation.scoring` (streamed; per-unit top-K lists and one batch)."""
+def evaluate(st: Stage, backbone_dir: str, merge_dir: str, cache_dirs: list[str], out: str) -> None:
+    """Memory: see :mod:`elude.evaluation.scoring` (streamed; per-unit top-K lists and one batch; then the
+    activation cache a chunk at a time, for the features live on the probe instances)."""
     p = st.params
     job = model_job(p, backbone_dir, "eval")
     res = scoring.evaluate(job.model, job.info["path"], DisentangledLayer.load(merge_dir), job.data,
                            ms_top_k=p["ms_top_k"], random_seed=p["random_seed"], batch_size=p["batch_size"],
-                           workers=st.runtime.get("workers", 0), accuracy=p["accuracy"])
+                           workers=st.runtime.get("workers", 0), accuracy=p["accuracy"],
+                           probe=cache_mod.Cache(cache_dirs))
     log.info("evaluate: %s", json.dumps({k: v for k, v in res["summary"].items() if k != "bad_images_skipped"}))
     with st.publish(out) as (tmp, _):
         (tmp / "metrics.json").write_text(json.dumps(res["summary"], indent=2))
