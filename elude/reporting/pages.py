@@ -13,17 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..evaluation.diagnostics import subunits_of
 from .html import CSS, ImageFile, _grid, bytes_data_uri, figure_png
 from .tables import fmt, pct
 
 PARENT_IMAGES, SUBUNIT_IMAGES = 16, 9  # Figure 3's parent grid (4x4); a sub-unit's 3x3 (as the judges see it)
 PLOTS = ("k_histogram.png", "ms_scores.png")
-
-
-def subunits_of(parent: np.ndarray, n_units: int) -> list[np.ndarray]:
-    """Each unit's sub-units, in order (one pass, not a scan of ``parent`` per unit)."""
-    order = np.argsort(parent, kind="stable")
-    return np.split(order, np.cumsum(np.bincount(parent, minlength=n_units))[:-1])
 
 
 def _ms(x) -> str:
