@@ -1,14 +1,17 @@
-"""Why a split helps (elude.evaluation.diagnostics): planted cases with known answers and a streamed correlation
-against numpy on the whole data."""
+"""Why a split helps (elude.evaluation.diagnostics): planted cases with known answers, a streamed correlation
+against numpy on the whole data, and evaluate's diagnostics of a real split against a brute-force computation."""
 import itertools
 
 import numpy as np
 import pytest
 import torch
 from scipy.stats import spearmanr
+from torch import nn
+from torch.utils.data import TensorDataset
 
 from elude.evaluation import diagnostics as dg
-from elude.method.surgery import fractions_for_rho
+from elude.method.layers import DisentangledLayer
+from elude.method.surgery import bias_fractions, fractions_for_rho
 
 
 def test_exclusive_fraction_counts_dimensions_won_by_a_proper_subset():
@@ -91,3 +94,41 @@ def test_unit_diagnostics_and_their_rank_correlation_with_the_gain():
     assert res["mean"]["gain_random_layer"] == 0.0 and res["mean"]["gain_random_pooled"] is None
     no_meta = dg.unit_diagnostics(tables, None, np.zeros(5))
     assert np.isnan(no_meta["exclusive_fraction"]).all() and np.isnan(no_meta["noise_share"]).all()
+
+
+def test_evaluate_writes_each_split_units_diagnostics_and_their_rank_correlations(rng):
+    """A real split of a CNN's 1x1 conv (instances: positions): evaluate's tables and summary against a
+    brute-force computation over every evaluation instance."""
+    from elude.evaluation.scoring import evaluate
+
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.GELU(), nn.Conv2d(8, 12, 1), nn.GELU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(12, 4)).eval()
+    images, labels = torch.randn(30, 1, 6, 6), torch.randint(0, 4, (30,))
+    fracs = [fractions_for_rho(np.abs(rng.normal(size=(k, 8))), 0.6) if k > 1 else np.ones((1, 8))
+             for k in rng.integers(1, 4, 12)]
+    fracs[0] = np.array([[1.0, 0, 0, 0, 1, 1, 0, 0], [0, 1, 1, 1, 0, 0, 1, 1]])  # disjoint sub-units
+    meta = {"units": [{"exclusive_fraction": dg.exclusive_fraction(f), "noise": 2, "top_k": 8} for f in fracs]}
+    dl = DisentangledLayer.from_fractions(net[2], fracs, [bias_fractions(f) for f in fracs], meta)
+    res = evaluate(net, "2", dl, TensorDataset(images, labels), ms_top_k=10, random_seed=0, batch_size=8)
+    t, k = res["tables"], res["tables"]["k_per_unit"]
+    assert t["diag_exclusive_fraction"][0] == 1.0 and t["diag_noise_share"][0] == 0.25
+    with torch.no_grad():  # every position of every image is a valid instance of the conv layer
+        q = net[1](net[0](images)).movedim(1, -1).reshape(-1, 8)
+        subs = dl.subunits_of_instances(q).double().numpy()
+    c = np.corrcoef(subs.T)
+    for u in range(12):
+        ids = dl.subunits_of(u)
+        if k[u] < 2:
+            assert all(np.isnan(t[f"diag_{name}"][u]) for name in (*dg.DIAGNOSTICS, *dg.GAINS))
+            continue
+        assert t["diag_activation_correlation"][u] == pytest.approx(
+            np.mean([c[a, b] for a, b in itertools.combinations(ids, 2)]), abs=1e-6)
+        assert t["diag_gain_parent_layer"][u] == pytest.approx(
+            np.nanmean(t["subunits_ms_layer"][ids]) - t["units_ms_layer"][u])
+    diag = res["summary"]["split_diagnostics"]
+    assert diag["n_split_units"] == int((k > 1).sum()) == res["summary"]["n_split_units"]
+    cell = diag["rank_correlation"]["gain_random_layer"]["activation_correlation"]
+    m = (k > 1) & np.isfinite(t["diag_gain_random_layer"])
+    assert cell["n"] == int(m.sum()) and cell["rho"] == pytest.approx(
+        spearmanr(t["diag_activation_correlation"][m], t["diag_gain_random_layer"][m]).statistic)

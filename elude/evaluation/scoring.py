@@ -28,6 +28,7 @@ from ..models.backbones import (
 )
 from ..models.data import Batch, iter_batches
 from ..util.progress import progress
+from . import diagnostics
 from .metrics import R2, ms_score, output_differences
 
 log = logging.getLogger(__name__)
@@ -267,11 +268,16 @@ def elude_feature_sets(layer: nn.Module, disentangled: DisentangledLayer, random
 def evaluate(model: nn.Module, layer_path: str, disentangled: DisentangledLayer, dataset, *, ms_top_k: int,
              random_seed: int, batch_size: int, workers: int = 0, accuracy: str = "auto") -> dict:
     """ELUDe's metrics (:func:`score`): accuracy and R^2 with the disentangled layer swapped in, and the
-    MS-Score of the original units, the sub-units and the random-partition control, in two spaces."""
+    MS-Score of the original units, the sub-units and the random-partition control, in two spaces; per split
+    unit the diagnostics of :mod:`elude.evaluation.diagnostics` (tables ``diag_<name>``) and their rank
+    correlations with the MS-Score gains (summary ``split_diagnostics``)."""
     layer = get_module(model, layer_path)
     n_units = layer_weight_bias(layer)[0].shape[0]
     parent = disentangled.parent
-    res = score(model, layer_path, dataset, elude_feature_sets(layer, disentangled, random_seed),
+    feature_sets = elude_feature_sets(layer, disentangled, random_seed)
+    siblings, subunits = diagnostics.SiblingCorrelation(parent.numpy()), feature_sets["subunits"]
+    feature_sets["subunits"] = lambda f: siblings.update(subunits(f), f.valid)  # the sub-units' correlation, streamed
+    res = score(model, layer_path, dataset, feature_sets,
                 {"disentangled": lambda: swapped(model, layer_path, disentangled, back_to_cpu=True)},
                 ms_top_k=ms_top_k, batch_size=batch_size, workers=workers, accuracy=accuracy)
     ms = res["ms"]
@@ -300,6 +306,9 @@ def evaluate(model: nn.Module, layer_path: str, disentangled: DisentangledLayer,
               "random_ms_layer": ms["random"]["layer"], "random_ms_pooled": ms["random"]["pooled"],
               "units_top_images": ms["units"]["top_images"], "subunits_top_images": ms["subunits"]["top_images"],
               "parent": parent.numpy(), "k_per_unit": counts}
+    diag = diagnostics.unit_diagnostics(tables, disentangled.metadata.get("units"), siblings.per_unit())
+    summary["split_diagnostics"] = diagnostics.rank_correlations(diag, counts)
+    tables.update({f"diag_{name}": values for name, values in diag.items()})
     return {"summary": summary, "tables": tables}
 
 
