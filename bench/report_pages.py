@@ -19,6 +19,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from elude.evaluation.diagnostics import unit_diagnostics  # noqa: E402
 from elude.reporting.pages import PARENT_IMAGES, SUBUNIT_IMAGES, write_unit_pages  # noqa: E402
 
 
@@ -32,10 +33,13 @@ def synthetic(units: int, subunits: int, images: int, seed: int = 0) -> tuple[di
     top_s = np.stack([rng.choice(pools[p], SUBUNIT_IMAGES * 4) for p in parent])
     ms = rng.random(subunits)
     tables = {"parent": parent, "k_per_unit": k, "units_ms_layer": rng.random(units), "units_ms_pooled": rng.random(units),
-              "subunits_ms_layer": ms, "subunits_ms_pooled": ms, "units_top_images": top_u, "subunits_top_images": top_s}
+              "subunits_ms_layer": ms, "subunits_ms_pooled": ms, "random_ms_layer": ms / 2, "random_ms_pooled": ms / 2,
+              "units_top_images": top_u, "subunits_top_images": top_s}
     meta = {"layer": "blocks.11.mlp.fc2", "units": [
         {"k": int(kk), "rho": 0.5, "noise": 10, "top_k": 1000, "cluster_sizes": [100] * int(kk),
          "exclusive_fraction": 0.3} for kk in k]}
+    diag = unit_diagnostics(tables, meta["units"], rng.uniform(-1, 1, units))
+    tables.update({f"diag_{name}": v for name, v in diag.items()})
     return tables, meta
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from workflow_helpers import snakemake, write_config
 
+from elude.evaluation import diagnostics
 from elude.pipeline.stages.reporting import publish_run
 from elude.reporting import pages as report_pages
 from elude.reporting import summary as report
@@ -35,11 +36,13 @@ def _run(k=(2, 1, 3), nan_units=(), labels=True):
     meta = {"layer": "blocks.1.mlp.fc2", "units": [
         {"k": kk, "rho": 0.5 if kk > 1 else None, "noise": 3, "top_k": 20, "cluster_sizes": [5] * kk if kk > 1 else [],
          "exclusive_fraction": 0.25, "never_active": u in nan_units} for u, kk in enumerate(k)]}
+    diag = diagnostics.unit_diagnostics(tables, meta["units"], np.linspace(-0.5, 0.5, n))
+    tables.update({f"diag_{name}": v for name, v in diag.items()})
     hist = {str(kk): int(c) for kk, c in zip(*np.unique(k, return_counts=True))}
     ms = {f"{p}{w}_mean{suf}": 0.8 for p in ("", "split_") for w in ("units", "subunits", "random") for suf in ("", "_pooled")}
     metrics = {"accuracy": {"original": 0.9, "disentangled": 0.9}, "ms_score": ms, "ms_top_k": 20, "n_units": n,
                "n_subunits": s, "n_split_units": sum(kk > 1 for kk in k), "expansion_factor": s / n, "k_histogram": hist,
-               "r2": 1.0}
+               "r2": 1.0, "split_diagnostics": diagnostics.rank_correlations(diag, np.array(k))}
     verify = {"max_abs_diff": 0.0, "max_rel_diff": 0.0, "r2": 1.0, "prediction_agreement": 1.0, "lossless": True}
     lab = None
     if labels:
@@ -95,6 +98,18 @@ def test_report_renders_labels_concept_groups_and_a_page_per_unit(tmp_path):
     assert '<a href="../report.html#group-0">group 0</a>' in u2 and "group 1" in u2  # group 1 is not listed
     u1 = (tmp_path / "units/1.html").read_text()
     assert "unlabelled" in u1 and "no group (inactive)" in u1
+    # why a split helps: the rank correlations in the summary and the report, each split unit's own on its page
+    diag = summary["split_diagnostics"]
+    assert diag["n_split_units"] == 2 and set(diag["rank_correlation"]) == set(diagnostics.GAINS)
+    assert diag["rank_correlation"]["gain_parent_layer"]["top_overlap"] == {"rho": None, "p": None, "n": 2}
+    assert "across 2 split units</h2>" in page and 'href="#why-split"' in page
+    assert 'id="why-split"' in u2 and "Why this split helps" in u2 and 'id="why-split"' not in u1
+    cells = dict(re.findall(r"<tr><td>([^<]+)</td><td>([^<]+)</td></tr>", u2[u2.index('id="why-split"'):]))
+    assert cells[diagnostics.DIAGNOSTICS["exclusive_fraction"]] == "0.25"
+    assert cells[diagnostics.DIAGNOSTICS["noise_share"]] == "0.15"
+    assert cells[diagnostics.DIAGNOSTICS["activation_correlation"]] == "0.5"
+    assert float(cells["MS-Score gain over the parent, layer space (points)"]) == pytest.approx(
+        100 * (tables["subunits_ms_layer"][3:].mean() - tables["units_ms_layer"][2]), abs=1e-3)
 
 
 def test_report_without_labels_has_no_label_columns_or_groups(tmp_path):

@@ -5,8 +5,12 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from workflow_helpers import executed_rules, ids_for, snakemake, write_config
+
+from elude.evaluation.diagnostics import DIAGNOSTICS, GAINS
+from elude.util.files import load_arrays
 
 
 def test_tiny_run_summary(tiny_run):
@@ -42,6 +46,20 @@ def test_tiny_run_summary(tiny_run):
         "cache": Path(summary["artifacts"]["cache"]).name}
     html = (work / "results/runs/tiny/report.html").read_text()
     assert "MS-Score" in html and "data:image/png;base64" in html
+    # why a split helps: per split unit in evaluate's tables, their rank correlations in the summary and report,
+    # each split unit's own on its page
+    diag = summary["split_diagnostics"]
+    assert diag["n_split_units"] == summary["n_split_units"] > 0
+    assert set(diag["rank_correlation"]) == set(GAINS) and all(set(c) == set(DIAGNOSTICS) for c in diag["rank_correlation"].values())
+    cell = diag["rank_correlation"]["gain_parent_layer"]["exclusive_fraction"]
+    assert cell["n"] == diag["n_split_units"] and (cell["rho"] is None or -1 <= cell["rho"] <= 1)
+    assert f"across {diag['n_split_units']} split units</h2>" in html
+    tables = load_arrays(work / summary["artifacts"]["evaluate"] / "tables.safetensors")
+    split = tables["k_per_unit"] > 1
+    assert np.isfinite(tables["diag_exclusive_fraction"][split]).all() and np.isnan(tables["diag_top_overlap"][~split]).all()
+    u = int(np.flatnonzero(split)[0])
+    page = (work / f"results/runs/tiny/units/{u}.html").read_text()
+    assert "Why this split helps" in page and DIAGNOSTICS["activation_correlation"] in page
     assert not list((work / "results").rglob(".*.partial")) and not list((work / "results").rglob(".*.tmp-*"))
 
 

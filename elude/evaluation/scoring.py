@@ -29,6 +29,7 @@ from ..models.backbones import (
 )
 from ..models.data import Batch, iter_batches
 from ..util.progress import progress
+from . import diagnostics
 from .metrics import R2, ms_score, output_differences
 
 log = logging.getLogger(__name__)
@@ -221,9 +222,20 @@ def probe_forwards(cache, layer: nn.Module) -> Iterator[Forward]:
 
 
 @torch.no_grad()
+def live_features(probe: Iterable[Forward], feature_sets: dict) -> dict[str, int]:
+    """Per feature set (as :func:`score`'s), how many of its features fire (> 0) on at least one instance of
+    ``probe`` (:func:`probe_forwards`: the probe instances of the run's cache), in one streamed pass."""
+    live: dict[str, torch.Tensor] = {}
+    for fwd in probe:
+        for name, features in feature_sets.items():
+            fired = (features(fwd)[fwd.valid] > 0).any(0)
+            live[name] = live[name] | fired if name in live else fired
+    return {name: int(fired.sum()) for name, fired in live.items()}
+
+
+@torch.no_grad()
 def score(model: nn.Module, layer_path: str, dataset, feature_sets: dict, substitutes: dict, *, ms_top_k: int,
-          batch_size: int, workers: int = 0, accuracy: str = "auto", weight_range: str = "instances",
-          probe: Iterable[Forward] = ()) -> dict:
+          batch_size: int, workers: int = 0, accuracy: str = "auto", weight_range: str = "instances") -> dict:
     """The metrics every method gets, by one code path (Sections 4.1, B.2).
 
     ``feature_sets``: name -> fn(:class:`Forward` of the original model) -> activations (B, instances, F);
@@ -232,11 +244,9 @@ def score(model: nn.Module, layer_path: str, dataset, feature_sets: dict, substi
     place of the layer; each gets top-1 accuracy and R^2 (:class:`R2`) of the layer output it produces.
 
     Pass 1 streams the evaluation set (accuracy, R^2, per-feature top-K images, pooled embeddings); pass 2
-    re-runs only the selected images to embed each at its argmax instance; pass 3 streams ``probe`` (:func:`probe_forwards`), where
-    given, for the features that fire on the probe instances. Every feature set's ``activity``: its features,
-    those live (fired, > 0, at least once) on the evaluation and on the probe instances, and its evaluation L0
-    (issue 26's fair columns: a method's live features, not its dictionary size, set its effective expansion
-    factor). ``accuracy``: auto = when the
+    re-runs only the selected images to embed each at its argmax instance. Every feature set's ``activity``: its features, those
+    live (fired, > 0, at least once) on the evaluation instances, and its evaluation L0 (issue 26's fair
+    columns; :func:`live_features` counts them on the probe instances). ``accuracy``: auto = when the
     model outputs (batch, classes) logits and every label is a class index (``never`` for a model whose
     2-D output is an embedding wider than the number of classes). ``weight_range``: :class:`TopImages`.
     """
@@ -271,11 +281,6 @@ def score(model: nn.Module, layer_path: str, dataset, feature_sets: dict, substi
             acts = features(ref)
             tops.setdefault(name, TopImages(acts.shape[-1], k, weight_range)).update(acts, ref.valid, batch.index)
     layer_emb = _embed_selected(model, layer_path, dataset, tops.values(), batch_size, workers)
-    live_probe: dict[str, torch.Tensor] = {}
-    for fwd in probe:
-        for name, features in feature_sets.items():
-            fired = (features(fwd)[fwd.valid] > 0).any(0)
-            live_probe[name] = live_probe[name] | fired if name in live_probe else fired
     ids = torch.tensor(sorted(pooled))
     pooled_emb = torch.zeros(int(ids.max()) + 1, len(pooled[int(ids[0])]))
     pooled_emb[ids] = torch.stack([pooled[int(i)] for i in ids])
@@ -283,8 +288,7 @@ def score(model: nn.Module, layer_path: str, dataset, feature_sets: dict, substi
     return {"accuracy": {name: (c / n_labelled if acc_on else None) for name, c in correct.items()},
             "r2": {name: r.value() for name, r in r2.items()},
             "ms": {name: t.scores(layer_emb, pooled_emb) for name, t in tops.items()},
-            "activity": {name: {**t.activity(), "live_probe": int(live_probe[name].sum()) if name in live_probe else None}
-                         for name, t in tops.items()},
+            "activity": {name: t.activity() for name, t in tops.items()},
             "pooled_space": pooled_space, "n_images": len(dataset), "bad_images_skipped": bad}
 
 
@@ -302,14 +306,18 @@ def evaluate(model: nn.Module, layer_path: str, disentangled: DisentangledLayer,
     """ELUDe's metrics (:func:`score`): accuracy and R^2 with the disentangled layer swapped in, and the
     MS-Score of the original units, the sub-units and the random-partition control, in two spaces; each one's
     live features and L0 (:func:`features_summary`; on the probe instances where ``probe``, an activation
-    cache, is given)."""
+    cache, is given); per split unit the diagnostics of :mod:`elude.evaluation.diagnostics` (tables
+    ``diag_<name>``) and their rank correlations with the MS-Score gains (summary ``split_diagnostics``)."""
     layer = get_module(model, layer_path)
     n_units = layer_weight_bias(layer)[0].shape[0]
     parent = disentangled.parent
-    res = score(model, layer_path, dataset, elude_feature_sets(layer, disentangled, random_seed),
+    sets = elude_feature_sets(layer, disentangled, random_seed)
+    siblings = diagnostics.SiblingCorrelation(parent.numpy())
+    streamed = {**sets, "subunits": lambda f: siblings.update(sets["subunits"](f), f.valid)}  # + sibling correlation
+    res = score(model, layer_path, dataset, streamed,
                 {"disentangled": lambda: swapped(model, layer_path, disentangled, back_to_cpu=True)},
-                ms_top_k=ms_top_k, batch_size=batch_size, workers=workers, accuracy=accuracy,
-                probe=() if probe is None else probe_forwards(probe, layer))
+                ms_top_k=ms_top_k, batch_size=batch_size, workers=workers, accuracy=accuracy)
+    live = {} if probe is None else live_features(probe_forwards(probe, layer), sets)
     ms = res["ms"]
     counts = torch.bincount(parent, minlength=n_units).numpy()
     split_units = counts > 1
@@ -321,7 +329,7 @@ def evaluate(model: nn.Module, layer_path: str, disentangled: DisentangledLayer,
                "k_histogram": {int(c): int((counts == c).sum()) for c in np.unique(counts)},
                "ms_top_k": int(ms["units"]["top_images"].shape[1]), "pooled_space": res["pooled_space"],
                "n_images": res["n_images"], "bad_images_skipped": res["bad_images_skipped"],
-               "features": features_summary(res)}
+               "features": features_summary(res, live)}
     for space in ("layer", "pooled"):
         suffix = "" if space == "layer" else "_pooled"
         summary["ms_score"].update({
@@ -337,6 +345,9 @@ def evaluate(model: nn.Module, layer_path: str, disentangled: DisentangledLayer,
               "random_ms_layer": ms["random"]["layer"], "random_ms_pooled": ms["random"]["pooled"],
               "units_top_images": ms["units"]["top_images"], "subunits_top_images": ms["subunits"]["top_images"],
               "parent": parent.numpy(), "k_per_unit": counts}
+    diag = diagnostics.unit_diagnostics(tables, disentangled.metadata.get("units"), siblings.per_unit())
+    summary["split_diagnostics"] = diagnostics.rank_correlations(diag, counts)
+    tables.update({f"diag_{name}": values for name, values in diag.items()})
     return {"summary": summary, "tables": tables}
 
 
@@ -348,12 +359,13 @@ def score_baseline(model: nn.Module, layer_path: str, baseline, dataset, *, ms_t
     and its live features and L0 (:func:`features_summary`; on the probe instances where ``probe``, an activation
     cache, is given). Features that never activate on the evaluation split get no MS-Score (NaN) and are left
     out of the mean, as for ELUDe."""
-    res = score(model, layer_path, dataset, {"features": lambda f: baseline.apply(f.layer_in, f.layer_out)[0]},
+    sets = {"features": lambda f: baseline.apply(f.layer_in, f.layer_out)[0]}
+    res = score(model, layer_path, dataset, sets,
                 {"reconstructed": lambda: substituted(model, layer_path, lambda q, a: baseline.apply(q, a)[1])},
-                ms_top_k=ms_top_k, batch_size=batch_size, workers=workers, accuracy=accuracy,
-                probe=() if probe is None else probe_forwards(probe, get_module(model, layer_path)))
+                ms_top_k=ms_top_k, batch_size=batch_size, workers=workers, accuracy=accuracy)
+    live = {} if probe is None else live_features(probe_forwards(probe, get_module(model, layer_path)), sets)
     ms = res["ms"]["features"]
-    features = features_summary(res)["features"]
+    features = features_summary(res, live)["features"]
     summary = {"accuracy": res["accuracy"], "r2": res["r2"]["reconstructed"],
                "ms_score": {"features_mean": nanmean(ms["layer"]), "features_mean_pooled": nanmean(ms["pooled"])},
                "n_features": features["n_features"], "n_scored_features": features["n_scored"],
@@ -365,12 +377,12 @@ def score_baseline(model: nn.Module, layer_path: str, baseline, dataset, *, ms_t
     return {"summary": summary, "tables": tables}
 
 
-def features_summary(res: dict) -> dict[str, dict]:
+def features_summary(res: dict, live_probe: dict[str, int]) -> dict[str, dict]:
     """Per feature set of :func:`score`'s result: its features, those scored (with an MS-Score: see
-    :meth:`TopImages.scores`), those live on the evaluation and on the probe instances (None without a probe
-    pass), and its evaluation L0 (firings, > 0, per valid instance)."""
-    return {name: {**act, "n_scored": int((~np.isnan(res["ms"][name]["layer"])).sum())}
-            for name, act in res["activity"].items()}
+    :meth:`TopImages.scores`), those live on the evaluation and on the probe instances (``live_probe``:
+    :func:`live_features`; None without a probe pass), and its evaluation L0 (firings, > 0, per valid instance)."""
+    return {name: {**act, "n_scored": int((~np.isnan(res["ms"][name]["layer"])).sum()),
+                   "live_probe": live_probe.get(name)} for name, act in res["activity"].items()}
 
 
 def _masked_mean(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

@@ -61,10 +61,13 @@ def evaluate_memory_mb(n_units: int, n_subunits: int, ms_top_k: int, batch_size:
                        n_images: int = 50_000, instances: int = 257) -> int:
     """Memory request of an evaluate job (:mod:`elude.evaluation.scoring`): 4 GB, plus the layer-space embeddings
     of the selected (image, instance) pairs ((units + 2 x sub-units) x ms_top_k x units float32), the
-    pooled embeddings (``n_images`` x units), and one batch of unit, sub-unit and control activations (x2)."""
+    pooled embeddings (``n_images`` x units), one batch of unit, sub-unit and control activations (x2), and the
+    sibling correlation's float32 and float64 copies of a batch of sub-units (x3;
+    :class:`elude.evaluation.diagnostics.SiblingCorrelation`)."""
     sets = n_units + 2 * n_subunits
     pairs = sets * ms_top_k * n_units * 4
-    return int(4000 + (pairs + n_images * n_units * 4 + 2 * batch_size * instances * sets * 4) / 2**20)
+    batch = batch_size * instances * 4
+    return int(4000 + (pairs + n_images * n_units * 4 + batch * (2 * sets + 3 * n_subunits)) / 2**20)
 
 
 def baseline_memory_mb(params: dict, n_units: int, n_upstream: int, chunk_rows: int) -> int:

@@ -1,7 +1,8 @@
 """The browsable parts of a run's report: one page per unit (``units/<u>.html``: the parent's top-16
 evaluation images and each sub-unit's top 9 with its MS-Scores, cluster size and, where the run has them,
 its concept label and group), the sortable index of every unit, the K_u and MS-Score plots, and the
-concept groups. Unit pages are separate files because at paper scale (768 units, ~3,000 sub-units) one
+concept groups; and why a split helps (the diagnostics' rank correlations, and each split unit's own on its
+page). Unit pages are separate files because at paper scale (768 units, ~3,000 sub-units) one
 page with every image inline would be over 100 MB; they show evaluation images written once each to
 ``img/`` (a parent's top images recur as its sub-units', and across units), and open from disk without a
 server."""
@@ -13,17 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..evaluation.diagnostics import DIAGNOSTICS, GAINS, subunits_of
 from .html import CSS, ImageFile, _grid, bytes_data_uri, figure_png
 from .tables import fmt, pct
 
 PARENT_IMAGES, SUBUNIT_IMAGES = 16, 9  # Figure 3's parent grid (4x4); a sub-unit's 3x3 (as the judges see it)
 PLOTS = ("k_histogram.png", "ms_scores.png")
-
-
-def subunits_of(parent: np.ndarray, n_units: int) -> list[np.ndarray]:
-    """Each unit's sub-units, in order (one pass, not a scan of ``parent`` per unit)."""
-    order = np.argsort(parent, kind="stable")
-    return np.split(order, np.cumsum(np.bincount(parent, minlength=n_units))[:-1])
 
 
 def _ms(x) -> str:
@@ -192,6 +188,41 @@ def labels_summary(labels: dict | None) -> dict | None:
             **{k: labels["groups"][k] for k in ("n_groups", "n_active_subunits", "n_multi_unit_groups")}}
 
 
+# --- why a split helps --------------------------------------------------------------------------------
+def why_split_html(diag: dict) -> str:
+    """The report's table: Spearman's rank correlation of each per-unit diagnostic with each MS-Score gain
+    across the split units (``split_diagnostics`` of summary.json; :mod:`elude.evaluation.diagnostics`)."""
+    corr, mean = diag["rank_correlation"], diag["mean"]
+
+    def cell(c: dict) -> str:
+        return "<td>—</td>" if c["rho"] is None or c["p"] is None else f'<td>{c["rho"]:+.2f} <small>(p {c["p"]:.2g}, n {c["n"]})</small></td>'
+
+    head = "".join(f"<th>gain {html_lib.escape(text)}</th>" for text in GAINS.values())
+    rows = "".join(f"<tr><td>{html_lib.escape(text)}</td><td>{fmt(mean[d])}</td>{''.join(cell(corr[g][d]) for g in GAINS)}</tr>"
+                   for d, text in DIAGNOSTICS.items())
+    gains = ", ".join(f"{html_lib.escape(text)} {fmt(pct(mean[g]))}" for g, text in GAINS.items())
+    return (f'<h2 id="why-split">Why a split helps: rank correlation of each diagnostic with the MS-Score gain across '
+            f'{diag["n_split_units"]} split units</h2>'
+            f'<p>Per split unit: the gain is the mean MS-Score of its sub-units minus its own (over the parent) or minus '
+            f'the mean of its random-partition sub-units (over the random partition). Cells: Spearman\'s rho '
+            f'(two-sided p, units where both are defined); — with fewer than 3 units or a constant column. Mean gains '
+            f'over the split units, in MS-Score points: {gains}. Each unit\'s own values are on its page.</p>'
+            f'<table><tr><th>diagnostic</th><th>mean over split units</th>{head}</tr>{rows}</table>')
+
+
+def unit_diagnostics_html(u: int, tables: dict) -> str:
+    """A split unit's own diagnostics and MS-Score gains (evaluate's ``diag_*`` tables); empty for a unit
+    that is not split."""
+    if tables["k_per_unit"][u] < 2:
+        return ""
+    rows = "".join(f"<tr><td>{html_lib.escape(text)}</td><td>{fmt(float(tables[f'diag_{d}'][u]))}</td></tr>"
+                   for d, text in DIAGNOSTICS.items())
+    rows += "".join(f"<tr><td>MS-Score gain {html_lib.escape(text)} (points)</td><td>{_ms(tables[f'diag_{g}'][u])}</td></tr>"
+                    for g, text in GAINS.items())
+    return (f'<h2 id="why-split">Why this split helps or not</h2><table class="diagnostics">{rows}</table>'
+            f'<p>Across the split units: <a href="../report.html#why-split">which diagnostic predicts the gain</a>.</p>')
+
+
 # --- unit pages --------------------------------------------------------------------------------------
 def subunit_panel(s: int, c: int, size, tables: dict, thumbnail, n_images: int, cols: int,
                   labels: dict | None = None, up: str = "") -> str:
@@ -228,14 +259,12 @@ def unit_page(u: int, subs: np.ndarray, run_name: str, tables: dict, layer_meta:
     panels = "".join(subunit_panel(int(s), c, sizes[c] if c < len(sizes) else None, tables, thumbnail,
                                    SUBUNIT_IMAGES, 3, labels, "../") for c, s in enumerate(subs))
     facts = (f'K = {int(tables["k_per_unit"][u])}, rho = {meta["rho"]}, {meta["noise"]} of its top {meta["top_k"]} '
-             f'instances left as noise, fraction of upstream dimensions assigned exclusively '
-             f'{fmt(meta["exclusive_fraction"])}'
-             + ("; never active on the probe split" if meta.get("never_active") else ""))
+             f'instances left as noise' + ("; never active on the probe split" if meta.get("never_active") else ""))
     title = f"Unit {u} — ELUDe run {html_lib.escape(run_name)}"
     return (f'<!doctype html><html><head><meta charset="utf-8"><title>{title}</title><style>{CSS}</style></head><body>'
             f'<nav>{nav}</nav><h1>Unit {u} of layer <code>{html_lib.escape(layer_meta["layer"])}</code></h1>'
-            f'<p>{facts}.</p>{alts}<p>Evaluation split: the parent\'s top {PARENT_IMAGES} images, each sub-unit\'s top '
-            f'{SUBUNIT_IMAGES}; MS-Scores in %, layer space / pooled space.</p>'
+            f'<p>{facts}.</p>{alts}{unit_diagnostics_html(u, tables)}<p>Evaluation split: the parent\'s top '
+            f'{PARENT_IMAGES} images, each sub-unit\'s top {SUBUNIT_IMAGES}; MS-Scores in %, layer space / pooled space.</p>'
             f'<div class="row">{parent_panel(u, tables, thumbnail, labels)}{panels}</div><nav>{nav}</nav></body></html>')
 
 

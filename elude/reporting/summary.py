@@ -89,6 +89,7 @@ def summary(run_name: str, verify: dict, metrics: dict, layer_meta: dict, artifa
             "noise_fraction_mean": float(np.mean([u["noise"] / u["top_k"] for u in units])),
             "exclusive_fraction_mean_split_units": float(np.mean([u["exclusive_fraction"] for u in split])) if split else None,
         },
+        "split_diagnostics": metrics["split_diagnostics"],  # why a split helps (elude.evaluation.diagnostics)
         "table2": t2,
         "table2_elude_not_best": table2_findings(t2["rows"]),
         **({"table6_ef": studies["table6_ef"]} if "table6_ef" in studies else {}),
@@ -177,7 +178,7 @@ def html(summary: dict, metrics: dict, tables: dict, layer_meta: dict, thumbnail
                else "<p>No baseline family was run (baselines.families is empty).</p>")
     sections = [("lossless", "Lossless check"), ("table2", "Table 2")] + (
         [("table6-ef", "Table 6 (EF axis)")] if summary.get("table6_ef") else []) + [
-        ("figure2", "Figure 2"), ("ms-score", "MS-Score"),
+        ("figure2", "Figure 2"), ("ms-score", "MS-Score"), ("why-split", "Why a split helps"),
                 ("k-histogram", "K<sub>u</sub> histogram"), ("ms-distributions", "MS-Score distributions")] + (
         [("concept-groups", "Concept groups")] if labels else []) + [("unit-index", "Unit index"),
                                                                       ("most-split", "Most-split units")]
@@ -195,6 +196,7 @@ def html(summary: dict, metrics: dict, tables: dict, layer_meta: dict, thumbnail
 dimensions assigned to sub-units at random. The paper's space embeds each image at the unit's argmax token in the
 layer's own output; the pooled space uses the model's pre-logit image embedding. Reported as measured.</p>
 <table><tr><th>units</th><th>embedding space</th><th>original units</th><th>ELUDe sub-units</th><th>random partition</th></tr>{ms_rows}</table>
+{pages.why_split_html(summary['split_diagnostics'])}
 {pages.plots_html(plots, summary['k_histogram'])}
 {pages.groups_html(labels, tables)}
 {pages.index_html(tables, layer_meta, labels)}

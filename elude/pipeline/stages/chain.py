@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ...demo import vit as demo_vit
-from ...evaluation import scoring
+from ...evaluation import diagnostics, scoring
 from ...evaluation.metrics import accuracy
 from ...method import clustering, contributions
 from ...method import surgery as surgery_mod
@@ -232,8 +232,7 @@ def merge(st: Stage, surgery_dirs: list[str], cluster_dirs: list[str], backbone_
             units_meta[u] = {"k": k, "rho": None if np.isnan(z["rho"][i]) else float(z["rho"][i]),
                              "cluster_sizes": np.bincount(lab[lab >= 0]).tolist(), "noise": int((lab < 0).sum()),
                              "top_k": int(len(lab)), "never_active": bool(cl["never_active"][i]),
-                             # share of upstream dimensions won by a proper subset of the sub-units (eq. 3)
-                             "exclusive_fraction": float((np.abs(fracs[u] - 1.0 / k) > 1e-12).any(0).mean())}
+                             "exclusive_fraction": diagnostics.exclusive_fraction(fracs[u])}
     if sorted(fracs) != list(range(info["n_units"])):
         raise ValueError(f"merge: surgery shards cover {len(fracs)} of {info['n_units']} units")
     order = range(info["n_units"])
