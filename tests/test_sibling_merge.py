@@ -1,9 +1,12 @@
 """surgery.merge_siblings (issue 26, point 3): sibling sub-units summed into one keep the layer exactly the
 original; the criterion merges planted duplicates and leaves distinct clusters; bad settings name their key;
 off by default, the paper's ids are untouched and turning it on changes surgery's id and everything below."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+import yaml
 from torch import nn
 
 from elude.method.layers import DisentangledLayer
@@ -16,6 +19,12 @@ from elude.method.surgery import (
     merge_similar_siblings,
     split_unit,
 )
+from elude.pipeline.config import ConfigError, merge_config, validate_config
+from elude.pipeline.plan import artifact_ids, surgery_params
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = yaml.safe_load((REPO / "config.yaml").read_text())
+ON = {"surgery": {"merge_siblings": {"correlation": 0.9}}}
 
 
 # --- lossless: the merged layer is the original layer ---------------------------------------------------
@@ -86,3 +95,35 @@ def test_similar_pairs_merge_by_connected_components():
     chain[0, 2] = chain[2, 0] = chain[2, 3] = chain[3, 2] = True  # 0 ~ 2 ~ 3: one sub-unit, 1 alone
     assert connected_groups(chain) == [[0, 2, 3], [1]]
     assert connected_groups(np.eye(3, dtype=bool)) == [[0], [1], [2]]
+
+
+# --- configuration ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("override, message", [
+    ({"surgery": {"merge_siblings": {"correlation": 0}}},
+     "surgery.merge_siblings.correlation: 0 is out of range; allowed: > 0"),
+    ({"surgery": {"merge_siblings": {"overlap": 1.5}}},
+     "surgery.merge_siblings.overlap: 1.5 is out of range; allowed: <= 1"),
+    ({"surgery": {"merge_siblings": {"correlation": "high"}}},
+     "surgery.merge_siblings.correlation: 'high' has the wrong type"),
+    ({"surgery": {"merge_siblings": {"pearson": 0.9}}},
+     "surgery.merge_siblings: unknown key(s) pearson; allowed keys: correlation, overlap"),
+])
+def test_bad_merge_settings_name_the_key(override, message):
+    with pytest.raises(ConfigError) as err:
+        validate_config(merge_config(DEMO, override))
+    assert message in str(err.value)
+
+
+# --- ids ---------------------------------------------------------------------------------------------------
+def test_off_by_default_keeps_the_papers_ids_and_on_changes_surgery_and_everything_below():
+    base = validate_config(DEMO)
+    assert base["surgery"]["merge_siblings"] == {"correlation": None, "overlap": None}
+    assert surgery_params(base["surgery"]) == {"rho_grid": base["surgery"]["rho_grid"]}
+    off = artifact_ids(base)
+    on = artifact_ids(validate_config(merge_config(DEMO, ON)))
+    assert on["surgery"]["params"]["merge_siblings"] == {"correlation": 0.9, "overlap": None}
+    for stage in ("backbone", "cache", "topk", "cluster"):
+        assert on[stage]["id"] == off[stage]["id"]
+    for stage in ("surgery", "merge", "verify", "evaluate", "report"):
+        assert on[stage]["id"] != off[stage]["id"]
+

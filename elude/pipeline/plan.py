@@ -101,6 +101,14 @@ def cluster_params(cluster: dict) -> dict:
     return out
 
 
+def surgery_params(surgery: dict) -> dict:
+    """The surgery stage's id parameters: ``merge_siblings`` only when on (a threshold set), so the paper's
+    surgery keeps its ids."""
+    out = {k: v for k, v in surgery.items() if k != "merge_siblings"}
+    merge = surgery.get("merge_siblings") or {}
+    return {**out, "merge_siblings": merge} if any(v is not None for v in merge.values()) else out
+
+
 def stage_specs(config: dict, seed: int | None = None, run: int = 0) -> dict[str, tuple[dict, list[str]]]:
     """Each stage's own parameters and the stages whose artifacts it reads, in DAG order, for one seeded
     token dataset (``seed``; default: the config's only seed). ``run`` > 0: a repeat of the clustering (and
@@ -120,7 +128,7 @@ def stage_specs(config: dict, seed: int | None = None, run: int = 0) -> dict[str
         "cache": (cache, ["backbone"]),
         "topk": (config["topk"], ["cache"]),
         "cluster": ({**cluster_params(config["cluster"]), **({"run": run} if run else {})}, ["topk"]),
-        "surgery": (config["surgery"], ["ef_search" if config["cluster"]["target_ef"] else "cluster"]),
+        "surgery": (surgery_params(config["surgery"]), ["ef_search" if config["cluster"]["target_ef"] else "cluster"]),
         "merge": ({}, ["surgery"]),
         "verify": ({**config["verify"], "data": data, "device": config["compute"]["device"]}, ["merge"]),
         "evaluate": ({**config["evaluate"], "data": data, "device": config["compute"]["device"]}, ["merge"]),
