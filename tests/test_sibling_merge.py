@@ -20,7 +20,7 @@ from elude.method.surgery import (
     split_unit,
 )
 from elude.pipeline.config import ConfigError, merge_config, validate_config
-from elude.pipeline.plan import artifact_ids, surgery_params
+from elude.pipeline.plan import ablation_runs, ablation_artifacts, artifact_ids, surgery_params
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = yaml.safe_load((REPO / "config.yaml").read_text())
@@ -107,6 +107,11 @@ def test_similar_pairs_merge_by_connected_components():
      "surgery.merge_siblings.correlation: 'high' has the wrong type"),
     ({"surgery": {"merge_siblings": {"pearson": 0.9}}},
      "surgery.merge_siblings: unknown key(s) pearson; allowed keys: correlation, overlap"),
+    ({"ablations": {"variants": [{"name": "m", "surgery": {"merge_siblings": {"correlation": 2}}}]}},
+     "ablations.variants[0] (m): surgery: merge_siblings.correlation: 2 is out of range; allowed: <= 1"),
+    ({"ablations": {"variants": [{"name": "m", "surgery": {"merge_siblings": {"correlation": None}}}]}},
+     "ablations.variants[0] (m): changes nothing in the cluster or surgery section"),
+    ({"ablations": {"variants": [{"name": "m"}]}}, "ablations.variants[0] (m): changes nothing"),
 ])
 def test_bad_merge_settings_name_the_key(override, message):
     with pytest.raises(ConfigError) as err:
@@ -127,3 +132,19 @@ def test_off_by_default_keeps_the_papers_ids_and_on_changes_surgery_and_everythi
     for stage in ("surgery", "merge", "verify", "evaluate", "report"):
         assert on[stage]["id"] != off[stage]["id"]
 
+
+def test_a_surgery_variant_shares_the_base_clustering_and_is_verified():
+    cfg = validate_config(merge_config(DEMO, {"ablations": {"variants": [
+        *DEMO["ablations"]["variants"], {"name": "merge-r0.9", **ON}]}}))
+    arts = ablation_artifacts(cfg)
+    (table,) = [a for a in arts if a["stage"] == "ablation"]
+    evaluations, verifications = ablation_runs(table["inputs"]), ablation_runs(table["inputs"], "verify")
+    assert sorted(evaluations) == sorted(["base", "merge-r0.9", *(v["name"] for v in DEMO["ablations"]["variants"])])
+    assert list(verifications) == ["merge-r0.9"]  # only the variant that changes the surgery
+    base = artifact_ids(cfg)
+    (verify_id,) = verifications["merge-r0.9"].values()
+    (verify,) = [a for a in arts if a["id"] == verify_id]
+    (merge,) = [a for a in arts if a["id"] == verify["inputs"]["merge"]]
+    (surgery,) = [a for a in arts if a["id"] == merge["inputs"]["surgery"]]
+    assert surgery["inputs"] == {"cluster": base["cluster"]["id"]}  # the base run's clustering, by id
+    assert surgery["params"]["merge_siblings"]["correlation"] == 0.9
