@@ -276,9 +276,10 @@ def efficiency_baselines(w):
     return paths("baseline_select", qualified(inputs_of("efficiency", w), "baseline"))
 
 
-def ablation_inputs(w):
-    """variant ("base" first) -> token seed -> evaluate artifact (Table 7)."""
-    return {v: paths("evaluate", seeds) for v, seeds in ablation_runs(inputs_of("ablation", w)).items()}
+def ablation_inputs(w, kind="evaluate"):
+    """variant ("base" first) -> token seed -> evaluate artifact (Table 7); kind "verify": the lossless check
+    of each variant that changes the surgery."""
+    return {v: paths(kind, seeds) for v, seeds in ablation_runs(inputs_of("ablation", w), kind).items()}
 
 
 def ef_sweep_inputs(w):

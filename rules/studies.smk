@@ -57,14 +57,15 @@ rule efficiency:
 
 
 rule ablation:
-    """MS-Score of each clustering variant and its random control, mean ± std over token seeds (Table 7)."""
+    """MS-Score of each clustering (or surgery) variant and its random control, mean ± std over token seeds (Table 7)."""
     input:
-        lambda w: [d for ds in ablation_inputs(w).values() for d in ds.values()],
+        lambda w: [d for kind in ("evaluate", "verify") for ds in ablation_inputs(w, kind).values() for d in ds.values()],
     output:
         folder=directory("results/ablation/{id}"),
     params:
         stage=stage_info("ablation"),
         evaluations=ablation_inputs,
+        verifications=lambda w: ablation_inputs(w, "verify"),
     log:
         log_path("ablation"),
     benchmark:

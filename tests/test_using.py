@@ -43,6 +43,16 @@ def test_table7_runs_each_variant_on_the_shared_cache_and_a_changed_variant_reru
     assert sorted(set(ran)) == ["ablation", "all", "cluster_shard", "evaluate", "merge", "report", "surgery_shard"]
     assert ran.count("evaluate") == 1  # the variant's chain only: the base run is reused (labels too)
 
+    # a surgery variant (surgery.merge_siblings) reuses the base clustering and is verified lossless
+    merged = write_config(work / "merged.yaml", USING, {"ablations": {"variants": [
+        *USING["ablations"]["variants"], {"name": "merge-r0.7", "surgery": {"merge_siblings": {"correlation": 0.7}}}]}})
+    ran = executed_rules(snakemake(work, merged).stderr)
+    assert sorted(set(ran)) == ["ablation", "all", "evaluate", "merge", "report", "surgery_shard", "verify"]
+    rows = json.loads((work / "results/runs/tiny/summary.json").read_text())["table7"]["rows"]
+    assert rows["merge-r0.7"]["max_rel_diff"] < 1e-5 and "max_rel_diff" not in rows["eom"]
+    assert rows["merge-r0.7"]["expansion_factor"]["mean"] < rows["base"]["expansion_factor"]["mean"]
+    assert rows["merge-r0.7"]["ms_units"] == rows["base"]["ms_units"]  # the same original units
+
 
 def test_suppressing_a_class_lowers_that_class_most_and_gains_of_one_are_exact(trained_run):
     from elude.evaluation.steering import steer_classes

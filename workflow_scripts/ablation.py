@@ -4,4 +4,5 @@ from elude.pipeline.stages import run_logged
 from elude.pipeline.stages.studies import ablation
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
-run_logged(sm.params.stage, sm.log[0], sm.threads, sm.output.folder, lambda st: ablation(st, sm.params.evaluations, sm.output.folder))
+run_logged(sm.params.stage, sm.log[0], sm.threads, sm.output.folder,
+           lambda st: ablation(st, sm.params.evaluations, sm.output.folder, sm.params.verifications))

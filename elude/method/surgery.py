@@ -20,6 +20,8 @@ Readings of the open choices, implemented exactly as stated here:
   A[c, c] - mean_{c' != c} A[c, c'], divided by the parent's mean activation over those instances
   (a scale that does not depend on rho). A fully shared split scores exactly 0. The highest score
   wins; ties (within 1e-9 relative) go to the smallest rho, i.e. the strictest margin that reaches it.
+* Sibling merge (optional, off by default: :func:`merge_similar_siblings`). Sub-units of one unit that its
+  top-k instances do not tell apart are summed into one, which keeps the layer exactly the original.
 """
 from __future__ import annotations
 
@@ -96,3 +98,86 @@ def random_partition(k: int, d: int, rng: np.random.Generator) -> np.ndarray:
     frac = np.zeros((k, d))
     frac[rng.integers(0, k, size=d), np.arange(d)] = 1.0
     return frac
+
+
+# --- optional post-processing: merging sibling sub-units (off by default; the paper's method is above) ---------
+# The paper's Sec. 4.2 (Limitations) suggests reducing redundant sub-units "in a post-processing step via
+# correlation-based pruning"; within one neuron this can be done losslessly, by summing.
+@dataclass
+class SiblingMerge:
+    fractions: np.ndarray  # (K', upstream): each merged sub-unit's fractions, the sum of its siblings'
+    omega: np.ndarray  # (K',) bias fractions, the sum of its siblings'
+    groups: list[list[int]]  # merged sub-unit -> the sub-units of the split it sums (ascending; by first member)
+    correlation: np.ndarray  # (K, K) Pearson correlation of the split's sub-units over the top-k instances
+    overlap: np.ndarray  # (K, K) Jaccard overlap of their top sets
+
+    def merged_into(self) -> np.ndarray:
+        """(K,) the merged sub-unit each sub-unit of the split went into."""
+        into = np.empty(sum(map(len, self.groups)), np.int64)
+        for g, members in enumerate(self.groups):
+            into[members] = g
+        return into
+
+
+def merge_siblings(fractions: np.ndarray, omega: np.ndarray, groups: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Sum each group of sibling sub-units into one: fractions (so weight rows, f * W_u) and bias fractions
+    add. Every upstream column still sums to 1 and the omegas to 1, so the unit stays exactly the original
+    (eqs. 5, 6), and the merged omega is again the mean of its fractions (the paper's bias split). The
+    post-processing of redundant sub-units that the paper suggests (Sec. 4.2, Limitations), done within a neuron."""
+    return (np.stack([fractions[g].sum(0) for g in groups]), np.array([omega[g].sum() for g in groups]))
+
+
+def sibling_similarity(act: np.ndarray, top_n: int) -> tuple[np.ndarray, np.ndarray]:
+    """For sub-unit activations ``act`` (instances, K): the (K, K) Pearson correlation over the instances
+    (0 where a sub-unit is constant) and the Jaccard overlap of each sub-unit's ``top_n`` most active instances."""
+    k = act.shape[1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        corr = np.nan_to_num(np.corrcoef(act, rowvar=False).reshape(k, k), nan=0.0)
+    top = np.argsort(-act, axis=0, kind="stable")[:top_n]  # (top_n, K)
+    member = np.zeros((len(act), k), bool)
+    member[top, np.arange(k)[None, :]] = True
+    inter = member.T.astype(np.int64) @ member.astype(np.int64)
+    return corr, inter / (2 * top_n - inter)
+
+
+def connected_groups(adj: np.ndarray) -> list[list[int]]:
+    """Connected components of a symmetric boolean graph, each ascending, ordered by their first member."""
+    group = np.full(len(adj), -1)
+    for i in range(len(adj)):
+        if group[i] < 0:
+            group[i], stack = i, [i]
+            while stack:
+                j = stack.pop()
+                for n in np.flatnonzero(adj[j] & (group < 0)):
+                    group[n] = i
+                    stack.append(n)
+    return [np.flatnonzero(group == g).tolist() for g in np.unique(group)]
+
+
+def merge_similar_siblings(frac: np.ndarray, contrib: np.ndarray, bias: float, labels: np.ndarray,
+                           correlation: float | None = None, overlap: float | None = None) -> SiblingMerge:
+    """Merge a unit's sibling sub-units that the unit's own top-k instances do not tell apart.
+
+    The sub-units' pre-activations on the unit's top-k instances (all of them, noise included: the inputs
+    that drive the unit, eq. 1) are ``contrib @ frac.T + omega * bias``. Two siblings are too similar when
+    every criterion given holds: their Pearson correlation over these instances is at least ``correlation``,
+    and the Jaccard overlap of their top sets is at least ``overlap``, a top set being a sub-unit's n most
+    active instances with n the unit's smallest cluster (so each could lie in its own cluster). Thresholds
+    are met up to 1e-9, so 1.0 merges exact duplicates. Siblings are merged by connected components of the
+    too-similar graph (order-independent; a chain of similar pairs merges whole). Neither criterion given:
+    nothing is merged.
+    """
+    k = frac.shape[0]
+    omega = bias_fractions(frac)
+    if k < 2:  # an unchanged unit
+        return SiblingMerge(frac, omega, [[0]], np.ones((1, 1)), np.ones((1, 1)))
+    act = contrib @ frac.T + omega[None, :] * bias
+    smallest = np.bincount(labels[labels >= 0], minlength=k).min()
+    corr, jac = sibling_similarity(act, int(min(max(smallest, 1), len(act))))
+    adj = np.full((k, k), correlation is not None or overlap is not None)
+    for threshold, sim in ((correlation, corr), (overlap, jac)):
+        if threshold is not None:
+            adj &= sim >= threshold - 1e-9
+    groups = connected_groups(adj | np.eye(k, dtype=bool))
+    merged_frac, merged_omega = merge_siblings(frac, omega, groups)
+    return SiblingMerge(merged_frac, merged_omega, groups, corr, jac)

@@ -50,7 +50,7 @@ def preflight(config: dict, local: bool) -> None:
         if config["judges"]["backend"] == "vllm":
             vllm_check()
     reductions = [config["cluster"]["reduce"]["method"]] + [
-        v["cluster"].get("reduce", {}).get("method") for v in config["ablations"]["variants"]]
+        v.get("cluster", {}).get("reduce", {}).get("method") for v in config["ablations"]["variants"]]
     if "umap" in reductions:
         from ..method.clustering import umap_check
 

@@ -140,18 +140,23 @@ def _check_labels(full: dict) -> None:
                           "top image is the likeliest member of a feature's concept set")
 
 
+ABLATION_SECTIONS = ("cluster", "surgery")  # what a Table 7 variant may change
+
+
 def ablation_config(config: dict, variant: dict) -> dict:
-    """The run's config with one ablation variant's cluster settings (Table 7). A variant that sets the
-    min_cluster_size a target-EF search would choose keeps it (as Table 7's rows at EF 4 do); others are
-    matched to cluster.target_ef like the base."""
-    cluster = merge_config(config["cluster"], variant["cluster"])
-    if cluster.get("ef_search", {}).get("axis") == "min_cluster_size" and "min_cluster_size" in variant["cluster"]:
+    """The run's config with one ablation variant's cluster and surgery settings (Table 7). A variant that
+    sets the min_cluster_size a target-EF search would choose keeps it (as Table 7's rows at EF 4 do); others
+    are matched to cluster.target_ef like the base."""
+    changed = variant.get("cluster", {})
+    cluster = merge_config(config["cluster"], changed)
+    if cluster.get("ef_search", {}).get("axis") == "min_cluster_size" and "min_cluster_size" in changed:
         cluster["target_ef"] = None
-    return {**config, "cluster": cluster}
+    return {**config, "cluster": cluster, "surgery": merge_config(config["surgery"], variant.get("surgery", {}))}
 
 
 def _check_ablations(full: dict) -> None:
-    """Every ablation variant is a valid cluster section, differs from the base, and has its own name."""
+    """Every ablation variant is a valid change of the cluster and surgery sections, differs from the base,
+    and has its own name."""
     import jsonschema
 
     variants = full["ablations"]["variants"]
@@ -159,12 +164,14 @@ def _check_ablations(full: dict) -> None:
     names = [v["name"] for v in variants]
     if len(set(names)) < len(names):
         problems.append(f"ablations.variants: two variants share a name ({names}): give each its own")
-    schema = load_schema()["properties"]["cluster"]
+    schemas = load_schema()["properties"]
     for i, v in enumerate(variants):
-        cluster = with_defaults(ablation_config(full, v)["cluster"], schema)
-        for e in jsonschema.Draft202012Validator(schema).iter_errors(cluster):
-            problems.append(f"ablations.variants[{i}] ({v['name']}): cluster: {_describe(e)}")
-        if cluster == full["cluster"]:
-            problems.append(f"ablations.variants[{i}] ({v['name']}): changes nothing in the cluster section")
+        cfg = ablation_config(full, v)
+        for section in ABLATION_SECTIONS:
+            cfg[section] = with_defaults(cfg[section], schemas[section])
+            for e in jsonschema.Draft202012Validator(schemas[section]).iter_errors(cfg[section]):
+                problems.append(f"ablations.variants[{i}] ({v['name']}): {section}: {_describe(e)}")
+        if all(cfg[section] == full[section] for section in ABLATION_SECTIONS):
+            problems.append(f"ablations.variants[{i}] ({v['name']}): changes nothing in the cluster or surgery section")
     if problems:
         raise ConfigError("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))

@@ -67,11 +67,11 @@ def rank_runs(inputs: dict[str, str]) -> tuple[dict[str, str], dict[str, list[st
     return grids, judges
 
 
-def ablation_runs(inputs: dict[str, str]) -> dict[str, dict[str, str]]:
+def ablation_runs(inputs: dict[str, str], kind: str = "evaluate") -> dict[str, dict[str, str]]:
     """An ablation artifact's inputs (:func:`ablation_artifacts`): variant ("base" first) -> token seed ->
-    evaluate id."""
+    evaluate id; with ``kind`` "verify", the same for the variants that change the surgery."""
     out: dict[str, dict[str, str]] = {}
-    for (name, seed), i in qualified(inputs, "evaluate", 2).items():
+    for (name, seed), i in qualified(inputs, kind, 2).items():
         out.setdefault(name, {})[seed] = i
     return out
 
@@ -101,6 +101,14 @@ def cluster_params(cluster: dict) -> dict:
     return out
 
 
+def surgery_params(surgery: dict) -> dict:
+    """The surgery stage's id parameters: ``merge_siblings`` only when on (a threshold set), so the paper's
+    surgery keeps its ids."""
+    out = {k: v for k, v in surgery.items() if k != "merge_siblings"}
+    merge = surgery.get("merge_siblings") or {}
+    return {**out, "merge_siblings": merge} if any(v is not None for v in merge.values()) else out
+
+
 def stage_specs(config: dict, seed: int | None = None, run: int = 0) -> dict[str, tuple[dict, list[str]]]:
     """Each stage's own parameters and the stages whose artifacts it reads, in DAG order, for one seeded
     token dataset (``seed``; default: the config's only seed). ``run`` > 0: a repeat of the clustering (and
@@ -120,7 +128,7 @@ def stage_specs(config: dict, seed: int | None = None, run: int = 0) -> dict[str
         "cache": (cache, ["backbone"]),
         "topk": (config["topk"], ["cache"]),
         "cluster": ({**cluster_params(config["cluster"]), **({"run": run} if run else {})}, ["topk"]),
-        "surgery": (config["surgery"], ["ef_search" if config["cluster"]["target_ef"] else "cluster"]),
+        "surgery": (surgery_params(config["surgery"]), ["ef_search" if config["cluster"]["target_ef"] else "cluster"]),
         "merge": ({}, ["surgery"]),
         "verify": ({**config["verify"], "data": data, "device": config["compute"]["device"]}, ["merge"]),
         "evaluate": ({**config["evaluate"], "data": data, "device": config["compute"]["device"]}, ["merge"]),
@@ -315,7 +323,8 @@ def judge_artifacts(config: dict) -> list[dict]:
 def ablation_artifacts(config: dict) -> list[dict]:
     """Table 7, when ``ablations.variants`` is set: per variant and token seed the ELUDe chain from the
     clustering on (cluster, surgery, merge, evaluate; the cache and top-k ids are the base run's, so they
-    are shared), then one ``ablation`` artifact over them and the base run's evaluations."""
+    are shared; a variant that changes the surgery also verify, so its row is checked lossless), then one
+    ``ablation`` artifact over them and the base run's evaluations."""
     variants = config["ablations"]["variants"]
     if not variants:
         return []
@@ -323,9 +332,11 @@ def ablation_artifacts(config: dict) -> list[dict]:
     for seed in token_seeds(config):
         inputs[input_key("evaluate", "base", seed)] = _chain_ids(config, seed)["evaluate"]["id"]
         for v in variants:
-            chain = _chain_ids(ablation_config(config, v), seed)
-            out += elude_tail(chain)
+            chain, verified = _chain_ids(ablation_config(config, v), seed), bool(v.get("surgery"))
+            out += elude_tail(chain, ("surgery", "merge", *(("verify",) if verified else ()), "evaluate"))
             inputs[input_key("evaluate", v["name"], seed)] = chain["evaluate"]["id"]
+            if verified:
+                inputs[input_key("verify", v["name"], seed)] = chain["verify"]["id"]
     params = {"base": cluster_params(config["cluster"]), "variants": variants}
     return out + [_art("ablation", params, inputs)]
 

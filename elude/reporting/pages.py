@@ -259,7 +259,9 @@ def unit_page(u: int, subs: np.ndarray, run_name: str, tables: dict, layer_meta:
     panels = "".join(subunit_panel(int(s), c, sizes[c] if c < len(sizes) else None, tables, thumbnail,
                                    SUBUNIT_IMAGES, 3, labels, "../") for c, s in enumerate(subs))
     facts = (f'K = {int(tables["k_per_unit"][u])}, rho = {meta["rho"]}, {meta["noise"]} of its top {meta["top_k"]} '
-             f'instances left as noise' + ("; never active on the probe split" if meta.get("never_active") else ""))
+             f'instances left as noise' + ("; never active on the probe split" if meta.get("never_active") else "")
+             + (f"; sibling merge: K {meta['k_before_merge']} → {meta['k']}, clusters per sub-unit {meta['clusters']}"
+                if meta.get("k_before_merge", meta["k"]) != meta["k"] else ""))
     title = f"Unit {u} — ELUDe run {html_lib.escape(run_name)}"
     return (f'<!doctype html><html><head><meta charset="utf-8"><title>{title}</title><style>{CSS}</style></head><body>'
             f'<nav>{nav}</nav><h1>Unit {u} of layer <code>{html_lib.escape(layer_meta["layer"])}</code></h1>'

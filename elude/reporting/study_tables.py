@@ -89,19 +89,23 @@ TABLE7_FIRST = (("setting", "cluster setting"), ("ef_text", "effective EF"), ("s
 
 
 def table7(t7: dict) -> dict:
-    """Table 7 from the ablation artifact: one row per clustering variant, the base last (shaded, as ELUDe
-    is in Table 2)."""
+    """Table 7 from the ablation artifact: one row per clustering (or surgery) variant, the base last
+    (shaded, as ELUDe is in Table 2)."""
     import json
 
     rows = {}
     for name in [n for n in t7["rows"] if n != "base"] + ["base"]:
         r = t7["rows"][name]
+        setting = r["cluster"]
+        if "surgery" in r:
+            setting = {**({"cluster": r["cluster"]} if r["cluster"] else {}), "surgery": r["surgery"]}
         rows[name] = {"method": "ELUDe (base)" if name == "base" else name,
-                      "setting": json.dumps(r["cluster"]) if r["cluster"] else "base",
+                      "setting": json.dumps(setting) if setting else "base",
                       **{c: r[c] for c, _ in TABLE7_COLUMNS},
                       **{k: r[k] for k in ("ms_random", "ms_units", "expansion_factor", "n_split_units")},
                       "ef_text": _mean_std(r["expansion_factor"]), "split_text": _mean_std(r["n_split_units"], 1),
-                      "random_text": _mean_std(r["ms_random"]), "units_text": _mean_std(r["ms_units"])}
+                      "random_text": _mean_std(r["ms_random"]), "units_text": _mean_std(r["ms_units"]),
+                      **({"max_rel_diff": r["max_rel_diff"]} if "max_rel_diff" in r else {})}
     return {"unit": "percent", "rows": rows, "base": t7["base"], "token_seeds": t7["token_seeds"]}
 
 
@@ -109,13 +113,19 @@ def table7_html(summary: dict) -> str:
     t = summary["table7"]
     worse = [r["method"] for r in t["rows"].values()
              if r["ms_subunits"] and r["ms_random"] and r["ms_subunits"]["mean"] <= r["ms_random"]["mean"]]
+    first, note = TABLE7_FIRST, ""
+    if any("max_rel_diff" in r for r in t["rows"].values()):  # surgery variants (surgery.merge_siblings)
+        first = (("setting", "setting"), *TABLE7_FIRST[1:], ("max_rel_diff", "verify: max relative output difference"))
+        note = (" A variant that changes the surgery (merge_siblings) sums the sibling sub-units its thresholds find"
+                " too similar: fewer sub-units, the layer unchanged (verify checks it on the evaluation split; the largest"
+                " difference over seeds is shown).")
     return (f"<h2>Clustering ablations (Table 7)</h2>"
-            f"{ranked_table_html(t['rows'], TABLE7_COLUMNS, unranked=(), first=TABLE7_FIRST)}"
+            f"{ranked_table_html(t['rows'], TABLE7_COLUMNS, unranked=(), first=first)}"
             f"<p>Percent, mean ± std over token seeds {t['token_seeds']}. Each variant changes the base clustering"
             f" (<code>{html_lib.escape(str(t['base']))}</code>) as shown and reruns clustering, surgery, merge and evaluation on"
             " the same cache and top-k; its random control keeps its K_u and assigns upstream dimensions at random."
-            + (f" Not above its own random control: {html_lib.escape(', '.join(worse))}." if worse else
-               " Every variant scores above its own random control.") + "</p>")
+            + note + (f" Not above its own random control: {html_lib.escape(', '.join(worse))}." if worse else
+                      " Every variant scores above its own random control.") + "</p>")
 
 
 def _mean_std(c, digits: int = 2) -> str:

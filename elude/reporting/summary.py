@@ -90,6 +90,7 @@ def summary(run_name: str, verify: dict, metrics: dict, layer_meta: dict, artifa
             "exclusive_fraction_mean_split_units": float(np.mean([u["exclusive_fraction"] for u in split])) if split else None,
         },
         "split_diagnostics": metrics["split_diagnostics"],  # why a split helps (elude.evaluation.diagnostics)
+        **({"sibling_merge": sibling_merge_summary(units, metrics["n_units"])} if "k_before_merge" in units[0] else {}),
         "table2": t2,
         "table2_elude_not_best": table2_findings(t2["rows"]),
         **({"table6_ef": studies["table6_ef"]} if "table6_ef" in studies else {}),
@@ -97,6 +98,13 @@ def summary(run_name: str, verify: dict, metrics: dict, layer_meta: dict, artifa
         **({"labels": labels_summary(labels)} if labels else {}),
         "artifacts": artifacts,
     }
+
+
+def sibling_merge_summary(units: list[dict], n_units: int) -> dict:
+    """With surgery.merge_siblings: sub-units and effective EF before the merge, and the units it merged."""
+    before = sum(u["k_before_merge"] for u in units)
+    return {"subunits_before": before, "expansion_factor_before": before / n_units,
+            "units_merged": sum(u["k"] < u["k_before_merge"] for u in units)}
 
 
 def table2_html(rows: dict[str, dict]) -> str:
@@ -144,6 +152,11 @@ def html(summary: dict, metrics: dict, tables: dict, layer_meta: dict, thumbnail
         ("top-k instances left as noise by HDBSCAN (mean over units)", summary["clustering"]["noise_fraction_mean"]),
         ("upstream dimensions assigned exclusively (mean over split units)",
          summary["clustering"]["exclusive_fraction_mean_split_units"])])
+    if merged := summary.get("sibling_merge"):
+        rows += "".join(f"<tr><td>{k}</td><td>{fmt(v)}</td></tr>" for k, v in [
+            ("sub-units before the sibling merge (surgery.merge_siblings)", merged["subunits_before"]),
+            ("effective expansion factor before the sibling merge", merged["expansion_factor_before"]),
+            ("units whose sibling sub-units were merged", merged["units_merged"])])
     if faults := summary.get("data_faults"):
         rows += "".join(f"<tr><td>{k}</td><td>{html_lib.escape(str(v))}</td></tr>" for k, v in [
             ("probe images skipped (did not decode; data.on_bad_image: skip)", len(faults["probe_images_skipped"])),

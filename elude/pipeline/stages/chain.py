@@ -192,7 +192,11 @@ def read_clusters(folder: str | Path) -> dict:
 
 # --- surgery (one unit shard) -----------------------------------------------------------------------
 def surgery_shard(st: Stage, cluster_dir: str, cache_dirs: list[str], topk_dir: str, backbone_dir: str, out: str) -> None:
-    """Memory: the shard's top-k rows, as in :func:`cluster_shard`, and 20 candidate splits of one unit."""
+    """Memory: the shard's top-k rows, as in :func:`cluster_shard`, and 20 candidate splits of one unit.
+
+    With ``surgery.merge_siblings`` on, each split's too-similar sibling sub-units are then summed
+    (:func:`elude.method.surgery.merge_similar_siblings`); ``merged_into`` records, for every sub-unit of the
+    split (``n_split`` per unit), the merged sub-unit it went into, and the manifest the groups per unit."""
     w, b, _ = layer_weights(backbone_dir)
     cl = read_clusters(cluster_dir)
     top = load_arrays(Path(topk_dir) / "topk.safetensors")
@@ -200,19 +204,32 @@ def surgery_shard(st: Stage, cluster_dir: str, cache_dirs: list[str], topk_dir: 
     units = cl["units"]
     rows = q.gather(top["indices"][units].reshape(-1), q.dtype).reshape(len(units), -1, q.n_upstream)
     grid = st.params["rho_grid"]
-    fracs, omegas, rhos, scores = [], [], [], []
+    siblings = st.params.get("merge_siblings")  # only in the params when on (plan.surgery_params)
+    fracs, omegas, rhos, scores, n_split, merged_into, merged = [], [], [], [], [], [], {}
     for i, u in progress(enumerate(units), len(units), "surgery units"):
         contrib = contributions.contributions(rows[i], w[u].numpy()).astype(np.float64)
         split = surgery_mod.split_unit(cl["reps"][i], contrib, float(b[u]), cl["labels"][i], grid)
-        fracs.append(split.fractions)
-        omegas.append(split.omega)
+        frac, omega = split.fractions, split.omega
+        if siblings:
+            m = surgery_mod.merge_similar_siblings(frac, contrib, float(b[u]), cl["labels"][i], **siblings)
+            frac, omega = m.fractions, m.omega
+            n_split.append(len(split.omega))
+            merged_into.append(m.merged_into())
+            if len(m.groups) < len(split.omega):
+                merged[str(u)] = m.groups
+        fracs.append(frac)
+        omegas.append(omega)
         rhos.append(np.nan if split.rho is None else split.rho)
         scores.append(split.scores or [np.nan] * len(grid))
+    arrays = {"units": np.asarray(units, np.int64), "fractions": np.concatenate(fracs), "omegas": np.concatenate(omegas),
+              "n_subunits": np.array([len(o) for o in omegas], np.int64), "rho": np.array(rhos, np.float64),
+              "scores": np.array(scores, np.float64), "rho_grid": np.array(grid, np.float64)}
     with st.publish(out) as (tmp, manifest):
-        save_arrays(tmp / "surgery.safetensors", {
-            "units": np.asarray(units, np.int64), "fractions": np.concatenate(fracs), "omegas": np.concatenate(omegas),
-            "n_subunits": np.array([len(o) for o in omegas], np.int64), "rho": np.array(rhos, np.float64),
-            "scores": np.array(scores, np.float64), "rho_grid": np.array(grid, np.float64)})
+        if siblings:
+            arrays.update(n_split=np.array(n_split, np.int64), merged_into=np.concatenate(merged_into))
+            manifest["merge_siblings"] = {"subunits_before": int(sum(n_split)),
+                                          "subunits_after": int(arrays["n_subunits"].sum()), "merged": merged}
+        save_arrays(tmp / "surgery.safetensors", arrays)
         manifest["rho"] = {str(u): (None if np.isnan(r) else r) for u, r in zip(units, rhos)}
 
 
@@ -224,6 +241,7 @@ def merge(st: Stage, surgery_dirs: list[str], cluster_dirs: list[str], backbone_
         z = load_arrays(Path(s_dir) / "surgery.safetensors")
         cl = read_clusters(c_dir)
         offsets = np.concatenate([[0], np.cumsum(z["n_subunits"])])
+        split_offsets = np.concatenate([[0], np.cumsum(z["n_split"])]) if "n_split" in z else None
         for i, u in enumerate(z["units"].tolist()):
             fracs[u] = z["fractions"][offsets[i] : offsets[i + 1]]
             omegas[u] = z["omegas"][offsets[i] : offsets[i + 1]]
@@ -233,6 +251,12 @@ def merge(st: Stage, surgery_dirs: list[str], cluster_dirs: list[str], backbone_
                              "cluster_sizes": np.bincount(lab[lab >= 0]).tolist(), "noise": int((lab < 0).sum()),
                              "top_k": int(len(lab)), "never_active": bool(cl["never_active"][i]),
                              "exclusive_fraction": diagnostics.exclusive_fraction(fracs[u])}
+            if split_offsets is not None:  # surgery.merge_siblings: sub-unit c sums the clusters merged into it
+                into = z["merged_into"][split_offsets[i] : split_offsets[i + 1]]
+                meta = units_meta[u]
+                meta.update(k_before_merge=len(into), clusters=[np.flatnonzero(into == c).tolist() for c in range(k)])
+                if meta["cluster_sizes"]:  # per sub-unit: its clusters' instances
+                    meta["cluster_sizes"] = np.bincount(into, weights=meta["cluster_sizes"]).astype(int).tolist()
     if sorted(fracs) != list(range(info["n_units"])):
         raise ValueError(f"merge: surgery shards cover {len(fracs)} of {info['n_units']} units")
     order = range(info["n_units"])

@@ -1,5 +1,5 @@
 """Workflow stages of the run's studies: dictionary structure (Table 4, Section B.3) and inference cost
-(Table 5, Section B.4) on the first token seed, the clustering ablations over every seed (Table 7), and
+(Table 5, Section B.4) on the first token seed, the clustering (and surgery) ablations over every seed (Table 7), and
 ELUDe at a target expansion factor: the search's steps and Table 6's EF axis (Sec. E.6)."""
 from __future__ import annotations
 
@@ -156,24 +156,31 @@ def efficiency(st: Stage, backbone_dir: str, merge_dir: str, baseline_dirs: dict
 ABLATION_COLUMNS = ("ms_subunits", "ms_subunits_pooled", "ms_random", "ms_units", "expansion_factor", "n_split_units")
 
 
-def ablation(st: Stage, evaluate_dirs: dict[str, dict[str, str]], out: str) -> None:
-    """Table 7: per clustering variant (the base first) its sub-units' MS-Score in both spaces, its own
-    random-partition control (the same K_u, dimensions assigned at random), the original units' score,
-    the effective expansion factor and the number of split units, each mean ± std over the token seeds.
-    ``evaluate_dirs``: variant -> token seed -> evaluate artifact."""
+def ablation(st: Stage, evaluate_dirs: dict[str, dict[str, str]], out: str,
+             verify_dirs: dict[str, dict[str, str]] | None = None) -> None:
+    """Table 7: per clustering (or surgery) variant (the base first) its sub-units' MS-Score in both spaces,
+    its own random-partition control (the same K_u, dimensions assigned at random), the original units'
+    score, the effective expansion factor and the number of split units, each mean ± std over the token
+    seeds. ``evaluate_dirs``: variant -> token seed -> evaluate artifact; ``verify_dirs``: the same for the
+    variants that change the surgery (their rows add the largest relative output difference over seeds)."""
     from ...reporting.ef_tables import stat
 
-    settings = {"base": {}, **{v["name"]: v["cluster"] for v in st.params["variants"]}}
+    variants = {v["name"]: v for v in st.params["variants"]}
     rows = {}
     for name, by_seed in evaluate_dirs.items():
         metrics = [json.loads((Path(d) / "metrics.json").read_text()) for d in by_seed.values()]
         ms = [m["ms_score"] for m in metrics]
         pct = lambda key: [None if m[key] is None else 100 * m[key] for m in ms]  # noqa: E731
-        rows[name] = {"cluster": settings[name], "ms_subunits": stat(pct("subunits_mean")),
+        v = variants.get(name, {})  # (the base: no change)
+        rows[name] = {"cluster": v.get("cluster", {}), **({"surgery": v["surgery"]} if v.get("surgery") else {}),
+                      "ms_subunits": stat(pct("subunits_mean")),
                       "ms_subunits_pooled": stat(pct("subunits_mean_pooled")), "ms_random": stat(pct("random_mean")),
                       "ms_units": stat(pct("units_mean")),
                       "expansion_factor": stat([m["expansion_factor"] for m in metrics]),
                       "n_split_units": stat([m["n_split_units"] for m in metrics])}
+        if name in (verify_dirs or {}):
+            rows[name]["max_rel_diff"] = max(json.loads((Path(d) / "verify.json").read_text())["max_rel_diff"]
+                                             for d in verify_dirs[name].values())
         log.info("ablation %s: MS-Score %.2f (random %.2f), EF %.2f", name, rows[name]["ms_subunits"]["mean"],
                  rows[name]["ms_random"]["mean"], rows[name]["expansion_factor"]["mean"])
     with st.publish(out) as (tmp, _):
