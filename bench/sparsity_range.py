@@ -3,12 +3,15 @@ wide range of its sparsity setting, trained on a finished run's own probe instan
 seed: the first) with the run's epochs, batch and learning rate, by the workflow's training code.
 
     .venv/bin/python bench/sparsity_range.py [--run DIR] [--configfile FILE] [--epochs N] [--families ...]
+                                             [--values W ...]
 
 The penalty families (Vanilla and the Transcoder: the L1 weight w_l1; JumpReLU: the L0 weight w_sp) are swept
 over the paper's grid (Sec. E.1) and two decades beyond it; the k families (TopK, BatchTopK, Matryoshka, MP;
 Archetypal: a ratio) fix their L0 by construction and are trained once at the run's setting. Prints per point:
 L0 (features active per training instance), L0 as % of the dictionary, dead features, R^2 and the standardised
-MSE (eq. 9's inputs), and whether the point is sparse by the report's flag (L0 <= 10% of the features).
+MSE (eq. 9's inputs), and whether the point is sparse by the report's flag (L0 <= 10% of the features); for
+JumpReLU the learnt thresholds' median (they start at overcomplete's exp(-3) = 0.05 and, under Adam, each log-threshold
+moves about lr per step at most: the number of steps, not w_sp, bounds how sparse a short training can get).
 """
 from __future__ import annotations
 
@@ -41,6 +44,8 @@ def main() -> None:
     ap.add_argument("--configfile", default=None, help="the run's --configfile (default: the demo)")
     ap.add_argument("--epochs", type=int, default=None, help="default: the run's baselines.epochs")
     ap.add_argument("--families", nargs="+", default=list(FAMILIES))
+    ap.add_argument("--values", type=float, nargs="+", default=None,
+                    help="the penalty families' weights to try (default: the paper's grid and two decades beyond)")
     args = ap.parse_args()
     torch.set_num_threads(2)
     config = load_run_config(args.configfile)
@@ -64,6 +69,7 @@ def main() -> None:
         grid = family_grid(b, family)
         hp = {axis: values[len(values) // 2] for axis, values in grid.items()}  # the middle of the run's own grid
         axis, values = PENALTY.get(family, (None, [None]))
+        values = args.values if axis and args.values else values
         norm = normalisation(stream, family == "transcoder")
         points = (archetypal_points(stream, b["archetypal_points"], b["init_seed"], norm["in_mean"], norm["in_scale"])
                   if family == "archetypal" else None)
@@ -79,6 +85,8 @@ def main() -> None:
             sparse = m["l0"] <= NOT_SPARSE_L0 * n_feat
             setting = f"{axis} = {v:g}" if axis else f"k = {b['sparsity']}" if family != "archetypal" else \
                 f"ratio {b['archetypal_ratio']:g}"
+            if family == "jumprelu":  # how far the learnt thresholds moved from overcomplete's exp(-3) = 0.05
+                setting += f" (median threshold {float(torch.exp(model.model.thresholds).median()):.3f})"
             print(f"| {family} | {setting} | {m['l0']:.1f} | {100 * m['l0_fraction']:.1f} | {m['dead_features']} | "
                   f"{100 * m['r2']:.2f} | {m['mse']:.4f} | {'yes' if sparse else '**no**'} | "
                   f"{time.perf_counter() - t:.0f} s |", flush=True)
