@@ -107,3 +107,62 @@ def test_a_config_left_at_the_papers_defaults_on_a_small_folder_is_told_to_scale
         "k/400; topk.k 400,000 is clamped to the 10 instances; evaluate.ms_top_k 100 of 5 evaluation images (100.0%; "
         "the paper: 100 of 50,000 = 0.2%): no unit can split into two clusters of min_cluster_size: lower "
         "cluster.min_cluster_size (e.g. k/400, the paper's ratio)")
+
+
+TEXT_FACTORY = '''
+import torch
+from torch import nn
+
+
+class Tiny(nn.Module):
+    def __init__(self, pretrained=False):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Embedding(30, 8)
+        self.mlp = nn.Sequential(nn.Linear(8, 32), nn.GELU(), nn.Linear(32, 8))
+
+    def forward(self, input_ids, attention_mask):
+        h = self.embed(input_ids)
+        return h + self.mlp(h)
+
+
+def model(pretrained=False):
+    return Tiny(pretrained)
+
+
+class Texts(torch.utils.data.Dataset):
+    def __init__(self, n):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        mask = torch.arange(9) < 3 + i % 6
+        return {"input": {"input_ids": torch.arange(9) % 29 + 1, "attention_mask": mask.long()}, "valid": mask}
+
+
+def texts(split):
+    return Texts(50 if split == "probe" else 20)
+'''
+
+
+def test_a_text_factory_model_is_checked_on_its_own_examples(tmp_path):
+    """A factory model that takes token ids, not an image (configs/real/minilm.yaml's kind): the doctor builds
+    the factory datasets, counts them, and runs the layer check and the timing on their examples."""
+    (tmp_path / "text_factory.py").write_text(TEXT_FACTORY)
+    mine = tmp_path / "text.yaml"
+    mine.write_text(yaml.safe_dump({
+        "backbone": {"kind": "factory", "layer": "mlp.2", "factory": {"target": "text_factory:model"}},
+        "data": {"kind": "factory", "factory": {"target": "text_factory:texts"}},
+        "cache": {"tokens_per_image": 2, "token_seed": 42}, "topk": {"k": 16}, "cluster": {"min_cluster_size": 2},
+        "evaluate": {"ms_top_k": 4, "accuracy": "never"}, "baselines": {"families": []}}))
+    proc = subprocess.run([sys.executable, "-m", "elude.doctor", "--configfile", str(mine)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300,
+                          env={"PYTHONPATH": f"{REPO}:{tmp_path}", "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    found = lines(proc.stdout)
+    assert found["data"] == ("ok", "data.kind factory: 50 probe examples, 20 evaluation examples")
+    assert found["layer"] == ("ok", "mlp.2: 8 units x 32 inputs, 9 instances per image")
+    assert found["scale"][1].startswith("topk.k 16 of 100 instances (16.0%), cluster.min_cluster_size 2 = k/8")
+    assert found["time"][0] == "ok" and "images/s measured here on cpu" in found["time"][1]

@@ -112,7 +112,7 @@ def models(config: dict) -> str:
 
 def data(config: dict) -> tuple[str, dict | None]:
     """The probe and evaluation images, counted (the counts feed the disk and time estimates)."""
-    from ..models.data import DigitsDataset, check_data, folder_items, list_items
+    from ..models.data import DigitsDataset, check_data, folder_items, list_items, open_dataset
 
     d = config["data"]
     check_data(d)
@@ -122,9 +122,24 @@ def data(config: dict) -> tuple[str, dict | None]:
         n = {s: len(folder_items(d[f"{s}_dir"], f"data.{s}_dir")) for s in ("probe", "eval")}
     elif d["kind"] == "filelist":
         n = {s: len(list_items(d[f"{s}_list"], f"data.{s}_list")) for s in ("probe", "eval")}
-    else:
-        return "data.kind factory: counted by the jobs", None
+    else:  # factory: the user's datasets, built here as the jobs build them
+        n = {s: len(open_dataset(d, s)) for s in ("probe", "eval")}
+        return f"data.kind factory: {n['probe']} probe examples, {n['eval']} evaluation examples", n
     return f"data.kind {d['kind']}: {n['probe']} probe images, {n['eval']} evaluation images", n
+
+
+def factory_examples(data_cfg: dict):
+    """``examples(n)``: the model input of the first n evaluation examples of a factory dataset (repeated
+    when it has fewer), for the layer check and the timing: a factory model may take no image (a text
+    model's token ids)."""
+    from ..models.data import collate, open_dataset
+
+    ds = open_dataset(data_cfg, "eval")
+
+    def examples(n: int):
+        idx = [i % len(ds) for i in range(n)]
+        return collate([ds[i] for i in idx], idx).inputs
+    return examples
 
 
 def layer_shape(config: dict) -> dict | None:
@@ -149,15 +164,18 @@ def layer_shape(config: dict) -> dict | None:
     backbones.check_target_layer(layer, bb["layer"])
     pre = {**(backbones.native_preprocess(model, spec) or {"size": bb["demo"]["arch"]["img_size"], "channels": 1}),
            **(bb.get("preprocess") or {})}
+    examples = factory_examples(config["data"]) if config["data"]["kind"] == "factory" else None
     seen = {}
     hook = layer.register_forward_hook(lambda m, i, o: seen.update(q=i[0]))  # (returns None: output kept)
     with torch.no_grad():
-        backbones.call_model(model, torch.zeros(1, pre["channels"], pre["size"], pre["size"]))
+        backbones.call_model(model, examples(1) if examples is not None else
+                             torch.zeros(1, pre["channels"], pre["size"], pre["size"]))
     hook.remove()
     w, _ = backbones.layer_weight_bias(layer)
     on = "cuda" if config["compute"]["device"] == "cuda" and torch.cuda.is_available() else "cpu"
     return {"units": w.shape[0], "inputs": w.shape[1], "per_image": backbones.instances_of(layer, seen["q"]).shape[1],
-            "per_image_s": forward_seconds_per_image(model, pre["size"], pre["channels"], on), "timed_on": on}
+            "per_image_s": forward_seconds_per_image(model, pre.get("size"), pre.get("channels"), on, examples=examples),
+            "timed_on": on}
 
 
 def disk(config: dict, results: Path, probe_images: int | None, shape: dict | None) -> Finding:

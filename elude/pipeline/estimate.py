@@ -39,9 +39,10 @@ PASSES = {"verify": 3, "evaluate": 5, "baseline_eval": 7}
 
 
 def forward_seconds_per_image(model, image_size: int, channels: int, device: str, batch: int = 8,
-                              repeats: int = 3) -> float:
+                              repeats: int = 3, examples=None) -> float:
     """The model's forward pass timed here on ``batch`` blank images: the fastest of ``repeats`` batches after
-    two warm-up batches (the first calls pay for allocation and kernel selection)."""
+    two warm-up batches (the first calls pay for allocation and kernel selection). ``examples(n)``: the model
+    input for n real examples instead (a factory dataset's, e.g. token ids: a text model takes no image)."""
     import torch
 
     from ..models.backbones import call_model
@@ -50,7 +51,7 @@ def forward_seconds_per_image(model, image_size: int, channels: int, device: str
     times = []
     with torch.no_grad():
         for size in (batch, 16 * batch):  # a small model is timed again at a batch its overheads do not swamp
-            x = torch.zeros(size, channels, image_size, image_size)
+            x = examples(size) if examples is not None else torch.zeros(size, channels, image_size, image_size)
             for _ in range(2 + repeats):
                 start = time.perf_counter()
                 call_model(model, x, device)
