@@ -86,7 +86,7 @@ def main() -> None:
             setting = f"{axis} = {v:g}" if axis else f"k = {b['sparsity']}" if family != "archetypal" else \
                 f"ratio {b['archetypal_ratio']:g}"
             if family == "jumprelu":  # how far the learnt thresholds moved from overcomplete's exp(-3) = 0.05
-                setting += f" (median threshold {float(torch.exp(model.model.thresholds).median()):.3f})"
+                setting += f" (median threshold {float(torch.exp(model.model.thresholds.detach()).median()):.3f})"
             print(f"| {family} | {setting} | {m['l0']:.1f} | {100 * m['l0_fraction']:.1f} | {m['dead_features']} | "
                   f"{100 * m['r2']:.2f} | {m['mse']:.4f} | {'yes' if sparse else '**no**'} | "
                   f"{time.perf_counter() - t:.0f} s |", flush=True)

@@ -89,12 +89,14 @@ def test_figure2_points_by_hand():
     rows = {"backbone": {"method": "Backbone only", "ms_score": 30.0, "accuracy": 80.0, "r2": 100.0},
             "topk": {"method": "TopK-SAE", "ms_score": 50.0, "accuracy": 78.5, "r2": 85.0, "ef": 8.0},
             "elude": {"method": "ELUDe", "ms_score": {"mean": 60.0, "std": 1.0}, "accuracy": {"mean": 80.0}, "r2": 100.0,
-                      "ef": {"mean": 7.9}}}
+                      "ef": {"mean": 7.9}, "live": {"mean": 501.5}}}
     points = ef_tables.figure2(rows, {"blocks": {"4": {k: dict(r) for k, r in rows.items()}}})
     assert [(p["block"], p["method"]) for p in points] == [("Table 2", "topk"), ("Table 2", "elude"), ("EF 4", "topk"),
                                                             ("EF 4", "elude")]
     assert points[0]["accuracy_drop"] == 1.5 and points[1] == {
-        "block": "Table 2", "method": "elude", "name": "ELUDe", "ef": 7.9, "ms_score": 60.0, "r2": 100.0, "accuracy_drop": 0.0}
+        "block": "Table 2", "method": "elude", "name": "ELUDe", "ef": 7.9, "ms_score": 60.0, "r2": 100.0, "live": 501.5,
+        "accuracy_drop": 0.0}
+    assert points[0]["live"] is None  # a row without the fair columns (an older summary) has no point in that panel
     assert ef_tables.figure2_png(points)[:8] == b"\x89PNG\r\n\x1a\n"
 
 
