@@ -12,8 +12,9 @@ from elude.evaluation.judges import judge_name
 from elude.pipeline import checks, resources
 from elude.pipeline.artifacts import record_run, remember_run
 from elude.pipeline.config import ConfigError, resolve_config
-from elude.pipeline.plan import (REPORT_STUDIES, ablation_runs, dictionary_runs, ef_sweep_runs, n_shards,
-                                 qualified, rank_runs, registry, run_artifacts)
+from elude.pipeline.input_keys import (REPORT_STUDIES, ablation_runs, dictionary_runs, ef_sweep_runs, qualified,
+                                       rank_runs)
+from elude.pipeline.plan import n_shards, registry, run_artifacts
 from elude.pipeline.stages.reporting import publish_run
 
 try:  # fails before any job, naming every problem

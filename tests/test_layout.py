@@ -122,7 +122,8 @@ from elude.evaluation.judges import judge_name
 from elude.pipeline import checks, resources
 from elude.pipeline.artifacts import record_run
 from elude.pipeline.config import merge_config, validate_config
-from elude.pipeline.plan import registry, run_artifacts, qualified, n_shards
+from elude.pipeline.input_keys import qualified
+from elude.pipeline.plan import registry, run_artifacts, n_shards
 from elude.pipeline.stages.reporting import publish_run
 from elude.pipeline.stages import run_logged, Stage  # what every job imports, and the light jobs' own stages:
 from elude.pipeline.stages.baselines import baseline_select  # eq. 9

@@ -1,4 +1,4 @@
-"""The input-key format (elude.pipeline.plan): what the id computation writes into an artifact's ``inputs``,
+"""The input-key format (elude.pipeline.input_keys): what the id computation writes into an artifact's ``inputs``,
 the workflow's input functions read back, on the artifacts of a real run plan with every study on."""
 from pathlib import Path
 
@@ -6,18 +6,16 @@ import pytest
 import yaml
 
 from elude.pipeline.config import merge_config, validate_config
-from elude.pipeline.plan import (
+from elude.pipeline.input_keys import (
     ablation_runs,
     dictionary_runs,
     ef_sweep_runs,
     input_key,
     qualified,
     rank_runs,
-    registry,
-    run_artifacts,
     split_key,
-    token_seeds,
 )
+from elude.pipeline.plan import registry, run_artifacts, token_seeds
 
 REPO = Path(__file__).resolve().parents[1]
 # every study on, over two token seeds, an ablation variant whose name holds '-', and Table 6's EF axis

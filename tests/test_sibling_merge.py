@@ -20,7 +20,8 @@ from elude.method.surgery import (
     split_unit,
 )
 from elude.pipeline.config import ConfigError, merge_config, validate_config
-from elude.pipeline.plan import ablation_runs, ablation_artifacts, artifact_ids, surgery_params
+from elude.pipeline.input_keys import ablation_runs
+from elude.pipeline.plan import ablation_artifacts, artifact_ids, surgery_params
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = yaml.safe_load((REPO / "config.yaml").read_text())

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ...util.files import load_arrays
-from ..plan import split_key
+from ..input_keys import split_key
 from .job import Stage, dataset, load_layer
 
 if TYPE_CHECKING:  # torch and the measuring modules are imported where used: ablation and the EF axis need none
