@@ -52,6 +52,12 @@ def bias_fractions(frac: np.ndarray) -> np.ndarray:
     return frac.mean(axis=1)
 
 
+def subunit_activations(contrib: np.ndarray, frac: np.ndarray, bias: float) -> np.ndarray:
+    """Sub-unit pre-activations (instances, K) from raw contributions W_u * q (instances, upstream): eq. 4's
+    weights f * W_u and the bias split omega_c * b_u."""
+    return contrib @ frac.T + bias_fractions(frac)[None, :] * bias
+
+
 def selectivity(frac: np.ndarray, contrib: np.ndarray, bias: float, labels: np.ndarray) -> float:
     """The rho criterion (module docstring) for one split of one unit.
 
@@ -59,7 +65,7 @@ def selectivity(frac: np.ndarray, contrib: np.ndarray, bias: float, labels: np.n
     """
     k = frac.shape[0]
     member = labels >= 0
-    act = contrib[member] @ frac.T + bias_fractions(frac)[None, :] * bias  # (members, K)
+    act = subunit_activations(contrib[member], frac, bias)  # (members, K)
     lab = labels[member]
     a = np.stack([act[lab == c].mean(0) for c in range(k)], axis=1)  # a[c, c'] = mean of sub-unit c on cluster c'
     own = np.diag(a)
@@ -171,7 +177,7 @@ def merge_similar_siblings(frac: np.ndarray, contrib: np.ndarray, bias: float, l
     omega = bias_fractions(frac)
     if k < 2:  # an unchanged unit
         return SiblingMerge(frac, omega, [[0]], np.ones((1, 1)), np.ones((1, 1)))
-    act = contrib @ frac.T + omega[None, :] * bias
+    act = subunit_activations(contrib, frac, bias)
     smallest = np.bincount(labels[labels >= 0], minlength=k).min()
     corr, jac = sibling_similarity(act, int(min(max(smallest, 1), len(act))))
     adj = np.full((k, k), correlation is not None or overlap is not None)
