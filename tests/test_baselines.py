@@ -260,7 +260,7 @@ def test_table2_over_two_token_seeds_and_a_family_grid_change_reruns_only_that_f
 
 def test_baseline_ids_follow_only_their_own_family_and_match_waits_for_elude(tmp_path):
     from elude.pipeline.config import merge_config, validate_config
-    from elude.pipeline.plan import artifact_ids, baseline_artifacts
+    from elude.pipeline.plan import artifact_ids, baseline_artifacts, baseline_models
     from elude.pipeline.stages.baselines import n_features
 
     base = validate_config({"baselines": {"grid": {"lr": [1e-3], "w_dead": [1e-4]}}})  # schema defaults otherwise
@@ -299,6 +299,12 @@ def test_baseline_ids_follow_only_their_own_family_and_match_waits_for_elude(tmp
     assert all(a["params"]["first_try"] == "selection" and a["inputs"]["merge"] == merge_id for a in refits)
     evals = [a for a in arts if a["stage"] == "baseline_eval"]
     assert {a["inputs"]["baseline_train"] for a in evals} == {a["id"] for a in refits}
+    # the model folders a finished run's benches read: what Table 2 scored (the refits), or the eq. 9 selections
+    scored, chosen = baseline_models(live, tmp_path), baseline_models(live, tmp_path, selection=True)
+    assert {p.parent for p in scored.values()} == {tmp_path / "results/baseline_train"}
+    assert {p.name for p in scored.values()} == {a["id"] for a in refits}
+    assert {f: p.name for f, p in chosen.items()} == {a["family"]: a["id"] for a in arts if a["stage"] == "baseline_select"}
+    assert {p.parent.name for p in baseline_models(match, tmp_path).values()} == {"baseline_select"}  # match: the selection
 
 
 def test_live_match_search_scales_by_live_features_and_keeps_the_closest():

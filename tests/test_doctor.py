@@ -66,7 +66,7 @@ def test_a_config_that_cannot_run_fails_naming_each_key(tmp_path):
     assert proc.stdout.rstrip().splitlines()[-1].startswith("FAIL: ")
 
 
-def test_the_time_estimate_at_the_papers_scale_is_hours_of_clustering_and_baselines():
+def test_the_time_estimate_at_the_papers_scale_is_hours_of_clustering_and_baselines(monkeypatch):
     """elude.pipeline.estimate on a Table 9 config with a ViT-B/16 fc2 (768 units x 3,072 inputs, 197 tokens),
     ImageNet's 1,281,167 probe and 50,000 evaluation images, a GPU's forward rate: hours, not minutes, and
     clustering (quadratic in top-k) and the baseline sweep are what costs; the clustering grows as k^2.1."""
@@ -83,6 +83,21 @@ def test_the_time_estimate_at_the_papers_scale_is_hours_of_clustering_and_baseli
     assert cluster_unit_seconds(200_000, 3072, gpu=True) / cluster_unit_seconds(100_000, 3072, gpu=True) == pytest.approx(2 ** 2.1)
     # the paper's own figure (Sec. E.2): 768 units at k = 400,000 in ~28 h on one GPU
     assert 768 * cluster_unit_seconds(400_000, 3072, gpu=True) == pytest.approx(28 * 3600)
+    # match_live: the sweep at match as before, plus each seed's selected point trained 1 + 3 times at most
+    from elude.pipeline import estimate
+    from elude.pipeline.config import merge_config
+
+    def at(ef):
+        return stage_seconds(merge_config(config, {"baselines": {"expansion_factor": ef}}), shape, 1_281_167, 50_000,
+                             per_image_s=1 / 2000)
+
+    match, live = at("match"), at("match_live")
+    assert {s: v for s, v in live.items() if s != "baseline_train"} == {s: v for s, v in match.items() if s != "baseline_train"}
+    monkeypatch.setattr(estimate, "LIVE_MATCH_TRIES", 0)  # one training per refit: only the first seed's is extra
+    one = at("match_live")["baseline_train"] - match["baseline_train"]  # F x (t + a job's start-up)
+    starts = len(config["baselines"]["families"]) * estimate.JOB_START_S
+    # F x (4 t + start-up) on the first seed (a job of its own) and F x 3 t more on each of the two others
+    assert live["baseline_train"] - match["baseline_train"] == pytest.approx(10 * (one - starts) + starts)
 
 
 def test_a_config_left_at_the_papers_defaults_on_a_small_folder_is_told_to_scale_top_k_and_min_cluster_size(tmp_path):
