@@ -152,3 +152,28 @@ def test_cluster_shard_killed_after_its_last_unit_resumes_to_the_same_bytes(tmp_
     manifest = json.loads((res / "cluster/k/shard-0000/manifest.json").read_text())
     assert manifest["units_resumed"] == 16
     assert manifest["checksum"] == json.loads((res / "cluster/k/uninterrupted/manifest.json").read_text())["checksum"]
+
+
+def test_a_recorded_run_whose_pid_now_names_another_process_is_not_taken_for_running(tmp_path, monkeypatch):
+    """The run record (.snakemake/elude-run.json) names a Snakemake process by pid and start time: once it has
+    ended and the kernel gives its pid to another process whose command line says snakemake (a job of another
+    run, say), a new invocation here is not refused for it."""
+    import subprocess
+    import sys
+
+    from elude.pipeline import artifacts
+
+    monkeypatch.chdir(tmp_path)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "snakemake"])
+    try:
+        artifacts.record_run("mine")
+        rec = json.loads(artifacts.RUN_RECORD.read_text())
+        artifacts.RUN_RECORD.write_text(json.dumps({**rec, "pid": other.pid}))  # as if it were the recorded run
+        assert artifacts.active_run() is None  # same pid, another start time: not the recorded run
+        artifacts.RUN_RECORD.write_text(json.dumps({**rec, "pid": other.pid,
+                                                    "proc_start": artifacts.process_start(other.pid)}))
+        assert artifacts.active_run()["run_name"] == "mine"  # the recorded process itself, alive: refused
+    finally:
+        other.kill()
+        other.wait()
+    assert artifacts.active_run() is None  # ended

@@ -275,6 +275,10 @@ def test_baseline_ids_follow_only_their_own_family_and_match_waits_for_elude(tmp
         after = ids(validate_config(merge_config(base, {"baselines": change})))
         changed = {k[1] for k in set(before) ^ set(after)} | {k[1] for k in before if after.get(k, before[k]) != before[k]}
         assert changed == {family}, change
+    # standardise: off (raw instances, audit D7) is a new model for every family; on (the default) is in no id
+    raw = ids(validate_config(merge_config(base, {"baselines": {"standardise": False}})))
+    assert set(raw) == set(before) and all(raw[k] != before[k] for k in before if k[0] == "baseline_train")
+    assert ids(validate_config(merge_config(base, {"baselines": {"standardise": True}}))) == before
     # w_l1 is an axis of vanilla and the transcoder only
     after = ids(validate_config(merge_config(base, {"baselines": {"grid": {"w_l1": [0.1]}}})))
     assert {k[1] for k in set(before) ^ set(after)} == {"vanilla", "transcoder"}
@@ -333,3 +337,25 @@ def test_table2_marks_best_and_second_and_says_where_elude_loses():
     assert "<b>70.00</b>" in h and "<u>60.00</u>" in h and "<b>81.00</b>" in h and "<u>80.00</u>" in h
     assert "<b>100.00</b>" in h and "<u>97.00</u>" in h
     assert table2_findings(rows) == ["Accuracy: TopK-SAE 81.00 beats ELUDe's 80.00."]
+
+
+def test_standardise_off_trains_on_the_raw_instances(tmp_path):
+    """baselines.standardise: false (audit D7): the baseline_train stage keeps a zero mean and a unit scale, so the
+    dictionary reads the raw layer outputs; on (the default) it stores the probe instances' mean and RMS scale."""
+    from elude.pipeline.stages.baselines import baseline_train
+    from elude.pipeline.stages.job import Stage
+    from test_bad_inputs import cache, data_cfg, image_dir, make_backbone
+
+    bb = make_backbone(tmp_path / "bb")
+    cache(data_cfg(image_dir(tmp_path / "probe")), str(bb), str(tmp_path / "cache"))
+    settings = {"family": "topk", "expansion_factor": 2, "epochs": 1, "batch_size": 64, "init_seed": 42, "sparsity": 4,
+                "device": "cpu", "hp": {"lr": 1e-3, "w_dead": 1e-4}}
+    models = {}
+    for standardise in (True, False):
+        params = settings if standardise else {**settings, "standardise": False}
+        out = tmp_path / f"model-{standardise}"
+        baseline_train(Stage("baseline_train", f"b{standardise:d}", params), [str(tmp_path / "cache")], str(bb), str(out))
+        models[standardise] = Baseline.load(out)
+    assert float(models[False].in_mean.abs().max()) == 0 and float(models[False].in_scale) == 1
+    assert float(models[True].in_mean.abs().max()) > 0 and float(models[True].in_scale) != 1
+    assert not torch.equal(models[True].model.get_dictionary(), models[False].model.get_dictionary())

@@ -98,6 +98,16 @@ def test_the_time_estimate_at_the_papers_scale_is_hours_of_clustering_and_baseli
     starts = len(config["baselines"]["families"]) * estimate.JOB_START_S
     # F x (4 t + start-up) on the first seed (a job of its own) and F x 3 t more on each of the two others
     assert live["baseline_train"] - match["baseline_train"] == pytest.approx(10 * (one - starts) + starts)
+    # the baselines at match are sized for cluster.target_ef when it is set (else EF 4), and the doctor says which
+    from elude.pipeline.doctor import run_time
+
+    target8 = merge_config(config, {"baselines": {"expansion_factor": "match"}, "cluster": {"target_ef": 8}})
+    assert stage_seconds(target8, shape, 1_281_167, 50_000, per_image_s=1 / 2000)["baseline_train"] > match["baseline_train"]
+    shape_timed = {**shape, "per_image_s": 1 / 2000, "timed_on": "cuda"}
+    counts = {"probe": 1_281_167, "eval": 50_000}
+    assert run_time(target8, counts, shape_timed).endswith("the baselines at match are sized for ELUDe at EF 8 (cluster.target_ef)")
+    assert "sized for ELUDe at EF 4 (assumed" in run_time(merge_config(config, {"baselines": {"expansion_factor": "match"}}),
+                                                          counts, shape_timed)
 
 
 def test_a_config_left_at_the_papers_defaults_on_a_small_folder_is_told_to_scale_top_k_and_min_cluster_size(tmp_path):

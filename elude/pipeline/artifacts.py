@@ -194,7 +194,17 @@ def record_run(run_name: str) -> None:
 
     RUN_RECORD.parent.mkdir(exist_ok=True)
     RUN_RECORD.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "run_name": run_name,
-                                      "started": time.strftime("%Y-%m-%d %H:%M:%S")}))
+                                      "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                                      "proc_start": process_start(os.getpid())}))
+
+
+def process_start(pid: int) -> str | None:
+    """The process's start time since boot (/proc/<pid>/stat, field 22): with the pid it names one process, so a
+    pid the kernel has given to a later process (a job of another run, say) is not taken for the recorded run."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
 
 
 def active_run() -> dict | None:
@@ -207,5 +217,6 @@ def active_run() -> dict | None:
         cmdline = Path(f"/proc/{rec['pid']}/cmdline").read_bytes()
     except (OSError, ValueError, KeyError):
         return None
-    alive = rec["pid"] != os.getpid() and rec.get("host") == socket.gethostname() and b"snakemake" in cmdline
+    alive = (rec["pid"] != os.getpid() and rec.get("host") == socket.gethostname() and b"snakemake" in cmdline
+             and rec.get("proc_start", process_start(rec["pid"])) == process_start(rec["pid"]))
     return rec if alive else None

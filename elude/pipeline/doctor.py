@@ -24,7 +24,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .estimate import describe, forward_seconds_per_image, probe_instances, stage_seconds
+from .estimate import assumed_ef, describe, forward_seconds_per_image, probe_instances, stage_seconds
 
 PROFILE_PARTITIONS = Path(__file__).resolve().parents[2] / "profiles/slurm/partitions.yaml"
 DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4}
@@ -230,7 +230,13 @@ def run_time(config: dict, counts: dict | None, shape: dict | None) -> str | Fin
     if counts is None or shape is None:
         return Finding("warn", "time", "not estimated (the layer or the data are only measured by the jobs)")
     seconds = stage_seconds(config, shape, counts["probe"], counts["eval"], shape["per_image_s"])
-    return describe(seconds, shape["per_image_s"], shape["timed_on"], config["compute"]["device"])
+    line = describe(seconds, shape["per_image_s"], shape["timed_on"], config["compute"]["device"])
+    if config["baselines"]["families"] and config["baselines"]["expansion_factor"] in ("match", "match_live"):
+        ef = assumed_ef(config)  # the baselines' size follows the EF the clustering gives, unknown until it has run
+        line += (f"; the baselines at {config['baselines']['expansion_factor']} are sized for ELUDe at EF {ef:g} "
+                 + ("(cluster.target_ef)" if config["cluster"]["target_ef"] else
+                    "(assumed: their training grows with the EF the clustering gives; set cluster.target_ef to fix it)"))
+    return line
 
 
 def slurm() -> Finding:

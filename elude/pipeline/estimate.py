@@ -82,6 +82,12 @@ def probe_instances(config: dict, shape: dict, probe_images: int) -> int:
     return probe_images * min(config["cache"]["tokens_per_image"] or shape["per_image"], shape["per_image"])
 
 
+def assumed_ef(config: dict) -> float:
+    """ELUDe's EF before clustering gives it: cluster.target_ef, else 4 (the paper's layers: 2-8). At the paper's
+    ratios on a small probe set it can be ten times that (docs/findings/real-models.md: 44.7 on MiniLM at k/400)."""
+    return config["cluster"]["target_ef"] or 4
+
+
 def stage_seconds(config: dict, shape: dict, probe_images: int, eval_images: int, per_image_s: float) -> dict:
     """Seconds of job time per stage (summed over its jobs, job start-up included) for a run of ``config`` on a
     layer of ``shape`` (units, inputs, per_image), from the registry of every artifact the run builds."""
@@ -94,7 +100,7 @@ def stage_seconds(config: dict, shape: dict, probe_images: int, eval_images: int
     shards = n_shards(units, config["cluster"]["units_per_shard"])
     red = config["cluster"]["reduce"]
     dims = min(red["dims"], inputs) if red["method"] != "none" else inputs
-    subunits = units * 4  # ELUDe's EF before it is known: 4 (the paper's layers: 2-8)
+    subunits = units * assumed_ef(config)
     out: dict[str, float] = {}
 
     def add(stage: str, jobs: int, work_s: float) -> None:

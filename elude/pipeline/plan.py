@@ -130,8 +130,9 @@ BASELINE_FAMILY_KEYS = {"topk": ("sparsity",), "batchtopk": ("sparsity",), "mp":
 
 def _family_settings(config: dict, family: str) -> dict:
     b = config["baselines"]
+    raw = {} if b["standardise"] else {"standardise": False}  # in the id only when off: the default keeps its ids
     return {"family": family, **{k: b[k] for k in BASELINE_SHARED + BASELINE_FAMILY_KEYS.get(family, ())},
-            "device": config["compute"]["device"]}
+            "device": config["compute"]["device"], **raw}
 
 
 def _train_inputs(config: dict, chain: dict) -> dict:
