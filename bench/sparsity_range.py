@@ -70,7 +70,7 @@ def main() -> None:
         hp = {axis: values[len(values) // 2] for axis, values in grid.items()}  # the middle of the run's own grid
         axis, values = PENALTY.get(family, (None, [None]))
         values = args.values if axis and args.values else values
-        norm = normalisation(stream, family == "transcoder")
+        norm = normalisation(stream, family == "transcoder", b["standardise"])
         points = (archetypal_points(stream, b["archetypal_points"], b["init_seed"], norm["in_mean"], norm["in_scale"])
                   if family == "archetypal" else None)
         for v in values:

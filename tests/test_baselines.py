@@ -359,3 +359,11 @@ def test_standardise_off_trains_on_the_raw_instances(tmp_path):
     assert float(models[False].in_mean.abs().max()) == 0 and float(models[False].in_scale) == 1
     assert float(models[True].in_mean.abs().max()) > 0 and float(models[True].in_scale) != 1
     assert not torch.equal(models[True].model.get_dictionary(), models[False].model.get_dictionary())
+    # the transcoder reads q: its raw input mean has the layer's input width (the same function serves bench/)
+    from elude.models.cache import Cache
+    from elude.pipeline.stages.job import layer_weights
+
+    w, b, _ = layer_weights(bb)
+    raw = normalisation(InstanceStream(Cache([str(tmp_path / "cache")]), w, b), True, standardise=False)
+    assert raw["in_mean"].shape == (w.shape[1],) and raw["out_mean"].shape == (w.shape[0],)
+    assert float(raw["in_mean"].abs().max()) == 0 and float(raw["in_scale"]) == float(raw["out_scale"]) == 1

@@ -65,9 +65,14 @@ class InstanceStream:
             carry = [(q[full:], a[full:])] if full < len(q) else []
 
 
-def normalisation(stream: InstanceStream, transcoder: bool) -> dict[str, torch.Tensor]:
+def normalisation(stream: InstanceStream, transcoder: bool, standardise: bool = True) -> dict[str, torch.Tensor]:
     """Per-feature mean and one RMS scale of the model's input (q for a transcoder, else a) and of a,
-    in one streaming pass (float64 sums)."""
+    in one streaming pass (float64 sums). ``standardise`` False (``baselines.standardise``): zero means and unit
+    scales, so the model reads the raw instances, as overcomplete trains (the paper's E.3; audit D7)."""
+    if not standardise:
+        n_units, n_upstream = stream.w.shape  # no pass over the cache needed
+        return {"in_mean": torch.zeros(n_upstream if transcoder else n_units), "in_scale": torch.tensor(1.0),
+                "out_mean": torch.zeros(n_units), "out_scale": torch.tensor(1.0)}
     sums = {}
     for q, a in stream.chunks():
         for name, x in (("in", q if transcoder else a), ("out", a)):

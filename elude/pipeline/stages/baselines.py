@@ -59,9 +59,7 @@ def baseline_train(st: Stage, cache_dirs: list[str], backbone_dir: str, out: str
     n_feat = n_features(p, info["n_units"], merge_dir)
     live_match = p["expansion_factor"] == "match_live"
     with st.publish(out, resumable=True, hp=hp, n_features=n_feat) as (tmp, manifest):
-        norm = normalisation(stream, p["family"] == "transcoder")
-        if not p.get("standardise", True):  # raw instances, as overcomplete trains (the paper's E.3; audit D7)
-            norm = {k: torch.zeros_like(v) if k.endswith("mean") else torch.ones_like(v) for k, v in norm.items()}
+        norm = normalisation(stream, p["family"] == "transcoder", p.get("standardise", True))
         data_seed = p.get("data_seed", p["init_seed"])  # Table 4's runs vary the initialisation only
         points = (archetypal_points(stream, p["archetypal_points"], data_seed, norm["in_mean"], norm["in_scale"])
                   if p["family"] == "archetypal" else None)
