@@ -17,6 +17,20 @@ is its own; the process first clusters a tiny warm-up unit (imports, compiled co
 shard job pays once), then the timed unit. The package is skipped where its predicted time (n^2 from the previous size) exceeds
 --package-limit seconds; the torch backend's agreement reference is itself (exact by construction and
 tested against the package in tests/test_exact_hdbscan.py).
+
+Presets (issue 29), each printing per rung the exact backend's phases (points, core distances, each
+Borůvka round and the few-components finish, the long edges, Prim's replay, the tree half) and its
+machine-independent counters (pairs screened, pairs recomputed exactly, points searched per round, radius
+edges, rows recomputed in full), and writing the rows as JSON (``--json``):
+
+    .venv/bin/python bench/cluster_scale.py --cpu-proxy [--baseline-rev e61c9f0] [--json proxy.json]
+    .venv/bin/python bench/cluster_scale.py --paper [--baseline-rev e61c9f0] [--json paper.json]
+
+``--cpu-proxy``: n = 25,000 at d = 768, the paper's setting, torch on 2 CPU threads. ``--paper``: the
+GPU ladder n = 25k .. 400k at d = 3072, the paper's setting, torch on CUDA. ``--baseline-rev`` runs the
+same child on that commit's ``elude/`` (``git archive`` into a temporary folder) on the same machine in
+the same run, and reports the speed-up and whether the labels are identical (rungs up to
+``--baseline-max-n``).
 """
 from __future__ import annotations
 
@@ -33,7 +47,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, os.environ.get("ELUDE_CODE", str(ROOT)))  # a child may run another commit's elude/
 CPU_SETTING = {"min_cluster_size": 50, "min_samples": 5, "method": "leaf"}
 GPU_SETTING = {"min_cluster_size": 1000, "min_samples": None, "method": "leaf"}
 VARIANTS = {  # name -> (backend, reduction dims or None)
@@ -76,27 +90,39 @@ def run_variant(variant: str, n: int, d: int, setting: dict, out: Path) -> None:
     kept = 1.0
     if dims:
         x, kept = clustering.reduce_dims(x, "pca", dims, clustering.backend_device(backend))
-    labels, probs = clustering.hdbscan_labels(x, backend=backend, **setting)
+    stats = {}
+    if backend.startswith("torch"):  # the exact backend's two halves, for its phases and counters
+        from elude.method import _exact_hdbscan
+
+        ms = setting["min_samples"] or setting["min_cluster_size"]
+        mst = _exact_hdbscan.mutual_reachability_mst(x, ms, device=clustering.backend_device(backend))
+        labels, probs = _exact_hdbscan.hdbscan_from_mst(mst, setting["min_cluster_size"], setting["method"])
+        stats = mst.stats
+    else:
+        labels, probs = clustering.hdbscan_labels(x, backend=backend, **setting)
     if backend == "torch:cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t
     np.save(out / "labels.npy", labels)
+    np.save(out / "probs.npy", probs)
     gpu_mb = torch.cuda.max_memory_allocated() / 2**20 if backend == "torch:cuda" else None
-    (out / "result.json").write_text(json.dumps({"seconds": seconds, "gpu_mb": gpu_mb,
+    (out / "result.json").write_text(json.dumps({"seconds": seconds, "gpu_mb": gpu_mb, "stats": stats,
                                                  "variance_kept": kept, "clusters": int(labels.max() + 1),
                                                  "noise": float((labels < 0).mean())}))
 
 
-def measure(variant: str, n: int, d: int, setting: dict) -> dict:
+def measure(variant: str, n: int, d: int, setting: dict, code: str | None = None) -> dict:
+    """One fresh child process; ``code``: a folder holding another commit's ``elude/`` to run instead."""
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, __file__, "--child", variant, str(n), str(d), json.dumps(setting), tmp]
-        env = {**os.environ, "OMP_NUM_THREADS": "2"}
+        env = {**os.environ, "OMP_NUM_THREADS": "2", **({"ELUDE_CODE": code} if code else {})}
         proc = subprocess.Popen(cmd, env=env)
         _, status, usage = os.wait4(proc.pid, 0)
         if status != 0:
             return {"failed": f"exit status {status}"}
         r = json.loads((Path(tmp) / "result.json").read_text())
         r["labels"] = np.load(Path(tmp) / "labels.npy")
+        r["probs"] = np.load(Path(tmp) / "probs.npy")
         r["rss_peak_mb"] = usage.ru_maxrss / 1024
         return r
 
@@ -153,6 +179,65 @@ def sweep(variants: list[str], sizes: list[int], dims: list[int], setting: dict,
     return rows
 
 
+def export_rev(rev: str, into: Path) -> str:
+    """``rev``'s elude/ in ``into`` (git archive), for a side-by-side run of that commit's code."""
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "elude"], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return str(into)
+
+
+def phases_table(rows: list[dict]) -> None:
+    """Per rung: the exact backend's phases (seconds) and its machine-independent counters."""
+    print(f"\n{'code':10} {'n':>7} {'total s':>8} {'points':>7} {'core':>7} {'rounds (s/searched)':>34} "
+          f"{'long':>6} {'prim':>6} {'tree':>6} {'screened':>10} {'exact':>10} {'radius':>10} {'full':>5} "
+          f"{'speed-up':>8} {'labels':>9}")
+    for r in rows:
+        if "failed" in r or "skipped" in r:
+            print(f"{r['code']:10} {r['n']:>7}  {r.get('failed') or r.get('skipped')}")
+            continue
+        st, ph = r.get("stats", {}), r.get("stats", {}).get("phase_s", {})
+        f = lambda k: f"{ph[k]:7.2f}" if k in ph else f"{'-':>7}"  # noqa: E731
+        rounds = " ".join(("F" if x["finish"] else "") + f"{x['s']:.1f}/{x['searched']}" for x in st.get("rounds", []))
+        c = lambda k: f"{st[k]:10.3g}" if k in st else f"{'-':>10}"  # noqa: E731
+        print(f"{r['code']:10} {r['n']:>7} {r['seconds']:8.2f} {f('points')} {f('core_distances')} {rounds or '-':>34} "
+              f"{f('long_edges')[1:]} {f('prim')[1:]} {f('tree')[1:]} {c('pairs_screened')} {c('pairs_exact')} "
+              f"{c('radius_edges')} {st.get('rows_exact_in_full', st.get('core_fallback_rows', '-')):>5} "
+              f"{r.get('speedup', '-'):>8} {r.get('identical', '-'):>9}")
+
+
+def preset(name: str, sizes: list[int], d: int, variant: str, baseline_rev: str | None, baseline_max_n: int,
+           json_path: str | None) -> None:
+    """A preset ladder: this code (and a baseline commit's, side by side) at the paper's setting."""
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        base = export_rev(baseline_rev, Path(tmp)) if baseline_rev else None
+        for n in sizes:
+            now = {"code": "this", "n": n, "d": d, **measure(variant, n, d, GPU_SETTING)}
+            print(f"  done: this code, n={n}: {now.get('seconds', float('nan')):.2f} s", file=sys.stderr, flush=True)
+            rows.append(now)
+            if base and n <= baseline_max_n:
+                old = {"code": baseline_rev[:10], "n": n, "d": d, **measure(variant, n, d, GPU_SETTING, base)}
+                print(f"  done: {baseline_rev}, n={n}: {old.get('seconds', float('nan')):.2f} s", file=sys.stderr, flush=True)
+                if "failed" not in now and "failed" not in old:
+                    now["speedup"] = f"{old['seconds'] / now['seconds']:.2f}x"
+                    same = np.array_equal(now["labels"], old["labels"]) and np.array_equal(now["probs"], old["probs"])
+                    now["identical"] = "yes" if same else f"ARI {agreement(old['labels'], now['labels'])[0]:.4f}"
+                rows.append(old)
+    import torch
+
+    where = torch.cuda.get_device_name() if variant == "torch GPU" else f"{os.cpu_count()} CPU cores visible, 2 threads"
+    print(f"\n{name}: d = {d}, setting {GPU_SETTING} (the paper's, Sec. E.7); {where}; {time.strftime('%Y-%m-%d')}")
+    print("rounds: per Borůvka round seconds/points searched, F = the few-components finish; screened/exact: "
+          "pairs; radius: radius-list edges; full: rows recomputed exactly in full; labels: labels and "
+          "probabilities identical to the baseline's")
+    phases_table(rows)
+    if json_path:
+        keep = [{k: v for k, v in r.items() if k not in ("labels", "probs")} for r in rows]
+        Path(json_path).write_text(json.dumps({"preset": name, "d": d, "setting": GPU_SETTING, "device": where,
+                                               "date": time.strftime("%Y-%m-%d"), "rows": keep}, indent=1))
+        print(f"wrote {json_path}")
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         variant, n, d, setting, out = sys.argv[2:7]
@@ -164,8 +249,23 @@ def main() -> None:
     ap.add_argument("--package-limit", type=float, default=300.0)
     ap.add_argument("--gpu-sizes", type=int, nargs="+", default=[25000, 50000, 100000, 200000, 400000])
     ap.add_argument("--variants", nargs="+", default=None, help="subset of the variants (default: all that can run)")
+    ap.add_argument("--cpu-proxy", action="store_true", help="n = 25k at d = 768, the paper's setting, on the CPU")
+    ap.add_argument("--paper", action="store_true", help="the GPU ladder n = 25k..400k at d = 3072, the paper's setting")
+    ap.add_argument("--baseline-rev", default=None, help="with a preset: also run this commit's code, side by side")
+    ap.add_argument("--baseline-max-n", type=int, default=100_000, help="largest rung the baseline runs on")
+    ap.add_argument("--json", default=None, help="with a preset: write its rows here")
     args = ap.parse_args()
     import torch
+
+    if args.cpu_proxy:
+        preset("CPU proxy", [25_000], 768, "torch CPU", args.baseline_rev, args.baseline_max_n, args.json)
+        return
+    if args.paper:
+        if not torch.cuda.is_available():
+            sys.exit("--paper needs a CUDA GPU (it measures the GPU ladder); --cpu-proxy runs on the CPU")
+        preset("GPU ladder", [25_000, 50_000, 100_000, 200_000, 400_000], 3072, "torch GPU", args.baseline_rev,
+               args.baseline_max_n, args.json)
+        return
 
     cpu = [v for v in VARIANTS if "GPU" not in v and (args.variants is None or v in args.variants)]
     # reference first: the exact full-dimension result

@@ -166,3 +166,43 @@ def test_gpu_arithmetic_equals_package(min_samples):
         for method in ("leaf", "eom"):
             assert_same_clustering(package(x, min_samples, method),
                                    exact_hdbscan.hdbscan_from_mst(mst, MIN_CLUSTER_SIZE, method))
+
+
+def random_msts():
+    """Spanning trees as the MST step hands them over, in unsorted order: random attachment (bushy) and
+    paths (deep), with continuous weights, heavy ties and zero weights (infinite lambdas)."""
+    for seed in range(60):
+        rng = np.random.default_rng(seed)
+        n = int(rng.integers(2, 600))
+        new = np.arange(1, n)
+        old = new - 1 if seed % 4 == 3 else rng.integers(0, new)
+        w = [rng.random(n - 1), rng.integers(0, 6, n - 1).astype(float),
+             np.round(rng.exponential(1.0, n - 1), 1)][seed % 3]
+        yield seed, np.stack([old, new, w], 1).astype(np.float64)[rng.permutation(n - 1)]
+
+
+def test_tree_half_is_the_packages():
+    """Our linear-time tree half gives the package's single linkage, condensed tree (row for row), labels
+    and probabilities bitwise, for both selection methods and small to large min_cluster_size."""
+    from hdbscan._hdbscan_linkage import label
+    from hdbscan._hdbscan_tree import condense_tree
+    from hdbscan.hdbscan_ import _tree_to_labels
+
+    from elude.method._exact_hdbscan import tree
+
+    clustered = 0
+    for seed, rows in random_msts():
+        ordered = rows[np.argsort(rows.T[2]), :]
+        linkage = label(ordered)
+        np.testing.assert_array_equal(tree.single_linkage(ordered), linkage, err_msg=f"seed {seed}")
+        for mcs in (2, 5, 25, 120):
+            ref = condense_tree(linkage, mcs)
+            for got, field in zip(tree.condense_tree(linkage, mcs), ("parent", "child", "lambda_val", "child_size")):
+                np.testing.assert_array_equal(got, ref[field], err_msg=f"seed {seed}, mcs {mcs}: {field}")
+            for method in ("leaf", "eom"):
+                labels, probs, *_ = _tree_to_labels(None, linkage, mcs, method)
+                got_labels, got_probs = tree.tree_to_labels(rows, mcs, method)
+                np.testing.assert_array_equal(got_labels, labels, err_msg=f"seed {seed}, mcs {mcs}, {method}")
+                np.testing.assert_array_equal(got_probs, probs, err_msg=f"seed {seed}, mcs {mcs}, {method}")
+                clustered += labels.max() >= 1
+    assert clustered > 100  # most cases select several clusters

@@ -2,9 +2,9 @@
 
 HDBSCAN* = core distances -> minimum spanning tree (MST) of the mutual-reachability graph ->
 single-linkage tree -> condensed tree -> leaf/EOM selection. This module computes the first two in
-torch, in blocks of rows (GPU when given a CUDA device, else CPU), and hands the tree to the hdbscan
-package's own functions (``_hdbscan_linkage.label``, ``hdbscan_._tree_to_labels``) for the rest, so
-labels and probabilities come from the reference code itself.
+torch, in blocks of rows (GPU when given a CUDA device, else CPU); the rest runs in :mod:`.tree`, a
+linear-time copy of the hdbscan package's ``_hdbscan_linkage.label`` + ``hdbscan_._tree_to_labels``
+whose outputs are bitwise the package's (tests hold the package as the reference).
 
 Definitions match hdbscan 0.8.x (its ``prims_kdtree`` / ``generic`` algorithms, which agree):
 - core distance = distance to the point's ``min_samples``-th nearest *other* point (the package queries
@@ -56,6 +56,7 @@ differ from the package's in the last bit and near-ties (within ~1e-16) may brea
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,6 +67,7 @@ from .boruvka import boruvka, long_edge_ties
 from .core import core_distances
 from .points import Points
 from .prim import prim_order
+from .tree import tree_to_labels
 
 log = logging.getLogger(__name__)
 
@@ -101,10 +103,15 @@ def mutual_reachability_mst(x: np.ndarray, min_samples: int, device: str | torch
     n = len(x)
     ms = max(1, min(n - 1, min_samples))
     device = torch.device(device)
+    started = time.perf_counter()
     pts = Points(x, device, block_mb or BLOCK_MB[device.type], gpu_arithmetic)
+    phase = {"points": pts.clock() - started}
+    t = pts.clock()
     core, indptr, neighbours, stats = core_distances(pts, ms)
+    phase["core_distances"], t = pts.clock() - t, pts.clock()
     mst, bstats = boruvka(pts, core, indptr, neighbours)
     stats.update(bstats)
+    phase["boruvka"], t = pts.clock() - t, pts.clock()
     core_np = core.cpu().numpy()
     a, b, w = mst[:, 0].astype(np.int64), mst[:, 1].astype(np.int64), mst[:, 2]
     is_long = w > np.maximum(core_np[a], core_np[b])
@@ -118,22 +125,22 @@ def mutual_reachability_mst(x: np.ndarray, min_samples: int, device: str | torch
     if stats["long_ties_seen"] and is_long.any():
         long_edges = np.concatenate([long_edges, long_edge_ties(pts, core, mst[is_long, 2])])
     stats["long_edges"] = int(is_long.sum())
+    phase["long_edges"], t = pts.clock() - t, pts.clock()
     rows, reached = prim_order(n, core_np, indptr.cpu().numpy(), neighbours.cpu().numpy(), long_edges)
+    phase["prim"] = time.perf_counter() - t
     tie_order = "prim"
     if reached != n or not np.array_equal(np.sort(rows[:, 2]), np.sort(mst[:, 2])):
         log.warning("exact HDBSCAN: Prim's replay on the sparse graph did not reproduce the MST weights "
                     "(ties between distinct long edges); using the Borůvka tree, whose tie order may differ "
                     "from the hdbscan package's")
         rows, tie_order = mst[np.lexsort((mst[:, 1], mst[:, 0], mst[:, 2]))], "boruvka"
+    stats.update(pts.counters, phase_s=phase)
     return MST(rows=rows, core=core_np, tie_order=tie_order, stats=stats)
 
 
 def hdbscan_from_mst(mst: MST, min_cluster_size: int, method: str) -> tuple[np.ndarray, np.ndarray]:
-    """The package's cheap half on our tree: sort (as the package does), single linkage, condense, select."""
-    from hdbscan._hdbscan_linkage import label
-    from hdbscan.hdbscan_ import _tree_to_labels
-
-    rows = mst.rows[np.argsort(mst.rows.T[2]), :]
-    single_linkage = label(rows)
-    labels, probs, *_ = _tree_to_labels(None, single_linkage, min_cluster_size, method)
+    """The tree half on our MST: sort (as the package does), single linkage, condense, select."""
+    started = time.perf_counter()
+    labels, probs = tree_to_labels(mst.rows, min_cluster_size, method)
+    mst.stats["phase_s"]["tree"] = time.perf_counter() - started
     return labels.astype(np.int64), probs.astype(np.float32)

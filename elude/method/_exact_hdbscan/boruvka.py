@@ -1,10 +1,11 @@
 """Borůvka rounds over the mutual-reachability graph, the one-pass finish, and long-edge ties."""
 from __future__ import annotations
 
+import numba
 import numpy as np
 import torch
 
-from .points import Points
+from .points import Points, _no_tf32
 
 SEARCH_CANDIDATES = 16  # float32 candidates refined exactly per searched point in a Borůvka round
 FINISH_COMPONENTS = 64  # at most this many components left: one pass finds every pair's cheapest edge
@@ -25,6 +26,27 @@ def _edge_key_min(group: torch.Tensor, w: torch.Tensor, lo: torch.Tensor, hi: to
     return best_w, best_lo, best_hi
 
 
+@numba.njit(cache=True)
+def _radius_key_min(indptr, nbrs, core, comp):
+    """Per point, its radius edge into another component with the smallest (weight, lower index, higher
+    index), weight = max(core_a, core_b); (w, lo, hi) per point (inf, -1, -1 where none). The CPU's
+    :func:`_edge_key_min` over the radius lists, in one pass."""
+    n = len(core)
+    bw = np.full(n, np.inf)
+    blo = np.full(n, -1, dtype=np.int64)
+    bhi = np.full(n, -1, dtype=np.int64)
+    for a in range(n):
+        for e in range(indptr[a], indptr[a + 1]):
+            b = np.int64(nbrs[e])
+            if comp[a] == comp[b]:
+                continue
+            w = max(core[a], core[b])
+            lo, hi = min(a, b), max(a, b)
+            if w < bw[a] or (w == bw[a] and (lo < blo[a] or (lo == blo[a] and hi < bhi[a]))):
+                bw[a], blo[a], bhi[a] = w, lo, hi
+    return bw, blo, bhi
+
+
 def _better(w1, lo1, hi1, w2, lo2, hi2) -> torch.Tensor:
     return (w1 < w2) | ((w1 == w2) & ((lo1 < lo2) | ((lo1 == lo2) & (hi1 < hi2))))
 
@@ -33,26 +55,35 @@ def boruvka(pts: Points, core: torch.Tensor, indptr: torch.Tensor, neighbours: t
     """An MST of the mutual-reachability graph as (n - 1, 3) float64 rows (a, b, weight)."""
     n, dev = pts.n, pts.device
     comp = torch.arange(n, device=dev)
-    src = torch.repeat_interleave(torch.arange(n, device=dev), indptr[1:] - indptr[:-1])
-    dst = neighbours.long()
-    short_w = torch.maximum(core[src], core[dst])  # d <= max(core) on a radius edge, so mr = max(core_a, core_b)
+    if pts.gpu_arithmetic:  # the radius edges as flat tensors (the CPU walks the lists in numba instead)
+        src = torch.repeat_interleave(torch.arange(n, device=dev), indptr[1:] - indptr[:-1])
+        dst = neighbours.long()
+        short_w = torch.maximum(core[src], core[dst])  # d <= max(core) on a radius edge: mr = max(core_a, core_b)
+    else:
+        indptr_np, nbr_np, core_np = indptr.numpy(), neighbours.numpy(), core.numpy()
     edges: list[tuple[int, int, float]] = []
     rounds, searched, long_ties = 0, 0, False
+    per_round: list[dict] = []  # per round: components at its start, points searched, seconds
     core2_s = (core * core).to(pts.screen)
     while True:
         n_comp = int(comp.max()) + 1
         if n_comp == 1:
             break
         rounds += 1
+        started = pts.clock()
         if n_comp <= FINISH_COMPONENTS:  # one pass over all pairs settles every remaining merge
             fin, fin_ties = _finish(pts, core, comp, n_comp)
             edges.extend(fin)
             long_ties |= fin_ties
             searched += n
+            per_round.append({"finish": True, "components": n_comp, "searched": n, "s": pts.clock() - started})
             break
-        cross = comp[src] != comp[dst]
-        lo, hi = torch.minimum(src, dst), torch.maximum(src, dst)
-        pw, plo, phi = _edge_key_min(src[cross], short_w[cross], lo[cross], hi[cross], n)
+        if pts.gpu_arithmetic:
+            cross = comp[src] != comp[dst]
+            lo, hi = torch.minimum(src, dst), torch.maximum(src, dst)
+            pw, plo, phi = _edge_key_min(src[cross], short_w[cross], lo[cross], hi[cross], n)
+        else:
+            pw, plo, phi = map(torch.from_numpy, _radius_key_min(indptr_np, nbr_np, core_np, comp.numpy()))
         certified = pw == core  # no edge at a point weighs less than its core distance
         cw, _, _ = _edge_key_min(comp, pw, plo.clamp(min=0), phi.clamp(min=0), n_comp)
         need = (~certified & (core < cw[comp])).nonzero()[:, 0]
@@ -110,8 +141,10 @@ def boruvka(pts: Points, core: torch.Tensor, indptr: torch.Tensor, neighbours: t
         g = coo_matrix((np.ones(len(pairs)), (c_np[pairs[:, 0]], c_np[pairs[:, 1]])), shape=(n_comp, n_comp))
         _, merged = connected_components(g, directed=False)
         comp = torch.from_numpy(merged[c_np].astype(np.int64)).to(dev)
+        per_round.append({"finish": False, "components": n_comp, "searched": int(len(need)), "s": pts.clock() - started})
     rows = np.array(edges, dtype=np.float64).reshape(-1, 3)
-    return rows, {"boruvka_rounds": rounds, "boruvka_searched_points": int(searched), "long_ties_seen": long_ties}
+    return rows, {"boruvka_rounds": rounds, "boruvka_searched_points": int(searched), "long_ties_seen": long_ties,
+                  "rounds": per_round}
 
 
 def long_edge_ties(pts: Points, core: torch.Tensor, weights: np.ndarray) -> np.ndarray:
@@ -136,35 +169,61 @@ def long_edge_ties(pts: Points, core: torch.Tensor, weights: np.ndarray) -> np.n
 
 
 def _finish(pts: Points, core: torch.Tensor, comp: torch.Tensor, n_comp: int) -> tuple[list, bool]:
-    """The rest of the MST when few components are left: one pass over all rows finds, per pair of
-    components, its cheapest edge (float32 screen, then the rows within 2 tol of it exactly); Kruskal on
-    those pair edges (in (weight, lower index, higher index) order) completes the tree. Returns (edges,
-    whether distinct long edges tie)."""
-    n, dev = pts.n, pts.device
-    f64 = torch.float64  # a float64 screen here: its band is narrow even where distances concentrate
-    core2 = core * core
-    row_min = torch.full((n, n_comp), float("inf"), dtype=f64, device=dev)
-    for start in range(0, n, pts.block):
-        rows = torch.arange(start, min(n, start + pts.block), device=dev)
-        mr2 = torch.maximum(torch.maximum(pts.d2_block(rows, f64), core2[rows, None]), core2[None, :])
-        mr2[comp[rows][:, None] == comp[None, :]] = float("inf")
-        row_min[rows] = row_min[rows].scatter_reduce(1, comp[None, :].expand(len(rows), -1), mr2, "amin")
-    pair_min = torch.full((n_comp, n_comp), float("inf"), dtype=f64, device=dev)
-    pair_min.scatter_reduce_(0, comp[:, None].expand(-1, n_comp), row_min, "amin")
-    band = 2 * float(pts.tol(torch.zeros(1, dtype=torch.long, device=dev), f64)[0]) * 2  # 2 tol, uniform over rows
-    cand = torch.isfinite(row_min) & (row_min <= pair_min[comp] + band)  # (row, other component) pairs that
+    """The rest of the MST when few components are left: per pair of components its cheapest edge, then
+    Kruskal on those pair edges (in (weight, lower index, higher index) order). Returns (edges, whether
+    distinct long edges tie).
+
+    Points are grouped by component, so each pair (A, B), A < B, is screened once, as the tile of A's rows
+    against the columns of every later component (half the pairs of one pass over all rows, none inside a
+    component); each tile is reduced both ways, per row and per column, to each row's cheapest screened
+    edge into every other component. A screened value is within ``tol`` of the truth, so every edge whose
+    exact weight can equal a pair's minimum is screened within 2 tol of that pair's screened minimum:
+    those candidates (the rows within ``band`` = 4 tol, against that component's columns only) are
+    recomputed exactly."""
+    n, dev, dt = pts.n, pts.device, pts.screen
+    order = torch.argsort(comp, stable=True)  # points grouped by component: position p holds point order[p]
+    ends = torch.bincount(comp, minlength=n_comp).cumsum(0).tolist()
+    starts = [0] + ends[:-1]
+    x = pts.xs[order]
+    sq = pts.sq64[order].to(dt)
+    core2 = (core[order] * core[order]).to(dt)
+
+    def screen(r0: int, r1: int, c0: int, c1: int) -> torch.Tensor:
+        """Screened mutual reachability^2 of positions r0:r1 against c0:c1."""
+        pts.counters["pairs_screened"] += (r1 - r0) * (c1 - c0)
+        with _no_tf32():
+            g = x[r0:r1] @ x[c0:c1].T
+        d2 = (sq[r0:r1, None] + sq[None, c0:c1]) - 2.0 * g
+        return torch.maximum(torch.maximum(d2, core2[r0:r1, None]), core2[None, c0:c1])
+
+    row_min = torch.full((n, n_comp), float("inf"), dtype=dt, device=dev)  # per position, per other component
+    for ca in range(n_comp - 1):
+        for r0 in range(starts[ca], ends[ca], pts.block):
+            r1 = min(ends[ca], r0 + pts.block)
+            mr2 = screen(r0, r1, ends[ca], n)  # against every later component
+            for cb in range(ca + 1, n_comp):
+                tile = mr2[:, starts[cb] - ends[ca] : ends[cb] - ends[ca]]
+                row_min[r0:r1, cb] = torch.minimum(row_min[r0:r1, cb], tile.amin(1))
+                row_min[starts[cb] : ends[cb], ca] = torch.minimum(row_min[starts[cb] : ends[cb], ca], tile.amin(0))
+    comp_p = comp[order]
+    pair_min = torch.full((n_comp, n_comp), float("inf"), dtype=dt, device=dev)
+    pair_min.scatter_reduce_(0, comp_p[:, None].expand(-1, n_comp), row_min, "amin")
+    band = 4 * float(pts.tol(torch.arange(n, device=dev), dt).max())
+    cand = torch.isfinite(row_min) & (row_min <= pair_min[comp_p] + band)  # (position, other component) that
     # may hold a pair's cheapest edge
-    cand_rows = cand.any(1).nonzero()[:, 0]
-    found = []  # exact candidate edges (w, a, b, component of a, component of b)
-    for s in range(0, len(cand_rows), pts.block):
-        rows = cand_rows[s : s + pts.block]
-        mr2 = torch.maximum(torch.maximum(pts.d2_block(rows, f64), core2[rows, None]), core2[None, :])
-        lim = (pair_min[comp[rows]] + band).gather(1, comp[None, :].expand(len(rows), -1))
-        ok = (mr2 <= lim) & cand[rows].gather(1, comp[None, :].expand(len(rows), -1))
-        r_i, c_i = ok.nonzero(as_tuple=True)
-        a, b = rows[r_i], c_i
-        w = torch.maximum(pts.exact(a, b), torch.maximum(core[a], core[b]))
-        found.append((w, a, b))
+    found = []  # exact candidate edges (w, a, b), original indices
+    for cb in range(n_comp):
+        pos = cand[:, cb].nonzero()[:, 0]
+        for s in range(0, len(pos), pts.block):
+            p = pos[s : s + pts.block]
+            pts.counters["pairs_screened"] += len(p) * (ends[cb] - starts[cb])
+            with _no_tf32():
+                g = x[p] @ x[starts[cb] : ends[cb]].T
+            d2 = (sq[p, None] + sq[None, starts[cb] : ends[cb]]) - 2.0 * g
+            mr2 = torch.maximum(torch.maximum(d2, core2[p, None]), core2[None, starts[cb] : ends[cb]])
+            r_i, c_i = (mr2 <= (pair_min[comp_p[p], cb] + band)[:, None]).nonzero(as_tuple=True)
+            a, b = order[p[r_i]], order[starts[cb] + c_i]
+            found.append((torch.maximum(pts.exact(a, b), torch.maximum(core[a], core[b])), a, b))
     w = torch.cat([f[0] for f in found]).cpu().numpy()
     a = torch.cat([f[1] for f in found]).cpu().numpy()
     b = torch.cat([f[2] for f in found]).cpu().numpy()
@@ -172,7 +231,7 @@ def _finish(pts: Points, core: torch.Tensor, comp: torch.Tensor, n_comp: int) ->
     _, first = np.unique(np.stack([lo, hi], 1), axis=0, return_index=True)  # each edge is found from both ends
     w, lo, hi = w[first], lo[first], hi[first]
     c_np = comp.cpu().numpy()
-    order = np.lexsort((hi, lo, w))
+    order_e = np.lexsort((hi, lo, w))
     parent = list(range(n_comp))
 
     def find(i: int) -> int:
@@ -181,15 +240,13 @@ def _finish(pts: Points, core: torch.Tensor, comp: torch.Tensor, n_comp: int) ->
             i = parent[i]
         return i
 
-    edges, taken_w = [], []
+    edges = []
     core_np = core.cpu().numpy()
-    for e in order:
+    for e in order_e:
         ra, rb = find(int(c_np[lo[e]])), find(int(c_np[hi[e]]))
         if ra != rb:
             parent[ra] = rb
             edges.append((int(lo[e]), int(hi[e]), float(w[e])))
-            if w[e] > max(core_np[lo[e]], core_np[hi[e]]):
-                taken_w.append(float(w[e]))
     # distinct long edges of equal weight among the candidates: the sparse graph needs every such edge
     is_long = w > np.maximum(core_np[lo], core_np[hi])
     ties = bool(is_long.any()) and len(np.unique(w[is_long])) < int(is_long.sum()) and not _copies_only(pts, lo[is_long], hi[is_long], w[is_long])

@@ -19,10 +19,11 @@ def core_distances(pts: Points, min_samples: int) -> tuple[torch.Tensor, torch.T
     fallback = 0
     for start in range(0, n, pts.block):
         rows = torch.arange(start, min(n, start + pts.block), device=dev)
-        d2 = pts.d2_block(rows)
-        d2[torch.arange(len(rows), device=dev), rows] = -1.0  # the point itself: exactly 0, always first
+        d2 = pts.d2_less_row_norm(rows)
+        d2[torch.arange(len(rows), device=dev), rows] = float("-inf")  # the point itself: always first
         vals, idx = torch.topk(d2, keep, dim=1, largest=False, sorted=True)
         del d2
+        vals += pts.sq64[rows, None].to(vals.dtype)  # the row's |x|^2 back: screened d^2 (the point itself -inf)
         tol = pts.tol(rows)[:, None]
         v = vals[:, rank : rank + 1]
         inside = vals < v - 2 * tol  # certainly closer than the core distance
@@ -48,10 +49,13 @@ def core_distances(pts: Points, min_samples: int) -> tuple[torch.Tensor, torch.T
         core[rows] = core_b
         ok = ~overflow
         lists.append((rows[ok], idx[ok][member[ok]], member[ok].sum(1)))
-    # CSR in row order (fallback rows were appended out of order)
-    row_of = torch.cat([r.repeat_interleave(c) for r, _, c in lists])
-    order = torch.argsort(row_of, stable=True)
-    neighbours = torch.cat([nb for _, nb, _ in lists])[order].to(torch.int32)
     indptr = torch.zeros(n + 1, dtype=torch.int64, device=dev)
-    indptr[1:] = torch.bincount(row_of, minlength=n).cumsum(0)
+    if fallback:  # CSR in row order (fallback rows were appended out of order)
+        row_of = torch.cat([r.repeat_interleave(c) for r, _, c in lists])
+        order = torch.argsort(row_of, stable=True)
+        neighbours = torch.cat([nb for _, nb, _ in lists])[order].to(torch.int32)
+        indptr[1:] = torch.bincount(row_of, minlength=n).cumsum(0)
+    else:  # the blocks' lists are already in row order
+        neighbours = torch.cat([nb.to(torch.int32) for _, nb, _ in lists])
+        indptr[1:] = torch.cat([c for _, _, c in lists]).cumsum(0)
     return core, indptr, neighbours, {"core_fallback_rows": fallback, "radius_edges": int(len(neighbours))}
