@@ -25,6 +25,7 @@ edges, rows recomputed in full), and writing the rows as JSON (``--json``):
 
     .venv/bin/python bench/cluster_scale.py --cpu-proxy [--baseline-rev e61c9f0] [--json proxy.json]
     .venv/bin/python bench/cluster_scale.py --paper [--baseline-rev e61c9f0] [--json paper.json]
+    .venv/bin/python bench/cluster_scale.py --tree-half [--json tree.json]
 
 ``--cpu-proxy``: n = 25,000 at d = 768, the paper's setting, torch on 2 CPU threads. ``--paper``: the
 GPU ladder n = 25k .. 400k at d = 3072, the paper's setting, torch on CUDA. ``--baseline-rev`` runs the
@@ -238,6 +239,37 @@ def preset(name: str, sizes: list[int], d: int, variant: str, baseline_rev: str 
         print(f"wrote {json_path}")
 
 
+def tree_half(sizes: list[int], json_path: str | None) -> None:
+    """The tree half alone (single linkage, condensed tree, selection, probabilities) on spanning trees of n
+    points (random attachment, continuous weights: the shape does not change the work, which is linear),
+    ours against the hdbscan package's functions, side by side, outputs compared bitwise."""
+    from hdbscan._hdbscan_linkage import label
+    from hdbscan.hdbscan_ import _tree_to_labels
+
+    from elude.method._exact_hdbscan.tree import tree_to_labels
+
+    tree_to_labels(np.array([[0, 1, 1.0], [1, 2, 2.0]]), 2, "leaf")  # compile (numba's cache) outside the timing
+    rows_out = []
+    print(f"\nTree half, min_cluster_size 1000: seconds (ours | the package), identical outputs")
+    print(f"{'n':>8} {'method':>6} {'ours s':>8} {'package s':>10} {'speed-up':>9} {'identical':>9}")
+    for n in sizes:
+        rng = np.random.default_rng(n)
+        new = np.arange(1, n)
+        rows = np.stack([rng.integers(0, new), new, rng.random(n - 1)], 1)
+        for method in ("leaf", "eom"):
+            t = time.perf_counter()
+            ours = tree_to_labels(rows, 1000, method)
+            t_ours = time.perf_counter() - t
+            t = time.perf_counter()
+            ref = _tree_to_labels(None, label(rows[np.argsort(rows.T[2]), :]), 1000, method)[:2]
+            t_ref = time.perf_counter() - t
+            same = np.array_equal(ours[0], ref[0]) and np.array_equal(ours[1], ref[1])
+            rows_out.append({"n": n, "method": method, "ours_s": t_ours, "package_s": t_ref, "identical": same})
+            print(f"{n:>8} {method:>6} {t_ours:8.3f} {t_ref:10.2f} {t_ref / t_ours:8.0f}x {'yes' if same else 'NO':>9}", flush=True)
+    if json_path:
+        Path(json_path).write_text(json.dumps({"preset": "tree half", "date": time.strftime("%Y-%m-%d"), "rows": rows_out}, indent=1))
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         variant, n, d, setting, out = sys.argv[2:7]
@@ -254,9 +286,13 @@ def main() -> None:
     ap.add_argument("--baseline-rev", default=None, help="with a preset: also run this commit's code, side by side")
     ap.add_argument("--baseline-max-n", type=int, default=100_000, help="largest rung the baseline runs on")
     ap.add_argument("--json", default=None, help="with a preset: write its rows here")
+    ap.add_argument("--tree-half", action="store_true", help="the tree half alone at n = 25k..400k, ours vs the package's")
     args = ap.parse_args()
     import torch
 
+    if args.tree_half:
+        tree_half([25_000, 100_000, 400_000], args.json)
+        return
     if args.cpu_proxy:
         preset("CPU proxy", [25_000], 768, "torch CPU", args.baseline_rev, args.baseline_max_n, args.json)
         return

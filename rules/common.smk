@@ -40,7 +40,8 @@ REG = registry(RUN)  # stage -> id -> {"id", "params", "inputs"}
 RUN_DIR = f"results/runs/{config['run_name']}"
 CACHE_SHARDS = [f"{s:04d}" for s in range(config["cache"]["shards"])]
 RUNTIME = {"workers": config["compute"]["workers"],  # job settings that do not change results
-           "trust_pickle": config["backbone"]["timm"].get("trust_pickle", False)}
+           "trust_pickle": config["backbone"]["timm"].get("trust_pickle", False),
+           "units_at_once": config["cluster"]["units_at_once"]}
 
 
 wildcard_constraints:

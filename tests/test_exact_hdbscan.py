@@ -104,6 +104,36 @@ def test_torch_backend_equals_package_on_real_contributions(demo_contributions, 
                                    exact_hdbscan.hdbscan_from_mst(mst, MIN_CLUSTER_SIZE, method))
 
 
+def test_a_shard_clustering_units_at_once_gives_the_same_clusters(tiny_run, tmp_path):
+    """cluster.units_at_once: the tiny run's shard 0 clustered again with three units at a time (threads)
+    holds the same clusters, array for array, and its manifest the seconds of every unit."""
+    import json
+
+    from elude.pipeline.config import resolve_config
+    from elude.pipeline.plan import artifact_ids
+    from elude.pipeline.stages import cluster_shard
+    from elude.pipeline.stages.job import Stage
+    from elude.util.files import load_arrays
+
+    work, cfg, _ = tiny_run
+    art = artifact_ids(resolve_config([cfg]))
+    res = work / "results"
+    cache_dirs = [str(d) for d in sorted((res / "cache" / art["cache"]["id"]).glob("shard-*"))]
+    st = Stage("cluster", art["cluster"]["id"], art["cluster"]["params"], runtime={"units_at_once": 3})
+    out = tmp_path / "shard-0000"
+    cluster_shard(st, 0, cache_dirs, str(res / "topk" / art["topk"]["id"] / "merged"), str(res / "backbone" / art["backbone"]["id"]),
+                  str(out))
+    before = load_arrays(res / "cluster" / art["cluster"]["id"] / "shard-0000" / "clusters.safetensors")
+    again = load_arrays(out / "clusters.safetensors")
+    assert before.keys() == again.keys()
+    for key in before:
+        np.testing.assert_array_equal(again[key], before[key], err_msg=key)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["units_at_once"] == 3
+    assert sorted(map(int, manifest["unit_seconds"])) == before["units"].tolist()
+    assert all(s > 0 for s in manifest["unit_seconds"].values())
+
+
 def test_pipeline_backends_agree_and_blocks_do_not_matter(rng):
     """The pipeline's entry point: 'auto' (torch) = 'hdbscan' (the package, precomputed distances); the
     result does not depend on the block size (16-row blocks here, never an n x n matrix)."""

@@ -3,8 +3,8 @@
 Backends (``cluster.backend``):
 - ``torch`` (what ``auto`` picks): exact HDBSCAN whose expensive half (core distances, the
   mutual-reachability spanning tree) runs in torch in blocks, on the GPU when one is visible and on the
-  CPU otherwise; the rest is the hdbscan package's own code (:mod:`elude.method._exact_hdbscan`). Same labels as
-  the package, bounded memory, no cliff with n.
+  CPU otherwise; the tree half is a linear-time copy of the package's (:mod:`elude.method._exact_hdbscan`). Labels
+  and probabilities bitwise the package's on the CPU, bounded memory, no cliff with n.
 - ``hdbscan``: the package end to end. Up to ``precomputed_max_rows`` points the pairwise distances are
   computed blockwise in torch (float64) and passed as a precomputed matrix (avoids hdbscan's slow trees in
   high dimension and numpy's BLAS crash on some CPUs); above that its own tree algorithms (slow: minutes
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from .contributions import contributions, normalise_rows
-from .limits import PRECOMPUTED_MAX_ROWS
+from .limits import PRECOMPUTED_MAX_ROWS, planned_units_at_once, unit_gpu_mb
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +129,20 @@ def pairwise_distances(x: np.ndarray, block: int = 2048) -> np.ndarray:
         out[i : i + block] = d2.clamp_min_(0).sqrt_()
     out.fill_diagonal_(0.0)
     return out.numpy()
+
+
+def units_at_once(requested: int | None, backend: str, k: int, d: int, min_samples: int, reduce: dict) -> int:
+    """How many units a cluster shard clusters at the same time (``cluster.units_at_once``): as planned by
+    :func:`elude.method.limits.planned_units_at_once` (the job's memory request counts them), and with the
+    automatic setting on a GPU no more than its free memory holds now."""
+    if reduce.get("method", "none") != "none":
+        d = min(d, reduce["dims"])
+    gpu = backend == "torch:cuda"
+    planned = planned_units_at_once(requested, gpu, k, d, min_samples)
+    if gpu and not requested:
+        free, _ = torch.cuda.mem_get_info()
+        planned = max(1, min(planned, int(0.9 * free / 2**20) // unit_gpu_mb(k, d, min_samples)))
+    return planned
 
 
 def hdbscan_labels(x: np.ndarray, *, min_cluster_size: int, min_samples: int | None, method: str,

@@ -4,3 +4,24 @@
 
 PRECOMPUTED_MAX_ROWS = 6000  # hdbscan backend: exact torch distances up to this many points (6000^2 float64 = 288 MB)
 BLOCK_MB = {"cpu": 256, "cuda": 8192}  # torch backend: working set of one block of rows (~4 block x n float64)
+MAX_UNITS_AT_ONCE = 8  # cluster.units_at_once's automatic ceiling on a GPU
+GPU_BUDGET_MB = 40_000  # GPU memory a shard plans its units for (issue 29: <= 40 GB per paper-scale unit)
+GPU_BYTES_PER_RADIUS_EDGE = 48  # torch backend on a GPU: CSR int32 + Borůvka's flat edge tensors (int64 x4, float64)
+
+
+def unit_gpu_mb(k: int, d: int, min_samples: int) -> int:
+    """GPU memory of one unit's exact clustering (torch backend on CUDA): the points (float64), one block of
+    screened distances (BLOCK_MB, or k x k of them when smaller) and the radius edges."""
+    block = min(BLOCK_MB["cuda"] * 2**20, 32 * k * k)
+    return int((k * d * 8 + block + k * (min(min_samples, k) + 1) * GPU_BYTES_PER_RADIUS_EDGE) / 2**20) + 1
+
+
+def planned_units_at_once(requested: int | None, gpu: bool, k: int, d: int, min_samples: int) -> int:
+    """Units a cluster shard clusters at once (``cluster.units_at_once``): the request; else on a GPU as many as
+    GPU_BUDGET_MB holds (at most MAX_UNITS_AT_ONCE), on the CPU 1. The job's host memory is sized for this many;
+    on the GPU the job also stops at what its free memory holds then."""
+    if requested:
+        return int(requested)
+    if not gpu:
+        return 1
+    return max(1, min(MAX_UNITS_AT_ONCE, GPU_BUDGET_MB // unit_gpu_mb(k, d, min_samples)))

@@ -29,7 +29,7 @@ def token_seeds(config: dict) -> list[int]:
 
 def cluster_params(cluster: dict) -> dict:
     """The cluster stage's id parameters: not the runtime request, and no reduction settings when off."""
-    out = {k: v for k, v in cluster.items() if k not in ("minutes_per_unit", "target_ef", "ef_search")}
+    out = {k: v for k, v in cluster.items() if k not in ("minutes_per_unit", "units_at_once", "target_ef", "ef_search")}
     if out.get("reduce", {}).get("method", "none") == "none":
         out.pop("reduce", None)
     return out

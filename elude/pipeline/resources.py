@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..method.limits import BLOCK_MB, PRECOMPUTED_MAX_ROWS
+from ..method.limits import BLOCK_MB, PRECOMPUTED_MAX_ROWS, planned_units_at_once
 
 # torch backend, host bytes per radius-list edge: 52 measured (peak RSS, 20k x 64 points, min_samples 200 vs 5), x2
 TORCH_BYTES_PER_RADIUS_EDGE = 100
@@ -17,7 +17,8 @@ def shard_memory_mb(cluster: dict, k: int, n_upstream: int, itemsize: int = 2, g
     """Memory request of a cluster/surgery shard job, from what :func:`cluster_shard` holds: the shard's
     top-k rows in the cache's storage type (``itemsize`` bytes; x2 while gathering), one unit's rows as
     float32 contributions (x3: raw, normalised, a copy), ~1.5 GB for the process, and the clustering:
-    ``cluster`` is the config's ``cluster`` section (units_per_shard, backend, min_samples, reduce).
+    ``cluster`` is the config's ``cluster`` section (units_per_shard, backend, min_samples, reduce); the
+    per-unit parts count once per unit clustered at the same time (:func:`planned_units_at_once`).
     - torch backend (auto/torch): the points in float64 and float32 (reduced width with ``reduce``), a few
       blocks of distances, and the radius lists, k x (min_samples + 1) edges at
       :data:`TORCH_BYTES_PER_RADIUS_EDGE` each (indices, Borůvka and Prim bookkeeping; 52 bytes
@@ -29,15 +30,17 @@ def shard_memory_mb(cluster: dict, k: int, n_upstream: int, itemsize: int = 2, g
     backend, red = cluster["backend"], cluster.get("reduce") or {}
     min_samples = cluster["min_samples"] or cluster["min_cluster_size"]
     dims = red.get("dims") if red.get("method", "none") != "none" else None
-    rows = 2 * cluster["units_per_shard"] * k * n_upstream * itemsize + 3 * k * n_upstream * 4
+    rows = 2 * cluster["units_per_shard"] * k * n_upstream * itemsize
     if backend in ("hdbscan", "cpu", "cuml"):
-        work = 3 * min(k, PRECOMPUTED_MAX_ROWS) ** 2 * 8
+        per_unit = 3 * min(k, PRECOMPUTED_MAX_ROWS) ** 2 * 8
+        at_once = cluster.get("units_at_once") or 1
     else:
         d = min(dims or n_upstream, n_upstream)
         per_edge = 16 if gpu else TORCH_BYTES_PER_RADIUS_EDGE
-        work = k * d * (8 if gpu else 20) + (0 if gpu else 2 * BLOCK_MB["cpu"] * 2**20) \
+        per_unit = k * d * (8 if gpu else 20) + (0 if gpu else 2 * BLOCK_MB["cpu"] * 2**20) \
             + k * (min(min_samples, k) + 1) * per_edge
-    return int(1500 + (rows + work) / 2**20)
+        at_once = planned_units_at_once(cluster.get("units_at_once"), gpu, k, d, min_samples)
+    return int(1500 + (rows + at_once * (per_unit + 3 * k * n_upstream * 4)) / 2**20)
 
 
 def topk_memory_mb(k: int, n_units: int, buffer_rows: int = 16384, unit_block: int = 64) -> int:

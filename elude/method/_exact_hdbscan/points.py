@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 
 import numba
@@ -97,12 +98,24 @@ class Points:
         return self.exact(a, b).reshape(len(rows), self.n)
 
 
+_TF32_LOCK = threading.Lock()
+_TF32_HOLDERS = [0, False]  # [threads inside _no_tf32, the setting they found]
+
+
 @contextlib.contextmanager
 def _no_tf32():
-    """Screening bounds assume true float32 products: TF32 tensor cores would break them."""
-    old = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
+    """Screening bounds assume true float32 products: TF32 tensor cores would break them. Reentrant across
+    threads (a cluster shard clusters several units at once): the first in turns TF32 off, the last out
+    restores it, so no thread's GEMM runs while another has turned it back on."""
+    with _TF32_LOCK:
+        if _TF32_HOLDERS[0] == 0:
+            _TF32_HOLDERS[1] = torch.backends.cuda.matmul.allow_tf32
+            torch.backends.cuda.matmul.allow_tf32 = False
+        _TF32_HOLDERS[0] += 1
     try:
         yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32 = old
+        with _TF32_LOCK:
+            _TF32_HOLDERS[0] -= 1
+            if _TF32_HOLDERS[0] == 0:
+                torch.backends.cuda.matmul.allow_tf32 = _TF32_HOLDERS[1]

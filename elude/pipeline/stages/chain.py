@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -157,13 +159,23 @@ def cluster_shard(st: Stage, shard: int, cache_dirs: list[str], topk_dir: str, b
                  shard, len(units), len(units) - len(todo), len(todo), backend)
         # (nothing to read when every unit was done before a kill that came just after the last one)
         rows = q.gather(top["indices"][todo].reshape(-1), q.dtype).reshape(len(todo), -1, q.n_upstream) if todo else []
-        for i, u in progress(enumerate(todo), len(todo), f"cluster shard {shard} units"):
+
+        def one(i: int) -> None:
+            u, started = todo[i], time.perf_counter()
             r = clustering.cluster_unit(rows[i], w[u].numpy(), top["values"][u], min_cluster_size=p["min_cluster_size"],
                                         min_samples=p["min_samples"], method=p["cluster_selection_method"],
                                         backend=backend, reduce=red)
             save_arrays(unit_file(u), {"labels": r.labels.astype(np.int32), "probabilities": r.probabilities.astype(np.float32),
                                        "representatives": r.representatives, "never_active": np.array([r.never_active]),
-                                       "variance_kept": np.array([r.variance_kept], np.float64)})
+                                       "variance_kept": np.array([r.variance_kept], np.float64),
+                                       "seconds": np.array([time.perf_counter() - started])})
+
+        at_once = clustering.units_at_once(st.runtime.get("units_at_once"), backend, len(rows[0]) if todo else 0,
+                                           q.n_upstream, p["min_samples"] or p["min_cluster_size"], red)
+        manifest["units_at_once"] = at_once
+        with ThreadPoolExecutor(at_once) as pool:  # each unit writes its own file: the order does not matter
+            for _ in progress(pool.map(one, range(len(todo))), len(todo), f"cluster shard {shard} units"):
+                pass
         per_unit = [load_arrays(unit_file(u)) for u in units]
         save_arrays(tmp / "clusters.safetensors", {
             "units": np.array(units, np.int64),
@@ -174,6 +186,8 @@ def cluster_shard(st: Stage, shard: int, cache_dirs: list[str], topk_dir: str, b
             "never_active": np.concatenate([r["never_active"] for r in per_unit])})
         shutil.rmtree(unit_dir)
         manifest["units_resumed"] = len(units) - len(todo)
+        # wall seconds per unit (with units_at_once > 1 they overlap), for what a layer costs (docs/performance.md)
+        manifest["unit_seconds"] = {str(u): round(float(r["seconds"][0]), 3) for u, r in zip(units, per_unit) if "seconds" in r}
         manifest["n_clusters"] = {str(u): len(r["representatives"]) for u, r in zip(units, per_unit)}
         manifest["never_active_units"] = [u for u, r in zip(units, per_unit) if r["never_active"][0]]
         if red["method"] != "none":  # fraction of each unit's contribution variance the reduction kept
