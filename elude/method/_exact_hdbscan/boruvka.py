@@ -72,6 +72,8 @@ def boruvka(pts: Points, core: torch.Tensor, indptr: torch.Tensor, neighbours: t
         rounds += 1
         started = pts.clock()
         if n_comp <= FINISH_COMPONENTS:  # one pass over all pairs settles every remaining merge
+            # the flat radius-edge tensors are done with: free them for the finish's grouped copy of the points
+            src = dst = short_w = cross = lo = hi = None  # noqa: F841
             fin, fin_ties = _finish(pts, core, comp, n_comp)
             edges.extend(fin)
             long_ties |= fin_ties

@@ -173,9 +173,15 @@ def cluster_shard(st: Stage, shard: int, cache_dirs: list[str], topk_dir: str, b
         at_once = clustering.units_at_once(st.runtime.get("units_at_once"), backend, len(rows[0]) if todo else 0,
                                            q.n_upstream, p["min_samples"] or p["min_cluster_size"], red)
         manifest["units_at_once"] = at_once
-        with ThreadPoolExecutor(at_once) as pool:  # each unit writes its own file: the order does not matter
-            for _ in progress(pool.map(one, range(len(todo))), len(todo), f"cluster shard {shard} units"):
-                pass
+        if at_once == 1:
+            for i in progress(range(len(todo)), len(todo), f"cluster shard {shard} units"):
+                one(i)
+        else:  # each unit writes its own file: the order does not matter. A new thread's OpenMP team would
+            # use every core (omp_set_num_threads is per thread): the job's threads are shared out explicitly
+            share = max(1, torch.get_num_threads() // at_once)
+            with ThreadPoolExecutor(at_once, initializer=torch.set_num_threads, initargs=(share,)) as pool:
+                for _ in progress(pool.map(one, range(len(todo))), len(todo), f"cluster shard {shard} units"):
+                    pass
         per_unit = [load_arrays(unit_file(u)) for u in units]
         save_arrays(tmp / "clusters.safetensors", {
             "units": np.array(units, np.int64),
