@@ -190,19 +190,20 @@ def _finish(pts: Points, core: torch.Tensor, comp: torch.Tensor, n_comp: int) ->
     sq = pts.sq64[order].to(dt)
     core2 = (core[order] * core[order]).to(dt)
 
-    def screen(r0: int, r1: int, c0: int, c1: int) -> torch.Tensor:
-        """Screened mutual reachability^2 of positions r0:r1 against c0:c1."""
-        pts.counters["pairs_screened"] += (r1 - r0) * (c1 - c0)
+    def screen(r: slice | torch.Tensor, c0: int, c1: int) -> torch.Tensor:
+        """Screened mutual reachability^2 of positions ``r`` (a slice or an index tensor) against c0:c1."""
+        xr, sqr, cr = x[r], sq[r], core2[r]
+        pts.counters["pairs_screened"] += len(xr) * (c1 - c0)
         with _no_tf32():
-            g = x[r0:r1] @ x[c0:c1].T
-        d2 = (sq[r0:r1, None] + sq[None, c0:c1]) - 2.0 * g
-        return torch.maximum(torch.maximum(d2, core2[r0:r1, None]), core2[None, c0:c1])
+            g = xr @ x[c0:c1].T
+        d2 = (sqr[:, None] + sq[None, c0:c1]) - 2.0 * g
+        return torch.maximum(torch.maximum(d2, cr[:, None]), core2[None, c0:c1])
 
     row_min = torch.full((n, n_comp), float("inf"), dtype=dt, device=dev)  # per position, per other component
     for ca in range(n_comp - 1):
         for r0 in range(starts[ca], ends[ca], pts.block):
             r1 = min(ends[ca], r0 + pts.block)
-            mr2 = screen(r0, r1, ends[ca], n)  # against every later component
+            mr2 = screen(slice(r0, r1), ends[ca], n)  # against every later component
             for cb in range(ca + 1, n_comp):
                 tile = mr2[:, starts[cb] - ends[ca] : ends[cb] - ends[ca]]
                 row_min[r0:r1, cb] = torch.minimum(row_min[r0:r1, cb], tile.amin(1))
@@ -218,11 +219,7 @@ def _finish(pts: Points, core: torch.Tensor, comp: torch.Tensor, n_comp: int) ->
         pos = cand[:, cb].nonzero()[:, 0]
         for s in range(0, len(pos), pts.block):
             p = pos[s : s + pts.block]
-            pts.counters["pairs_screened"] += len(p) * (ends[cb] - starts[cb])
-            with _no_tf32():
-                g = x[p] @ x[starts[cb] : ends[cb]].T
-            d2 = (sq[p, None] + sq[None, starts[cb] : ends[cb]]) - 2.0 * g
-            mr2 = torch.maximum(torch.maximum(d2, core2[p, None]), core2[None, starts[cb] : ends[cb]])
+            mr2 = screen(p, starts[cb], ends[cb])
             r_i, c_i = (mr2 <= (pair_min[comp_p[p], cb] + band)[:, None]).nonzero(as_tuple=True)
             a, b = order[p[r_i]], order[starts[cb] + c_i]
             found.append((torch.maximum(pts.exact(a, b), torch.maximum(core[a], core[b])), a, b))

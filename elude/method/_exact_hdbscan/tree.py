@@ -115,7 +115,7 @@ def condense_tree(hier: np.ndarray, min_cluster_size: int):
                 parent[pos], child[pos], lam[pos], csize[pos] = relabel[node], relabel[side], lv, cnt
                 pos += 1
         else:
-            for side, cnt, other in ((left, lc, right), (right, rc, left)):
+            for side, cnt in ((left, lc), (right, rc)):
                 if cnt < min_cluster_size:
                     k = _points_below(hier, side, num_points, queue, ignore, points, 0)
                     for j in range(k):
