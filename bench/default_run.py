@@ -4,10 +4,11 @@ and the run's own wall time from Snakemake's log, with the time no job was runni
 job imports before its stage function runs: stages that import torch or a model library inside the
 function (the baselines', the studies', the judges') count that import as work.
 
-    .venv/bin/python bench/default_run.py [--run DIR] [--fresh]
+    .venv/bin/python bench/default_run.py [--run DIR] [--fresh [--device cuda] [--cores N]]
 
 ``--fresh`` runs the default config (the README's first command) into a new temporary folder first and
-reports on it; ``--run DIR`` reports on a finished run's working folder (default: the repository). The
+reports on it (``--device cuda``: the same config with ``compute.device: cuda``, the GPU jobs sharing the GPU by
+memory; ``--cores``: Snakemake's cores, else the local profile's 2); ``--run DIR`` reports on a finished run's working folder (default: the repository). The
 numbers are of the last run made there: benchmark files are overwritten by each job that reruns.
 """
 from __future__ import annotations
@@ -50,13 +51,23 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", type=Path, default=REPO, help="working folder of a finished run")
     ap.add_argument("--fresh", action="store_true", help="run the default config into a new folder first")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="compute.device of the --fresh run")
+    ap.add_argument("--cores", type=int, help="Snakemake's --cores for the --fresh run (default: the profile's)")
     args = ap.parse_args()
     work, took = args.run, None
     if args.fresh:
         work = Path(tempfile.mkdtemp(prefix="elude-default-"))
+        extra = ["--cores", str(args.cores)] if args.cores else []
+        if args.device != "cpu":  # a --configfile stands alone: the default config with the device changed
+            import yaml
+
+            cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+            cfg.setdefault("compute", {})["device"] = args.device
+            (work / "config.yaml").write_text(yaml.safe_dump(cfg))
+            extra += ["--configfile", str(work / "config.yaml")]
         t0 = time.perf_counter()
         subprocess.run([str(Path(sys.executable).with_name("snakemake")), "--snakefile", str(REPO / "Snakefile"),
-                        "--directory", str(work), "--profile", str(REPO / "profiles/local")], check=True,
+                        "--directory", str(work), "--profile", str(REPO / "profiles/local"), *extra], check=True,
                        capture_output=True)
         took = time.perf_counter() - t0
     rows = stage_table(work / "results")

@@ -13,6 +13,8 @@ rule backbone:
     threads: 2
     resources:
         mem_mb=4000,
+        gpu=BACKBONE_GPUS,
+        gpu_mb=gpu_mb_request(lambda w, input: resources.CUDA_PROCESS_MB, BACKBONE_GPUS),  # the demo: a small model
         runtime=60,
     conda:
         "../envs/torch.yaml"

@@ -15,6 +15,7 @@ rule cache_shard:
     resources:
         mem_mb=cache_mem_mb,
         gpu=FORWARD_GPUS,
+        gpu_mb=forward_gpu_mb(config["cache"]["batch_size"]),
         runtime=120,
     conda:
         "../envs/torch.yaml"

@@ -18,6 +18,7 @@ rule cluster_shard:
         mem_mb=shard_mem_mb,
         runtime=shard_runtime,
         gpu=CLUSTER_GPUS,
+        gpu_mb=gpu_mb_request(cluster_gpu_mb, CLUSTER_GPUS),
     conda:
         CLUSTER_ENV
     script:

@@ -51,6 +51,40 @@ wildcard_constraints:
 
 _GPUS = resources.gpus(config)  # resource `gpu` per kind of job
 FORWARD_GPUS, CLUSTER_GPUS, JUDGE_GPUS = _GPUS["forward"], _GPUS["cluster"], _GPUS["judge"]
+BACKBONE_GPUS = _GPUS["backbone"]
+
+
+def _share_the_gpu():
+    """On one machine the GPU jobs share the GPU by memory (resource gpu_mb, elude.pipeline.resources): offer
+    the GPU's memory unless the command line or profile gave gpu_mb (or a gpu limit, which then serialises
+    them); without nvidia-smi, one GPU job at a time."""
+    given = workflow.global_resources
+    if not (workflow.is_main_process and workflow.local_exec and any(_GPUS.values())) or "gpu_mb" in given \
+            or "gpu" in given:
+        return given.get("gpu_mb").value
+    total = resources.local_gpu_mb()
+    workflow.register_resource("gpu_mb" if total else "gpu", total or 1)
+    return total
+
+
+GPU_MB = _share_the_gpu()  # the GPU memory on offer (None: not limited here)
+
+
+def gpu_mb_request(estimate, gpus):
+    """Resource gpu_mb of a job that holds ``gpus`` GPUs: ``estimate(w, input)`` MB (at most all of it), else 0."""
+    if not gpus:
+        return 0
+    return lambda w, input: min(estimate(w, input), GPU_MB) if GPU_MB else estimate(w, input)
+
+
+def forward_gpu_mb(batch_size):
+    """A job that runs the model on batches of ``batch_size`` images (resources.forward_job_gpu_mb)."""
+    return gpu_mb_request(lambda w, input: resources.forward_job_gpu_mb(input.backbone, batch_size), FORWARD_GPUS)
+
+
+JUDGE_GPU_MB = (GPU_MB or 0) if JUDGE_GPUS else 0  # a judge model takes the whole GPU
+
+
 FORWARD_THREADS = config["compute"]["threads"]  # cache, verify, evaluate
 # Order among ready jobs (`priority`; results do not depend on it): every rule but the baselines' first.
 # Snakemake picks the set of ready jobs with the largest sum of priorities, so the gap must exceed what a
@@ -148,6 +182,10 @@ def shard_mem_mb(w):
     return resources.shard_job_mb(config["cluster"], _topk_manifest(up_id(stage, w.id, "topk"))["k"],
                                   path_of("backbone", up_id(stage, w.id, "backbone")), config["cache"]["dtype"],
                                   bool(CLUSTER_GPUS))
+
+
+def cluster_gpu_mb(w, input):
+    return resources.cluster_gpu_mb(config["cluster"], _topk_manifest(up_id("cluster", w.id, "topk"))["k"], input.backbone)
 
 
 def shard_runtime(w):

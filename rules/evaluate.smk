@@ -17,6 +17,7 @@ rule evaluate:
     resources:
         mem_mb=evaluate_mem_mb,
         gpu=FORWARD_GPUS,
+        gpu_mb=forward_gpu_mb(config["evaluate"]["batch_size"]),
         runtime=30,
     conda:
         "../envs/torch.yaml"

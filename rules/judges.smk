@@ -46,6 +46,7 @@ rule judge:
     resources:
         mem_mb=JUDGE_MEM_MB,
         gpu=JUDGE_GPUS,
+        gpu_mb=JUDGE_GPU_MB,
         runtime=720,
     conda:
         JUDGE_ENV

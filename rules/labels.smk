@@ -21,6 +21,7 @@ rule labels:
     resources:
         mem_mb=labels_mem_mb,
         gpu=FORWARD_GPUS,
+        gpu_mb=forward_gpu_mb(config["evaluate"]["batch_size"]),
         runtime=60,
     conda:
         "../envs/torch.yaml"

@@ -49,6 +49,7 @@ rule efficiency:
     resources:
         mem_mb=8000,
         gpu=FORWARD_GPUS,
+        gpu_mb=forward_gpu_mb(config["efficiency"]["batch_size"]),
         runtime=60,
     conda:
         "../envs/baselines.yaml"

@@ -16,6 +16,7 @@ rule verify:
     resources:
         mem_mb=4000,
         gpu=FORWARD_GPUS,
+        gpu_mb=forward_gpu_mb(config["verify"]["batch_size"]),
         runtime=30,
     conda:
         "../envs/torch.yaml"

@@ -70,6 +70,25 @@ def stopped_jobs(results: Path) -> list[str]:
     return sorted(str(p.relative_to(results)) for p in results.glob("logs/*/*.log") if "stopped by SIGTERM" in p.read_text())
 
 
+def wait_for_job(proc: subprocess.Popen, timeout: float = 120) -> bool:
+    """After a seeded moment, wait until a job of Snakemake ``proc`` (its process group, Snakemake itself
+    aside) handles SIGTERM, i.e. a stage is under way (``run_logged`` installed its handler), so the signal
+    lands in a job, not in the gaps between jobs, on any machine's speed. False where ``proc`` ended first."""
+    t0 = time.time()
+    while proc.poll() is None and time.time() - t0 < timeout:
+        for pid in (int(d) for d in os.listdir("/proc") if d.isdigit()):
+            try:
+                if pid == proc.pid or os.getpgid(pid) != proc.pid:
+                    continue
+                caught = next(ln for ln in Path(f"/proc/{pid}/status").read_text().splitlines() if ln.startswith("SigCgt:"))
+            except (OSError, StopIteration):  # the process ended meanwhile
+                continue
+            if int(caught.split()[1], 16) >> (signal.SIGTERM - 1) & 1:
+                return True
+        time.sleep(0.05)
+    return False
+
+
 def unlock_if_needed(work: Path, cfg: Path) -> bool:
     """The documented recovery before the same command (docs/reliability.md): ``--unlock`` where a killed
     Snakemake left its lock behind."""
@@ -97,7 +116,8 @@ def kill_chain(work: Path, cfg: Path, sig: int, n_kills: int = 5, seed: int = 0,
                whole_group: bool = False) -> dict:
     """Start the run and send ``sig`` after a seeded moment in ``span`` seconds, ``n_kills`` times, each
     restart after the documented recovery; then run it to the end. ``whole_group``: signal Snakemake and
-    its jobs (a SLURM preemption or Ctrl-C does); else the main Snakemake process alone, whose running jobs
+    its jobs (a SLURM preemption or Ctrl-C does), at the first moment after the seeded one when a job is
+    running (:func:`wait_for_job`); else the main Snakemake process alone, whose running jobs
     then carry on as orphans while the next start runs. Returns the kills (moment, work in progress and kept
     progress right after, whether ``--unlock`` was needed first, Snakemake's exit status), the final run and
     the merged checkpoint's sha256."""
@@ -112,10 +132,12 @@ def kill_chain(work: Path, cfg: Path, sig: int, n_kills: int = 5, seed: int = 0,
         groups.append(proc.pid)
         try:
             proc.wait(timeout=at)
+        except subprocess.TimeoutExpired:
+            if whole_group:
+                wait_for_job(proc)
+        if proc.poll() is not None:  # it finished before its moment: not a kill, and the chain ends here
             kills.append({"at_s": at, "finished_first": True, "unlock": unlocked})
             break
-        except subprocess.TimeoutExpired:
-            pass
         (os.killpg if whole_group else os.kill)(proc.pid, sig)
         rc = proc.wait(timeout=300)
         if whole_group:

@@ -83,14 +83,17 @@ def test_sigterm_of_the_whole_run_stops_jobs_cleanly_and_their_progress_is_reuse
     """A SLURM preemption or Ctrl-C signals Snakemake and its jobs: each job stops through its failure path
     (logged, temporary folders removed, exit 143), the kept progress is exactly what the next run resumes."""
     cfg = write_config(tmp_path / "tiny.yaml")
-    out = kill_chain(tmp_path, cfg, signal.SIGTERM, n_kills=5, seed=2, span=(5, 16), whole_group=True)
+    # each kill waits, after its seeded moment, for a job under way (not Snakemake's start-up or a gap between
+    # jobs): on CI's machine all five seeded moments once fell where no job had its handler yet
+    out = kill_chain(tmp_path, cfg, signal.SIGTERM, n_kills=5, seed=2, span=(2, 8), whole_group=True)
     assert out["final"].returncode == 0, out["final"].stderr[-3000:]
     assert out["sha256"] == reference
     kills = landed(out["kills"])
     assert all(k["exit"] != 0 for k in kills)
     assert all(".tmp-" not in p for k in kills for p in k["in_progress"])  # only resumable progress is kept
-    # the jobs running at a kill logged their stop (a kill that found work in progress stopped a job)
-    assert any(k["stopped"] for k in kills) and all(k["stopped"] for k in kills if k["in_progress"])
+    # the jobs running at a kill logged their stop (a kill that found work in progress stopped a job; a job
+    # caught after its stage returned, in the interpreter's exit, has nothing left to stop)
+    assert sum(bool(k["stopped"]) for k in kills) >= 2 and all(k["stopped"] for k in kills if k["in_progress"])
     # every finished shard resumed exactly the progress kept at the last kill that found its work in progress
     kept: dict[str, int] = {}
     for k in kills:

@@ -34,25 +34,30 @@ def demo_model_spec(arch: dict) -> dict:
     }
 
 
-def train_demo(arch: dict, train: dict, images: torch.Tensor, labels: torch.Tensor) -> tuple[nn.Module, dict]:
-    """Train the demo ViT on the probe split; returns the model (eval mode) and training stats.
+def train_demo(arch: dict, train: dict, images: torch.Tensor, labels: torch.Tensor,
+               device: str = "cpu") -> tuple[nn.Module, dict]:
+    """Train the demo ViT on the probe split on ``device``; returns the model (on the CPU, eval mode) and
+    training stats.
 
     Augmentation: random integer shifts of up to one pixel (digits are tiny; this is enough to
     generalise). Deterministic for a given seed; CPU results depend on the thread count, so training
-    uses ``train['threads']`` (a parameter, part of the id) whatever the job was given.
+    uses ``train['threads']`` (a parameter, part of the id) whatever the job was given. On CUDA the bytes
+    differ from the CPU's (the device is then part of the backbone's id: elude.pipeline.plan).
     """
     job_threads = torch.get_num_threads()
     torch.set_num_threads(train["threads"])
     try:
-        return _train(arch, train, images, labels)
+        return _train(arch, train, images, labels, torch.device(device))
     finally:
         torch.set_num_threads(job_threads)
 
 
-def _train(arch: dict, train: dict, images: torch.Tensor, labels: torch.Tensor) -> tuple[nn.Module, dict]:
+def _train(arch: dict, train: dict, images: torch.Tensor, labels: torch.Tensor,
+           device: torch.device) -> tuple[nn.Module, dict]:
     torch.manual_seed(train["seed"])
     spec = demo_model_spec(arch)
-    model = build_from_spec(spec)
+    model = build_from_spec(spec).to(device)  # initialised on the CPU: the same start on every device
+    images, labels = images.to(device), labels.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=train["lr"], weight_decay=train["weight_decay"])
     steps_per_epoch = (len(labels) + train["batch_size"] - 1) // train["batch_size"]
     sched = torch.optim.lr_scheduler.OneCycleLR(
@@ -65,7 +70,7 @@ def _train(arch: dict, train: dict, images: torch.Tensor, labels: torch.Tensor) 
         order = torch.randperm(len(labels), generator=gen)
         total = 0.0
         for i in range(0, len(labels), train["batch_size"]):
-            idx = order[i : i + train["batch_size"]]
+            idx = order[i : i + train["batch_size"]].to(device)
             x = images[idx]
             shift = torch.randint(-1, 2, (2,), generator=gen).tolist()
             x = torch.roll(x, shifts=shift, dims=(2, 3)) if train.get("shift_aug", True) else x
@@ -78,4 +83,5 @@ def _train(arch: dict, train: dict, images: torch.Tensor, labels: torch.Tensor) 
         if (epoch + 1) % max(1, train["epochs"] // 10) == 0 or epoch == train["epochs"] - 1:
             meter = tqdm.format_meter(epoch + 1, train["epochs"], time.time() - t0, unit="epoch")
             log.info("train loss %.4f, epochs %s", total / len(labels), meter)
-    return model.eval(), {"train_seconds": time.time() - t0, "final_loss": total / len(labels)}
+    return model.cpu().eval(), {"train_seconds": time.time() - t0, "final_loss": total / len(labels),
+                                "device": str(device)}

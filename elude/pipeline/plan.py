@@ -53,6 +53,8 @@ def stage_specs(config: dict, seed: int | None = None, run: int = 0) -> dict[str
     bb[bb["kind"]] = {k: v for k, v in config["backbone"][bb["kind"]].items() if k != "trust_pickle"}  # how, not what
     if bb["kind"] == "demo":
         bb["data"] = data  # the demo model is trained on the probe split
+        if config["compute"]["device"] != "cpu":  # trained there: other bytes (CPU runs keep their ids)
+            bb["device"] = config["compute"]["device"]
     cache = {**config["cache"], "data": data, "device": config["compute"]["device"]}
     cache["token_seed"] = token_seeds(config)[0] if seed is None else seed
     if cache["tokens_per_image"] is None:

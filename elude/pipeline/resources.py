@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..method.limits import BLOCK_MB, PRECOMPUTED_MAX_ROWS, planned_units_at_once
+from ..method.limits import BLOCK_MB, PRECOMPUTED_MAX_ROWS, planned_units_at_once, unit_gpu_mb
 
 # torch backend, host bytes per radius-list edge: 52 measured (peak RSS, 20k x 64 points, min_samples 200 vs 5), x2
 TORCH_BYTES_PER_RADIUS_EDGE = 100
@@ -100,15 +100,66 @@ def labels_memory_mb(n_images: int, n_features: int) -> int:
 
 
 def gpus(config: dict) -> dict[str, int]:
-    """GPUs each kind of job requests (resource ``gpu``: SLURM --gpus, and a concurrency limit under
-    profiles/local): ``forward`` (jobs that run the model: cache, verify, evaluate, baselines, Table 5, labels),
+    """GPUs each kind of job requests (resource ``gpu``: SLURM --gpus; on one machine the jobs share the GPU by
+    ``gpu_mb`` instead): ``forward`` (jobs that run the model: cache, verify, evaluate, baselines, Table 5, labels),
+    ``backbone`` (the demo's training),
     ``cluster`` (cuML needs a GPU; the torch backend, auto or torch, uses one when the run computes on CUDA) and
     ``judge`` (vLLM: its tensor-parallel size)."""
     forward = int(config["compute"]["device"] == "cuda")
     backend = config["cluster"]["backend"]
     cluster = int(backend == "cuml" or (backend in ("auto", "torch") and bool(forward)))
     judge = config["judges"]["tensor_parallel_size"] if config["judges"]["backend"] == "vllm" else forward
-    return {"forward": forward, "cluster": cluster, "judge": judge}
+    backbone = forward if config["backbone"]["kind"] == "demo" else 0  # the demo trains there; others only load
+    return {"forward": forward, "cluster": cluster, "judge": judge, "backbone": backbone}
+
+
+# --- GPU memory (resource ``gpu_mb``): jobs that need a small share of a GPU share it ----------------------
+# On one machine (profiles/local) the workflow offers the GPU's memory as the resource gpu_mb (local_gpu_mb), and
+# each GPU job asks for what it holds, so the demo's small jobs run side by side on one GPU instead of queueing
+# for it; under SLURM each job gets its own GPU (gpu=1) and gpu_mb only documents the job.
+CUDA_PROCESS_MB = 1000  # a job's CUDA context, torch's kernels and the caching allocator's slack (an estimate)
+
+
+def forward_gpu_mb(weights_mb: float, batch_size: int, side: int, n_upstream: int) -> int:
+    """GPU memory of a job that runs the model (cache, verify, evaluate, the baselines, Table 5, labels, the
+    demo's training): the process, the weights three times (weights, a copy while loading, gradients or the
+    disentangled layer's), and four batches of the layer's input (the hook's copy, the backbone's transient
+    activations, the dense layer's sub-unit blocks) at (side / 16)^2 + 1 tokens per image. On ViT-B (330 MB
+    of weights, batch 256, 3,072 inputs) 4.4 GB, against 3.5 GB measured for the backbone and the dense layer
+    (issue 29's H200 run) plus the context."""
+    tokens = (side / 16) ** 2 + 1
+    return int(CUDA_PROCESS_MB + 3 * weights_mb + 4 * batch_size * tokens * n_upstream * 4 / 2**20)
+
+
+def forward_job_gpu_mb(backbone_dir, batch_size: int) -> int:
+    """:func:`forward_gpu_mb` with the backbone's weights, image size and layer width (ViT-B before they exist)."""
+    weights = sum(f.stat().st_size for f in Path(str(backbone_dir)).glob("*.safetensors")) / 2**20 or 330.0
+    pre = _read(backbone_dir, "preprocess.json") or {"size": GUESS_SIDE}
+    layer = _read(backbone_dir, "layer.json") or {"n_upstream": GUESS_UPSTREAM}
+    return forward_gpu_mb(weights, batch_size, pre["size"], layer["n_upstream"])
+
+
+def cluster_gpu_mb(cluster: dict, k: int, backbone_dir) -> int:
+    """GPU memory of a cluster shard on the torch backend: the process and its units at once
+    (:func:`elude.method.limits.unit_gpu_mb` each; cuML: the same model, an estimate)."""
+    red = cluster.get("reduce") or {}
+    n_upstream = (_read(backbone_dir, "layer.json") or {"n_upstream": GUESS_UPSTREAM})["n_upstream"]
+    d = min(red["dims"], n_upstream) if red.get("method", "none") != "none" else n_upstream
+    min_samples = cluster["min_samples"] or cluster["min_cluster_size"]
+    at_once = planned_units_at_once(cluster.get("units_at_once"), True, k, d, min_samples)
+    return CUDA_PROCESS_MB + at_once * unit_gpu_mb(k, d, min_samples)
+
+
+def local_gpu_mb() -> int | None:
+    """Memory of this machine's first GPU in MB (nvidia-smi; 95 %: the driver keeps some), or None without one."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits", "-i", "0"],
+                             capture_output=True, text=True, timeout=30)
+        return int(0.95 * float(out.stdout.split()[0])) if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return None
 
 
 def baseline_threads(config: dict) -> int:

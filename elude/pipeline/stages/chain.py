@@ -43,7 +43,8 @@ def backbone(st: Stage, out: str) -> None:
             pre = {"size": p["demo"]["arch"]["img_size"], **demo_vit.DEMO_PREPROCESS, **(p.get("preprocess") or {})}
             splits = {s: open_dataset(p["data"], s, pre) for s in ("probe", "eval")}
             (x, y), (x_eval, y_eval) = materialize(splits["probe"]), materialize(splits["eval"])
-            model, stats = demo_vit.train_demo(p["demo"]["arch"], p["demo"]["train"], x, y)
+            device = backbones.resolve_device(p.get("device", "cpu"))
+            model, stats = demo_vit.train_demo(p["demo"]["arch"], p["demo"]["train"], x, y, device)
             with torch.no_grad():
                 stats["eval_accuracy"] = accuracy(model(x_eval), y_eval)
             log.info("demo model: held-out accuracy %.4f", stats["eval_accuracy"])
