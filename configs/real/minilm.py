@@ -19,18 +19,12 @@ checkout root is on every job's sys.path, so ``configs.real`` imports as a names
 """
 from __future__ import annotations
 
-import ast
-import functools
-import re
 import sys
-import sysconfig
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
-
-SKIP_DIRS = {"test", "tests", "site-packages", "idlelib", "lib2to3", "tkinter", "turtledemo"}
 
 
 def model_dir() -> Path:
@@ -81,36 +75,12 @@ def model(pretrained: bool = True) -> nn.Module:
     return SentenceMiniLM(pretrained)
 
 
-@functools.lru_cache(maxsize=None)
 def paragraphs(min_words: int = 8) -> tuple[str, ...]:
     """The corpus, in a fixed order: pydoc's topics (sorted by name), then the stdlib's docstrings (files
-    sorted by path, nodes in ast.walk order)."""
-    import pydoc_data.topics as topics
+    sorted by path, nodes in ast.walk order): the text default's (``data.text.builtin: python-docs``)."""
+    from elude.models.text import python_docs
 
-    out = []
-
-    def add(text: str):
-        for para in re.split(r"\n\s*\n", text):
-            para = " ".join(para.split())
-            if len(para.split()) >= min_words:
-                out.append(para)
-
-    for name in sorted(topics.topics):
-        add(topics.topics[name])
-    root = Path(sysconfig.get_paths()["stdlib"])
-    for path in sorted(root.rglob("*.py")):
-        if SKIP_DIRS & set(path.relative_to(root).parts[:-1]):
-            continue
-        try:
-            tree = ast.parse(path.read_text(encoding="utf-8"))
-        except (SyntaxError, UnicodeDecodeError, ValueError):
-            continue
-        for node in ast.walk(tree):
-            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-                doc = ast.get_docstring(node)
-                if doc:
-                    add(doc)
-    return tuple(out)
+    return python_docs(min_words)
 
 
 class Texts(torch.utils.data.Dataset):

@@ -272,10 +272,11 @@ class LazyDisentangledLayer(_SubunitAccess):
     def __init__(self, original: nn.Module, rows: Callable[[list[int] | None], tuple[torch.Tensor, torch.Tensor]],
                  parent: torch.Tensor, kind: str | None = None, metadata: dict | None = None):
         super().__init__()
+        from ..models.backbones import layer_shape
+
         kind = kind or ("conv1x1" if isinstance(original, nn.Conv2d) else "linear")
-        w = original.weight
-        self.parent = self._setup(parent, w.shape[0], kind, metadata)  # on the host, like counts and starts
-        self.in_features = w.reshape(w.shape[0], -1).shape[1]
+        n_out, self.in_features = layer_shape(original)
+        self.parent = self._setup(parent, n_out, kind, metadata)  # on the host, like counts and starts
         self.original = original
         self._read = rows
         self._last: tuple | None = None
@@ -285,12 +286,14 @@ class LazyDisentangledLayer(_SubunitAccess):
         """The merge artifact ``folder`` in lazy mode around ``original`` (the layer it disentangles)."""
         from safetensors import safe_open
 
+        from ..models.backbones import layer_shape
+
         folder = Path(folder)
         info = json.loads((folder / "layer.json").read_text())
-        w = original.weight
-        if (w.shape[0], w.reshape(w.shape[0], -1).shape[1]) != (info["out_features"], info["in_features"]):
+        n_out, n_in = layer_shape(original)
+        if (n_out, n_in) != (info["out_features"], info["in_features"]):
             raise ValueError(f"{folder}/layer.json disentangles a {info['in_features']} -> {info['out_features']} "
-                             f"layer, but the layer given is {w.reshape(w.shape[0], -1).shape[1]} -> {w.shape[0]}: "
+                             f"layer, but the layer given is {n_in} -> {n_out}: "
                              "pass the module the merge artifact was made from")
         path = str(folder / "layer.safetensors")
         with safe_open(path, framework="pt") as f:

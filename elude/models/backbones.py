@@ -142,6 +142,19 @@ def load_hf(model: str, cls: str, submodule: str | None, kwargs: dict) -> tuple[
     return module.float(), spec
 
 
+def save_tokenizer(name: str, folder: Path) -> None:
+    """Save the tokenizer ``name`` (backbone.tokenizer: a Hugging Face hub id in the user's cache, or a folder) to
+    ``folder``, the backbone artifact's ``tokenizer/``, which every later stage reads."""
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"backbone.tokenizer: no tokenizer {name!r} could be loaded ({str(exc).splitlines()[0][:200]}); "
+                         "give a folder with tokenizer files or a hub id in your cache (HF_HOME)") from None
+    tok.save_pretrained(str(folder))
+
+
 def build_hf(spec: dict) -> nn.Module:
     """The architecture of a saved Hugging Face (sub)module: its class built from its config (no hub access)."""
     _transformers()
@@ -205,22 +218,34 @@ def set_module(model: nn.Module, path: str, new: nn.Module) -> nn.Module:
     return old
 
 
+def is_hf_conv1d(layer: nn.Module) -> bool:
+    """Hugging Face's ``Conv1D`` (GPT-2's ``mlp.c_proj``): a Linear whose weight is stored (in, out)."""
+    return type(layer).__name__ == "Conv1D" and hasattr(layer, "nf") and getattr(layer, "weight", None) is not None
+
+
 def check_target_layer(layer: nn.Module, path: str) -> None:
     is_conv1x1 = isinstance(layer, nn.Conv2d) and layer.kernel_size == (1, 1) and layer.groups == 1
-    if not (isinstance(layer, nn.Linear) or is_conv1x1):
+    if not (isinstance(layer, nn.Linear) or is_conv1x1 or is_hf_conv1d(layer)):
         raise TypeError(
-            f"backbone.layer: {path!r} is a {type(layer).__name__}; ELUDe disentangles nn.Linear or 1x1 nn.Conv2d "
-            "(groups=1) layers only (exact surgery needs a layer linear in its input): pick such a layer (e.g. a "
-            "ViT block's 'mlp.fc2')"
+            f"backbone.layer: {path!r} is a {type(layer).__name__}; ELUDe disentangles nn.Linear, 1x1 nn.Conv2d "
+            "(groups=1) or Hugging Face Conv1D layers only (exact surgery needs a layer linear in its input): pick "
+            "such a layer (e.g. a ViT block's 'mlp.fc2', GPT-2's 'transformer.h.5.mlp.c_proj', Llama's "
+            "'model.layers.5.mlp.down_proj')"
         )
 
 
 def layer_weight_bias(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-    """(W, b) as (units, upstream) and (units,) float32 CPU tensors, for Linear and 1x1 Conv2d alike."""
+    """(W, b) as (units, upstream) and (units,) float32 CPU tensors, for Linear, 1x1 Conv2d and Conv1D alike."""
     w = layer.weight.detach().float().cpu()
-    w = w.reshape(w.shape[0], -1)
+    w = w.T.contiguous() if is_hf_conv1d(layer) else w.reshape(w.shape[0], -1)
     b = layer.bias.detach().float().cpu() if layer.bias is not None else torch.zeros(w.shape[0])
     return w, b
+
+
+def layer_shape(layer: nn.Module) -> tuple[int, int]:
+    """(units, upstream) of a target layer, without copying its weight."""
+    w = layer.weight
+    return (w.shape[1], w.shape[0]) if is_hf_conv1d(layer) else (w.shape[0], w[0].numel())
 
 
 def is_channels_first(layer: nn.Module) -> bool:

@@ -4,6 +4,8 @@ Kinds (``data.kind``):
 - ``digits``: scikit-learn's 1,797 real 8x8 handwritten digits (shipped, nothing downloaded), in memory.
 - ``imagefolder``: ``<dir>/<class>/<image>`` trees (ImageNet layout), classes and files sorted.
 - ``filelist``: a text file with one ``<path> [<integer label>]`` per line, paths relative to the file.
+- ``text``: texts from a file, a folder or Python's own documentation, tokenized by the backbone's tokenizer
+  (:mod:`elude.models.text`); instances are the tokens.
 - ``factory``: a user function ``"package.module:function"`` called as ``fn(split="probe"|"eval", **kwargs)``
   returning a torch ``Dataset``. An item is a tensor, an ``(input, label)`` pair, or a dict with ``input``
   (a tensor, or a dict of tensors passed to the model as keyword arguments, e.g. ``input_ids`` and
@@ -218,7 +220,7 @@ class FactoryDataset(torch.utils.data.Dataset):
 
 def check_data(data_cfg: dict) -> None:
     """Before any job: the configured image folders or lists exist and hold at least one image (a cheap scan
-    that stops at the first image; the jobs read everything). Errors name the key."""
+    that stops at the first image; the jobs read everything), the texts can be read. Errors name the key."""
     for split in ("probe", "eval"):
         if data_cfg["kind"] == "imagefolder":
             key = f"data.{split}_dir"
@@ -230,11 +232,21 @@ def check_data(data_cfg: dict) -> None:
                                  f"{', '.join(sorted(IMAGE_SUFFIXES))})")
         elif data_cfg["kind"] == "filelist":
             list_items(data_cfg[f"{split}_list"], f"data.{split}_list")
+    if data_cfg["kind"] == "text":
+        from .text import read_texts
+
+        read_texts(data_cfg["text"])
 
 
-def open_dataset(data_cfg: dict, split: str, preprocess: dict | None = None) -> torch.utils.data.Dataset:
-    """The configured dataset's 'probe' or 'eval' split; ``preprocess`` is the backbone's (for image files)."""
+def open_dataset(data_cfg: dict, split: str, preprocess: dict | None = None,
+                 tokenizer_dir: str | Path | None = None) -> torch.utils.data.Dataset:
+    """The configured dataset's 'probe' or 'eval' split; ``preprocess`` is the backbone's (for image files),
+    ``tokenizer_dir`` its tokenizer (for text)."""
     kind = data_cfg["kind"]
+    if kind == "text":
+        from .text import TextDataset
+
+        return TextDataset(data_cfg, split, tokenizer_dir)
     if kind == "digits":
         return DigitsDataset(split, data_cfg["eval_fraction"], data_cfg["split_seed"])
     if kind == "imagefolder":
@@ -249,7 +261,7 @@ def open_dataset(data_cfg: dict, split: str, preprocess: dict | None = None) -> 
             raise ValueError(f"data.factory.target: {data_cfg['factory']['target']!r} returned an empty {split!r} split; "
                              "both the 'probe' and the 'eval' split need examples")
         return ds
-    raise ValueError(f"data.kind: unknown dataset kind {kind!r}; allowed: digits, imagefolder, filelist, factory")
+    raise ValueError(f"data.kind: unknown dataset kind {kind!r}; allowed: digits, imagefolder, filelist, text, factory")
 
 
 # --- batches ---------------------------------------------------------------------------------------

@@ -109,6 +109,14 @@ def validate_config(config: dict) -> dict:
                           "123, 999), but cache.tokens_per_image is null (every instance is cached, so all seeds give "
                           "the same run): set cache.tokens_per_image (the paper uses 2) or give one seed "
                           "(cache.token_seed: 42)")
+    text = full["data"]["text"]
+    if full["data"]["kind"] == "text" and (text["path"] is None) == (text["builtin"] is None):
+        raise ConfigError("invalid configuration: data.kind text needs exactly one of data.text.path (a .txt or .jsonl "
+                          "file, or a folder of them) and data.text.builtin (python-docs: Python's own documentation)")
+    if full["data"]["kind"] == "text" and full["backbone"]["kind"] in ("timm", "hub", "factory") \
+            and not full["backbone"]["tokenizer"]:
+        raise ConfigError(f"invalid configuration: data.kind text with backbone.kind {full['backbone']['kind']!r} needs "
+                          "backbone.tokenizer (a Hugging Face tokenizer's hub id or folder): the texts are tokenized by it")
     _check_ablations(full)
     _check_labels(full)
     from ..evaluation.judges import judge_name

@@ -13,6 +13,7 @@ from .input_keys import input_key
 DATA_KEYS = {"digits": ("kind", "eval_fraction", "split_seed"),
              "imagefolder": ("kind", "probe_dir", "eval_dir", "on_bad_image"),
              "filelist": ("kind", "probe_list", "eval_list", "on_bad_image"),
+             "text": ("kind", "text", "eval_fraction", "split_seed"),
              "factory": ("kind", "factory")}
 
 
@@ -53,6 +54,10 @@ def stage_specs(config: dict, seed: int | None = None, run: int = 0) -> dict[str
     bb[bb["kind"]] = {k: v for k, v in config["backbone"][bb["kind"]].items() if k != "trust_pickle"}  # how, not what
     if bb["kind"] == "demo":
         bb["data"] = data  # the demo model is trained on the probe split
+        if data["kind"] != "text":  # the language model's keys (image runs keep their ids)
+            bb["demo"] = {k: v for k, v in bb["demo"].items() if k != "vocab_size"}
+    elif data["kind"] == "text":  # text is tokenized by the tokenizer saved with the backbone
+        bb["tokenizer"] = config["backbone"]["tokenizer"] or config["backbone"]["hf"].get("model")
         if config["compute"]["device"] != "cpu":  # trained there: other bytes (CPU runs keep their ids)
             bb["device"] = config["compute"]["device"]
     cache = {**config["cache"], "data": data, "device": config["compute"]["device"]}

@@ -37,7 +37,13 @@ def backbone(st: Stage, out: str) -> None:
     preprocessing every later stage applies to image files (native, with ``preprocess`` overrides)."""
     p = st.params
     with st.publish(out) as (tmp, manifest):
-        if p["kind"] == "demo":
+        if p["kind"] == "demo" and p["data"]["kind"] == "text":  # a tiny GPT-2 and its tokenizer
+            from ...demo import lm as demo_lm
+
+            device = backbones.resolve_device(p.get("device", "cpu"))
+            model, spec, manifest["training"] = demo_lm.train_demo_lm(p["demo"], p["data"], tmp / "tokenizer", device)
+            pre = None
+        elif p["kind"] == "demo":
             spec = demo_vit.demo_model_spec(p["demo"]["arch"])  # the layer is checked before the training
             backbones.check_target_layer(backbones.get_module(backbones.build_from_spec(spec), p["layer"]), p["layer"])
             pre = {"size": p["demo"]["arch"]["img_size"], **demo_vit.DEMO_PREPROCESS, **(p.get("preprocess") or {})}
@@ -69,13 +75,15 @@ def backbone(st: Stage, out: str) -> None:
             model, spec = backbones.load_hf(h["model"], h["class"], h.get("submodule"), h.get("kwargs", {}))
         else:
             raise ValueError(f"backbone.kind: {p['kind']!r} is not one of 'demo', 'timm', 'hub', 'hf', 'factory'")
+        if p.get("tokenizer"):  # text data is tokenized by it
+            backbones.save_tokenizer(p["tokenizer"], tmp / "tokenizer")
         model = model.eval()
         layer = backbones.get_module(model, p["layer"])
         backbones.check_target_layer(layer, p["layer"])
         w, _ = backbones.layer_weight_bias(layer)
         info = {"path": p["layer"], "type": type(layer).__name__, "n_units": w.shape[0], "n_upstream": w.shape[1]}
-        if p["kind"] != "demo":
-            native = backbones.native_preprocess(model, spec)
+        if p["kind"] != "demo":  # a text model (it has a tokenizer) has no image preprocessing
+            native = None if (tmp / "tokenizer").is_dir() else backbones.native_preprocess(model, spec)
             pre = {**(native or {}), **(p.get("preprocess") or {})} if native or p.get("preprocess") else None
         (tmp / "layer.json").write_text(json.dumps(info, indent=2))
         (tmp / "preprocess.json").write_text(json.dumps(pre, indent=2))

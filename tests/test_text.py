@@ -1,0 +1,152 @@
+"""Language models and text data (issue 27, point 1): texts read from .txt, .jsonl and folders and tokenized by the
+model's tokenizer (instances = real tokens), GPT-2's Conv1D and Llama's down_proj as target layers, lossless on
+random-init models built here (nothing downloaded)."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from elude.method.layers import DisentangledLayer, LazyDisentangledLayer, disentangle, swap_in
+from elude.method.surgery import bias_fractions, fractions_for_rho
+from elude.models import backbones
+from elude.models.data import iter_batches, open_dataset
+from elude.models.text import python_docs, read_texts
+from elude.pipeline.config import ConfigError, merge_config, validate_config
+
+TEXTS = ["The cat sat on the mat.", "A dog barked at the mailman twice.", "def f(x): return x + 1",
+         "Numbers like 3.14159 and 2.71828 are constants.", "Tokenizers split words into pieces.",
+         "Short.", "A much longer sentence that will certainly be cut at the context length of the test."]
+
+
+def text_cfg(**text) -> dict:
+    return validate_config(merge_config({"labels": {"model": None}},
+                                        {"data": {"kind": "text", "eval_fraction": 0.3, "split_seed": 1, "text": text}}))["data"]
+
+
+def gpt2(seed: int = 0, vocab: int = 300):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    return GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_positions=32, n_embd=32, n_layer=2, n_head=4,
+                                      bos_token_id=0, eos_token_id=0)).eval()
+
+
+def llama(seed: int = 0, vocab: int = 300):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=96, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32,
+                                        bos_token_id=1, eos_token_id=2, pad_token_id=0)).eval()
+
+
+def small_tokenizer(folder, bos: bool):
+    """A byte-level BPE tokenizer trained here on TEXTS; ``bos``: it puts <s> before every text (Llama's habit)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer, tok.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    tok.train_from_iterator(TEXTS * 3, trainers.BpeTrainer(vocab_size=300, special_tokens=["<pad>", "<s>", "</s>"],
+                                                           initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    if bos:
+        tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>").save_pretrained(folder)
+    return folder
+
+
+def test_texts_from_txt_jsonl_and_folders_with_errors_that_name_the_key(tmp_path):
+    (tmp_path / "a.txt").write_text("first text\n\n  second text  \n")
+    (tmp_path / "b.jsonl").write_text(json.dumps({"body": "third text", "id": 1}) + "\n\n" + json.dumps({"body": "fourth"}) + "\n")
+    assert read_texts(text_cfg(path=str(tmp_path / "a.txt"))["text"]) == ["first text", "second text"]
+    assert read_texts(text_cfg(path=str(tmp_path / "b.jsonl"), field="body")["text"]) == ["third text", "fourth"]
+    assert read_texts(text_cfg(path=str(tmp_path), field="body")["text"]) == ["first text", "second text", "third text", "fourth"]
+    assert read_texts(text_cfg(path=str(tmp_path), field="body", max_texts=3)["text"]) == ["first text", "second text", "third text"]
+    with pytest.raises(ValueError, match=r"data.text.field: line 1 of .*b.jsonl has no string field 'text' \(its keys: \['body', 'id'\]\)"):
+        read_texts(text_cfg(path=str(tmp_path / "b.jsonl"))["text"])
+    with pytest.raises(FileNotFoundError, match="data.text.path: .*missing.txt' does not exist"):
+        read_texts(text_cfg(path=str(tmp_path / "missing.txt"))["text"])
+    (tmp_path / "c.csv").write_text("x\n")
+    with pytest.raises(ValueError, match="neither a .txt"):
+        read_texts(text_cfg(path=str(tmp_path / "c.csv"))["text"])
+    with pytest.raises(ConfigError, match="exactly one of data.text.path .* and data.text.builtin"):
+        text_cfg()
+    docs = python_docs(8)  # ships with CPython: pydoc's topics and the standard library's docstrings
+    assert len(docs) > 5000 and all(len(p.split()) >= 8 for p in docs[:200])
+
+
+def test_instances_are_the_real_tokens_and_the_splits_are_disjoint(tmp_path):
+    (tmp_path / "t.txt").write_text("\n".join(TEXTS))
+    tok_dir = small_tokenizer(tmp_path / "tok", bos=True)
+    cfg = text_cfg(path=str(tmp_path / "t.txt"), max_len=12)
+    probe, ev = open_dataset(cfg, "probe", None, tok_dir), open_dataset(cfg, "eval", None, tok_dir)
+    assert sorted(probe.texts + ev.texts) == sorted(TEXTS) and not set(probe.texts) & set(ev.texts)
+    assert len(ev) == 2 and open_dataset(cfg, "eval", None, tok_dir).texts == ev.texts  # seeded
+    item = probe[0]
+    ids, mask, valid = item["input"]["input_ids"], item["input"]["attention_mask"], item["valid"]
+    assert ids.shape == mask.shape == valid.shape == (12,)
+    assert ids[0] == 1 and not valid[0] and mask[0]  # <s>: attended, but not an instance (skip_special)
+    assert torch.equal(valid, mask.bool() & (ids != 1))  # padding is never an instance
+    short = next(i for i, t in enumerate(probe.texts + ev.texts) if t == "Short.")
+    ds = probe if short < len(probe) else ev
+    assert not ds[short % len(probe) if ds is probe else short - len(probe)]["valid"].all()  # padded
+    keep = open_dataset(text_cfg(path=str(tmp_path / "t.txt"), max_len=12, skip_special=False), "probe", None, tok_dir)
+    assert torch.equal(keep[0]["valid"], mask.bool())
+    batch = next(iter_batches(probe, 3))
+    assert batch.inputs["input_ids"].shape == (3, 12) and batch.valid.shape == (3, 12)
+    assert "".join(probe.tokens(0)).startswith("<s>" + probe.texts[0][:5])
+
+
+def random_split(layer: nn.Module, rng) -> DisentangledLayer:
+    w, _ = backbones.layer_weight_bias(layer)
+    fracs = [fractions_for_rho(np.abs(rng.normal(size=(k, w.shape[1]))), 0.6) if k > 1 else np.ones((1, w.shape[1]))
+             for k in rng.integers(1, 5, size=w.shape[0])]
+    return DisentangledLayer.from_fractions(layer, fracs, [bias_fractions(f) for f in fracs])
+
+
+@pytest.mark.parametrize("build,path", [(gpt2, "transformer.h.1.mlp.c_proj"), (llama, "model.layers.1.mlp.down_proj")])
+@torch.no_grad()
+def test_a_language_models_mlp_output_is_disentangled_losslessly(build, path, rng, tmp_path):
+    model = build()
+    layer = backbones.get_module(model, path)
+    backbones.check_target_layer(layer, path)
+    w, b = backbones.layer_weight_bias(layer)
+    assert w.shape == (32, 128 if build is gpt2 else 96)  # (units, upstream): GPT-2's Conv1D stores (in, out)
+    x = torch.randint(3, 300, (4, 16))
+    mask = torch.ones_like(x)
+    mask[1, 10:] = 0
+    ref = model(input_ids=x, attention_mask=mask).logits
+    q = {}
+    layer.register_forward_hook(lambda m, a, o: q.__setitem__("in", a[0]))
+    model(input_ids=x, attention_mask=mask)
+    assert torch.allclose(nn.functional.linear(q["in"], w, b), layer(q["in"]), atol=1e-5)  # the weights read right
+    dense = random_split(layer, rng)
+    dense.save(tmp_path)
+    original = swap_in(model, path, dense)
+    out = model(input_ids=x, attention_mask=mask).logits
+    assert (out - ref).abs().max() / ref.abs().max() < 1e-5 and torch.equal(out.argmax(-1), ref.argmax(-1))
+    swap_in(model, path, original)
+    lazy = disentangle(model, path, tmp_path)  # the original module runs: bit for bit
+    assert isinstance(lazy, LazyDisentangledLayer) and lazy.in_features == w.shape[1]
+    assert torch.equal(model(input_ids=x, attention_mask=mask).logits, ref)
+    summed = torch.zeros(*q["in"].shape[:-1], 32).index_add_(-1, dense.parent, lazy.subunits(q["in"]))
+    assert torch.allclose(summed, original(q["in"]), atol=1e-5)  # sub-units sum to their unit
+
+
+def test_layer_weights_read_from_the_checkpoint_match_the_modules(tmp_path):
+    """Stages that need only the weights read them from model.safetensors: GPT-2's Conv1D is transposed there."""
+    from elude.pipeline.stages.job import layer_weights
+
+    model = gpt2()
+    spec = {"kind": "hf", "model": "test", "module": f"{type(model).__module__}:{type(model).__qualname__}",
+            "config_class": f"{type(model.config).__module__}:{type(model.config).__qualname__}",
+            "config": model.config.to_dict()}
+    backbones.save_backbone(model, spec, tmp_path)
+    path = "transformer.h.1.mlp.c_proj"
+    (tmp_path / "layer.json").write_text(json.dumps({"path": path, "type": "Conv1D", "n_units": 32, "n_upstream": 128}))
+    w, b, info = layer_weights(tmp_path)
+    w0, b0 = backbones.layer_weight_bias(backbones.get_module(model, path))
+    assert torch.equal(w, w0) and torch.equal(b, b0) and info["kind"] == "linear"
+    assert torch.equal(backbones.load_backbone(tmp_path).transformer.h[1].mlp.c_proj.weight, model.transformer.h[1].mlp.c_proj.weight)
