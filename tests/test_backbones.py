@@ -37,7 +37,7 @@ def test_unknown_layer_names_nearest(tmp_path):
 
 
 def test_non_linear_layer_is_rejected(tmp_path):
-    with pytest.raises(TypeError, match="Linear or 1x1"):
+    with pytest.raises(TypeError, match="nn.Linear, 1x1 nn.Conv2d .* or Hugging Face Conv1D"):
         run(tmp_path, "blocks.1.norm1")
 
 

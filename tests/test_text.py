@@ -150,3 +150,60 @@ def test_layer_weights_read_from_the_checkpoint_match_the_modules(tmp_path):
     w0, b0 = backbones.layer_weight_bias(backbones.get_module(model, path))
     assert torch.equal(w, w0) and torch.equal(b, b0) and info["kind"] == "linear"
     assert torch.equal(backbones.load_backbone(tmp_path).transformer.h[1].mlp.c_proj.weight, model.transformer.h[1].mlp.c_proj.weight)
+
+
+@torch.no_grad()
+def test_next_token_loss_is_the_models_own_and_kl_measures_a_substitute(tmp_path):
+    """Table 2's faithfulness for a language model: the next-token loss of the original model equals Hugging Face's
+    own loss over the real tokens; a method in place of the layer adds to it, and its KL from the original is 0
+    only for the original layer itself."""
+    from elude.evaluation.scoring import NextTokenLoss, forward_batch, lm_vocabulary, next_token_logits, substituted
+
+    (tmp_path / "t.txt").write_text("\n".join(TEXTS))
+    tok_dir = small_tokenizer(tmp_path / "tok", bos=False)
+    ds = open_dataset({**text_cfg(path=str(tmp_path / "t.txt"), max_len=12), "eval_fraction": 0.5}, "eval", None, tok_dir)
+    model, path = gpt2(), "transformer.h.1.mlp.c_proj"
+    assert lm_vocabulary(model) == 300 and lm_vocabulary(nn.Linear(3, 3)) is None
+    batch = next(iter_batches(ds, len(ds)))
+    ids, mask = batch.inputs["input_ids"], batch.inputs["attention_mask"]
+    hf_loss = model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss
+    lm = NextTokenLoss()
+    ref = forward_batch(model, path, batch)
+    logits, targets = next_token_logits(ref, batch, 300)
+    assert len(targets) == int((mask[:, 1:] & mask[:, :-1]).sum())  # every real next token, no padding
+    lm.update("original", logits, targets)
+    for name, change in (("same", lambda q, a: a), ("noisy", lambda q, a: a + 0.5 * torch.randn_like(a))):
+        with substituted(model, path, change):
+            new = forward_batch(model, path, batch)
+        lm.update(name, next_token_logits(new, batch, 300)[0], targets, reference=logits)
+    out = lm.value()
+    assert out["ce"]["original"] == pytest.approx(float(hf_loss), rel=1e-5)
+    assert out["ce"]["same"] == pytest.approx(out["ce"]["original"], abs=1e-9) and out["kl"]["same"] < 1e-12
+    assert out["kl"]["noisy"] > 1e-4 and out["ce"]["noisy"] != out["ce"]["original"]
+    assert next_token_logits(ref, batch, 299) is None  # logits of another width: not this model's head
+
+
+def test_steering_a_language_model_by_words_moves_their_next_token_probability(rng, tmp_path):
+    """`python -m elude.steer --by token`: sub-units matched to a word by their first-order effect on its
+    next-token log-probability; amplifying them raises the word's mean next-token probability over the texts,
+    suppressing lowers another's, gains of 1 change nothing, and prompts get their changes and continuations."""
+    from elude.evaluation.steering import concept_tokens, steer_tokens
+    from elude.models.text import load_tokenizer
+
+    (tmp_path / "t.txt").write_text("\n".join(TEXTS * 4))
+    tok_dir = small_tokenizer(tmp_path / "tok", bos=False)
+    tok = load_tokenizer(tok_dir)
+    ds = open_dataset({**text_cfg(path=str(tmp_path / "t.txt"), max_len=16), "eval_fraction": 0.5}, "eval", None, tok_dir)
+    model, path = gpt2(3), "transformer.h.1.mlp.c_proj"
+    original = backbones.get_module(model, path)
+    lazy = LazyDisentangledLayer.from_dense(random_split(original, rng), original)
+    assert concept_tokens(tok, "cat") and concept_tokens(tok, "cat") != concept_tokens(tok, "dog")
+    res = steer_tokens(model, path, lazy, ds, tok, amplify=["cat"], suppress=["dog"], prompts=["The cat sat"],
+                       kappa=8, alpha=3.0, gamma=-1.0, new_tokens=4)
+    (b_cat, one_cat, a_cat), (b_dog, one_dog, a_dog) = res["concept_mass"]["cat"], res["concept_mass"]["dog"]
+    assert one_cat == b_cat and one_dog == b_dog  # gains of 1: the original model, exactly
+    assert a_cat > b_cat and a_dog < b_dog
+    assert len(res["amplified"]) == len(res["suppressed"]) == 8
+    (run,) = res["prompts"]
+    assert run["gains_one_max_change"] == 0.0 and len(run["changes"]) == 5 and run["before"] and run["after"]
+    assert backbones.get_module(model, path) is original  # the layer is swapped back out

@@ -6,9 +6,12 @@ every row. The text default (configs/demo-text.yaml) is the base of both configs
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 import zarr
+from safetensors.torch import load_file
+from test_report_browser import CHROMIUM, _chromium
 from test_text import gpt2, llama, small_tokenizer
 from workflow_helpers import ids_for, snakemake
 
@@ -67,6 +70,25 @@ def test_a_causal_lm_runs_the_whole_workflow_losslessly(kind, tmp_path):
     rows = summary["table2"]["rows"]
     assert {"backbone", "elude", "topk", "vanilla"} <= set(rows)
     assert rows["elude"]["r2"] == 100.0 and rows["topk"]["r2"] < 100.0  # (one epoch on a random model: far below)
+    # a language model's faithfulness: ELUDe's next-token loss is the model's own, its KL ~0; a baseline's is not
+    assert summary["lossless"]["next_token_agreement"] == 1.0
+    assert rows["elude"]["lm_loss"] == pytest.approx(rows["backbone"]["lm_loss"], abs=1e-5) and rows["elude"]["lm_kl"] < 1e-8
+    assert rows["topk"]["lm_kl"] > 1e-6 and rows["vanilla"]["lm_kl"] > 1e-6 and rows["backbone"]["lm_kl"] == 0.0  # (random models: small)
+    report = (results / "runs/lm/report.html").read_text()
+    assert "Next-token loss (↓)" in report and "KL to the original (↓)" in report
+    # the unit pages show each feature's top texts, shaded token by token, the firing token outlined
+    tables = load_file(str(results / "evaluate" / ids["evaluate"] / "tables.safetensors"))
+    contexts = tables["subunits_top_contexts"].float()
+    assert contexts.shape[:2] == (summary["n_subunits"], 9) and contexts.shape[2] == 24
+    page = (results / "runs/lm/units/0.html").read_text()
+    assert page.count('class="ctx"') >= 16 and page.count("class=fire") >= 16 and "top 16 texts" in page
+    if kind == "gpt2" and CHROMIUM:  # as a reader sees it: the firing tokens in full orange
+        from PIL import Image
+
+        shot = tmp_path / "unit.png"
+        _chromium(tmp_path, f"--screenshot={shot}", "--window-size=1280,1400", (results / "runs/lm/units/0.html").as_uri())
+        px = np.asarray(Image.open(shot).convert("RGB")).reshape(-1, 3).astype(int)
+        assert ((px[:, 0] > 240) & (px[:, 1] < 170) & (px[:, 2] < 60)).sum() > 500
     # instances are real tokens: every cached (text, position) is neither padding nor a special token
     data = resolve_config([cfg])["data"]
     probe = open_dataset(data, "probe", None, results / "backbone" / ids["backbone"] / "tokenizer")

@@ -55,7 +55,10 @@ def forward_batch(model: nn.Module, layer_path: str, batch: Batch, pooled: bool 
     def hook(mod, args, out):
         seen["in"], seen["out"] = instances_of(mod, args[0]).float().cpu(), instances_of(mod, out).float().cpu()
 
-    handle = layer.register_forward_hook(hook)
+    handles = [layer.register_forward_hook(hook)]
+    head = model.get_output_embeddings() if pooled and hasattr(model, "get_output_embeddings") else None
+    if isinstance(head, nn.Module):  # a language model: its final hidden state is what the head reads
+        handles.append(head.register_forward_hook(lambda mod, args, out: seen.__setitem__("final", args[0])))
     try:
         if pooled and hasattr(model, "forward_head") and hasattr(model, "forward_features"):
             feats = model.forward_features(batch.inputs.to(device))
@@ -64,10 +67,59 @@ def forward_batch(model: nn.Module, layer_path: str, batch: Batch, pooled: bool 
             out = call_model(model, batch.inputs, device)
             emb, space = (pooled_output(out) if pooled else None), "pooler output"
     finally:
-        handle.remove()
-    return Forward([t.float().cpu() for t in output_tensors(out)], seen["in"], seen["out"],
-                   batch.valid_mask(seen["in"].shape[1]), None if emb is None else emb.float().cpu(),
-                   None if emb is None else space)
+        for h in handles:
+            h.remove()
+    valid = batch.valid_mask(seen["in"].shape[1])
+    if emb is None and "final" in seen and seen["final"].shape[:2] == valid.shape:
+        # a text's meaning as the model holds it last: its final hidden state, averaged over the text's tokens
+        emb, space = _masked_mean(seen["final"].float().cpu(), valid), "final hidden state (mean over the text's tokens)"
+    return Forward([t.float().cpu() for t in output_tensors(out)], seen["in"], seen["out"], valid,
+                   None if emb is None else emb.float().cpu(), None if emb is None else space)
+
+
+def lm_vocabulary(model: nn.Module) -> int | None:
+    """The vocabulary of a language model's output head (Hugging Face's ``get_output_embeddings``), else None."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    weight = getattr(head, "weight", None)
+    return int(weight.shape[0]) if isinstance(weight, torch.Tensor) else None
+
+
+def next_token_logits(fwd: Forward, batch: Batch, vocab: int | None) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """A causal LM's logits at every position whose next token is real (N, vocab) and those tokens (N,); None
+    where the model is not one (no output head, no ``input_ids``, or a first output that is not the logits)."""
+    if vocab is None or not isinstance(batch.inputs, dict) or "input_ids" not in batch.inputs or not fwd.outputs:
+        return None
+    logits, ids = fwd.outputs[0], batch.inputs["input_ids"]
+    if logits.dim() != 3 or tuple(logits.shape) != (*ids.shape, vocab):
+        return None
+    mask = batch.inputs.get("attention_mask", torch.ones_like(ids)).bool()
+    predicts = mask[:, :-1] & mask[:, 1:]  # position t predicts token t + 1, both real
+    return logits[:, :-1][predicts], ids[:, 1:][predicts]
+
+
+class NextTokenLoss:
+    """A language model's faithfulness (SAEBench's): the next-token cross-entropy (nats per predicted token) of
+    the original model and of each method in place of the layer, and the KL divergence KL(original || method)
+    of the next-token distributions, averaged over every position that predicts a real token; float64."""
+
+    def __init__(self):
+        self.n, self.ce, self.kl = 0, {}, {}
+
+    def update(self, name: str, logits: torch.Tensor, targets: torch.Tensor, reference: torch.Tensor | None = None):
+        logp = torch.log_softmax(logits.double(), -1)
+        self.ce[name] = self.ce.get(name, 0.0) - float(logp.gather(1, targets[:, None]).sum())
+        if reference is None:
+            self.n += len(targets)
+        else:
+            ref = torch.log_softmax(reference.double(), -1)
+            self.kl[name] = self.kl.get(name, 0.0) + float((ref.exp() * (ref - logp)).sum())
+
+    def value(self) -> dict | None:
+        """{"ce": name -> nats, "kl": name -> nats (0 for the original), "n_predicted"}, or None (not an LM)."""
+        if not self.n:
+            return None
+        return {"ce": {name: ce / self.n for name, ce in self.ce.items()},
+                "kl": {name: self.kl.get(name, 0.0) / self.n for name in self.ce}, "n_predicted": self.n}
 
 
 def logits_of(fwd: Forward) -> torch.Tensor | None:
@@ -82,12 +134,15 @@ def verify(model: nn.Module, layer_path: str, disentangled: DisentangledLayer, d
     max abs / relative difference over all output tensors, R^2 of the layer output, and top-1 agreement
     when the model is a classifier."""
     max_abs, max_rel, agree, n, r2, bad = 0.0, 0.0, 0, 0, R2(), []
-    has_logits = True
+    has_logits, vocab, tokens = True, lm_vocabulary(model), [0, 0]  # a language model: next-token predictions
     for batch in progress(iter_batches(dataset, batch_size, workers=workers), -(-len(dataset) // batch_size),
                           "verify batches"):
         ref = forward_batch(model, layer_path, batch)
         with swapped(model, layer_path, disentangled, back_to_cpu=True):
             new = forward_batch(model, layer_path, batch)
+        if (nt0 := next_token_logits(ref, batch, vocab)) is not None:
+            nt1 = next_token_logits(new, batch, vocab)
+            tokens = [tokens[0] + int((nt0[0].argmax(-1) == nt1[0].argmax(-1)).sum()), tokens[1] + len(nt0[1])]
         y0 = torch.cat([t.double().reshape(len(batch), -1) for t in ref.outputs], 1)
         y1 = torch.cat([t.double().reshape(len(batch), -1) for t in new.outputs], 1)
         d = output_differences(y0, y1)
@@ -101,6 +156,7 @@ def verify(model: nn.Module, layer_path: str, disentangled: DisentangledLayer, d
         bad += list(batch.bad.values())
     return {"max_abs_diff": max_abs, "max_rel_diff": max_rel, "r2": r2.value(),
             "prediction_agreement": agree / n if has_logits and n else None, "n_images": n,
+            "next_token_agreement": tokens[0] / tokens[1] if tokens[1] else None, "n_predicted_tokens": tokens[1],
             "bad_images_skipped": bad}
 
 
@@ -111,6 +167,9 @@ def lossless_failures(result: dict, max_rel_diff: float) -> list[str]:
         bad.append(f"max relative output difference {result['max_rel_diff']:.3g} > tolerance {max_rel_diff:g}")
     if result["prediction_agreement"] is not None and result["prediction_agreement"] < 1.0:
         bad.append(f"top-1 predictions differ on {(1 - result['prediction_agreement']) * result['n_images']:.0f} images")
+    if result.get("next_token_agreement") is not None and result["next_token_agreement"] < 1.0:
+        bad.append(f"the most likely next token differs at "
+                   f"{(1 - result['next_token_agreement']) * result['n_predicted_tokens']:.0f} positions")
     return bad
 
 
@@ -241,7 +300,8 @@ def score(model: nn.Module, layer_path: str, dataset, feature_sets: dict, substi
     ``feature_sets``: name -> fn(:class:`Forward` of the original model) -> activations (B, instances, F);
     each gets the MS-Score (eq. 7) of every feature in the layer space and the pooled space.
     ``substitutes``: name -> fn() -> a context manager under which the model computes with the method in
-    place of the layer; each gets top-1 accuracy and R^2 (:class:`R2`) of the layer output it produces.
+    place of the layer; each gets top-1 accuracy and R^2 (:class:`R2`) of the layer output it produces, and on a
+    causal language model the next-token loss and KL (:class:`NextTokenLoss`; ``next_token``, else None).
 
     Pass 1 streams the evaluation set (accuracy, R^2, per-feature top-K images, pooled embeddings); pass 2
     re-runs only the selected images to embed each at its argmax instance. Every feature set's ``activity``: its features, those
@@ -255,6 +315,7 @@ def score(model: nn.Module, layer_path: str, dataset, feature_sets: dict, substi
     pooled, pooled_space, bad = {}, None, []
     correct, n_labelled, classifier = {"original": 0, **{n: 0 for n in substitutes}}, 0, True
     r2 = {name: R2() for name in substitutes}
+    vocab, lm = lm_vocabulary(model), NextTokenLoss()
     n_batches = -(-len(dataset) // batch_size)
     for batch in progress(iter_batches(dataset, batch_size, workers=workers), n_batches, "evaluate batches"):
         ref = forward_batch(model, layer_path, batch, pooled=True)
@@ -267,10 +328,14 @@ def score(model: nn.Module, layer_path: str, dataset, feature_sets: dict, substi
         if count:
             correct["original"] += int((logits.argmax(-1) == batch.labels)[labelled].sum())
             n_labelled += int(labelled.sum())
+        if (nt := next_token_logits(ref, batch, vocab)) is not None:
+            lm.update("original", *nt)
         for name, context in substitutes.items():
             with context():
                 new = forward_batch(model, layer_path, batch)
             r2[name].update(ref.layer_out[ref.valid], new.layer_out[ref.valid])
+            if nt is not None:
+                lm.update(name, next_token_logits(new, batch, vocab)[0], nt[1], reference=nt[0])
             if count:
                 correct[name] += int((logits_of(new).argmax(-1) == batch.labels)[labelled].sum())
         # the pooled space: timm pre-logits or an HF pooler output; else the mean layer output
@@ -286,7 +351,7 @@ def score(model: nn.Module, layer_path: str, dataset, feature_sets: dict, substi
     pooled_emb[ids] = torch.stack([pooled[int(i)] for i in ids])
     acc_on = accuracy == "auto" and classifier and n_labelled > 0
     return {"accuracy": {name: (c / n_labelled if acc_on else None) for name, c in correct.items()},
-            "r2": {name: r.value() for name, r in r2.items()},
+            "r2": {name: r.value() for name, r in r2.items()}, "next_token": lm.value(),
             "ms": {name: t.scores(layer_emb, pooled_emb) for name, t in tops.items()},
             "activity": {name: t.activity() for name, t in tops.items()},
             "pooled_space": pooled_space, "n_images": len(dataset), "bad_images_skipped": bad}
@@ -322,7 +387,7 @@ def evaluate(model: nn.Module, layer_path: str, disentangled: DisentangledLayer,
     counts = torch.bincount(parent, minlength=n_units).numpy()
     split_units = counts > 1
     split_subs = split_units[parent.numpy()]
-    summary = {"accuracy": res["accuracy"], "r2": res["r2"]["disentangled"],
+    summary = {"accuracy": res["accuracy"], "r2": res["r2"]["disentangled"], "next_token": res["next_token"],
                "ms_score": {}, "n_units": int(len(counts)), "n_subunits": int(len(parent)),
                "expansion_factor": float(len(parent) / len(counts)),
                "n_split_units": int(split_units.sum()),
@@ -345,6 +410,10 @@ def evaluate(model: nn.Module, layer_path: str, disentangled: DisentangledLayer,
               "random_ms_layer": ms["random"]["layer"], "random_ms_pooled": ms["random"]["pooled"],
               "units_top_images": ms["units"]["top_images"], "subunits_top_images": ms["subunits"]["top_images"],
               "parent": parent.numpy(), "k_per_unit": counts}
+    if hasattr(dataset, "tokens"):  # text: each feature's activation on its top texts, token by token (the report's)
+        contexts = top_contexts(model, layer_path, dataset, sets, {n: ms[n]["top_images"] for n in CONTEXTS},
+                                batch_size, workers)
+        tables.update({f"{name}_top_contexts": c for name, c in contexts.items()})
     diag = diagnostics.unit_diagnostics(tables, disentangled.metadata.get("units"), siblings.per_unit())
     summary["split_diagnostics"] = diagnostics.rank_correlations(diag, counts)
     tables.update({f"diag_{name}": values for name, values in diag.items()})
@@ -366,7 +435,7 @@ def score_baseline(model: nn.Module, layer_path: str, baseline, dataset, *, ms_t
     live = {} if probe is None else live_features(probe_forwards(probe, get_module(model, layer_path)), sets)
     ms = res["ms"]["features"]
     features = features_summary(res, live)["features"]
-    summary = {"accuracy": res["accuracy"], "r2": res["r2"]["reconstructed"],
+    summary = {"accuracy": res["accuracy"], "r2": res["r2"]["reconstructed"], "next_token": res["next_token"],
                "ms_score": {"features_mean": nanmean(ms["layer"]), "features_mean_pooled": nanmean(ms["pooled"])},
                "n_features": features["n_features"], "n_scored_features": features["n_scored"],
                "l0_eval": features["l0_eval"], "features": features, "ms_top_k": int(ms["top_images"].shape[1]),
@@ -388,6 +457,33 @@ def features_summary(res: dict, live_probe: dict[str, int]) -> dict[str, dict]:
 def _masked_mean(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     v = valid[..., None].float()
     return (x * v).sum(1) / v.sum(1).clamp_min(1)
+
+
+CONTEXTS = {"units": 16, "subunits": 9}  # a text unit page's contexts: Figure 3's 4x4 parent grid, 3x3 per sub-unit
+
+
+@torch.no_grad()
+def top_contexts(model: nn.Module, layer_path: str, dataset, feature_sets: dict, top_images: dict[str, np.ndarray],
+                 batch_size: int, workers: int = 0) -> dict[str, np.ndarray]:
+    """For a text dataset, what the report shows of a feature: its activation at every token of each of its top
+    texts, (features, contexts, tokens) float16, NaN where a token is not an instance (padding, special tokens)
+    and where a feature has fewer top texts. ``top_images``: feature set -> (features, >= contexts) text ids
+    (:func:`score`'s ``top_images``); one pass over the texts any of them selected."""
+    want = {name: top_images[name][:, :CONTEXTS[name]] for name in CONTEXTS}
+    texts = np.unique(np.concatenate([t.reshape(-1) for t in want.values()]))
+    out: dict[str, np.ndarray] = {}
+    for batch in progress(iter_batches(dataset, batch_size, texts.tolist(), workers), -(-len(texts) // batch_size),
+                          "text contexts"):
+        fwd = forward_batch(model, layer_path, batch)
+        row = {int(i): j for j, i in enumerate(batch.index.tolist())}
+        for name, top in want.items():
+            acts = feature_sets[name](fwd).masked_fill(~fwd.valid[..., None], float("nan"))  # (B, tokens, features)
+            if name not in out:
+                out[name] = np.full((*top.shape, acts.shape[1]), np.nan, dtype=np.float16)
+            feat, slot = np.nonzero(np.isin(top, batch.index.numpy()))
+            rows = torch.tensor([row[int(i)] for i in top[feat, slot]], dtype=torch.long)
+            out[name][feat, slot] = acts[rows, :, torch.from_numpy(feat)].numpy().astype(np.float16)
+    return out
 
 
 def _embed_selected(model, layer_path, dataset, tops, batch_size: int, workers: int):

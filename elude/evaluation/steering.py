@@ -152,3 +152,121 @@ def load_labels(labels_dir: str | Path, device: str = "cpu"):
     doc = json.loads((labels_dir / "labels.json").read_text())
     clip = load_clip(str(labels_dir / "clip") if (labels_dir / "clip").is_dir() else doc["model"], device)
     return doc["subunits"], clip
+
+
+# --- language models: concepts are tokens ------------------------------------------------------------------
+def concept_tokens(tokenizer, concept: str) -> list[int]:
+    """The token ids that start ``concept`` as a word: its first token with and without a leading space (byte-level
+    BPE spells a word differently after a space), special tokens left out."""
+    special = set(tokenizer.all_special_ids)
+    ids = {tokenizer.encode(text, add_special_tokens=False)[0] for text in (concept, " " + concept.lstrip())
+           if tokenizer.encode(text, add_special_tokens=False)}
+    if not ids - special:
+        raise ValueError(f"concept {concept!r}: the tokenizer gives it no ordinary token")
+    return sorted(ids - special)
+
+
+def _log_p(logits: torch.Tensor, tokens: list[int]) -> torch.Tensor:
+    """log of the probability mass the next-token distribution puts on ``tokens`` (..., vocab) -> (...)."""
+    return torch.logsumexp(torch.log_softmax(logits.float(), -1)[..., tokens], -1)
+
+
+def token_attribution(model: nn.Module, layer_path: str, layer, dataset, concepts: list[list[int]],
+                      batch_size: int = 64) -> np.ndarray:
+    """(n_sub-units, n_concepts): each sub-unit's first-order effect on the model's log-probability of each
+    concept's tokens at the next position, summed over the evaluation texts' real tokens: activation x gradient,
+    s_(u,c)(t) * d log p_concept(t) / d y_u(t) (attribution patching), where y is the layer's output. Scaling
+    sub-unit (u, c) by g changes y_u by (g - 1) s_(u,c), so the largest positive scores are the sub-units whose
+    amplification raises the concept most, to first order."""
+    from ..models.backbones import call_model, get_module
+
+    target, device = get_module(model, layer_path), next(model.parameters()).device
+    parent = layer.parent.to(device)
+    out = torch.zeros(layer.n_subunits, len(concepts), dtype=torch.float64)
+    seen = {}
+
+    def hook(mod, args, y):
+        y.retain_grad()
+        seen["q"], seen["y"] = args[0].detach(), y
+
+    handle = target.register_forward_hook(hook)
+    try:
+        for batch in iter_batches(dataset, batch_size):
+            valid = batch.valid_mask(batch.inputs["input_ids"].shape[1]).to(device)
+            for j, tokens in enumerate(concepts):
+                with torch.enable_grad():
+                    logits = call_model(model, batch.inputs, device)
+                    logits = logits.logits if hasattr(logits, "logits") else logits[0]
+                    _log_p(logits, tokens)[valid].sum().backward()
+                s = layer.subunits(seen["q"])  # (B, T, sub-units)
+                g = seen["y"].grad[..., parent]  # the gradient at each sub-unit's own output unit
+                out[:, j] += (s * g)[valid].sum(0).double().cpu()
+                model.zero_grad(set_to_none=True)
+    finally:
+        handle.remove()
+    return out.numpy()
+
+
+@torch.no_grad()
+def _lm_run(model: nn.Module, encode, prompts: list[str], concepts: list[list[int]], dataset, new_tokens: int,
+            batch_size: int) -> dict:
+    """What steering is judged by on a language model, as the model is now: the mean next-token probability of
+    each concept's tokens over the evaluation texts' real positions; per prompt the next-token distribution at
+    its last token and a greedy continuation of ``new_tokens`` tokens."""
+    device = next(model.parameters()).device
+    mass, n = torch.zeros(len(concepts), dtype=torch.float64), 0
+    for batch in iter_batches(dataset, batch_size):
+        logits = model(**{k: v.to(device) for k, v in batch.inputs.items()}).logits
+        valid = batch.inputs["attention_mask"].bool().to(device)
+        for j, tokens in enumerate(concepts):
+            mass[j] += float(_log_p(logits, tokens).exp()[valid].sum())
+        n += int(valid.sum())
+    runs = []
+    for prompt in prompts:
+        ids = encode(prompt).to(device)
+        probs = torch.softmax(model(input_ids=ids).logits[0, -1].float(), -1)
+        cont, limit = ids, getattr(getattr(model, "config", None), "max_position_embeddings", None)
+        for _ in range(new_tokens):  # greedy, without a cache: the steered layer sees every position
+            nxt = model(input_ids=cont[:, -limit:] if limit else cont).logits[0, -1].argmax()
+            cont = torch.cat([cont, nxt.view(1, 1)], 1)
+        runs.append({"probs": probs.cpu(), "continuation": cont[0, ids.shape[1]:].cpu().tolist()})
+    return {"concept_mass": (mass / max(n, 1)).tolist(), "prompts": runs}
+
+
+def steer_tokens(model: nn.Module, layer_path: str, layer, dataset, tokenizer, *, amplify: list[str] = (),
+                 suppress: list[str] = (), prompts: list[str] = (), kappa: int = 16, alpha: float = 5.0,
+                 gamma: float = -10.0, nu: int | None = None, new_tokens: int = 12, batch_size: int = 64,
+                 top_changes: int = 5) -> dict:
+    """Steer a causal language model toward (``amplify``) or away from (``suppress``) concepts given as words:
+    each matched to the kappa sub-units with the largest :func:`token_attribution` to its tokens, scaled by alpha
+    or gamma (C.3). Reports, before / with gains of 1 (must equal before) / after: every concept's mean
+    next-token probability over the evaluation texts, and per prompt the largest next-token probability changes
+    and a greedy continuation."""
+    from ..method.layers import swapped
+
+    words = list(amplify) + list(suppress)
+    concepts = [concept_tokens(tokenizer, w) for w in words]
+    score = token_attribution(model, layer_path, layer, dataset, concepts, batch_size) if concepts else None
+    up = sorted({int(i) for j in range(len(amplify)) for i in np.argsort(-score[:, j], kind="stable")[:kappa]})
+    down = sorted({int(i) for j in range(len(amplify), len(words)) for i in np.argsort(-score[:, j], kind="stable")[:kappa]})
+
+    def encode(text):
+        return torch.tensor([tokenizer(text)["input_ids"]])
+
+    before = _lm_run(model, encode, list(prompts), concepts, dataset, new_tokens, batch_size)
+    with swapped(model, layer_path, layer):
+        with steering(layer, torch.ones(layer.n_subunits), nu):
+            ones = _lm_run(model, encode, list(prompts), concepts, dataset, 0, batch_size)
+        with steering(layer, gains(layer.n_subunits, up, down, alpha, gamma), nu):
+            after = _lm_run(model, encode, list(prompts), concepts, dataset, new_tokens, batch_size)
+    per_prompt = []
+    for prompt, b, o, a in zip(prompts, before["prompts"], ones["prompts"], after["prompts"]):
+        delta = a["probs"] - b["probs"]
+        top = torch.argsort(-delta.abs(), stable=True)[:top_changes].tolist()
+        per_prompt.append({"prompt": prompt, "gains_one_max_change": float((o["probs"] - b["probs"]).abs().max()),
+                           "changes": [(tokenizer.decode([t]), float(b["probs"][t]), float(a["probs"][t])) for t in top],
+                           "before": tokenizer.decode(b["continuation"]), "after": tokenizer.decode(a["continuation"])})
+    return {"amplified": up, "suppressed": down, "concepts": dict(zip(words, concepts)),
+            "concept_mass": {w: (before["concept_mass"][j], ones["concept_mass"][j], after["concept_mass"][j])
+                             for j, w in enumerate(words)},
+            "prompts": per_prompt, "settings": {"alpha": alpha, "gamma": gamma, "nu": nu, "kappa": kappa}}

@@ -25,13 +25,13 @@ CODE_VERSIONS = {
     "ef_search": "1",
     "surgery": "2",
     "merge": "3",
-    "verify": "4",  # 4: the merge sums with index_add_ on the CPU (last bits of the differences)
-    "evaluate": "6",  # 6: live features (probe, evaluation) and L0 per feature set, split diagnostics; 4: one scoring path for ELUDe and baselines; R^2 of the disentangled layer; 5: merge
-    "report": "12",  # 12: Table 2's fair columns (live features, live EF, L0, fraction scored), why a split helps; 11: Table 6 EF axis, Figure 2; 10: data faults block; 5: Table 2 (baselines); 6: Tables 4 and 5; 7: Table 3 and LLM Rank; 8: Table 7; 9: unit pages, plots, labels
-    "aggregate": "7",  # 7: Table 2's fair columns; 6: Table 6 EF axis, Figure 2; 2: Table 2; 3: Tables 4 and 5; 4: Table 3 and LLM Rank; 5: Table 7
+    "verify": "5",  # 5: next-token agreement of a language model; 4: the merge sums with index_add_ on the CPU (last bits of the differences)
+    "evaluate": "7",  # 7: a language model's next-token loss and KL, its final hidden state as the pooled space; 6: live features (probe, evaluation) and L0 per feature set, split diagnostics; 4: one scoring path for ELUDe and baselines; R^2 of the disentangled layer; 5: merge
+    "report": "13",  # 13: Table 2's next-token columns for a language model; 12: Table 2's fair columns (live features, live EF, L0, fraction scored), why a split helps; 11: Table 6 EF axis, Figure 2; 10: data faults block; 5: Table 2 (baselines); 6: Tables 4 and 5; 7: Table 3 and LLM Rank; 8: Table 7; 9: unit pages, plots, labels
+    "aggregate": "8",  # 8: next-token columns; 7: Table 2's fair columns; 6: Table 6 EF axis, Figure 2; 2: Table 2; 3: Tables 4 and 5; 4: Table 3 and LLM Rank; 5: Table 7
     "baseline_train": "2",  # 2: activity.safetensors (features that fired: Table 4's dead atoms)
     "baseline_select": "1",
-    "baseline_eval": "2",  # 2: live features (probe, evaluation), L0 of firings (> 0)
+    "baseline_eval": "3",  # 3: next-token loss and KL; 2: live features (probe, evaluation), L0 of firings (> 0)
     "dictionary": "1",
     "efficiency": "1",
     "grids": "1",

@@ -56,10 +56,10 @@ def stage_specs(config: dict, seed: int | None = None, run: int = 0) -> dict[str
         bb["data"] = data  # the demo model is trained on the probe split
         if data["kind"] != "text":  # the language model's keys (image runs keep their ids)
             bb["demo"] = {k: v for k, v in bb["demo"].items() if k != "vocab_size"}
-    elif data["kind"] == "text":  # text is tokenized by the tokenizer saved with the backbone
-        bb["tokenizer"] = config["backbone"]["tokenizer"] or config["backbone"]["hf"].get("model")
         if config["compute"]["device"] != "cpu":  # trained there: other bytes (CPU runs keep their ids)
             bb["device"] = config["compute"]["device"]
+    elif data["kind"] == "text":  # text is tokenized by the tokenizer saved with the backbone
+        bb["tokenizer"] = config["backbone"]["tokenizer"] or config["backbone"]["hf"].get("model")
     cache = {**config["cache"], "data": data, "device": config["compute"]["device"]}
     cache["token_seed"] = token_seeds(config)[0] if seed is None else seed
     if cache["tokens_per_image"] is None:

@@ -13,7 +13,9 @@ td,th{border:1px solid #ccc;padding:3px 8px;text-align:left} .row{display:flex;g
 .panel{border:3px solid #e8a0c8;padding:4px;font-size:12px} .parent{border-color:#e8c840}
 .grid{display:grid;gap:2px;justify-content:start} .ranked tr:last-child{background:#f4e4f0} .unl{color:#999} .score{color:#666}
 table.sortable th{cursor:pointer;background:#f4f4f4} th[data-dir=asc]::after{content:" \\25B2"}
-th[data-dir=desc]::after{content:" \\25BC"} nav{margin:8px 0}"""
+th[data-dir=desc]::after{content:" \\25BC"} nav{margin:8px 0}
+.contexts{max-width:34em} .ctx{font-family:monospace;white-space:pre-wrap;font-size:11px;margin:3px 0;line-height:1.5}
+.ctx .fire{outline:1px solid #c00;font-weight:bold} .ctx .special{color:#aaa}"""
 
 
 def bytes_data_uri(png: bytes) -> str:

@@ -15,10 +15,12 @@ from pathlib import Path
 import numpy as np
 
 from ..evaluation.diagnostics import DIAGNOSTICS, GAINS, subunits_of
+from ..evaluation.scoring import CONTEXTS
 from .html import CSS, ImageFile, _grid, bytes_data_uri, figure_png
 from .tables import fmt, pct
 
-PARENT_IMAGES, SUBUNIT_IMAGES = 16, 9  # Figure 3's parent grid (4x4); a sub-unit's 3x3 (as the judges see it)
+# Figure 3's parent grid (4x4) and a sub-unit's 3x3 (as the judges see it); as many top texts in a text run
+PARENT_IMAGES, SUBUNIT_IMAGES = CONTEXTS["units"], CONTEXTS["subunits"]
 PLOTS = ("k_histogram.png", "ms_scores.png")
 
 
@@ -224,8 +226,45 @@ def unit_diagnostics_html(u: int, tables: dict) -> str:
 
 
 # --- unit pages --------------------------------------------------------------------------------------
+CONTEXT_WINDOW = 24  # tokens shown on each side of the firing token
+
+
+def contexts_html(tokens, ids, acts: np.ndarray) -> str:
+    """A feature's top texts as token strips (text runs, instead of image grids): each token shaded by the
+    feature's activation there (full colour = its largest over these texts; negative: none), the firing token
+    (the text's largest) outlined, at most CONTEXT_WINDOW tokens on each side; tokens that are not instances
+    (special tokens) grey, padding left out. ``tokens(i)``: text i's tokens as strings; ``acts`` (texts, tokens)."""
+    acts = np.asarray(acts, dtype=np.float32)
+    finite = np.isfinite(acts)
+    top = float(np.nanmax(acts)) if finite.any() else 0.0
+    rows = []
+    for i, a, ok in zip(ids, acts, finite):
+        if not ok.any():
+            continue
+        toks, fire = tokens(int(i)), int(np.nanargmax(a))
+        lo, hi = max(0, fire - CONTEXT_WINDOW), min(int(np.flatnonzero(ok)[-1]) + 1, fire + CONTEXT_WINDOW + 1)
+        spans = []
+        for t in range(lo, hi):
+            text = html_lib.escape(toks[t])
+            if not ok[t]:
+                spans.append(f'<span class="special">{text}</span>')
+                continue
+            alpha = max(0.0, float(a[t])) / top if top > 0 else 0.0
+            spans.append(f'<span{" class=fire" if t == fire else ""} style="background:rgba(255,140,0,{alpha:.2f})" '
+                         f'title="{a[t]:.3g}">{text}</span>')
+        rows.append(f'<div class="ctx">{"…" if lo else ""}{"".join(spans)}</div>')
+    return f'<div class="contexts">{"".join(rows)}</div>'
+
+
+def _examples(kind: str, f: int, tables: dict, thumbnail, tokens, n: int, cols: int, cls: str) -> str:
+    """Feature ``f`` of ``kind`` (units, subunits): its top texts (text runs) or its top images as a grid."""
+    if tokens is not None and f"{kind}_top_contexts" in tables:
+        return contexts_html(tokens, tables[f"{kind}_top_images"][f][:n], tables[f"{kind}_top_contexts"][f][:n])
+    return _grid(thumbnail, tables[f"{kind}_top_images"][f][:n], cols, cls)
+
+
 def subunit_panel(s: int, c: int, size, tables: dict, thumbnail, n_images: int, cols: int,
-                  labels: dict | None = None, up: str = "") -> str:
+                  labels: dict | None = None, up: str = "", tokens=None) -> str:
     """One sub-unit: its label (when the run has labels), MS-Scores, cluster size and top images;
     ``up``: the path from the page to the report folder."""
     lab = ""
@@ -234,18 +273,18 @@ def subunit_panel(s: int, c: int, size, tables: dict, thumbnail, n_images: int, 
         lab = f'{label_text(entry)} · {_group_link(labels, entry["group"], up)}<br>'
     return (f'<div class="panel" id="s{s}"><div>{lab}sub-unit {s} (cluster {c}, {fmt(size)} instances)<br>'
             f'MS {_ms(tables["subunits_ms_layer"][s])} / pooled {_ms(tables["subunits_ms_pooled"][s])}</div>'
-            f'{_grid(thumbnail, tables["subunits_top_images"][s][:n_images], cols, "sub")}</div>')
+            f'{_examples("subunits", s, tables, thumbnail, tokens, n_images, cols, "sub")}</div>')
 
 
-def parent_panel(u: int, tables: dict, thumbnail, labels: dict | None = None) -> str:
+def parent_panel(u: int, tables: dict, thumbnail, labels: dict | None = None, tokens=None) -> str:
     lab = f"{label_text(labels['units'][u])}<br>" if labels else ""
     return (f'<div class="panel parent"><div>{lab}parent unit {u}<br>MS {_ms(tables["units_ms_layer"][u])} / pooled '
             f'{_ms(tables["units_ms_pooled"][u])}</div>'
-            f'{_grid(thumbnail, tables["units_top_images"][u][:PARENT_IMAGES], 4, "par")}</div>')
+            f'{_examples("units", u, tables, thumbnail, tokens, PARENT_IMAGES, 4, "par")}</div>')
 
 
 def unit_page(u: int, subs: np.ndarray, run_name: str, tables: dict, layer_meta: dict, thumbnail,
-              labels: dict | None = None) -> str:
+              labels: dict | None = None, tokens=None) -> str:
     n = len(layer_meta["units"])
     meta = layer_meta["units"][u]
     sizes = meta.get("cluster_sizes") or []
@@ -257,7 +296,8 @@ def unit_page(u: int, subs: np.ndarray, run_name: str, tables: dict, layer_meta:
         alts = "<p>Unit label candidates: " + ", ".join(
             f"{html_lib.escape(a)} ({b:.3g})" for a, b in labels["units"][u]["alternatives"]) + "</p>"
     panels = "".join(subunit_panel(int(s), c, sizes[c] if c < len(sizes) else None, tables, thumbnail,
-                                   SUBUNIT_IMAGES, 3, labels, "../") for c, s in enumerate(subs))
+                                   SUBUNIT_IMAGES, 3, labels, "../", tokens) for c, s in enumerate(subs))
+    what = "texts" if tokens is not None and "units_top_contexts" in tables else "images"
     facts = (f'K = {int(tables["k_per_unit"][u])}, rho = {meta["rho"]}, {meta["noise"]} of its top {meta["top_k"]} '
              f'instances left as noise' + ("; never active on the probe split" if meta.get("never_active") else "")
              + (f"; sibling merge: K {meta['k_before_merge']} → {meta['k']}, clusters per sub-unit {meta['clusters']}"
@@ -266,8 +306,10 @@ def unit_page(u: int, subs: np.ndarray, run_name: str, tables: dict, layer_meta:
     return (f'<!doctype html><html><head><meta charset="utf-8"><title>{title}</title><style>{CSS}</style></head><body>'
             f'<nav>{nav}</nav><h1>Unit {u} of layer <code>{html_lib.escape(layer_meta["layer"])}</code></h1>'
             f'<p>{facts}.</p>{alts}{unit_diagnostics_html(u, tables)}<p>Evaluation split: the parent\'s top '
-            f'{PARENT_IMAGES} images, each sub-unit\'s top {SUBUNIT_IMAGES}; MS-Scores in %, layer space / pooled space.</p>'
-            f'<div class="row">{parent_panel(u, tables, thumbnail, labels)}{panels}</div><nav>{nav}</nav></body></html>')
+            f'{PARENT_IMAGES} {what}, each sub-unit\'s top {SUBUNIT_IMAGES}; MS-Scores in %, layer space / pooled space.'
+            + (" Each text is shaded by the feature's activation at every token (full colour: its largest over these"
+               " texts), the firing token outlined; grey: special tokens." if what == "texts" else "") + '</p>'
+            f'<div class="row">{parent_panel(u, tables, thumbnail, labels, tokens)}{panels}</div><nav>{nav}</nav></body></html>')
 
 
 def image_files(folder: Path, thumbnail, prefix: str):
@@ -292,12 +334,13 @@ def image_files(folder: Path, thumbnail, prefix: str):
 
 
 def write_unit_pages(folder: Path, run_name: str, tables: dict, layer_meta: dict, thumbnail,
-                     labels: dict | None = None) -> int:
-    """``folder/units/<u>.html`` for every unit, their images in ``folder/img/``; returns how many pages."""
+                     labels: dict | None = None, tokens=None) -> int:
+    """``folder/units/<u>.html`` for every unit, their images in ``folder/img/`` (text runs: ``tokens(i)``, text
+    i's tokens, shows the top texts instead); returns how many pages."""
     pages = folder / "units"
     pages.mkdir(parents=True, exist_ok=True)
     image = image_files(folder / "img", thumbnail, "../img/")
     n = len(layer_meta["units"])
     for u, subs in enumerate(subunits_of(tables["parent"], n)):
-        (pages / f"{u}.html").write_text(unit_page(u, subs, run_name, tables, layer_meta, image, labels))
+        (pages / f"{u}.html").write_text(unit_page(u, subs, run_name, tables, layer_meta, image, labels, tokens))
     return n

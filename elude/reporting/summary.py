@@ -26,7 +26,21 @@ from .tables import (
 
 TABLE2_COLUMNS = (("llm_rank", "LLM Rank (↓)"), ("ms_score", "MS-Score (↑)"), ("ms_score_pooled", "MS-Score, pooled space (↑)"),
                   ("accuracy", "Accuracy (↑)"), ("r2", "R² (↑)"))
-LOWER_IS_BETTER = {"llm_rank"}
+# a language model's faithfulness, in nats per predicted token (SAEBench's): shown where the run has them
+LM_COLUMNS = (("lm_loss", "Next-token loss (↓)"), ("lm_kl", "KL to the original (↓)"))
+LOWER_IS_BETTER = {"llm_rank", "lm_loss", "lm_kl"}
+
+
+def table2_columns(rows: dict[str, dict]) -> tuple:
+    """Table 2's ranked columns: the next-token ones only for a language model."""
+    return TABLE2_COLUMNS + (LM_COLUMNS if any(r.get("lm_loss") is not None for r in rows.values()) else ())
+
+
+def lm_columns(next_token: dict | None, name: str) -> dict:
+    """A row's next-token loss and KL (nats) from a metrics' ``next_token`` (None where not a language model)."""
+    if not next_token:
+        return {}
+    return {"lm_loss": next_token["ce"][name], "lm_kl": next_token["kl"][name]}
 def table2(metrics: dict, baselines: dict[str, dict]) -> dict:
     """Table 2 of one token dataset: rows backbone only, each baseline family (paper order), ELUDe; columns
     MS-Score (layer and pooled space), accuracy, R^2, all in percent, and the LLM Rank (filled by the judges
@@ -38,6 +52,7 @@ def table2(metrics: dict, baselines: dict[str, dict]) -> dict:
     rows = {"backbone": {"method": "Backbone only", "ms_score": pct(ms["units_mean"]),
                          "ms_score_pooled": pct(ms["units_mean_pooled"]),
                          "accuracy": pct(metrics["accuracy"]["original"]), "r2": 100.0, "llm_rank": None,
+                         **lm_columns(metrics.get("next_token"), "original"),
                          **fair_columns(features.get("units"), n_units)}}
     for family in [f for f in FAMILIES if f in baselines]:
         b = baselines[family]
@@ -47,12 +62,14 @@ def table2(metrics: dict, baselines: dict[str, dict]) -> dict:
                         "ms_score": pct(b["ms_score"]["features_mean"]),
                         "ms_score_pooled": pct(b["ms_score"]["features_mean_pooled"]),
                         "accuracy": pct(b["accuracy"]["reconstructed"]), "r2": pct(b["r2"]), "llm_rank": None,
+                        **lm_columns(b.get("next_token"), "reconstructed"),
                         "n_features": b["n_features"], "n_scored_features": b["n_scored_features"],
                         "l0_eval": b["l0_eval"], "hp": b["hp"], "ef": b["n_features"] / n_units,
                         "not_sparse": not_sparse, **fair}
     rows["elude"] = {"method": "ELUDe", "ms_score": pct(ms["subunits_mean"]),
                      "ms_score_pooled": pct(ms["subunits_mean_pooled"]),
                      "accuracy": pct(metrics["accuracy"]["disentangled"]), "r2": pct(metrics["r2"]),
+                     **lm_columns(metrics.get("next_token"), "disentangled"),
                      "llm_rank": None, "n_features": metrics["n_subunits"], "ef": metrics["expansion_factor"],
                      **fair_columns(features.get("subunits"), n_units)}
     return {"unit": "percent", "rows": rows}
@@ -75,7 +92,8 @@ def summary(run_name: str, verify: dict, metrics: dict, layer_meta: dict, artifa
         row["llm_rank"] = tables["table3"]["rows"].get(key, {}).get("rank") if "table3" in tables else None
     return {**studies_summary(tables),
         "run_name": run_name,
-        "lossless": {k: verify[k] for k in ("max_abs_diff", "max_rel_diff", "r2", "prediction_agreement", "lossless")},
+        "lossless": {k: verify.get(k) for k in ("max_abs_diff", "max_rel_diff", "r2", "prediction_agreement",
+                                                 "next_token_agreement", "lossless")},
         "accuracy": metrics["accuracy"],
         "ms_score": {k: pct(v) for k, v in metrics["ms_score"].items()},
         "ms_score_unit": "percent",
@@ -108,11 +126,11 @@ def sibling_merge_summary(units: list[dict], n_units: int) -> dict:
 
 
 def table2_html(rows: dict[str, dict]) -> str:
-    return ranked_table_html(rows, TABLE2_COLUMNS, LOWER_IS_BETTER, plain=FAIR_COLUMNS)
+    return ranked_table_html(rows, table2_columns(rows), LOWER_IS_BETTER, plain=FAIR_COLUMNS)
 
 
 def table2_findings(rows: dict[str, dict]) -> list[str]:
-    return column_findings(rows, TABLE2_COLUMNS, LOWER_IS_BETTER)
+    return column_findings(rows, table2_columns(rows), LOWER_IS_BETTER)
 
 
 TABLE2_NOTE = ("<p>Percent. MS-Score (eq. 7) of every feature that activates on the evaluation split (ELUDe: sub-units;"
@@ -125,7 +143,10 @@ TABLE2_NOTE = ("<p>Percent. MS-Score (eq. 7) of every feature that activates on 
                " instances ELUDe's top-k and the baselines' training read); the live expansion factor (live features /"
                " units); the evaluation L0 (features firing per evaluation instance); the share of features scored (an"
                f" MS-Score needs a feature that fires on the evaluation split). {NOT_SPARSE_MARK.strip()}: not sparse, a"
-               f" baseline whose evaluation L0 is above {NOT_SPARSE_L0:.0%} of its features.</p>")
+               f" baseline whose evaluation L0 is above {NOT_SPARSE_L0:.0%} of its features. A language model also gets,"
+               " in nats per predicted token over every real next token of the evaluation texts, the next-token loss"
+               " (cross-entropy) with the method in place of the layer (the backbone row: the original model's) and the"
+               " KL divergence of its next-token distribution from the original's.</p>")
 
 
 
@@ -145,6 +166,8 @@ def html(summary: dict, metrics: dict, tables: dict, layer_meta: dict, thumbnail
         ("max |output difference|", lossless["max_abs_diff"]), ("max relative output difference", lossless["max_rel_diff"]),
         ("R² at the layer (pooled per-feature variance)", lossless["r2"]),
         ("top-1 prediction agreement", lossless["prediction_agreement"]),
+        *([("most likely next token: agreement", lossless["next_token_agreement"])]
+          if lossless.get("next_token_agreement") is not None else []),
         ("accuracy, original layer", summary["accuracy"]["original"]),
         ("accuracy, disentangled layer", summary["accuracy"]["disentangled"]),
         ("units", summary["n_units"]), ("sub-units", summary["n_subunits"]), ("units split (K ≥ 2)", summary["n_split_units"]),
@@ -242,7 +265,7 @@ def aggregate(run_name: str, seeds: list[int], summaries: list[dict]) -> dict:
     rows = {}
     for key, row in summaries[0]["table2"]["rows"].items():
         rows[key] = {"method": row["method"],
-                     **{col: stats.get(f"table2.rows.{key}.{col}") for col, _ in TABLE2_COLUMNS + FAIR_COLUMNS},
+                     **{col: stats.get(f"table2.rows.{key}.{col}") for col, _ in TABLE2_COLUMNS + LM_COLUMNS + FAIR_COLUMNS},
                      "ef": stats.get(f"table2.rows.{key}.ef"),
                      "llm_rank": row["llm_rank"]}  # one rank pooled over the seeds (Table 3), not a mean
     t6 = summaries[0].get("table6_ef")  # over every seed already, on the first seed's report

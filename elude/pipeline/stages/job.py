@@ -52,7 +52,7 @@ def layer_weights(backbone_dir: str | Path) -> tuple[torch.Tensor, torch.Tensor,
         if f"{info['path']}.weight" in keys:
             w = f.get_tensor(f"{info['path']}.weight").float()
             info["kind"] = "conv1x1" if w.dim() == 4 else "linear"
-            w = w.T.contiguous() if info["type"] == "Conv1D" else w.reshape(w.shape[0], -1)  # stored (in, out)
+            w = w.T.contiguous() if info.get("type") == "Conv1D" else w.reshape(w.shape[0], -1)  # stored (in, out)
             bias = f"{info['path']}.bias"
             return w, f.get_tensor(bias).float() if bias in keys else torch.zeros(w.shape[0]), info
     layer = load_layer(backbone_dir)[1]

@@ -56,7 +56,8 @@ def report(st: Stage, verify_dir: str, evaluate_dir: str, merge_dir: str, backbo
         (tmp / "plots").mkdir()
         for name, png in plots.items():
             (tmp / "plots" / name).write_bytes(png)
-        n = report_pages.write_unit_pages(tmp, st.params["run_name"], tables, layer_meta, thumbnail, labels)
+        tokens = functools.lru_cache(maxsize=8192)(ds.tokens) if hasattr(ds, "tokens") else None  # text runs
+        n = report_pages.write_unit_pages(tmp, st.params["run_name"], tables, layer_meta, thumbnail, labels, tokens)
     log.info("report: %d unit pages in %s/units", n, out)
 
 
