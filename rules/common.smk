@@ -256,6 +256,7 @@ def final_report(wildcards):
 # --- input functions of the baselines, the studies, LLM Rank and the report (decoders: elude.pipeline.plan) ----
 BASELINE_THREADS = resources.baseline_threads(config)
 JUDGE_MEM_MB = resources.judge_mem_mb(config)
+EXPLAIN_MEM_MB = 3000 if str(config["explain"]["model"]).startswith("demo:") else 16000  # the demo LM; an LLM
 JUDGE_ENV = "../envs/judges-vllm.yaml" if config["judges"]["backend"] == "vllm" else "../envs/torch.yaml"
 JUDGE_THREADS = 4 if config["judges"]["backend"] == "vllm" else FORWARD_THREADS
 
@@ -297,6 +298,11 @@ def baseline_cache(w):
 def baseline_evals(report_id):
     """family -> the baseline_eval artifact a report reads (Table 2)."""
     return paths("baseline_eval", qualified(REG["report"][report_id]["inputs"], "baseline_eval"))
+
+
+def explained_baselines(explanations_id):
+    """family -> the baseline_eval artifact whose features the explanations explain."""
+    return paths("baseline_eval", qualified(REG["explanations"][explanations_id]["inputs"], "baseline_eval"))
 
 
 def study_dirs(report_id):

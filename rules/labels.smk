@@ -27,3 +27,31 @@ rule labels:
         "../envs/torch.yaml"
     script:
         "../workflow_scripts/labels.py"
+
+
+rule explanations:
+    """Text runs: an LLM's explanation of each unit and sub-unit from its top texts, and its detection score."""
+    input:
+        backbone=upstream("explanations", "backbone"),
+        evaluate=upstream("explanations", "evaluate"),
+        baselines=lambda w: list(explained_baselines(w.id).values()),
+    output:
+        folder=directory("results/explanations/{id}"),
+    params:
+        stage=stage_info("explanations"),
+        baselines=lambda w: explained_baselines(w.id),
+    log:
+        log_path("explanations"),
+    benchmark:
+        bench_path("explanations"),
+    priority: PRIORITY
+    threads: FORWARD_THREADS
+    resources:
+        mem_mb=EXPLAIN_MEM_MB,
+        gpu=FORWARD_GPUS,
+        gpu_mb=(GPU_MB or 0) if FORWARD_GPUS else 0,  # an LLM takes the whole GPU
+        runtime=240,
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../workflow_scripts/explanations.py"

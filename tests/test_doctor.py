@@ -172,6 +172,18 @@ def texts(split):
 '''
 
 
+def test_the_text_default_passes_with_its_language_models_shape(tmp_path):
+    """configs/demo-text.yaml: the demo GPT-2's layer (Conv1D, 64 units x 256 inputs, a token per instance of the
+    64-token context) checked on random token ids, the texts counted without the tokenizer (the backbone's)."""
+    proc = doctor(tmp_path, "--configfile", str(REPO / "configs/demo-text.yaml"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    found = lines(proc.stdout)
+    assert found["models"] == ("ok", "the demo GPT-2 and its tokenizer (trained in the backbone job)")
+    assert found["data"] == ("ok", "data.kind text (builtin python-docs): 3000 probe texts, 1000 evaluation texts")
+    assert found["layer"] == ("ok", "transformer.h.1.mlp.c_proj: 64 units x 256 inputs, 64 instances per image")
+    assert "24,000 instances x 256 inputs" in found["disk"][1]  # cache.tokens_per_image 8 x 3,000 texts
+
+
 def test_a_text_factory_model_is_checked_on_its_own_examples(tmp_path):
     """A factory model that takes token ids, not an image (configs/real/minilm.yaml's kind): the doctor builds
     the factory datasets, counts them, and runs the layer check and the timing on their examples."""

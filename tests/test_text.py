@@ -207,3 +207,72 @@ def test_steering_a_language_model_by_words_moves_their_next_token_probability(r
     (run,) = res["prompts"]
     assert run["gains_one_max_change"] == 0.0 and len(run["changes"]) == 5 and run["before"] and run["after"]
     assert backbones.get_module(model, path) is original  # the layer is swapped back out
+
+
+def test_explanations_are_scored_by_detection_with_an_offline_llm(tmp_path):
+    """explain.model: an LLM explains a feature from its marked top texts and is scored by telling its other top
+    texts from random ones (AUROC); here the offline demo LM (noise by construction) through the real
+    transformers backend, and the AUROC and the marking checked by hand."""
+    from elude.demo.lm import build_demo_explainer
+    from elude.evaluation.explanations import TransformersLLM, auroc, explain_features, marked
+
+    assert marked(["a", " b", " c", "<pad>"], np.array([0.1, 2.0, -1.0, np.nan])) == "a<< b>> c"
+    assert marked(["a"], np.array([np.nan])) is None
+    assert auroc([3, 2], [1, 0]) == 1.0 and auroc([0], [1]) == 0.0 and auroc([1, 1], [1, 1]) == 0.5
+    assert auroc([2, 0], [1]) == 0.5 and auroc([], [1]) is None
+    llm = TransformersLLM(str(build_demo_explainer(tmp_path / "explainer", seed=0)), batch_size=4)
+    res = explain_features(llm, [["The <<cat>> sat.", "A <<cat>> slept."], ["def <<f>>(x)"]],
+                           [["Cats purr.", "My cat."], ["def g(): pass"]], [["Numbers.", "A dog."], ["Short."]],
+                           max_tokens=6)
+    assert len(res) == 2 and all(isinstance(r["explanation"], str) for r in res)
+    assert all(0.0 <= r["detection"] <= 1.0 for r in res) and res[0]["n_positives"] == 2 and res[1]["n_negatives"] == 1
+    # the answer is read from the logits, the same for the same prompt whatever the batch
+    assert llm.yes_scores(["Answer:"]) == pytest.approx(TransformersLLM(str(tmp_path / "explainer"), batch_size=1)
+                                                       .yes_scores(["Answer:"]), abs=1e-5)
+
+
+def test_llm_rank_on_texts_reads_one_letter_from_the_first_token(tmp_path):
+    """judges.models on a text run: the judge sees two sets of marked texts and its answer is the letter with the
+    larger first-token probability, written as the image judges' JSON (so consensus and Table 3 read it as they
+    do); swapping the sets swaps what the prompt shows."""
+    from elude.demo.lm import build_demo_explainer
+    from elude.evaluation.explanations import TransformersLLM, choose
+    from elude.evaluation.judges.protocol import parse_answer, text_prompt
+
+    a, b = "1. The <<cat>> sat.\n2. A <<cat>> slept.", "1. def <<f>>(x)\n2. Numbers <<3>>"
+    prompt = text_prompt(a, b)
+    assert prompt.index(a) < prompt.index(b) and prompt.rstrip().endswith("Answer:")
+    llm = TransformersLLM(str(build_demo_explainer(tmp_path / "judge", seed=1)), batch_size=2)
+    replies = choose(llm, [(a, b), (b, a)])
+    parsed = [parse_answer(r) for r in replies]
+    assert all(p["parsed"] and p["answer"] in ("A", "B") for p in parsed)
+    odds = [json.loads(r)["log_odds_b"] for r in replies]
+    assert [p["answer"] for p in parsed] == ["B" if x > 0 else "A" for x in odds]
+    assert odds == pytest.approx(llm.yes_scores([text_prompt(a, b), text_prompt(b, a)], answers=("A", "B")))
+
+
+@torch.no_grad()
+def test_an_encoders_faithfulness_is_its_own_output_similarity(tmp_path):
+    """A model without an output head whose first output is per-token hidden states (a text encoder): Table 2's
+    faithfulness is the mean cosine similarity of that output with a method in place of the layer to the
+    original's, over the real tokens: 1 for the layer itself, below 1 for a lossy substitute."""
+    from transformers import GPT2Config, GPT2Model
+
+    from elude.evaluation.scoring import OutputSimilarity, forward_batch, lm_vocabulary, substituted
+
+    (tmp_path / "t.txt").write_text("\n".join(TEXTS))
+    tok_dir = small_tokenizer(tmp_path / "tok", bos=False)
+    ds = open_dataset({**text_cfg(path=str(tmp_path / "t.txt"), max_len=12), "eval_fraction": 0.5}, "eval", None, tok_dir)
+    torch.manual_seed(0)
+    model = GPT2Model(GPT2Config(vocab_size=300, n_positions=32, n_embd=32, n_layer=2, n_head=4)).eval()
+    path = "h.1.mlp.c_proj"
+    assert lm_vocabulary(model) is None
+    batch = next(iter_batches(ds, len(ds)))
+    ref = forward_batch(model, path, batch)
+    assert OutputSimilarity.applies(ref)
+    sim = OutputSimilarity()
+    for name, change in (("same", lambda q, a: a), ("noisy", lambda q, a: a + torch.randn_like(a))):
+        with substituted(model, path, change):
+            sim.update(name, ref, forward_batch(model, path, batch), count=name == "same")
+    out = sim.value()
+    assert out["same"] == pytest.approx(1.0, abs=1e-9) and out["noisy"] < 0.999

@@ -82,6 +82,16 @@ def test_a_causal_lm_runs_the_whole_workflow_losslessly(kind, tmp_path):
     assert contexts.shape[:2] == (summary["n_subunits"], 9) and contexts.shape[2] == 24
     page = (results / "runs/lm/units/0.html").read_text()
     assert page.count('class="ctx"') >= 16 and page.count("class=fire") >= 16 and "top 16 texts" in page
+    # explanations (the text default's demo LM) of every feature active on the evaluation texts, with detection
+    ex = summary["explanations"]
+    assert ex["model"] == "demo:0" and 0 < ex["n_explained"]["units"] <= 32 and ex["n_explained"]["subunits"] > 0
+    assert ex["n_explained"]["topk"] > 0 and ex["n_explained"]["vanilla"] > 0 and page.count("(detection ") >= 2
+    assert all(0.0 <= rows[k]["detection"] <= 1.0 for k in ("backbone", "elude", "topk", "vanilla"))  # Table 2's column
+    assert rows["elude"]["detection"] == ex["detection_mean"]["subunits"]
+    assert "Explanation detection (AUROC, ↑)" in report
+    # LLM Rank on texts (the text default's three demo judges): every presentation answered, Table 2's rank column
+    assert all(rows[k]["llm_rank"] is not None for k in ("backbone", "elude", "topk", "vanilla"))
+    assert summary["table3"]["counts"]["presentations"] == 6 * 2 * 5 and "set A: " in report
     if kind == "gpt2" and CHROMIUM:  # as a reader sees it: the firing tokens in full orange
         from PIL import Image
 

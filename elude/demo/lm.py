@@ -88,3 +88,22 @@ def train_demo_lm(demo: dict, data: dict, tokenizer_dir: Path, device: str | tor
             "config_class": f"{type(config).__module__}:{type(config).__qualname__}", "config": config.to_dict()}
     return model, spec, {"train_seconds": time.time() - t0, "final_loss": total / n, "device": str(device),
                          "vocab_size": len(tok), "probe_texts": len(probe), "probe_tokens": int(mask.sum())}
+
+
+def build_demo_explainer(folder: Path, seed: int = 0) -> Path:
+    """The explanations' offline stand-in (``explain.model: demo:<seed>``): a tiny random GPT-2 (1 block, width 32,
+    2,048 positions) with a byte-level BPE tokenizer of 512 tokens learned from Python's documentation and the
+    prompts, saved like a Hugging Face model folder. Its explanations are noise and its answers carry no
+    information about the texts, by construction."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from ..evaluation.explanations import DETECT_PROMPT, EXPLAIN_PROMPT
+    from ..models.text import python_docs
+
+    folder = Path(folder)
+    tok = train_tokenizer(list(python_docs(8)[:2000]) + [EXPLAIN_PROMPT, DETECT_PROMPT], 512, folder)
+    torch.manual_seed(seed)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=2048, n_embd=32, n_layer=1, n_head=2,
+                                       bos_token_id=0, eos_token_id=0, pad_token_id=0)).eval()
+    model.save_pretrained(folder)
+    return folder

@@ -122,6 +122,28 @@ class NextTokenLoss:
                 "kl": {name: self.kl.get(name, 0.0) / self.n for name in self.ce}, "n_predicted": self.n}
 
 
+class OutputSimilarity:
+    """An encoder's faithfulness (a model whose first output is per-token hidden states, not logits: BERT-like
+    text encoders, ViT-like vision towers): the mean cosine similarity, over the valid instances, between the
+    original model's first output and the one with a method in place of the layer (1 = unchanged)."""
+
+    def __init__(self):
+        self.sum, self.n = {}, 0
+
+    @staticmethod
+    def applies(fwd: Forward) -> bool:
+        first = fwd.outputs[0] if fwd.outputs else None
+        return first is not None and first.dim() == 3 and tuple(first.shape[:2]) == tuple(fwd.valid.shape)
+
+    def update(self, name: str, ref: Forward, new: Forward, count: bool) -> None:
+        cos = nn.functional.cosine_similarity(ref.outputs[0][ref.valid].double(), new.outputs[0][ref.valid].double(), -1)
+        self.sum[name] = self.sum.get(name, 0.0) + float(cos.sum())
+        self.n += len(cos) if count else 0
+
+    def value(self) -> dict | None:
+        return {name: v / self.n for name, v in self.sum.items()} if self.n else None
+
+
 def logits_of(fwd: Forward) -> torch.Tensor | None:
     """The classifier logits, when the model's first output is (batch, classes)."""
     first = fwd.outputs[0] if fwd.outputs else None
@@ -315,7 +337,7 @@ def score(model: nn.Module, layer_path: str, dataset, feature_sets: dict, substi
     pooled, pooled_space, bad = {}, None, []
     correct, n_labelled, classifier = {"original": 0, **{n: 0 for n in substitutes}}, 0, True
     r2 = {name: R2() for name in substitutes}
-    vocab, lm = lm_vocabulary(model), NextTokenLoss()
+    vocab, lm, similar = lm_vocabulary(model), NextTokenLoss(), OutputSimilarity()
     n_batches = -(-len(dataset) // batch_size)
     for batch in progress(iter_batches(dataset, batch_size, workers=workers), n_batches, "evaluate batches"):
         ref = forward_batch(model, layer_path, batch, pooled=True)
@@ -336,6 +358,8 @@ def score(model: nn.Module, layer_path: str, dataset, feature_sets: dict, substi
             r2[name].update(ref.layer_out[ref.valid], new.layer_out[ref.valid])
             if nt is not None:
                 lm.update(name, next_token_logits(new, batch, vocab)[0], nt[1], reference=nt[0])
+            elif OutputSimilarity.applies(ref):  # an encoder: how much its own output moves
+                similar.update(name, ref, new, count=name == next(iter(substitutes)))
             if count:
                 correct[name] += int((logits_of(new).argmax(-1) == batch.labels)[labelled].sum())
         # the pooled space: timm pre-logits or an HF pooler output; else the mean layer output
@@ -352,6 +376,7 @@ def score(model: nn.Module, layer_path: str, dataset, feature_sets: dict, substi
     acc_on = accuracy == "auto" and classifier and n_labelled > 0
     return {"accuracy": {name: (c / n_labelled if acc_on else None) for name, c in correct.items()},
             "r2": {name: r.value() for name, r in r2.items()}, "next_token": lm.value(),
+            "output_cosine": similar.value(),
             "ms": {name: t.scores(layer_emb, pooled_emb) for name, t in tops.items()},
             "activity": {name: t.activity() for name, t in tops.items()},
             "pooled_space": pooled_space, "n_images": len(dataset), "bad_images_skipped": bad}
@@ -388,6 +413,7 @@ def evaluate(model: nn.Module, layer_path: str, disentangled: DisentangledLayer,
     split_units = counts > 1
     split_subs = split_units[parent.numpy()]
     summary = {"accuracy": res["accuracy"], "r2": res["r2"]["disentangled"], "next_token": res["next_token"],
+               "output_cosine": (res["output_cosine"] or {}).get("disentangled"),
                "ms_score": {}, "n_units": int(len(counts)), "n_subunits": int(len(parent)),
                "expansion_factor": float(len(parent) / len(counts)),
                "n_split_units": int(split_units.sum()),
@@ -411,7 +437,7 @@ def evaluate(model: nn.Module, layer_path: str, disentangled: DisentangledLayer,
               "units_top_images": ms["units"]["top_images"], "subunits_top_images": ms["subunits"]["top_images"],
               "parent": parent.numpy(), "k_per_unit": counts}
     if hasattr(dataset, "tokens"):  # text: each feature's activation on its top texts, token by token (the report's)
-        contexts = top_contexts(model, layer_path, dataset, sets, {n: ms[n]["top_images"] for n in CONTEXTS},
+        contexts = top_contexts(model, layer_path, dataset, sets, {n: ms[n]["top_images"] for n in ("units", "subunits")},
                                 batch_size, workers)
         tables.update({f"{name}_top_contexts": c for name, c in contexts.items()})
     diag = diagnostics.unit_diagnostics(tables, disentangled.metadata.get("units"), siblings.per_unit())
@@ -436,6 +462,7 @@ def score_baseline(model: nn.Module, layer_path: str, baseline, dataset, *, ms_t
     ms = res["ms"]["features"]
     features = features_summary(res, live)["features"]
     summary = {"accuracy": res["accuracy"], "r2": res["r2"]["reconstructed"], "next_token": res["next_token"],
+               "output_cosine": (res["output_cosine"] or {}).get("reconstructed"),
                "ms_score": {"features_mean": nanmean(ms["layer"]), "features_mean_pooled": nanmean(ms["pooled"])},
                "n_features": features["n_features"], "n_scored_features": features["n_scored"],
                "l0_eval": features["l0_eval"], "features": features, "ms_top_k": int(ms["top_images"].shape[1]),
@@ -443,6 +470,9 @@ def score_baseline(model: nn.Module, layer_path: str, baseline, dataset, *, ms_t
                "bad_images_skipped": res["bad_images_skipped"]}
     tables = {"features_ms_layer": ms["layer"], "features_ms_pooled": ms["pooled"],
               "features_top_images": ms["top_images"]}
+    if hasattr(dataset, "tokens"):  # text: its features' top texts token by token (explanations read them)
+        tables["features_top_contexts"] = top_contexts(model, layer_path, dataset, sets,
+                                                       {"features": ms["top_images"]}, batch_size, workers)["features"]
     return {"summary": summary, "tables": tables}
 
 
@@ -459,7 +489,8 @@ def _masked_mean(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return (x * v).sum(1) / v.sum(1).clamp_min(1)
 
 
-CONTEXTS = {"units": 16, "subunits": 9}  # a text unit page's contexts: Figure 3's 4x4 parent grid, 3x3 per sub-unit
+# top texts kept per feature, token by token: Figure 3's 4x4 parent grid, 3x3 per sub-unit (a baseline feature's too)
+CONTEXTS = {"units": 16, "subunits": 9, "features": 9}
 
 
 @torch.no_grad()
@@ -469,7 +500,7 @@ def top_contexts(model: nn.Module, layer_path: str, dataset, feature_sets: dict,
     texts, (features, contexts, tokens) float16, NaN where a token is not an instance (padding, special tokens)
     and where a feature has fewer top texts. ``top_images``: feature set -> (features, >= contexts) text ids
     (:func:`score`'s ``top_images``); one pass over the texts any of them selected."""
-    want = {name: top_images[name][:, :CONTEXTS[name]] for name in CONTEXTS}
+    want = {name: top[:, :CONTEXTS[name]] for name, top in top_images.items()}
     texts = np.unique(np.concatenate([t.reshape(-1) for t in want.values()]))
     out: dict[str, np.ndarray] = {}
     for batch in progress(iter_batches(dataset, batch_size, texts.tolist(), workers), -(-len(texts) // batch_size),

@@ -34,12 +34,13 @@ CODE_VERSIONS = {
     "baseline_eval": "3",  # 3: next-token loss and KL; 2: live features (probe, evaluation), L0 of firings (> 0)
     "dictionary": "1",
     "efficiency": "1",
-    "grids": "1",
+    "grids": "2",  # 2: presentations.json names its format (a text run shows texts)
     "judge": "1",
     "rank": "1",
     "ablation": "1",
     "ef_sweep": "2",  # 2: Table 2's fair columns per EF block
     "labels": "1",
+    "explanations": "1",
 }
 
 _LIBRARIES = ("torch", "timm", "transformers", "zarr", "numcodecs", "numpy", "hdbscan", "scikit-learn", "safetensors", "overcomplete")

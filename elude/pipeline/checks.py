@@ -32,7 +32,7 @@ def preflight(config: dict, local: bool) -> None:
     CUDA, judge and CLIP models, UMAP) can run here. Raises RuntimeError, ValueError or FileNotFoundError.
     Each check imports its module only when the run needs it: the workflow's main process stays free of torch
     for the runs that need none of them."""
-    if config["data"]["kind"] in ("imagefolder", "filelist"):  # on the shared file system: checked anywhere
+    if config["data"]["kind"] in ("imagefolder", "filelist", "text"):  # on the shared file system: checked anywhere
         from ..models.data import check_data
 
         check_data(config["data"])
@@ -48,6 +48,12 @@ def preflight(config: dict, local: bool) -> None:
         for model in config["judges"]["models"]:
             model_check(model)
         if config["judges"]["backend"] == "vllm":
+            vllm_check()
+    if config["explain"]["model"]:
+        from ..evaluation.judges.backends import model_check, vllm_check
+
+        model_check(config["explain"]["model"], key="explain.model")
+        if config["explain"]["backend"] == "vllm":
             vllm_check()
     reductions = [config["cluster"]["reduce"]["method"]] + [
         v.get("cluster", {}).get("reduce", {}).get("method") for v in config["ablations"]["variants"]]

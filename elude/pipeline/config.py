@@ -117,6 +117,9 @@ def validate_config(config: dict) -> dict:
             and not full["backbone"]["tokenizer"]:
         raise ConfigError(f"invalid configuration: data.kind text with backbone.kind {full['backbone']['kind']!r} needs "
                           "backbone.tokenizer (a Hugging Face tokenizer's hub id or folder): the texts are tokenized by it")
+    if full["explain"]["model"] and full["data"]["kind"] != "text":
+        raise ConfigError(f"invalid configuration: explain.model explains text features from their top texts, but "
+                          f"data.kind is {full['data']['kind']!r}: set explain.model: null (images: labels.model)")
     _check_ablations(full)
     _check_labels(full)
     from ..evaluation.judges import judge_name

@@ -100,8 +100,18 @@ def models(config: dict) -> str:
         model_check(bb["hf"]["model"], key="backbone.hf.model")
         found.append(f"Hugging Face {bb['hf']['model']}")
     else:
-        found.append({"demo": "the demo ViT (trained in the backbone job)", "hub": f"torch.hub {bb['hub'].get('repo')} "
+        demo = "the demo GPT-2 and its tokenizer" if config["data"]["kind"] == "text" else "the demo ViT"
+        found.append({"demo": f"{demo} (trained in the backbone job)", "hub": f"torch.hub {bb['hub'].get('repo')} "
                       "(checked by the backbone job)", "timm": "timm random init / kwargs (no weights file)"}[kind])
+    if config["data"]["kind"] == "text" and kind != "demo":  # the texts are tokenized by it
+        from transformers import AutoTokenizer
+
+        name = bb["tokenizer"] or bb["hf"].get("model")
+        try:
+            AutoTokenizer.from_pretrained(name)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"backbone.tokenizer: no tokenizer {name!r} loads here ({str(exc).splitlines()[0][:200]})") from None
+        found.append(f"tokenizer {name}")
     if config["labels"]["model"]:
         from ..evaluation.labels import clip_check
 
@@ -122,6 +132,10 @@ def data(config: dict) -> tuple[str, dict | None]:
         n = {s: len(folder_items(d[f"{s}_dir"], f"data.{s}_dir")) for s in ("probe", "eval")}
     elif d["kind"] == "filelist":
         n = {s: len(list_items(d[f"{s}_list"], f"data.{s}_list")) for s in ("probe", "eval")}
+    elif d["kind"] == "text":  # counted without the tokenizer (it is the backbone's)
+        n = {s: len(open_dataset(d, s)) for s in ("probe", "eval")}
+        source = d["text"]["path"] or f"builtin {d['text']['builtin']}"
+        return f"data.kind text ({source}): {n['probe']} probe texts, {n['eval']} evaluation texts", n
     else:  # factory: the user's datasets, built here as the jobs build them
         n = {s: len(open_dataset(d, s)) for s in ("probe", "eval")}
         return f"data.kind factory: {n['probe']} probe examples, {n['eval']} evaluation examples", n
@@ -152,7 +166,19 @@ def layer_shape(config: dict) -> dict | None:
     from ..models import backbones
 
     bb = config["backbone"]
-    if bb["kind"] == "demo":
+    examples = factory_examples(config["data"]) if config["data"]["kind"] == "factory" else None
+    if bb["kind"] == "demo" and config["data"]["kind"] == "text":  # the demo GPT-2, on random token ids
+        from ..demo.lm import demo_lm_config
+
+        text = config["data"]["text"]
+        config_lm = demo_lm_config(bb["demo"]["arch"], bb["demo"]["vocab_size"], text["max_len"])
+        spec = {"kind": "hf", "module": "transformers:GPT2LMHeadModel", "config_class": "transformers:GPT2Config",
+                "config": config_lm.to_dict()}
+
+        def examples(n: int):
+            ids = torch.randint(0, bb["demo"]["vocab_size"], (n, text["max_len"]), generator=torch.Generator().manual_seed(0))
+            return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    elif bb["kind"] == "demo":
         spec = demo_model_spec(bb["demo"]["arch"])
     elif bb["kind"] in ("timm", "factory"):
         spec = {"kind": bb["kind"], **({"name": bb["timm"]["name"], "kwargs": bb["timm"].get("kwargs", {})}
@@ -162,9 +188,9 @@ def layer_shape(config: dict) -> dict | None:
     model = backbones.build_from_spec(spec).eval()
     layer = backbones.get_module(model, bb["layer"])
     backbones.check_target_layer(layer, bb["layer"])
-    pre = {**(backbones.native_preprocess(model, spec) or {"size": bb["demo"]["arch"]["img_size"], "channels": 1}),
-           **(bb.get("preprocess") or {})}
-    examples = factory_examples(config["data"]) if config["data"]["kind"] == "factory" else None
+    pre = {} if spec["kind"] == "hf" else {
+        **(backbones.native_preprocess(model, spec) or {"size": bb["demo"]["arch"]["img_size"], "channels": 1}),
+        **(bb.get("preprocess") or {})}
     seen = {}
     hook = layer.register_forward_hook(lambda m, i, o: seen.update(q=i[0]))  # (returns None: output kept)
     with torch.no_grad():

@@ -57,7 +57,7 @@ def ablation_runs(inputs: dict[str, str], kind: str = "evaluate") -> dict[str, d
 
 
 EF_SWEEP_KINDS = ("evaluate", "ef_search", "baseline_eval", "rank")
-REPORT_STUDIES = ("dictionary", "efficiency", "rank", "ablation", "ef_sweep", "labels")  # a report's study inputs
+REPORT_STUDIES = ("dictionary", "efficiency", "rank", "ablation", "ef_sweep", "labels", "explanations")  # a report's study inputs
 
 
 def ef_sweep_runs(inputs: dict[str, str]) -> dict[str, dict]:

@@ -333,6 +333,15 @@ def labels_artifact(config: dict, chain: dict) -> dict:
     return {"id": artifact_id("labels", params, inputs), "params": params, "inputs": inputs}
 
 
+def explanations_artifact(config: dict, chain: dict, baseline_evals: dict[str, str]) -> dict:
+    """One token seed's explanations of its units, sub-units and baseline features, and their detection scores
+    (text runs), from its evaluate and baseline_eval artifacts (``baseline_evals``: their input keys -> ids;
+    each feature's top texts)."""
+    params = {**config["explain"], "data": data_params(config["data"]), "device": config["compute"]["device"]}
+    inputs = {"evaluate": chain["evaluate"]["id"], **baseline_evals}
+    return {"id": artifact_id("explanations", params, inputs), "params": params, "inputs": inputs}
+
+
 def artifact_ids(config: dict, seed: int | None = None) -> dict[str, dict]:
     """Per stage: {"id", "params", "inputs" (stage -> id)} for a validated config and one token seed. The
     report also reads the baselines' evaluations (:func:`baseline_artifacts`) and, on the first seed, the
@@ -344,6 +353,10 @@ def artifact_ids(config: dict, seed: int | None = None) -> dict[str, dict]:
     if config["labels"]["model"]:
         out["labels"] = labels_artifact(config, out)
         extra["labels"] = out["labels"]["id"]
+    if config["explain"]["model"]:
+        out["explanations"] = explanations_artifact(config, out, {k: v for k, v in extra.items()
+                                                                  if k.startswith("baseline_eval-")})
+        extra["explanations"] = out["explanations"]["id"]
     if seed is None or seed == token_seeds(config)[0]:
         extra.update({a["stage"]: a["id"] for a in study_artifacts(config) + judge_artifacts(config)
                       + ablation_artifacts(config) if a["stage"] in ("dictionary", "efficiency", "rank", "ablation")})

@@ -263,11 +263,19 @@ def _examples(kind: str, f: int, tables: dict, thumbnail, tokens, n: int, cols: 
     return _grid(thumbnail, tables[f"{kind}_top_images"][f][:n], cols, cls)
 
 
+def explanation_text(explanations: dict | None, kind: str, f: int) -> str:
+    """A feature's explanation and detection score as a line of its panel (text runs with explain.model)."""
+    entry = (explanations or {}).get("kinds", {}).get(kind, {}).get(str(f))
+    if not entry:
+        return ""
+    return (f'<i>“{html_lib.escape(entry["explanation"] or "—")}”</i> (detection {fmt(entry["detection"])})<br>')
+
+
 def subunit_panel(s: int, c: int, size, tables: dict, thumbnail, n_images: int, cols: int,
-                  labels: dict | None = None, up: str = "", tokens=None) -> str:
-    """One sub-unit: its label (when the run has labels), MS-Scores, cluster size and top images;
-    ``up``: the path from the page to the report folder."""
-    lab = ""
+                  labels: dict | None = None, up: str = "", tokens=None, explanations: dict | None = None) -> str:
+    """One sub-unit: its label (when the run has labels) or explanation, MS-Scores, cluster size and top images
+    (texts); ``up``: the path from the page to the report folder."""
+    lab = explanation_text(explanations, "subunits", s)
     if labels:
         entry = labels["subunits"][s]
         lab = f'{label_text(entry)} · {_group_link(labels, entry["group"], up)}<br>'
@@ -276,15 +284,16 @@ def subunit_panel(s: int, c: int, size, tables: dict, thumbnail, n_images: int, 
             f'{_examples("subunits", s, tables, thumbnail, tokens, n_images, cols, "sub")}</div>')
 
 
-def parent_panel(u: int, tables: dict, thumbnail, labels: dict | None = None, tokens=None) -> str:
-    lab = f"{label_text(labels['units'][u])}<br>" if labels else ""
+def parent_panel(u: int, tables: dict, thumbnail, labels: dict | None = None, tokens=None,
+                 explanations: dict | None = None) -> str:
+    lab = f"{label_text(labels['units'][u])}<br>" if labels else explanation_text(explanations, "units", u)
     return (f'<div class="panel parent"><div>{lab}parent unit {u}<br>MS {_ms(tables["units_ms_layer"][u])} / pooled '
             f'{_ms(tables["units_ms_pooled"][u])}</div>'
             f'{_examples("units", u, tables, thumbnail, tokens, PARENT_IMAGES, 4, "par")}</div>')
 
 
 def unit_page(u: int, subs: np.ndarray, run_name: str, tables: dict, layer_meta: dict, thumbnail,
-              labels: dict | None = None, tokens=None) -> str:
+              labels: dict | None = None, tokens=None, explanations: dict | None = None) -> str:
     n = len(layer_meta["units"])
     meta = layer_meta["units"][u]
     sizes = meta.get("cluster_sizes") or []
@@ -296,7 +305,7 @@ def unit_page(u: int, subs: np.ndarray, run_name: str, tables: dict, layer_meta:
         alts = "<p>Unit label candidates: " + ", ".join(
             f"{html_lib.escape(a)} ({b:.3g})" for a, b in labels["units"][u]["alternatives"]) + "</p>"
     panels = "".join(subunit_panel(int(s), c, sizes[c] if c < len(sizes) else None, tables, thumbnail,
-                                   SUBUNIT_IMAGES, 3, labels, "../", tokens) for c, s in enumerate(subs))
+                                   SUBUNIT_IMAGES, 3, labels, "../", tokens, explanations) for c, s in enumerate(subs))
     what = "texts" if tokens is not None and "units_top_contexts" in tables else "images"
     facts = (f'K = {int(tables["k_per_unit"][u])}, rho = {meta["rho"]}, {meta["noise"]} of its top {meta["top_k"]} '
              f'instances left as noise' + ("; never active on the probe split" if meta.get("never_active") else "")
@@ -309,7 +318,8 @@ def unit_page(u: int, subs: np.ndarray, run_name: str, tables: dict, layer_meta:
             f'{PARENT_IMAGES} {what}, each sub-unit\'s top {SUBUNIT_IMAGES}; MS-Scores in %, layer space / pooled space.'
             + (" Each text is shaded by the feature's activation at every token (full colour: its largest over these"
                " texts), the firing token outlined; grey: special tokens." if what == "texts" else "") + '</p>'
-            f'<div class="row">{parent_panel(u, tables, thumbnail, labels, tokens)}{panels}</div><nav>{nav}</nav></body></html>')
+            f'<div class="row">{parent_panel(u, tables, thumbnail, labels, tokens, explanations)}{panels}</div>'
+            f'<nav>{nav}</nav></body></html>')
 
 
 def image_files(folder: Path, thumbnail, prefix: str):
@@ -334,7 +344,7 @@ def image_files(folder: Path, thumbnail, prefix: str):
 
 
 def write_unit_pages(folder: Path, run_name: str, tables: dict, layer_meta: dict, thumbnail,
-                     labels: dict | None = None, tokens=None) -> int:
+                     labels: dict | None = None, tokens=None, explanations: dict | None = None) -> int:
     """``folder/units/<u>.html`` for every unit, their images in ``folder/img/`` (text runs: ``tokens(i)``, text
     i's tokens, shows the top texts instead); returns how many pages."""
     pages = folder / "units"
@@ -342,5 +352,6 @@ def write_unit_pages(folder: Path, run_name: str, tables: dict, layer_meta: dict
     image = image_files(folder / "img", thumbnail, "../img/")
     n = len(layer_meta["units"])
     for u, subs in enumerate(subunits_of(tables["parent"], n)):
-        (pages / f"{u}.html").write_text(unit_page(u, subs, run_name, tables, layer_meta, image, labels, tokens))
+        (pages / f"{u}.html").write_text(unit_page(u, subs, run_name, tables, layer_meta, image, labels, tokens,
+                                                   explanations))
     return n

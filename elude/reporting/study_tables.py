@@ -153,6 +153,9 @@ def studies_summary(tables: dict) -> dict:
     return out
 
 
+PNG_SIGNATURE = b"\x89PNG"
+
+
 def table3_html(summary: dict, example_images: dict[str, bytes] | None = None) -> str:
     """Table 3, the judges' agreement, and one presentation (Figure 6's layout) where its grids are given."""
     t = summary["table3"]
@@ -165,9 +168,13 @@ def table3_html(summary: dict, example_images: dict[str, bytes] | None = None) -
     example = ""
     ex = t.get("example")
     if ex and example_images:
-        imgs = "".join(f'<div class="panel"><div>grid {side.upper()}: {html_lib.escape(ex[side][0])} unit {ex[side][1]}</div>'
-                       f'<img src="data:image/png;base64,{base64.b64encode(example_images[side]).decode()}" width="336"></div>'
-                       for side in ("a", "b"))
+        def shown(data: bytes) -> tuple[str, str]:  # a grid (PNG), or a text run's set of texts
+            if data.startswith(PNG_SIGNATURE):
+                return "grid", f'<img src="data:image/png;base64,{base64.b64encode(data).decode()}" width="336">'
+            return "set", f'<pre class="ctx" style="max-width:34em">{html_lib.escape(data.decode())}</pre>'
+
+        imgs = "".join(f'<div class="panel"><div>{kind} {side.upper()}: {html_lib.escape(ex[side][0])} unit {ex[side][1]}'
+                       f'</div>{body}</div>' for side in ("a", "b") for kind, body in [shown(example_images[side])])
         answers = ", ".join(f"{html_lib.escape(j)}: {a or 'unparseable'}" for j, a in ex["answers"].items())
         example = (f"<h3>One presentation (token seed {ex['seed']})</h3><div class=\"row\">{imgs}</div>"
                    f"<p>Answers: {answers}; consensus: {ex['consensus'] or 'none (dropped)'}.</p>")

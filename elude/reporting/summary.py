@@ -28,12 +28,16 @@ TABLE2_COLUMNS = (("llm_rank", "LLM Rank (↓)"), ("ms_score", "MS-Score (↑)")
                   ("accuracy", "Accuracy (↑)"), ("r2", "R² (↑)"))
 # a language model's faithfulness, in nats per predicted token (SAEBench's): shown where the run has them
 LM_COLUMNS = (("lm_loss", "Next-token loss (↓)"), ("lm_kl", "KL to the original (↓)"))
+EXPLAIN_COLUMNS = (("detection", "Explanation detection (AUROC, ↑)"),)  # a text run with explain.model
+ENCODER_COLUMNS = (("output_cosine", "Output cosine (↑)"),)  # an encoder: its own output with the method in place
 LOWER_IS_BETTER = {"llm_rank", "lm_loss", "lm_kl"}
 
 
 def table2_columns(rows: dict[str, dict]) -> tuple:
     """Table 2's ranked columns: the next-token ones only for a language model."""
-    return TABLE2_COLUMNS + (LM_COLUMNS if any(r.get("lm_loss") is not None for r in rows.values()) else ())
+    return TABLE2_COLUMNS + (LM_COLUMNS if any(r.get("lm_loss") is not None for r in rows.values()) else ()) + (
+        ENCODER_COLUMNS if any(r.get("output_cosine") is not None for r in rows.values()) else ()) + (
+        EXPLAIN_COLUMNS if any(r.get("detection") is not None for r in rows.values()) else ())
 
 
 def lm_columns(next_token: dict | None, name: str) -> dict:
@@ -53,6 +57,7 @@ def table2(metrics: dict, baselines: dict[str, dict]) -> dict:
                          "ms_score_pooled": pct(ms["units_mean_pooled"]),
                          "accuracy": pct(metrics["accuracy"]["original"]), "r2": 100.0, "llm_rank": None,
                          **lm_columns(metrics.get("next_token"), "original"),
+                         **({"output_cosine": 1.0} if metrics.get("output_cosine") is not None else {}),
                          **fair_columns(features.get("units"), n_units)}}
     for family in [f for f in FAMILIES if f in baselines]:
         b = baselines[family]
@@ -63,6 +68,7 @@ def table2(metrics: dict, baselines: dict[str, dict]) -> dict:
                         "ms_score_pooled": pct(b["ms_score"]["features_mean_pooled"]),
                         "accuracy": pct(b["accuracy"]["reconstructed"]), "r2": pct(b["r2"]), "llm_rank": None,
                         **lm_columns(b.get("next_token"), "reconstructed"),
+                        **({"output_cosine": b["output_cosine"]} if b.get("output_cosine") is not None else {}),
                         "n_features": b["n_features"], "n_scored_features": b["n_scored_features"],
                         "l0_eval": b["l0_eval"], "hp": b["hp"], "ef": b["n_features"] / n_units,
                         "not_sparse": not_sparse, **fair}
@@ -70,13 +76,15 @@ def table2(metrics: dict, baselines: dict[str, dict]) -> dict:
                      "ms_score_pooled": pct(ms["subunits_mean_pooled"]),
                      "accuracy": pct(metrics["accuracy"]["disentangled"]), "r2": pct(metrics["r2"]),
                      **lm_columns(metrics.get("next_token"), "disentangled"),
+                     **({"output_cosine": metrics["output_cosine"]} if metrics.get("output_cosine") is not None else {}),
                      "llm_rank": None, "n_features": metrics["n_subunits"], "ef": metrics["expansion_factor"],
                      **fair_columns(features.get("subunits"), n_units)}
     return {"unit": "percent", "rows": rows}
 
 
 def summary(run_name: str, verify: dict, metrics: dict, layer_meta: dict, artifacts: dict[str, str],
-            baselines: dict[str, dict] | None = None, studies: dict | None = None, labels: dict | None = None) -> dict:
+            baselines: dict[str, dict] | None = None, studies: dict | None = None, labels: dict | None = None,
+            explanations: dict | None = None) -> dict:
     """The run's headline numbers. MS-Scores are percentages, as in the paper. ``studies``: the
     dictionary and efficiency artifacts' tables (``table4``, ``table5``), where the run has them;
     ``labels``: the labels artifact's labels.json, where the run has one."""
@@ -90,6 +98,10 @@ def summary(run_name: str, verify: dict, metrics: dict, layer_meta: dict, artifa
     t2 = table2(metrics, baselines or {})
     for key, row in t2["rows"].items():  # the LLM Rank column (pooled over token seeds)
         row["llm_rank"] = tables["table3"]["rows"].get(key, {}).get("rank") if "table3" in tables else None
+    if explanations:  # a text run's explanation detection per method: its features' mean AUROC
+        kind = {"backbone": "units", "elude": "subunits"}
+        for key, row in t2["rows"].items():
+            row["detection"] = explanations["detection_mean"].get(kind.get(key, key))
     return {**studies_summary(tables),
         "run_name": run_name,
         "lossless": {k: verify.get(k) for k in ("max_abs_diff", "max_rel_diff", "r2", "prediction_agreement",
@@ -114,8 +126,23 @@ def summary(run_name: str, verify: dict, metrics: dict, layer_meta: dict, artifa
         **({"table6_ef": studies["table6_ef"]} if "table6_ef" in studies else {}),
         "figure2": figure2(t2["rows"], studies.get("table6_ef")),
         **({"labels": labels_summary(labels)} if labels else {}),
+        **({"explanations": {k: v for k, v in explanations.items() if k != "kinds"}} if explanations else {}),
         "artifacts": artifacts,
     }
+
+
+def explanations_html(ex: dict | None) -> str:
+    """The explanations' detection scores (text runs with explain.model), where the run has them."""
+    if not ex:
+        return ""
+    return (f'<h2 id="explanations">Explanations (detection)</h2><p>An LLM ({html_lib.escape(str(ex["model"]))}) explained '
+            f'each feature from its top {ex["contexts"]} texts, then told, from the explanation alone, {ex["positives"]} '
+            f'other top texts from {ex["negatives"]} random ones; the detection score is the AUROC (0.5: chance). '
+            "A demo model's explanations are noise by construction. Each unit page shows the explanations.</p>"
+            f'<table><tr><th>features</th><th>explained</th><th>mean detection AUROC</th></tr>'
+            + "".join(f'<tr><td>{html_lib.escape({"units": "original units", "subunits": "ELUDe sub-units"}.get(k, k))}</td>'
+                      f'<td>{n}</td><td>{fmt(ex["detection_mean"][k])}</td></tr>' for k, n in ex["n_explained"].items())
+            + "</table>")
 
 
 def sibling_merge_summary(units: list[dict], n_units: int) -> dict:
@@ -146,7 +173,9 @@ TABLE2_NOTE = ("<p>Percent. MS-Score (eq. 7) of every feature that activates on 
                f" baseline whose evaluation L0 is above {NOT_SPARSE_L0:.0%} of its features. A language model also gets,"
                " in nats per predicted token over every real next token of the evaluation texts, the next-token loss"
                " (cross-entropy) with the method in place of the layer (the backbone row: the original model's) and the"
-               " KL divergence of its next-token distribution from the original's.</p>")
+               " KL divergence of its next-token distribution from the original's; an encoder (per-token hidden states as"
+               " its output) the mean cosine similarity of its output to the original's; with explain.model, the mean detection"
+               " AUROC of its features' explanations (the backbone row: the original units').</p>")
 
 
 
@@ -188,8 +217,9 @@ def html(summary: dict, metrics: dict, tables: dict, layer_meta: dict, thumbnail
             ("units that never activate on the probe split (left unchanged, K = 1)",
              ", ".join(map(str, faults["never_active_units"])) or "none")])
     ms_rows = ""
+    pooled = metrics.get("pooled_space") or "pooled pre-logit image embedding"
     for label, key in (("all", ""), ("split units only", "split_")):
-        for space, suf in (("layer output (paper, B.2)", ""), ("pooled pre-logit image embedding", "_pooled")):
+        for space, suf in (("layer output (paper, B.2)", ""), (pooled, "_pooled")):
             ms_rows += (f"<tr><td>{label}</td><td>{space}</td><td>{fmt(ms[f'{key}units_mean{suf}'])}</td>"
                         f"<td>{fmt(ms[f'{key}subunits_mean{suf}'])}</td><td>{fmt(ms[f'{key}random_mean{suf}'])}</td></tr>")
     plots = plots if plots is not None else {**pages.plots(tables), "figure2.png": figure2_png(summary["figure2"])}
@@ -216,7 +246,8 @@ def html(summary: dict, metrics: dict, tables: dict, layer_meta: dict, thumbnail
         [("table6-ef", "Table 6 (EF axis)")] if summary.get("table6_ef") else []) + [
         ("figure2", "Figure 2"), ("ms-score", "MS-Score"), ("why-split", "Why a split helps"),
                 ("k-histogram", "K<sub>u</sub> histogram"), ("ms-distributions", "MS-Score distributions")] + (
-        [("concept-groups", "Concept groups")] if labels else []) + [("unit-index", "Unit index"),
+        [("concept-groups", "Concept groups")] if labels else []) + (
+        [("explanations", "Explanations")] if summary.get("explanations") else []) + [("unit-index", "Unit index"),
                                                                       ("most-split", "Most-split units")]
     toc = " · ".join(f'<a href="#{a}">{t}</a>' for a, t in sections)
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>ELUDe run {html_lib.escape(summary['run_name'])}</title>
@@ -232,6 +263,7 @@ def html(summary: dict, metrics: dict, tables: dict, layer_meta: dict, thumbnail
 dimensions assigned to sub-units at random. The paper's space embeds each image at the unit's argmax token in the
 layer's own output; the pooled space uses the model's pre-logit image embedding. Reported as measured.</p>
 <table><tr><th>units</th><th>embedding space</th><th>original units</th><th>ELUDe sub-units</th><th>random partition</th></tr>{ms_rows}</table>
+{explanations_html(summary.get("explanations"))}
 {pages.why_split_html(summary['split_diagnostics'])}
 {pages.plots_html(plots, summary['k_histogram'])}
 {pages.groups_html(labels, tables)}
@@ -265,7 +297,8 @@ def aggregate(run_name: str, seeds: list[int], summaries: list[dict]) -> dict:
     rows = {}
     for key, row in summaries[0]["table2"]["rows"].items():
         rows[key] = {"method": row["method"],
-                     **{col: stats.get(f"table2.rows.{key}.{col}") for col, _ in TABLE2_COLUMNS + LM_COLUMNS + FAIR_COLUMNS},
+                     **{col: stats.get(f"table2.rows.{key}.{col}")
+                        for col, _ in TABLE2_COLUMNS + LM_COLUMNS + ENCODER_COLUMNS + EXPLAIN_COLUMNS + FAIR_COLUMNS},
                      "ef": stats.get(f"table2.rows.{key}.ef"),
                      "llm_rank": row["llm_rank"]}  # one rank pooled over the seeds (Table 3), not a mean
     t6 = summaries[0].get("table6_ef")  # over every seed already, on the first seed's report

@@ -175,21 +175,23 @@ class JudgmentStore:
             os.fsync(f.fileno())
 
 
-def run_judge(name: str, ask, shown: list[dict], grid_png, store: JudgmentStore, batch_size: int = 64) -> list[dict]:
+def run_judge(name: str, ask, shown: list[dict], grid_png, store: JudgmentStore, batch_size: int = 64,
+              load=None) -> list[dict]:
     """Every presentation of ``shown`` (:func:`elude.evaluation.judges.protocol.presentations`) judged by ``ask``
     (a backend's ``ask``), asking only what ``store`` lacks; returns the judgments in ``shown``'s order.
-    ``grid_png((method, unit))`` gives that unit's grid as PNG bytes."""
+    ``grid_png((method, unit))`` gives that unit's grid as bytes (PNG); ``load(bytes)`` makes what ``ask`` reads
+    (default: the RGB image; a text run's grids are texts)."""
     import io
 
     from PIL import Image
 
+    load = load or (lambda b: Image.open(io.BytesIO(b)).convert("RGB"))
     keys = [judgment_key(name, grid_png(p["a"]), grid_png(p["b"])) for p in shown]
     by_key = dict(zip(keys, shown))
     todo = store.missing(keys)
     for i in range(0, len(todo), batch_size):
         chunk = todo[i : i + batch_size]
-        pairs = [tuple(Image.open(io.BytesIO(grid_png(by_key[k][side]))).convert("RGB") for side in ("a", "b"))
-                 for k in chunk]
+        pairs = [tuple(load(grid_png(by_key[k][side])) for side in ("a", "b")) for k in chunk]
         replies = ask(pairs)
         store.add([{"key": k, "judge": name, "a": list(by_key[k]["a"]), "b": list(by_key[k]["b"]), "reply": r,
                     **parse_answer(r)} for k, r in zip(chunk, replies)])

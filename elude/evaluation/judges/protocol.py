@@ -24,6 +24,27 @@ Respond as JSON only:
 {"reasoning_a": "...", "reasoning_b": "...", "answer": "A" or "B"}"""
 
 
+# The same comparison for a text run (not in the paper): the top-9 texts of each unit, its most active token
+# marked, and one letter read as the answer (the log-odds of "A" over "B" as the first answer token).
+TEXT_PROMPT = """Each set lists the texts on which a neural network unit is most active; in each text the token where it is most active is marked <<like this>>.
+
+A COHERENT unit captures a single, nameable concept: most texts share a common word, phrase, topic, syntax, or other linguistic or semantic attribute.
+
+An INCOHERENT unit shows texts with no discernible shared property.
+
+Set A:
+<<A>>
+
+Set B:
+<<B>>
+
+Which set is more coherent? Answer with one letter, A or B. Answer:"""
+
+
+def text_prompt(a: str, b: str) -> str:
+    return TEXT_PROMPT.replace("<<A>>", a).replace("<<B>>", b)
+
+
 def sample_unit_pairs(n_first: int, n_second: int, k: int, seed: int) -> list[tuple[int, int]]:
     """``k`` (unit of the first method, unit of the second) index pairs drawn uniformly with a seeded
     generator (with replacement when a method has fewer than ``k`` units)."""

@@ -30,17 +30,22 @@ def method_units(evaluate_dir: str | Path, baseline_dirs: dict[str, str]) -> dic
     from ...baselines import FAMILIES
 
     ev = load_arrays(Path(evaluate_dir) / "tables.safetensors")
-    sources = {"backbone": (ev["units_ms_layer"], ev["units_top_images"])}
+    sources = {"backbone": (ev, "units")}
     for family in [f for f in FAMILIES if f in baseline_dirs]:
-        t = load_arrays(Path(baseline_dirs[family]) / "tables.safetensors")
-        sources[family] = (t["features_ms_layer"], t["features_top_images"])
-    sources["elude"] = (ev["subunits_ms_layer"], ev["subunits_top_images"])
-    return {m: {"units": np.flatnonzero(~np.isnan(ms)), "top_images": top, "total": len(ms)}
-            for m, (ms, top) in sources.items()}
+        sources[family] = (load_arrays(Path(baseline_dirs[family]) / "tables.safetensors"), "features")
+    sources["elude"] = (ev, "subunits")
+    return {m: {"units": np.flatnonzero(~np.isnan(t[f"{k}_ms_layer"])), "top_images": t[f"{k}_top_images"],
+                "total": len(t[f"{k}_ms_layer"]), "contexts": t.get(f"{k}_top_contexts")}  # text runs: token by token
+            for m, (t, k) in sources.items()}
 
 
-def grid_path(grids_dir: str | Path, method: str, unit: int) -> Path:
-    return Path(grids_dir) / "grids" / method / f"{unit:06d}.png"
+def grid_path(grids_dir: str | Path, method: str, unit: int, text: bool = False) -> Path:
+    """A unit's grid: its top-9 images as a PNG, or on a text run its top-9 texts, marked (.txt)."""
+    return Path(grids_dir) / "grids" / method / f"{unit:06d}.{'txt' if text else 'png'}"
+
+
+def is_text(grids_dir: str | Path) -> bool:
+    return json.loads((Path(grids_dir) / "presentations.json").read_text()).get("format") == "text"
 
 
 def grids(st: Stage, evaluate_dir: str, baseline_dirs: dict[str, str], backbone_dir: str, out: str) -> None:
@@ -62,16 +67,24 @@ def grids(st: Stage, evaluate_dir: str, baseline_dirs: dict[str, str], backbone_
         s["a"], s["b"] = ([m, int(methods[m]["units"][i])] for m, i in (s["a"], s["b"]))
     ds = dataset(p["data"], "eval", backbone_dir)
     cell = p["cell_size"]
-
-    image = image_reader(ds, 2 * cell, "LLM Rank (judges.models)")
+    text = hasattr(ds, "tokens")  # a text run: the top texts, their most active token marked
+    image = None if text else image_reader(ds, 2 * cell, "LLM Rank (judges.models)")
     with st.publish(out) as (tmp, _):
         units = sorted({tuple(s[side]) for s in shown for side in ("a", "b")})
         for method, unit in units:
-            path = grid_path(tmp, method, unit)
+            path = grid_path(tmp, method, unit, text)
             path.parent.mkdir(parents=True, exist_ok=True)
             top = methods[method]["top_images"][unit][: GRID_SIDE**2]
-            save_grid(path, [image(i) for i in top], cell)
+            if text:
+                from ...evaluation.explanations import marked
+
+                acts = methods[method]["contexts"][unit][: GRID_SIDE**2]
+                lines = [m for i, a in zip(top, acts) if (m := marked(ds.tokens(int(i)), a))]
+                path.write_text("\n".join(f"{j + 1}. {m}" for j, m in enumerate(lines)))
+            else:
+                save_grid(path, [image(i) for i in top], cell)
         (tmp / "presentations.json").write_text(json.dumps({
+            "format": "text" if text else "image",
             "seed": seed, "token_seed": p["token_seed"], "pairs_per_method_pair": p["pairs_per_method_pair"],
             "methods": {m: {"judged_units": len(v["units"]), "units": v["total"]} for m, v in methods.items()},
             "presentations": shown}, indent=1))
@@ -79,8 +92,9 @@ def grids(st: Stage, evaluate_dir: str, baseline_dirs: dict[str, str], backbone_
 
 
 # --- judge ------------------------------------------------------------------------------------------
-def make_judge(p: dict):
-    """The configured backend's ``ask`` (the model loads on first use: a finished job loads nothing)."""
+def make_judge(p: dict, text: bool = False):
+    """The configured backend's ``ask`` (the model loads on first use: a finished job loads nothing); ``text``:
+    a text LLM choosing between two sets of texts (:func:`elude.evaluation.explanations.choose`)."""
     from ...demo.judge import build_demo_judge
     from ...evaluation.judges import backends
     from ...models.backbones import demo_seed
@@ -88,6 +102,19 @@ def make_judge(p: dict):
     state = {}
 
     def ask(pairs):
+        if "judge" not in state and text:
+            from ...models.backbones import resolve_device
+            from .labeling import make_llm
+
+            t0 = time.perf_counter()
+            state["folder"] = tempfile.TemporaryDirectory(prefix="elude-demo-judge-")
+            state["judge"] = make_llm(p["model"], p["backend"], str(resolve_device(p["device"])), p["batch_size"],
+                                      p["tensor_parallel_size"], state["folder"].name)
+            state["load_seconds"] = time.perf_counter() - t0
+        if text:
+            from ...evaluation.explanations import choose
+
+            return choose(state["judge"], pairs)
         if "judge" not in state:
             t0 = time.perf_counter()
             model = p["model"]
@@ -124,14 +151,15 @@ def judge(st: Stage, grids_dir: str, out: str) -> None:
     if p["backend"] == "vllm":
         vllm_check()
     shown = json.loads((Path(grids_dir) / "presentations.json").read_text())["presentations"]
-    ask, state = make_judge(p)
+    text = is_text(grids_dir)
+    ask, state = make_judge(p, text)
     name = judge_name(p["model"])
     with st.publish(out, resumable=True) as (tmp, _):
         store = JudgmentStore(tmp / "judgments.jsonl")
         before = len(store.done)
         t0 = time.perf_counter()
-        records = run_judge(name, ask, shown, lambda u: grid_path(grids_dir, *u).read_bytes(), store,
-                            p["batch_size"])
+        records = run_judge(name, ask, shown, lambda u: grid_path(grids_dir, *u, text).read_bytes(), store,
+                            p["batch_size"], load=(lambda b: b.decode()) if text else None)
         seconds = time.perf_counter() - t0 - state.get("load_seconds", 0.0)
         asked = len(store.done) - before
         # the published file: one judgment per presentation, in presentation order (resume order aside)
@@ -191,6 +219,12 @@ def _example(presented: list[dict], answers: dict, grids_dirs: dict, tmp: Path) 
     i = next((k for k, s in enumerate(presented) if {s["a"][0], s["b"][0]} == {"elude", "backbone"}), 0)
     s = presented[i]
     files = {}
+    if is_text(grids_dirs[s["seed"]]):  # a text run: the two sets of texts as they were shown
+        for side in ("a", "b"):
+            files[side] = f"example_{side}.txt"
+            (tmp / files[side]).write_bytes(grid_path(grids_dirs[s["seed"]], *s[side], True).read_bytes())
+        return {"seed": s["seed"], "a": s["a"], "b": s["b"], "files": files,
+                "answers": {j: a[i] for j, a in answers.items()}, "consensus": cons.consensus([a[i] for a in answers.values()])}
     for side in ("a", "b"):
         im = Image.open(grid_path(grids_dirs[s["seed"]], *s[side]))
         small = im.resize((336, 336), Image.NEAREST if im.size[0] <= 336 else Image.BICUBIC)

@@ -103,3 +103,65 @@ def labels_table(doc: dict, tables: dict):
                          "ms_score": float(tables[f"{kind}s_ms_layer"][i]),
                          "ms_score_pooled": float(tables[f"{kind}s_ms_pooled"][i])})
     return pd.DataFrame(rows)
+
+
+# --- explanations (text runs) ---------------------------------------------------------------------------------
+def make_llm(model: str, backend: str, device: str, batch_size: int, tensor_parallel_size: int, folder):
+    """The configured text LLM (explanations, LLM Rank on texts); ``demo:<seed>``: the tiny random one, built
+    into ``folder`` first."""
+    from ...evaluation.explanations import TransformersLLM, VllmLLM
+    from ...models.backbones import demo_seed
+
+    if demo_seed(model) is not None:
+        from ...demo.lm import build_demo_explainer
+
+        model = str(build_demo_explainer(folder, demo_seed(model)))
+    if backend == "vllm":
+        return VllmLLM(model, tensor_parallel_size=tensor_parallel_size)
+    return TransformersLLM(model, device, batch_size)
+
+
+def explanations(st: Stage, backbone_dir: str, evaluate_dir: str, out: str,
+                 baseline_dirs: dict[str, str] | None = None) -> None:
+    """explanations.json: per feature of the original units, ELUDe's sub-units and each baseline family
+    (``baseline_dirs``: family -> its baseline_eval artifact), an LLM's explanation from its top texts and the
+    detection score of that explanation (:mod:`elude.evaluation.explanations`), and each kind's mean (Table 2's
+    detection column); the demo LM, where it is the explainer, is saved in ``explainer/``."""
+    from ...evaluation.explanations import explain_features, marked
+    from ...models.backbones import resolve_device
+
+    p = st.params
+    ds = dataset(p["data"], "eval", backbone_dir)
+    if not hasattr(ds, "tokens"):
+        raise ValueError("explain.model: explanations read the features' top texts: set data.kind text")
+    tables = load_arrays(Path(evaluate_dir) / "tables.safetensors")
+    sources = {kind: (tables, kind) for kind in ("units", "subunits")}
+    sources.update({family: (load_arrays(Path(d) / "tables.safetensors"), "features")
+                    for family, d in sorted((baseline_dirs or {}).items())})
+    rng = np.random.default_rng(p["seed"])
+    features, contexts, held_out, negatives = [], [], [], []
+    for kind, (tab, name) in sources.items():
+        top, acts = tab[f"{name}_top_images"], tab[f"{name}_top_contexts"]
+        shown = min(p["contexts"], acts.shape[1])
+        for f in range(len(top)):
+            ctx = [m for i, a in zip(top[f][:shown], acts[f][:shown]) if (m := marked(ds.tokens(int(i)), a))]
+            if not ctx:  # never active on the evaluation texts: nothing to explain
+                continue
+            pool = np.setdiff1d(np.arange(len(ds)), top[f])
+            features.append((kind, f))
+            contexts.append(ctx)
+            held_out.append([ds.texts[int(i)] for i in top[f][shown : shown + p["positives"]]])
+            negatives.append([ds.texts[int(i)] for i in rng.choice(pool, min(p["negatives"], len(pool)), replace=False)])
+    with st.publish(out) as (tmp, _):
+        llm = make_llm(p["model"], p["backend"], str(resolve_device(p["device"])), p["batch_size"],
+                       p["tensor_parallel_size"], tmp / "explainer")
+        res = explain_features(llm, contexts, held_out, negatives, p["max_tokens"])
+        kinds: dict[str, dict] = {kind: {} for kind in sources}
+        for (kind, f), r in zip(features, res):
+            kinds[kind][str(f)] = r
+        scores = {kind: [r["detection"] for r in rs.values() if r["detection"] is not None] for kind, rs in kinds.items()}
+        doc = {"model": p["model"], "backend": p["backend"], "contexts": p["contexts"], "positives": p["positives"],
+               "negatives": p["negatives"], "n_explained": {kind: len(rs) for kind, rs in kinds.items()},
+               "detection_mean": {kind: float(np.mean(v)) if v else None for kind, v in scores.items()}, "kinds": kinds}
+        (tmp / "explanations.json").write_text(json.dumps(doc, indent=2))
+    log.info("explanations: %s features explained; mean detection AUROC %s", doc["n_explained"], doc["detection_mean"])

@@ -41,9 +41,11 @@ def report(st: Stage, verify_dir: str, evaluate_dir: str, merge_dir: str, backbo
     example_images = ({side: (Path(study_dirs["rank"]) / f).read_bytes() for side, f in example["files"].items()}
                       if example else None)
     labels = json.loads((Path(study_dirs["labels"]) / "labels.json").read_text()) if "labels" in study_dirs else None
+    explanations = (json.loads((Path(study_dirs["explanations"]) / "explanations.json").read_text())
+                    if "explanations" in study_dirs else None)
     summary = report_mod.summary(st.params["run_name"], verify_res, metrics, layer_meta,
                                  {**artifacts, **{f"baseline_eval-{f}": d for f, d in (baseline_dirs or {}).items()},
-                                  **study_dirs, "report": str(out)}, baselines, studies, labels)
+                                  **study_dirs, "report": str(out)}, baselines, studies, labels, explanations)
     summary["data_faults"] = data_faults(artifacts, metrics, layer_meta)
     ds = dataset(st.params["data"], "eval", backbone_dir)
     # images recur across the unit pages (a parent's top images are its sub-units'): decode each once
@@ -57,7 +59,8 @@ def report(st: Stage, verify_dir: str, evaluate_dir: str, merge_dir: str, backbo
         for name, png in plots.items():
             (tmp / "plots" / name).write_bytes(png)
         tokens = functools.lru_cache(maxsize=8192)(ds.tokens) if hasattr(ds, "tokens") else None  # text runs
-        n = report_pages.write_unit_pages(tmp, st.params["run_name"], tables, layer_meta, thumbnail, labels, tokens)
+        n = report_pages.write_unit_pages(tmp, st.params["run_name"], tables, layer_meta, thumbnail, labels, tokens,
+                                          explanations)
     log.info("report: %d unit pages in %s/units", n, out)
 
 
