@@ -276,3 +276,14 @@ def test_an_encoders_faithfulness_is_its_own_output_similarity(tmp_path):
             sim.update(name, ref, forward_batch(model, path, batch), count=name == "same")
     out = sim.value()
     assert out["same"] == pytest.approx(1.0, abs=1e-9) and out["noisy"] < 0.999
+
+
+def test_image_studies_on_text_and_text_studies_on_images_are_refused_naming_the_key():
+    text = {"data": {"kind": "text", "text": {"builtin": "python-docs"}}}
+    with pytest.raises(ConfigError, match="labels.model labels features .* data.kind is 'text'.*explain.model"):
+        validate_config({**text, "labels": {"model": "google/siglip2-base-patch16-224"}})
+    with pytest.raises(ConfigError, match="explain.model explains text features .* data.kind is 'digits'"):
+        validate_config({"explain": {"model": "demo:0"}, "labels": {"model": None}})
+    with pytest.raises(ConfigError, match="backbone.kind 'timm' needs backbone.tokenizer"):
+        validate_config({**text, "labels": {"model": None}, "backbone": {"kind": "timm", "timm": {"name": "vit_tiny_patch16_224"}}})
+    assert validate_config({**text, "labels": {"model": None}, "explain": {"model": "demo:0"}})["explain"]["positives"] == 10

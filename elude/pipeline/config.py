@@ -117,6 +117,10 @@ def validate_config(config: dict) -> dict:
             and not full["backbone"]["tokenizer"]:
         raise ConfigError(f"invalid configuration: data.kind text with backbone.kind {full['backbone']['kind']!r} needs "
                           "backbone.tokenizer (a Hugging Face tokenizer's hub id or folder): the texts are tokenized by it")
+    if full["labels"]["model"] and full["data"]["kind"] == "text":
+        raise ConfigError("invalid configuration: labels.model labels features with a CLIP-like model from their top "
+                          "images, but data.kind is 'text': set labels.model: null and explain.model (an LLM explains "
+                          "text features from their top texts)")
     if full["explain"]["model"] and full["data"]["kind"] != "text":
         raise ConfigError(f"invalid configuration: explain.model explains text features from their top texts, but "
                           f"data.kind is {full['data']['kind']!r}: set explain.model: null (images: labels.model)")
