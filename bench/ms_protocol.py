@@ -23,6 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 from elude.baselines.models import Baseline  # noqa: E402
 from elude.evaluation import scoring  # noqa: E402
+from elude.evaluation.top_images import WEIGHT_RANGES  # noqa: E402
 from elude.method.layers import DisentangledLayer  # noqa: E402
 from elude.pipeline.config import load_run_config  # noqa: E402
 from elude.pipeline.plan import baseline_models, run_artifacts, token_seeds  # noqa: E402
@@ -71,7 +72,7 @@ def main() -> None:
     print("| top-K (% of images) | weight range | " + " | ".join(sets) + " |")
     print("| --- | --- | " + " | ".join("---" for _ in sets) + " |")
     for k in args.top_k:
-        for reading in scoring.WEIGHT_RANGES:
+        for reading in WEIGHT_RANGES:
             res = scoring.score(job.model, job.info["path"], job.data, sets, {}, ms_top_k=k,
                                 batch_size=ev["batch_size"], weight_range=reading)
             means = [scoring.nanmean(res["ms"][name]["layer"]) for name in sets]

@@ -82,7 +82,8 @@ def forward_gpu_mb(batch_size):
     return gpu_mb_request(lambda w, input: resources.forward_job_gpu_mb(input.backbone, batch_size), FORWARD_GPUS)
 
 
-JUDGE_GPU_MB = (GPU_MB or 0) if JUDGE_GPUS else 0  # a judge model takes the whole GPU
+WHOLE_GPU_MB = GPU_MB or 0  # an LLM (a judge, the explainer) takes the whole GPU
+JUDGE_GPU_MB = WHOLE_GPU_MB if JUDGE_GPUS else 0
 
 
 FORWARD_THREADS = config["compute"]["threads"]  # cache, verify, evaluate
@@ -256,7 +257,7 @@ def final_report(wildcards):
 # --- input functions of the baselines, the studies, LLM Rank and the report (decoders: elude.pipeline.plan) ----
 BASELINE_THREADS = resources.baseline_threads(config)
 JUDGE_MEM_MB = resources.judge_mem_mb(config)
-EXPLAIN_MEM_MB = 3000 if str(config["explain"]["model"]).startswith("demo:") else 16000  # the demo LM; an LLM
+EXPLAIN_MEM_MB = resources.explain_mem_mb(config)
 JUDGE_ENV = "../envs/judges-vllm.yaml" if config["judges"]["backend"] == "vllm" else "../envs/torch.yaml"
 JUDGE_THREADS = 4 if config["judges"]["backend"] == "vllm" else FORWARD_THREADS
 

@@ -49,7 +49,7 @@ rule explanations:
     resources:
         mem_mb=EXPLAIN_MEM_MB,
         gpu=FORWARD_GPUS,
-        gpu_mb=(GPU_MB or 0) if FORWARD_GPUS else 0,  # an LLM takes the whole GPU
+        gpu_mb=WHOLE_GPU_MB if FORWARD_GPUS else 0,
         runtime=240,
     conda:
         "../envs/torch.yaml"

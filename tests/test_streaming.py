@@ -6,7 +6,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from elude.evaluation.metrics import ms_score
-from elude.evaluation.scoring import TopImages
+from elude.evaluation.top_images import TopImages
 from elude.method.topk import merge_topk, streaming_topk
 from elude.models import cache
 from elude.models.backbones import layer_weight_bias

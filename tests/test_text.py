@@ -157,7 +157,8 @@ def test_next_token_loss_is_the_models_own_and_kl_measures_a_substitute(tmp_path
     """Table 2's faithfulness for a language model: the next-token loss of the original model equals Hugging Face's
     own loss over the real tokens; a method in place of the layer adds to it, and its KL from the original is 0
     only for the original layer itself."""
-    from elude.evaluation.scoring import NextTokenLoss, forward_batch, lm_vocabulary, next_token_logits, substituted
+    from elude.evaluation.language import NextTokenLoss, lm_vocabulary, next_token_logits
+    from elude.evaluation.scoring import forward_batch, substituted
 
     (tmp_path / "t.txt").write_text("\n".join(TEXTS))
     tok_dir = small_tokenizer(tmp_path / "tok", bos=False)
@@ -258,7 +259,8 @@ def test_an_encoders_faithfulness_is_its_own_output_similarity(tmp_path):
     original's, over the real tokens: 1 for the layer itself, below 1 for a lossy substitute."""
     from transformers import GPT2Config, GPT2Model
 
-    from elude.evaluation.scoring import OutputSimilarity, forward_batch, lm_vocabulary, substituted
+    from elude.evaluation.language import OutputSimilarity, lm_vocabulary
+    from elude.evaluation.scoring import forward_batch, substituted
 
     (tmp_path / "t.txt").write_text("\n".join(TEXTS))
     tok_dir = small_tokenizer(tmp_path / "tok", bos=False)

@@ -95,8 +95,9 @@ class TransformersLLM:
 
 
 def answer_tokens(tokenizer, answer: str) -> list[int]:
-    """The first token of ``answer`` as the reply would start it: alone and after a space."""
-    return sorted({tokenizer.encode(text, add_special_tokens=False)[0] for text in (answer, " " + answer)})
+    """The first token of ``answer`` as a reply (or a continuation) would start it: alone and after a space (byte-level
+    BPE spells a word differently after a space); a spelling the tokenizer gives no token is left out."""
+    return sorted({ids[0] for text in (answer, " " + answer) if (ids := tokenizer.encode(text, add_special_tokens=False))})
 
 
 class VllmLLM:

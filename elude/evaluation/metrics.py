@@ -1,4 +1,4 @@
-"""Metrics: MS-Score (eq. 7, Section B.2; its streaming top-K half is elude.evaluation.scoring.TopImages), output
+"""Metrics: MS-Score (eq. 7, Section B.2; its streaming top-K half is elude.evaluation.top_images.TopImages), output
 differences, accuracy, R^2 (streamed)."""
 from __future__ import annotations
 

@@ -30,7 +30,9 @@ from ..models.backbones import (
 from ..models.data import Batch, iter_batches
 from ..util.progress import progress
 from . import diagnostics
-from .metrics import R2, ms_score, output_differences
+from .language import NextTokenLoss, OutputSimilarity, lm_vocabulary, next_token_logits
+from .metrics import R2, output_differences
+from .top_images import TopImages
 
 log = logging.getLogger(__name__)
 
@@ -75,73 +77,6 @@ def forward_batch(model: nn.Module, layer_path: str, batch: Batch, pooled: bool 
         emb, space = _masked_mean(seen["final"].float().cpu(), valid), "final hidden state (mean over the text's tokens)"
     return Forward([t.float().cpu() for t in output_tensors(out)], seen["in"], seen["out"], valid,
                    None if emb is None else emb.float().cpu(), None if emb is None else space)
-
-
-def lm_vocabulary(model: nn.Module) -> int | None:
-    """The vocabulary of a language model's output head (Hugging Face's ``get_output_embeddings``), else None."""
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    weight = getattr(head, "weight", None)
-    return int(weight.shape[0]) if isinstance(weight, torch.Tensor) else None
-
-
-def next_token_logits(fwd: Forward, batch: Batch, vocab: int | None) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """A causal LM's logits at every position whose next token is real (N, vocab) and those tokens (N,); None
-    where the model is not one (no output head, no ``input_ids``, or a first output that is not the logits)."""
-    if vocab is None or not isinstance(batch.inputs, dict) or "input_ids" not in batch.inputs or not fwd.outputs:
-        return None
-    logits, ids = fwd.outputs[0], batch.inputs["input_ids"]
-    if logits.dim() != 3 or tuple(logits.shape) != (*ids.shape, vocab):
-        return None
-    mask = batch.inputs.get("attention_mask", torch.ones_like(ids)).bool()
-    predicts = mask[:, :-1] & mask[:, 1:]  # position t predicts token t + 1, both real
-    return logits[:, :-1][predicts], ids[:, 1:][predicts]
-
-
-class NextTokenLoss:
-    """A language model's faithfulness (SAEBench's): the next-token cross-entropy (nats per predicted token) of
-    the original model and of each method in place of the layer, and the KL divergence KL(original || method)
-    of the next-token distributions, averaged over every position that predicts a real token; float64."""
-
-    def __init__(self):
-        self.n, self.ce, self.kl = 0, {}, {}
-
-    def update(self, name: str, logits: torch.Tensor, targets: torch.Tensor, reference: torch.Tensor | None = None):
-        logp = torch.log_softmax(logits.double(), -1)
-        self.ce[name] = self.ce.get(name, 0.0) - float(logp.gather(1, targets[:, None]).sum())
-        if reference is None:
-            self.n += len(targets)
-        else:
-            ref = torch.log_softmax(reference.double(), -1)
-            self.kl[name] = self.kl.get(name, 0.0) + float((ref.exp() * (ref - logp)).sum())
-
-    def value(self) -> dict | None:
-        """{"ce": name -> nats, "kl": name -> nats (0 for the original), "n_predicted"}, or None (not an LM)."""
-        if not self.n:
-            return None
-        return {"ce": {name: ce / self.n for name, ce in self.ce.items()},
-                "kl": {name: self.kl.get(name, 0.0) / self.n for name in self.ce}, "n_predicted": self.n}
-
-
-class OutputSimilarity:
-    """An encoder's faithfulness (a model whose first output is per-token hidden states, not logits: BERT-like
-    text encoders, ViT-like vision towers): the mean cosine similarity, over the valid instances, between the
-    original model's first output and the one with a method in place of the layer (1 = unchanged)."""
-
-    def __init__(self):
-        self.sum, self.n = {}, 0
-
-    @staticmethod
-    def applies(fwd: Forward) -> bool:
-        first = fwd.outputs[0] if fwd.outputs else None
-        return first is not None and first.dim() == 3 and tuple(first.shape[:2]) == tuple(fwd.valid.shape)
-
-    def update(self, name: str, ref: Forward, new: Forward, count: bool) -> None:
-        cos = nn.functional.cosine_similarity(ref.outputs[0][ref.valid].double(), new.outputs[0][ref.valid].double(), -1)
-        self.sum[name] = self.sum.get(name, 0.0) + float(cos.sum())
-        self.n += len(cos) if count else 0
-
-    def value(self) -> dict | None:
-        return {name: v / self.n for name, v in self.sum.items()} if self.n else None
 
 
 def logits_of(fwd: Forward) -> torch.Tensor | None:
@@ -202,70 +137,6 @@ def random_control(layer: nn.Module, parent: torch.Tensor, seed: int) -> Disenta
     counts = torch.bincount(parent, minlength=w.shape[0]).tolist()
     fracs = [random_partition(k, w.shape[1], rng) if k > 1 else np.ones((1, w.shape[1])) for k in counts]
     return DisentangledLayer.from_fractions(layer, fracs, [bias_fractions(f) for f in fracs])
-
-
-WEIGHT_RANGES = ("instances", "images")
-
-
-class TopImages:
-    """Streaming half of the MS-Score (Section B.2) for a set of units: per unit, the top-K images ranked
-    by their max activation over valid instances (with that instance), and the unit's activation range
-    over the evaluation split. Section B.2 normalises each image's weight "using the activation range
-    observed across the entire evaluation split"; ``weight_range`` picks the reading: ``instances`` (the
-    range of every valid instance's activation: the workflow's) or ``images`` (the range of the images'
-    activations, each image's max over its instances). They differ only where the minimum differs: for a
-    signed unit the instances' minimum lies far below any image's max, which flattens its weights; codes
-    that are >= 0 with a zero somewhere get lo = 0 either way (docs/findings/faithfulness-audit.md, D6)."""
-
-    def __init__(self, n_units: int, k: int, weight_range: str = "instances"):
-        if weight_range not in WEIGHT_RANGES:
-            raise ValueError(f"weight_range {weight_range!r}: one of {WEIGHT_RANGES}")
-        self.k, self.weight_range = k, weight_range
-        self.val = torch.full((n_units, 0), -torch.inf)
-        self.img = torch.zeros((n_units, 0), dtype=torch.int64)
-        self.inst = torch.zeros((n_units, 0), dtype=torch.int64)
-        self.lo = torch.full((n_units,), torch.inf)
-        self.hi = torch.full((n_units,), -torch.inf)
-        self.lo_image = torch.full((n_units,), torch.inf)  # the smallest image activation (max over instances)
-        self.fired = torch.zeros(n_units, dtype=torch.float64)  # valid instances where each unit fires (> 0)
-        self.n_instances = 0
-
-    def update(self, acts: torch.Tensor, valid: torch.Tensor, images: torch.Tensor) -> None:
-        """acts (B, instances, units), valid (B, instances), images (B,) evaluation image ids."""
-        if valid.any():
-            v = acts[valid]
-            self.lo, self.hi = torch.minimum(self.lo, v.amin(0)), torch.maximum(self.hi, v.amax(0))
-            self.fired += (v > 0).sum(0, dtype=torch.float64)
-            self.n_instances += len(v)
-        img_max, arg = acts.masked_fill(~valid[..., None], -torch.inf).max(1)  # (B, units)
-        if valid.any():
-            self.lo_image = torch.minimum(self.lo_image, img_max[valid.any(1)].amin(0))
-        vals = torch.cat([self.val, img_max.T], 1)
-        order = torch.sort(vals, dim=1, descending=True, stable=True).indices[:, : self.k]
-        self.val = torch.gather(vals, 1, order)
-        self.img = torch.gather(torch.cat([self.img, images.expand(len(vals), -1)], 1), 1, order)
-        self.inst = torch.gather(torch.cat([self.inst, arg.T], 1), 1, order)
-
-    def activity(self) -> dict:
-        """On the evaluation instances: L0 (features firing, i.e. > 0, per valid instance, on average) and the
-        live features (fired at least once), out of ``n_features``."""
-        return {"n_features": len(self.hi), "live_eval": int((self.hi > 0).sum()),
-                "l0_eval": float(self.fired.sum()) / max(self.n_instances, 1)}
-
-    def scores(self, layer_emb, pooled_emb: torch.Tensor) -> dict[str, np.ndarray]:
-        """Eq. 7 per unit in the layer space (``layer_emb(images, instances)`` -> (units, K, D)) and the
-        pooled space (``pooled_emb`` (images, D)); each image weighted by its activation min-max normalised
-        with the unit's range. Units that never activate (max <= 0), are constant, or fire on a single image
-        (no pair) are NaN."""
-        k = int(torch.isfinite(self.val).all(0).sum())  # images with no valid instance never count
-        val, img, inst = self.val[:, :k], self.img[:, :k], self.inst[:, :k]
-        lo = self.lo if self.weight_range == "instances" else self.lo_image
-        w = (val - lo[:, None]) / (self.hi - lo).clamp_min(1e-12)[:, None]
-        ok = ((self.hi > 0) & (self.hi > lo)).numpy()
-        out = {"top_images": img.numpy()}
-        for name, emb in (("layer", layer_emb(img, inst)), ("pooled", pooled_emb[img])):
-            out[name] = np.where(ok, ms_score(nn.functional.normalize(emb.float(), dim=-1), w).numpy(), np.nan)
-        return out
 
 
 def nanmean(x: np.ndarray) -> float | None:

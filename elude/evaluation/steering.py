@@ -158,12 +158,12 @@ def load_labels(labels_dir: str | Path, device: str = "cpu"):
 def concept_tokens(tokenizer, concept: str) -> list[int]:
     """The token ids that start ``concept`` as a word: its first token with and without a leading space (byte-level
     BPE spells a word differently after a space), special tokens left out."""
-    special = set(tokenizer.all_special_ids)
-    ids = {tokenizer.encode(text, add_special_tokens=False)[0] for text in (concept, " " + concept.lstrip())
-           if tokenizer.encode(text, add_special_tokens=False)}
-    if not ids - special:
+    from .explanations import answer_tokens
+
+    ids = set(answer_tokens(tokenizer, concept.strip())) - set(tokenizer.all_special_ids)
+    if not ids:
         raise ValueError(f"concept {concept!r}: the tokenizer gives it no ordinary token")
-    return sorted(ids - special)
+    return sorted(ids)
 
 
 def _log_p(logits: torch.Tensor, tokens: list[int]) -> torch.Tensor:

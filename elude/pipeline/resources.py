@@ -173,6 +173,15 @@ def judge_mem_mb(config: dict) -> int:
     return 64000 if config["judges"]["backend"] == "vllm" else 16000
 
 
+def explain_mem_mb(config: dict) -> int:
+    """Host memory of an explanations job: the demo LM is tiny (3 GB for the process); an LLM as a judge's."""
+    from ..models.backbones import demo_seed
+
+    if demo_seed(config["explain"]["model"] or "") is not None:
+        return 3000
+    return 64000 if config["explain"]["backend"] == "vllm" else 16000
+
+
 # --- the jobs' requests, from the upstream artifacts' shapes -------------------------------------------------
 # Before an upstream artifact exists (a dry run) its shape is guessed at paper scale: a ViT-B MLP layer.
 GUESS_UNITS, GUESS_UPSTREAM, GUESS_IMAGES, GUESS_SIDE = 1024, 3072, 50_000, 224
