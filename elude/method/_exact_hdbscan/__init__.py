@@ -21,7 +21,9 @@ squared distance is within ``tol`` of the truth (a worst-case bound for a dot pr
 band of a decision (the core distance's rank, the cheapest edge out of a component or between two) is
 re-evaluated in float64 as sqrt(sum((x - y)^2)). On the CPU that sum runs left to right (numba), the
 package's own arithmetic, so distances, core distances and tree weights are bitwise the package's; on a
-GPU it runs in torch's order. A row whose band does not fit the kept candidates is recomputed in full.
+GPU it runs in torch's order. The core distance's band: on the CPU every point screened within 2 tol of the
+row's k-th screened value, found by a linear-time selection (:func:`.core._core_rows`); on a GPU the band
+among a top-k of candidates, and a row whose band runs past them is recomputed in full.
 When few components remain, a float64 screen keeps the band narrow where high-dimensional distances
 concentrate.
 

@@ -1,6 +1,8 @@
 """Borůvka rounds over the mutual-reachability graph, the one-pass finish, and long-edge ties."""
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numba
 import numpy as np
 import torch
@@ -200,15 +202,18 @@ def _finish(pts: Points, core: torch.Tensor, comp: torch.Tensor, n_comp: int) ->
         return torch.maximum(torch.maximum(d2, cr[:, None]), core2[None, c0:c1])
 
     row_min = torch.full((n, n_comp), float("inf"), dtype=dt, device=dev)  # per position, per other component
-    for ca in range(n_comp - 1):
-        for r0 in range(starts[ca], ends[ca], pts.block):
-            r1 = min(ends[ca], r0 + pts.block)
-            mr2 = screen(slice(r0, r1), ends[ca], n)  # against every later component
-            for cb in range(ca + 1, n_comp):
-                tile = mr2[:, starts[cb] - ends[ca] : ends[cb] - ends[ca]]
-                row_min[r0:r1, cb] = torch.minimum(row_min[r0:r1, cb], tile.amin(1))
-                row_min[starts[cb] : ends[cb], ca] = torch.minimum(row_min[starts[cb] : ends[cb], ca], tile.amin(0))
     comp_p = comp[order]
+    if pts.gpu_arithmetic:
+        for ca in range(n_comp - 1):
+            for r0 in range(starts[ca], ends[ca], pts.block):
+                r1 = min(ends[ca], r0 + pts.block)
+                mr2 = screen(slice(r0, r1), ends[ca], n)  # against every later component
+                for cb in range(ca + 1, n_comp):
+                    tile = mr2[:, starts[cb] - ends[ca] : ends[cb] - ends[ca]]
+                    row_min[r0:r1, cb] = torch.minimum(row_min[r0:r1, cb], tile.amin(1))
+                    row_min[starts[cb] : ends[cb], ca] = torch.minimum(row_min[starts[cb] : ends[cb], ca], tile.amin(0))
+    else:
+        _finish_minima_cpu(pts, x, sq, core2, comp_p, starts, ends, row_min)
     pair_min = torch.full((n_comp, n_comp), float("inf"), dtype=dt, device=dev)
     pair_min.scatter_reduce_(0, comp_p[:, None].expand(-1, n_comp), row_min, "amin")
     band = 4 * float(pts.tol(torch.arange(n, device=dev), dt).max())
@@ -250,6 +255,52 @@ def _finish(pts: Points, core: torch.Tensor, comp: torch.Tensor, n_comp: int) ->
     is_long = w > np.maximum(core_np[lo], core_np[hi])
     ties = bool(is_long.any()) and len(np.unique(w[is_long])) < int(is_long.sum()) and not _copies_only(pts, lo[is_long], hi[is_long], w[is_long])
     return edges, ties
+
+
+@numba.njit(cache=True, nogil=True)
+def _tile_minima(s, r0, c0, j0, j1, sq, core2, comp_p, ca, row_min, col_min):
+    """One tile of the CPU's finish: s[i, j] = screened |y|^2 - 2 x.y of position r0 + i against position
+    c0 + j, for columns j0 <= j < j1; mutual reachability^2 = max(s + |x|^2, core_x^2, core_y^2). Lowers
+    row_min[i, component of the column] and col_min[c0 + j] (the column's cheapest edge into component ca)."""
+    for i in range(s.shape[0]):
+        sq_r, core_r = np.float64(sq[r0 + i]), np.float64(core2[r0 + i])
+        for j in range(j0, j1):
+            c = c0 + j
+            v = max(np.float64(s[i, j]) + sq_r, core_r, np.float64(core2[c]))
+            if v < row_min[i, comp_p[c]]:
+                row_min[i, comp_p[c]] = v
+            if v < col_min[c]:
+                col_min[c] = v
+
+
+def _finish_minima_cpu(pts: Points, x: torch.Tensor, sq: torch.Tensor, core2: torch.Tensor, comp_p: torch.Tensor,
+                       starts: list[int], ends: list[int], row_min: torch.Tensor) -> None:
+    """The finish's first pass on the CPU: each component's rows against the later components' columns,
+    one GEMM per block into a reused buffer, reduced both ways by :func:`_tile_minima` with the columns split
+    between torch's threads (each thread its own row minima; the columns, and so their minima, are its own)."""
+    n, n_comp = pts.n, len(ends)
+    workers = max(1, torch.get_num_threads())
+    buf = torch.empty(pts.block * n, dtype=x.dtype)
+    sq_np, core2_np, comp_np = sq.numpy(), core2.numpy(), comp_p.numpy()
+    out = row_min.numpy()
+    col_min = np.empty(n)
+    with ThreadPoolExecutor(workers) as pool:
+        for ca in range(n_comp - 1):
+            c0 = ends[ca]
+            col_min[c0:] = np.inf
+            for r0 in range(starts[ca], ends[ca], pts.block):
+                r1 = min(ends[ca], r0 + pts.block)
+                pts.counters["pairs_screened"] += (r1 - r0) * (n - c0)
+                s = buf[: (r1 - r0) * (n - c0)].view(r1 - r0, n - c0)
+                with _no_tf32():
+                    torch.addmm(sq[None, c0:].expand(r1 - r0, -1), x[r0:r1], x[c0:].T, alpha=-2.0, out=s)
+                s_np = s.numpy()
+                cuts = np.linspace(0, n - c0, workers + 1).astype(int)
+                mins = [np.full((r1 - r0, n_comp), np.inf) for _ in range(workers)]
+                list(pool.map(lambda t: _tile_minima(s_np, r0, c0, cuts[t], cuts[t + 1], sq_np, core2_np, comp_np, ca,
+                                                     mins[t], col_min), range(workers)))
+                np.minimum(out[r0:r1], np.minimum.reduce(mins).astype(out.dtype), out=out[r0:r1])
+            np.minimum(out[c0:, ca], col_min[c0:].astype(out.dtype), out=out[c0:, ca])
 
 
 def _copies_only(pts: Points, lo: np.ndarray, hi: np.ndarray, w: np.ndarray) -> bool:

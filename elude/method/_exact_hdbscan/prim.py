@@ -7,11 +7,27 @@ import numba
 import numpy as np
 
 
-@numba.njit(cache=True)
-def _prim_rows(indptr, nbrs, core, long_ptr, long_nbr, long_w):
-    """Prim from point 0 on the sparse graph (radius edges weigh max(core_a, core_b); long edges their
-    own weight), next point = the smallest (reachability, index), source = the first tree point reaching
-    it at that weight: the package's ``mst_linkage_core_vector``. Returns (rows, n_reached)."""
+@numba.njit(cache=True, nogil=True)
+def _visit(current, ptr, nbrs, weights, core, in_tree, dist, source, heap):
+    """Offer every neighbour of ``current`` in one CSR (``weights`` None: a radius edge, max(core_a, core_b))."""
+    cc = core[current]
+    for e in range(ptr[current], ptr[current + 1]):
+        j = nbrs[e]
+        if in_tree[j]:
+            continue
+        w = max(cc, core[j]) if weights is None else weights[e]
+        if w < dist[j]:
+            dist[j] = w
+            source[j] = current
+            heapq.heappush(heap, (w, np.int64(j)))
+
+
+@numba.njit(cache=True, nogil=True)
+def _prim_rows(indptr, nbrs, rev_ptr, rev_nbrs, core, long_ptr, long_nbr, long_w):
+    """Prim from point 0 on the sparse graph (the radius lists, read forwards and backwards, whose edges
+    weigh max(core_a, core_b); long edges their own weight), next point = the smallest (reachability, index),
+    source = the first tree point reaching it at that weight: the package's ``mst_linkage_core_vector``.
+    Returns (rows, n_reached)."""
     n = len(core)
     dist = np.full(n, np.inf)
     source = np.ones(n, dtype=np.int64)
@@ -23,25 +39,9 @@ def _prim_rows(indptr, nbrs, core, long_ptr, long_nbr, long_w):
     reached = 1
     for i in range(1, n):
         in_tree[current] = True
-        cc = core[current]
-        for e in range(indptr[current], indptr[current + 1]):
-            j = nbrs[e]
-            if in_tree[j]:
-                continue
-            w = max(cc, core[j])
-            if w < dist[j]:
-                dist[j] = w
-                source[j] = current
-                heapq.heappush(heap, (w, np.int64(j)))
-        for e in range(long_ptr[current], long_ptr[current + 1]):
-            j = long_nbr[e]
-            if in_tree[j]:
-                continue
-            w = long_w[e]
-            if w < dist[j]:
-                dist[j] = w
-                source[j] = current
-                heapq.heappush(heap, (w, np.int64(j)))
+        _visit(current, indptr, nbrs, None, core, in_tree, dist, source, heap)
+        _visit(current, rev_ptr, rev_nbrs, None, core, in_tree, dist, source, heap)
+        _visit(current, long_ptr, long_nbr, long_w, core, in_tree, dist, source, heap)
         new = -1
         while len(heap) > 0:
             w, j = heapq.heappop(heap)
@@ -81,16 +81,14 @@ def _csr_both_directions(n, a, b, w):
     return ptr, nbr, ww
 
 
-@numba.njit(cache=True)
-def _radius_both_directions(indptr, neighbours):
-    """The radius lists (CSR) with every edge also stored at its other end; weights are not stored
-    (a radius edge weighs max(core_a, core_b))."""
+@numba.njit(cache=True, nogil=True)
+def _reversed_lists(indptr, neighbours):
+    """The radius lists read backwards (CSR): for each point, the points whose list holds it (counting sort).
+    Only the reverse half: the forward lists are read where they are."""
     n = len(indptr) - 1
     ptr = np.zeros(n + 1, dtype=np.int64)
-    for i in range(n):
-        ptr[i + 1] += indptr[i + 1] - indptr[i]
-        for e in range(indptr[i], indptr[i + 1]):
-            ptr[neighbours[e] + 1] += 1
+    for e in range(len(neighbours)):
+        ptr[neighbours[e] + 1] += 1
     for i in range(n):
         ptr[i + 1] += ptr[i]
     fill = ptr[:-1].copy()
@@ -98,8 +96,6 @@ def _radius_both_directions(indptr, neighbours):
     for i in range(n):
         for e in range(indptr[i], indptr[i + 1]):
             j = neighbours[e]
-            nbr[fill[i]] = j
-            fill[i] += 1
             nbr[fill[j]] = i
             fill[j] += 1
     return ptr, nbr
@@ -107,7 +103,8 @@ def _radius_both_directions(indptr, neighbours):
 
 def prim_order(n: int, core: np.ndarray, indptr: np.ndarray, neighbours: np.ndarray, long_edges: np.ndarray):
     """Prim's edge list on radius edges + ``long_edges`` (k, 3); (rows, reached)."""
-    ptr, nbr = _radius_both_directions(indptr.astype(np.int64), neighbours.astype(np.int32))
+    indptr, neighbours = indptr.astype(np.int64, copy=False), neighbours.astype(np.int32, copy=False)
+    rev_ptr, rev_nbr = _reversed_lists(indptr, neighbours)
     lptr, lnbr, lw = _csr_both_directions(n, long_edges[:, 0].astype(np.int64), long_edges[:, 1].astype(np.int64),
                                           long_edges[:, 2].astype(np.float64))
-    return _prim_rows(ptr, nbr, core, lptr, lnbr, lw)
+    return _prim_rows(indptr, neighbours, rev_ptr, rev_nbr, core, lptr, lnbr, lw)
