@@ -181,7 +181,10 @@ def sweep(variants: list[str], sizes: list[int], dims: list[int], setting: dict,
 
 
 def export_rev(rev: str, into: Path) -> str:
-    """``rev``'s elude/ in ``into`` (git archive), for a side-by-side run of that commit's code."""
+    """``rev``'s elude/ in ``into`` (git archive), for a side-by-side run of that commit's code; ``rev`` may
+    also be a folder that holds such an elude/ already (a machine without the git history: bench/gpu_checks.sh)."""
+    if (Path(rev) / "elude").is_dir():
+        return str(Path(rev).resolve())
     archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "elude"], check=True, capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
     return str(into)
@@ -217,7 +220,7 @@ def preset(name: str, sizes: list[int], d: int, variant: str, baseline_rev: str 
             print(f"  done: this code, n={n}: {now.get('seconds', float('nan')):.2f} s", file=sys.stderr, flush=True)
             rows.append(now)
             if base and n <= baseline_max_n:
-                old = {"code": baseline_rev[:10], "n": n, "d": d, **measure(variant, n, d, GPU_SETTING, base)}
+                old = {"code": Path(baseline_rev).name[:10], "n": n, "d": d, **measure(variant, n, d, GPU_SETTING, base)}
                 print(f"  done: {baseline_rev}, n={n}: {old.get('seconds', float('nan')):.2f} s", file=sys.stderr, flush=True)
                 if "failed" not in now and "failed" not in old:
                     now["speedup"] = f"{old['seconds'] / now['seconds']:.2f}x"
@@ -283,7 +286,8 @@ def main() -> None:
     ap.add_argument("--variants", nargs="+", default=None, help="subset of the variants (default: all that can run)")
     ap.add_argument("--cpu-proxy", action="store_true", help="n = 25k at d = 768, the paper's setting, on the CPU")
     ap.add_argument("--paper", action="store_true", help="the GPU ladder n = 25k..400k at d = 3072, the paper's setting")
-    ap.add_argument("--baseline-rev", default=None, help="with a preset: also run this commit's code, side by side")
+    ap.add_argument("--baseline-rev", default=None,
+                    help="with a preset: also run this commit's code (or a folder holding its elude/), side by side")
     ap.add_argument("--baseline-max-n", type=int, default=100_000, help="largest rung the baseline runs on")
     ap.add_argument("--json", default=None, help="with a preset: write its rows here")
     ap.add_argument("--tree-half", action="store_true", help="the tree half alone at n = 25k..400k, ours vs the package's")
