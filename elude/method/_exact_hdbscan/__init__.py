@@ -23,7 +23,10 @@ re-evaluated in float64 as sqrt(sum((x - y)^2)). On the CPU that sum runs left t
 package's own arithmetic, so distances, core distances and tree weights are bitwise the package's; on a
 GPU it runs in torch's order. The core distance's band: on the CPU every point screened within 2 tol of the
 row's k-th screened value, found by a linear-time selection (:func:`.core._core_rows`); on a GPU the band
-among a top-k of candidates, and a row whose band runs past them is recomputed in full.
+among a top-k of candidates, and a row whose band runs past them is recomputed in full. On the CPU the
+screen holds the points in groups (each point's nearest of 64 pivots; the 10 % farthest in none), and the
+core pass records each row's smallest screened value per group: lower bounds that let the few-components
+finish screen only the rows that can hold a pair's cheapest edge (the proof in ``boruvka._finish_minima_cpu``).
 When few components remain, a float64 screen keeps the band narrow where high-dimensional distances
 concentrate.
 

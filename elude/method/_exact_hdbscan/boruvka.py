@@ -1,8 +1,6 @@
 """Borůvka rounds over the mutual-reachability graph, the one-pass finish, and long-edge ties."""
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import numba
 import numpy as np
 import torch
@@ -177,10 +175,11 @@ def _finish(pts: Points, core: torch.Tensor, comp: torch.Tensor, n_comp: int) ->
     Kruskal on those pair edges (in (weight, lower index, higher index) order). Returns (edges, whether
     distinct long edges tie).
 
-    Points are grouped by component, so each pair (A, B), A < B, is screened once, as the tile of A's rows
-    against the columns of every later component (half the pairs of one pass over all rows, none inside a
-    component); each tile is reduced both ways, per row and per column, to each row's cheapest screened
-    edge into every other component. A screened value is within ``tol`` of the truth, so every edge whose
+    Points are grouped by component. On a GPU each pair (A, B), A < B, is screened once, as the tile of A's
+    rows against the columns of every later component (half the pairs of one pass over all rows, none inside
+    a component); each tile is reduced both ways, per row and per column, to each row's cheapest screened
+    edge into every other component. On the CPU the core pass's group minima prune that pass to the rows
+    that can hold a pair's cheapest edge (:func:`_finish_minima_cpu`). A screened value is within ``tol`` of the truth, so every edge whose
     exact weight can equal a pair's minimum is screened within 2 tol of that pair's screened minimum:
     those candidates (the rows within ``band`` = 4 tol, against that component's columns only) are
     recomputed exactly."""
@@ -188,22 +187,25 @@ def _finish(pts: Points, core: torch.Tensor, comp: torch.Tensor, n_comp: int) ->
     order = torch.argsort(comp, stable=True)  # points grouped by component: position p holds point order[p]
     ends = torch.bincount(comp, minlength=n_comp).cumsum(0).tolist()
     starts = [0] + ends[:-1]
-    x = pts.xs[order]
+    x = pts.screen_rows(order)
     sq = pts.sq64[order].to(dt)
     core2 = (core[order] * core[order]).to(dt)
 
-    def screen(r: slice | torch.Tensor, c0: int, c1: int) -> torch.Tensor:
-        """Screened mutual reachability^2 of positions ``r`` (a slice or an index tensor) against c0:c1."""
-        xr, sqr, cr = x[r], sq[r], core2[r]
-        pts.counters["pairs_screened"] += len(xr) * (c1 - c0)
+    def screen(r: slice | torch.Tensor, c0: int | torch.Tensor, c1: int | None = None) -> torch.Tensor:
+        """Screened mutual reachability^2 of positions ``r`` (a slice or an index tensor) against the positions
+        c0:c1 (or the index tensor c0)."""
+        c = c0 if c1 is None else slice(c0, c1)
+        xr, sqr, cr, xc = x[r], sq[r], core2[r], x[c]
+        pts.counters["pairs_screened"] += len(xr) * len(xc)
         with _no_tf32():
-            g = xr @ x[c0:c1].T
-        d2 = (sqr[:, None] + sq[None, c0:c1]) - 2.0 * g
-        return torch.maximum(torch.maximum(d2, cr[:, None]), core2[None, c0:c1])
+            g = xr @ xc.T
+        d2 = (sqr[:, None] + sq[None, c]) - 2.0 * g
+        return torch.maximum(torch.maximum(d2, cr[:, None]), core2[None, c])
 
     row_min = torch.full((n, n_comp), float("inf"), dtype=dt, device=dev)  # per position, per other component
     comp_p = comp[order]
-    if pts.gpu_arithmetic:
+    band = 4 * float(pts.tol(torch.arange(n, device=dev), dt).max())
+    if pts.group_minima is None:
         for ca in range(n_comp - 1):
             for r0 in range(starts[ca], ends[ca], pts.block):
                 r1 = min(ends[ca], r0 + pts.block)
@@ -213,10 +215,10 @@ def _finish(pts: Points, core: torch.Tensor, comp: torch.Tensor, n_comp: int) ->
                     row_min[r0:r1, cb] = torch.minimum(row_min[r0:r1, cb], tile.amin(1))
                     row_min[starts[cb] : ends[cb], ca] = torch.minimum(row_min[starts[cb] : ends[cb], ca], tile.amin(0))
     else:
-        _finish_minima_cpu(pts, x, sq, core2, comp_p, starts, ends, row_min)
+        _finish_minima_cpu(pts, core, comp, order, starts, ends, screen, row_min, band)
     pair_min = torch.full((n_comp, n_comp), float("inf"), dtype=dt, device=dev)
     pair_min.scatter_reduce_(0, comp_p[:, None].expand(-1, n_comp), row_min, "amin")
-    band = 4 * float(pts.tol(torch.arange(n, device=dev), dt).max())
+    pair_min = torch.minimum(pair_min, pair_min.T)  # a pair's minimum may have been seen from either side
     cand = torch.isfinite(row_min) & (row_min <= pair_min[comp_p] + band)  # (position, other component) that
     # may hold a pair's cheapest edge
     found = []  # exact candidate edges (w, a, b), original indices
@@ -258,49 +260,91 @@ def _finish(pts: Points, core: torch.Tensor, comp: torch.Tensor, n_comp: int) ->
 
 
 @numba.njit(cache=True, nogil=True)
-def _tile_minima(s, r0, c0, j0, j1, sq, core2, comp_p, ca, row_min, col_min):
-    """One tile of the CPU's finish: s[i, j] = screened |y|^2 - 2 x.y of position r0 + i against position
-    c0 + j, for columns j0 <= j < j1; mutual reachability^2 = max(s + |x|^2, core_x^2, core_y^2). Lowers
-    row_min[i, component of the column] and col_min[c0 + j] (the column's cheapest edge into component ca)."""
-    for i in range(s.shape[0]):
-        sq_r, core_r = np.float64(sq[r0 + i]), np.float64(core2[r0 + i])
-        for j in range(j0, j1):
-            c = c0 + j
-            v = max(np.float64(s[i, j]) + sq_r, core_r, np.float64(core2[c]))
-            if v < row_min[i, comp_p[c]]:
-                row_min[i, comp_p[c]] = v
-            if v < col_min[c]:
-                col_min[c] = v
+def _lower_bounds(gmin, group, sq, core2, comp, group_ptr, group_comp, group_core2, lower, best):
+    """lower[a, C] = a lower bound of point a's cheapest screened mr^2 into component C (C not a's own):
+    max(core_a^2, min over the groups g meeting C of max(gmin[a, g] + |x_a|^2, the smallest core^2 of g's
+    points in C)), gmin[a, g] = the core pass's smallest screened |y|^2 - 2 x_a.y over g. A minimum over a
+    group bounds the minimum over its points in C from below whatever else the group holds; each screened
+    value is within tol of the truth. Far points (group -1) get none: their pairs are screened directly.
+    best[A, C] = the point of A with the smallest bound into C (-1: none)."""
+    n, m = gmin.shape
+    for a in range(n):
+        if group[a] < 0:
+            continue
+        ca = comp[a]
+        sq_a, core_a = np.float64(sq[a]), np.float64(core2[a])
+        for g in range(m):
+            d2 = np.float64(gmin[a, g]) + sq_a
+            for e in range(group_ptr[g], group_ptr[g + 1]):
+                c = group_comp[e]
+                if c != ca:
+                    v = max(d2, group_core2[e], core_a)
+                    if v < lower[a, c]:
+                        lower[a, c] = v
+        for c in range(lower.shape[1]):
+            if lower[a, c] < np.inf and (best[ca, c] < 0 or lower[a, c] < lower[best[ca, c], c]):
+                best[ca, c] = a
 
 
-def _finish_minima_cpu(pts: Points, x: torch.Tensor, sq: torch.Tensor, core2: torch.Tensor, comp_p: torch.Tensor,
-                       starts: list[int], ends: list[int], row_min: torch.Tensor) -> None:
-    """The finish's first pass on the CPU: each component's rows against the later components' columns,
-    one GEMM per block into a reused buffer, reduced both ways by :func:`_tile_minima` with the columns split
-    between torch's threads (each thread its own row minima; the columns, and so their minima, are its own)."""
+def _finish_minima_cpu(pts: Points, core: torch.Tensor, comp: torch.Tensor, order: torch.Tensor,
+                       starts: list[int], ends: list[int], screen, row_min: torch.Tensor, band: float) -> None:
+    """The finish's first pass on the CPU, pruned by the core pass's group minima: every pair with a far
+    point (group -1) is screened directly (all rows against the far points' columns); for the other pairs a
+    row a is screened against component C's columns only where its lower bound into C (:func:`_lower_bounds`)
+    is within ``band`` of the best actual edge known between a's component A and C (from the far pairs, and
+    from screening each A's row of smallest bound into C). Why this keeps every edge the finish needs: the
+    cheapest pair (a*, b*) between A and C weighs M; a*'s screened bound is at most M + tol and the best known
+    edge's screened weight at least M - tol, so with band >= 2 tol row a* is screened against C (or, with a
+    far end, its pair directly), and ``row_min`` holds M within tol for that pair, as the full pass would."""
     n, n_comp = pts.n, len(ends)
-    workers = max(1, torch.get_num_threads())
-    buf = torch.empty(pts.block * n, dtype=x.dtype)
-    sq_np, core2_np, comp_np = sq.numpy(), core2.numpy(), comp_p.numpy()
-    out = row_min.numpy()
-    col_min = np.empty(n)
-    with ThreadPoolExecutor(workers) as pool:
-        for ca in range(n_comp - 1):
-            c0 = ends[ca]
-            col_min[c0:] = np.inf
-            for r0 in range(starts[ca], ends[ca], pts.block):
-                r1 = min(ends[ca], r0 + pts.block)
-                pts.counters["pairs_screened"] += (r1 - r0) * (n - c0)
-                s = buf[: (r1 - r0) * (n - c0)].view(r1 - r0, n - c0)
-                with _no_tf32():
-                    torch.addmm(sq[None, c0:].expand(r1 - r0, -1), x[r0:r1], x[c0:].T, alpha=-2.0, out=s)
-                s_np = s.numpy()
-                cuts = np.linspace(0, n - c0, workers + 1).astype(int)
-                mins = [np.full((r1 - r0, n_comp), np.inf) for _ in range(workers)]
-                list(pool.map(lambda t: _tile_minima(s_np, r0, c0, cuts[t], cuts[t + 1], sq_np, core2_np, comp_np, ca,
-                                                     mins[t], col_min), range(workers)))
-                np.minimum(out[r0:r1], np.minimum.reduce(mins).astype(out.dtype), out=out[r0:r1])
-            np.minimum(out[c0:, ca], col_min[c0:].astype(out.dtype), out=out[c0:, ca])
+    group = pts.groups[0]
+    comp_np, core2_np, sq_np = comp.numpy(), (core * core).numpy(), pts.sq64.numpy()
+    order_np = order.numpy()
+    pos_of = np.empty(n, dtype=np.int64)
+    pos_of[order_np] = np.arange(n)
+    comp_p = comp_np[order_np]
+    far_pos = np.sort(pos_of[group < 0])  # far points' positions, so grouped by component
+    if len(far_pos):  # every pair with a far end, from the rows' side
+        far_comp = comp_p[far_pos]
+        cuts = np.flatnonzero(np.diff(far_comp)) + 1
+        segments = list(zip(np.r_[0, cuts], np.r_[cuts, len(far_pos)]))
+        far_t = torch.from_numpy(far_pos)
+        for r0 in range(0, n, pts.block):
+            r1 = min(n, r0 + pts.block)
+            mr2 = screen(slice(r0, r1), far_t)
+            for s0, s1 in segments:
+                c = int(far_comp[s0])
+                row_min[r0:r1, c] = torch.minimum(row_min[r0:r1, c], mr2[:, s0:s1].amin(1))
+        row_min[torch.arange(n), torch.from_numpy(comp_p)] = float("inf")  # pairs inside a component are not edges
+    # per group, the components its points lie in and the smallest core^2 there
+    inside = group >= 0
+    keys, where = np.unique(np.stack([group[inside], comp_np[inside]], 1), axis=0, return_inverse=True)
+    group_core2 = np.full(len(keys), np.inf)
+    np.minimum.at(group_core2, where.ravel(), core2_np[inside])
+    group_ptr = np.searchsorted(keys[:, 0], np.arange(pts.group_minima.shape[1] + 1)).astype(np.int64)
+    lower = np.full((n, n_comp), np.inf)
+    best = np.full((n_comp, n_comp), -1, dtype=np.int64)
+    _lower_bounds(pts.group_minima, group, sq_np, core2_np, comp_np, group_ptr, keys[:, 1].astype(np.int64),
+                  group_core2, lower, best)
+    rm = row_min.numpy()  # position-indexed
+    upper = np.full((n_comp, n_comp), np.inf)  # best actual edge known per pair of components
+    for c in range(n_comp):  # the far pairs
+        np.minimum.at(upper[:, c], comp_p, rm[:, c].astype(np.float64))
+    for c in range(n_comp):  # and per other component A, A's row of smallest bound into C against C
+        rows = best[:, c][best[:, c] >= 0]
+        if len(rows):
+            p = torch.from_numpy(pos_of[rows])
+            row_min[p, c] = torch.minimum(row_min[p, c], screen(p, starts[c], ends[c]).amin(1))
+            np.minimum.at(upper[:, c], comp_p[p.numpy()], rm[p.numpy(), c].astype(np.float64))
+    upper = np.minimum(upper, upper.T)
+    for c in range(n_comp):
+        rows = np.flatnonzero(np.isfinite(lower[:, c]) & (lower[:, c] <= upper[comp_np, c] + band))  # point indices
+        if len(rows) == 0:
+            continue
+        p = torch.from_numpy(np.sort(pos_of[rows]))
+        for s0 in range(0, len(p), pts.block):
+            pp = p[s0 : s0 + pts.block]
+            row_min[pp, c] = torch.minimum(row_min[pp, c], screen(pp, starts[c], ends[c]).amin(1))
 
 
 def _copies_only(pts: Points, lo: np.ndarray, hi: np.ndarray, w: np.ndarray) -> bool:
@@ -316,3 +360,4 @@ def _copies_only(pts: Points, lo: np.ndarray, hi: np.ndarray, w: np.ndarray) -> 
             if not (bool((d_same == 0).all()) or bool((d_swap == 0).all())):
                 return False
     return True
+

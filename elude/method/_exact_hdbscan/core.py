@@ -13,7 +13,7 @@ SAMPLE_STEP = 8  # the CPU's selection reads every 8th screened value of a row f
 
 
 @numba.njit(cache=True, nogil=True)
-def _core_rows(s, rows, tol, k, x, cap, core_out, count_out, members_out, exact_out):
+def _core_rows(s, rows, tol, k, x, cap, core_out, count_out, members_out, exact_out, col_point, row_pos):
     """The CPU's core pass for screened rows ``s[r]`` = |y|^2 - 2 x_a.y (a = rows[r]; the row's own |x_a|^2
     left out: it shifts a row by one number), each within ``tol[r]`` of d^2 - |x_a|^2.
 
@@ -23,7 +23,10 @@ def _core_rows(s, rows, tol, k, x, cap, core_out, count_out, members_out, exact_
     k-th order statistic moves by at most tol when every value does), those within v +- 2 tol are
     recomputed exactly (:func:`exact_dist`), the core distance is the (k - certain)-th of them, and the radius
     list = the certain ones + the band's within the core distance. Writes core_out[r], count_out[r] (the
-    list's length; the list itself into members_out[r] only when it fits ``cap``) and exact_out[r]."""
+    list's length; the list itself into members_out[r] only when it fits ``cap``) and exact_out[r].
+
+    The columns are in the screen's order: column j is point col_point[j], the row's own point column
+    row_pos[r]."""
     b, n = s.shape
     vals = np.empty(n, dtype=np.float32)
     idx = np.empty(n, dtype=np.int64)
@@ -33,7 +36,7 @@ def _core_rows(s, rows, tol, k, x, cap, core_out, count_out, members_out, exact_
     want = k + 2  # k + 1 other points, and the point itself may fall below the threshold too
     ks = want * m // n + 4 + int(4.0 * np.sqrt(want * m / n))  # a sample rank well above the expected one
     for r in range(b):
-        row, a = s[r], rows[r]
+        row, a, pa = s[r], rows[r], row_pos[r]
         threshold = np.inf
         if ks < m:
             for i in range(m):
@@ -41,13 +44,13 @@ def _core_rows(s, rows, tol, k, x, cap, core_out, count_out, members_out, exact_
             threshold = np.partition(sample, ks)[ks]
         c = 0
         for j in range(n):
-            if row[j] <= threshold and j != a:
+            if row[j] <= threshold and j != pa:
                 vals[c], idx[c] = row[j], j
                 c += 1
         if c < k + 1:  # the sample's threshold was too low: take the whole row
             threshold, c = np.inf, 0
             for j in range(n):
-                if j != a:
+                if j != pa:
                     vals[c], idx[c] = row[j], j
                     c += 1
         v = np.float64(np.partition(vals[:c], k)[k])
@@ -55,9 +58,11 @@ def _core_rows(s, rows, tol, k, x, cap, core_out, count_out, members_out, exact_
         if hi > threshold:  # the band reaches past the threshold: collect again up to the band's top
             c = 0
             for j in range(n):
-                if row[j] <= hi and j != a:
+                if row[j] <= hi and j != pa:
                     vals[c], idx[c] = row[j], j
                     c += 1
+        for e in range(c):  # the collected columns' points
+            idx[e] = col_point[idx[e]]
         inside, nb = 0, 0
         for e in range(c):
             if vals[e] < lo:
@@ -142,6 +147,10 @@ def _core_distances_cpu(pts: Points, min_samples: int) -> tuple[torch.Tensor, to
     GIL); the lists go straight into one array (each at least min_samples long; grown when ties lengthen them)."""
     n, k = pts.n, min_samples - 1
     cap = min(n, min_samples + max(8, min_samples // 8))  # a radius list longer than this (ties) is redone alone
+    group, group_ptr, col_point = pts.groups
+    row_pos = pts.pos.numpy()
+    gmin = np.empty((n, len(group_ptr) - 1), dtype=np.float32)
+    seg_starts = np.minimum(group_ptr[:-1], group_ptr[-1] - 1)  # empty groups at the end: any index, set to inf
     workers = max(1, torch.get_num_threads())
     core = np.empty(n)
     counts = np.empty(n, dtype=np.int64)
@@ -161,7 +170,10 @@ def _core_distances_cpu(pts: Points, min_samples: int) -> tuple[torch.Tensor, to
             def part(i: int, s=s, rows=rows, tol=tol, cuts=cuts, start=start) -> None:
                 a, b = cuts[i], cuts[i + 1]
                 _core_rows(s[a:b], rows[a:b], tol[a:b], k, pts.x64_np, cap, core[start + a : start + b],
-                           counts[start + a : start + b], members[a:b], exact[a:b])
+                           counts[start + a : start + b], members[a:b], exact[a:b], col_point,
+                           row_pos[start + a : start + b])
+                # each row's smallest value per group (a contiguous segment of columns): the finish's bounds
+                gmin[start + a : start + b] = np.minimum.reduceat(s[a:b, : group_ptr[-1]], seg_starts, axis=1)
 
             list(pool.map(part, range(workers)))
             pts.counters["pairs_exact"] += int(exact[: len(rows)].sum())
@@ -174,7 +186,8 @@ def _core_distances_cpu(pts: Points, min_samples: int) -> tuple[torch.Tensor, to
             for r in np.flatnonzero(cnt > cap):  # the long lists again, each with room for every point
                 room, redone = np.empty((1, n), dtype=np.int32), np.zeros(1, dtype=np.int64)
                 _core_rows(s[r : r + 1], rows[r : r + 1], tol[r : r + 1], k, pts.x64_np, n,
-                           core[start + r : start + r + 1], counts[start + r : start + r + 1], room, redone)
+                           core[start + r : start + r + 1], counts[start + r : start + r + 1], room, redone, col_point,
+                           row_pos[start + r : start + r + 1])
                 pts.counters["pairs_exact"] += int(redone[0])
                 long_lists[r] = room[0, : cnt[r]]
             long_rows += len(long_lists)
@@ -184,6 +197,8 @@ def _core_distances_cpu(pts: Points, min_samples: int) -> tuple[torch.Tensor, to
                 block = members[: len(rows)][np.arange(cap)[None, :] < cnt[:, None]]
             neighbours[used : used + len(block)] = block
             used += len(block)
+    gmin[:, group_ptr[:-1] == group_ptr[1:]] = np.inf  # an empty group (reduceat gives its neighbour's value)
+    pts.group_minima = gmin
     indptr = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(counts, out=indptr[1:])
     return (torch.from_numpy(core), torch.from_numpy(indptr), torch.from_numpy(neighbours[:used]),

@@ -43,8 +43,21 @@ class Points:
         # The screen's precision: float64 GEMMs run as fast as float32 ones on datacenter GPUs (no TF32
         # here), and give a band ~1e9 times narrower; on a CPU float32 is twice as fast.
         self.screen = torch.float64 if self.gpu_arithmetic else torch.float32
-        self.xs = self.x64 if self.screen == torch.float64 else self.x64.float()
         self.n, self.d = x.shape
+        # On the CPU the screen holds the points in group order (see _groups): the core pass reads each row's
+        # minimum per group as one contiguous segment, for the finish's bounds. pos[p] = p's row in xs.
+        self.groups: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # (group per point, ptr, points) below
+        self.pos: torch.Tensor | None = None
+        self.group_minima: np.ndarray | None = None  # per point and group: the core pass's (core._core_distances_cpu)
+        if self.screen == torch.float64:
+            self.xs = self.x64
+        else:
+            group, ptr, order = _groups(self.x64, self.sq64)
+            self.groups, self.pos = (group, ptr, order), torch.empty(self.n, dtype=torch.int64)
+            self.pos[torch.from_numpy(order)] = torch.arange(self.n)
+            self.xs = torch.empty((self.n, self.d), dtype=torch.float32)
+            for s in range(0, self.n, 4096):  # in chunks: no float64 copy of all points in group order
+                self.xs[s : s + 4096] = self.x64[torch.from_numpy(order[s : s + 4096])]
         self.max_sq = float(self.sq64.max()) if self.n else 0.0
         self.block = max(16, min(self.n, (block_mb * 2**20) // (4 * 8 * max(self.n, 1))))
         # machine-independent work counters (bench/cluster_scale.py prints them)
@@ -62,25 +75,39 @@ class Points:
         u = float(torch.finfo(dtype or self.screen).eps) / 2
         return (self.d + 16) * u * (self.sq64[rows] + self.max_sq)
 
+    def screen_rows(self, points: torch.Tensor) -> torch.Tensor:
+        """The screen's float rows of ``points`` (point indices)."""
+        return self.xs[points if self.pos is None else self.pos[points]]
+
     def d2_block(self, rows: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """Screened squared distances of ``rows`` to every point (block x n), in ``dtype`` (default: the screen's)."""
+        """Screened squared distances of ``rows`` to every point (block x n, columns in point order), in
+        ``dtype`` (default: the screen's)."""
         dtype = dtype or self.screen
         self.counters["pairs_screened"] += len(rows) * self.n
-        x = self.xs if dtype == self.xs.dtype else self.x64.to(dtype)
         sq = self.sq64.to(dtype)
-        with _no_tf32():
-            g = x[rows] @ x.T
+        if dtype == self.xs.dtype:
+            with _no_tf32():
+                g = self.screen_rows(rows) @ self.xs.T
+            if self.pos is not None:
+                g = g[:, self.pos]  # the screen's columns (group order) back to point order
+        else:
+            x = self.x64.to(dtype)
+            with _no_tf32():
+                g = x[rows] @ x.T
         return (sq[rows, None] + sq[None, :]) - 2.0 * g
 
     def d2_less_row_norm(self, rows: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        """Screened |y|^2 - 2 x.y of ``rows`` to every point: d^2 less the row's own |x|^2, which no ranking
-        within a row needs (one fused GEMM, no extra passes); within tol of the truth once |x|^2 is added.
-        ``out``: a (rows x n) buffer to write into (reused between blocks: fresh pages cost more than the GEMM
-        on some machines)."""
+        """Screened |y|^2 - 2 x.y of ``rows`` to every point, columns in the screen's order (``self.groups``'s
+        order on the CPU): d^2 less the row's own |x|^2, which no ranking within a row needs (one fused GEMM, no
+        extra passes); within tol of the truth once |x|^2 is added. ``out``: a (rows x n) buffer to write into
+        (reused between blocks: fresh pages cost more than the GEMM on some machines)."""
         self.counters["pairs_screened"] += len(rows) * self.n
         sq = self.sq64.to(self.screen)
+        if self.groups is not None:
+            sq = sq[torch.from_numpy(self.groups[2])]
         with _no_tf32():
-            return torch.addmm(sq[None, :].expand(len(rows), -1), self.xs[rows], self.xs.T, alpha=-2.0, out=out)
+            return torch.addmm(sq[None, :].expand(len(rows), -1), self.screen_rows(rows), self.xs.T, alpha=-2.0,
+                               out=out)
 
     def exact(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Exact distances of the pairs (a, b), as float64 on the device."""
@@ -103,6 +130,29 @@ class Points:
         a = rows.repeat_interleave(self.n)
         b = torch.arange(self.n, device=self.device).repeat(len(rows))
         return self.exact(a, b).reshape(len(rows), self.n)
+
+
+GROUPS = 64  # groups of points whose per-row minima the CPU's core pass records for the finish's bounds
+FAR_SHARE = 0.1  # the points farthest from their group's pivot join no group: the finish screens them directly
+
+
+def _groups(x64: torch.Tensor, sq64: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(each point's group or -1, group g's points at order[ptr[g]:ptr[g + 1]] with the far points after
+    ptr[-1], order). A group = the points nearest to one of GROUPS pivots spread over the index range; the
+    FAR_SHARE of points farthest from their pivot join none: noise-like points end up in any component, and a
+    group meeting components other than its rows' own bounds nothing there. Only the speed depends on this."""
+    n = len(x64)
+    pivots = torch.from_numpy(np.unique(np.linspace(0, n - 1, min(GROUPS, n)).astype(np.int64)))
+    d2 = torch.addmm(sq64[pivots][None, :].expand(n, -1), x64, x64[pivots].T, alpha=-2.0)
+    dmin, group = d2.min(1)
+    dmin = (dmin + sq64).numpy()
+    group = group.numpy().astype(np.int32)
+    if n > 1:
+        group[dmin > np.quantile(dmin, 1 - FAR_SHARE)] = -1
+    key = np.where(group < 0, len(pivots), group)
+    order = np.argsort(key, kind="stable")
+    ptr = np.searchsorted(key[order], np.arange(len(pivots) + 1)).astype(np.int64)
+    return group, ptr, order
 
 
 _TF32_LOCK = threading.Lock()
