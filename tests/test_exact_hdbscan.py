@@ -183,6 +183,23 @@ def test_radius_lists_are_every_other_point_within_the_core_distance(rng):
             assert stats["core_fallback_rows"] > 0  # ties made lists longer than min_samples + slack
 
 
+def test_the_cpu_finish_screens_few_pairs_and_keeps_the_packages_tree(rng):
+    """The CPU's finish screens a row against a component only where its group bound can reach the pair's
+    cheapest edge: far fewer pairs than the full pass, and the tree is still the package's (noisy blobs:
+    the noise joins no group and is screened directly; min_samples = min_cluster_size, so mutual
+    reachability is flat and many edges tie near each pair's minimum)."""
+    x = np.concatenate([blobs(rng, 2400, 64, 6, 0.8), contributions.normalise_rows(rng.normal(size=(120, 64)))])
+    x = x[rng.permutation(len(x))].astype(np.float32)
+    mst = exact_hdbscan.mutual_reachability_mst(x, MIN_CLUSTER_SIZE)
+    n = len(x)
+    finish = [r for r in mst.stats["rounds"] if r["finish"]]
+    assert finish and finish[0]["components"] > 2
+    assert mst.stats["pairs_screened"] < 1.3 * n * n  # the core pass's n^2, the full finish would add ~0.4 n^2
+    assert mst.tie_order == "prim"
+    for method in ("leaf", "eom"):
+        assert_same_clustering(package(x, None, method), exact_hdbscan.hdbscan_from_mst(mst, MIN_CLUSTER_SIZE, method))
+
+
 def test_backend_names():
     assert clustering.resolve_backend("auto") == ("torch:cuda" if torch.cuda.is_available() else "torch:cpu")
     assert clustering.resolve_backend("torch") == clustering.resolve_backend("auto")
