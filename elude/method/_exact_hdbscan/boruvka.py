@@ -179,8 +179,9 @@ def _finish(pts: Points, core: torch.Tensor, comp: torch.Tensor, n_comp: int) ->
     rows against the columns of every later component (half the pairs of one pass over all rows, none inside
     a component); each tile is reduced both ways, per row and per column, to each row's cheapest screened
     edge into every other component. On the CPU the core pass's group minima prune that pass to the rows
-    that can hold a pair's cheapest edge (:func:`_finish_minima_cpu`). A screened value is within ``tol`` of the truth, so every edge whose
-    exact weight can equal a pair's minimum is screened within 2 tol of that pair's screened minimum:
+    that can hold a pair's cheapest edge (:func:`_finish_minima_cpu`). A screened value is within ``tol``
+    of the truth, so every edge whose exact weight can equal a pair's minimum is screened within 2 tol of
+    that pair's screened minimum:
     those candidates (the rows within ``band`` = 4 tol, against that component's columns only) are
     recomputed exactly."""
     n, dev, dt = pts.n, pts.device, pts.screen
@@ -360,4 +361,3 @@ def _copies_only(pts: Points, lo: np.ndarray, hi: np.ndarray, w: np.ndarray) -> 
             if not (bool((d_same == 0).all()) or bool((d_swap == 0).all())):
                 return False
     return True
-
