@@ -183,14 +183,16 @@ def test_radius_lists_are_every_other_point_within_the_core_distance(rng):
             assert stats["core_fallback_rows"] > 0  # ties made lists longer than min_samples + slack
 
 
-def test_the_cpu_finish_screens_few_pairs_and_keeps_the_packages_tree(rng):
-    """The CPU's finish screens a row against a component only where its group bound can reach the pair's
+@pytest.mark.parametrize("gpu_arithmetic", [False, True])
+def test_the_finish_screens_few_pairs_and_keeps_the_packages_tree(rng, gpu_arithmetic):
+    """The finish screens a row against a component only where its group bound can reach the pair's
     cheapest edge: far fewer pairs than the full pass, and the tree is still the package's (noisy blobs:
     the noise joins no group and is screened directly; min_samples = min_cluster_size, so mutual
-    reachability is flat and many edges tie near each pair's minimum)."""
+    reachability is flat and many edges tie near each pair's minimum). The GPU's arithmetic (float64
+    screen in the points' order, group minima gathered) run on the CPU as well."""
     x = np.concatenate([blobs(rng, 2400, 64, 6, 0.8), contributions.normalise_rows(rng.normal(size=(120, 64)))])
     x = x[rng.permutation(len(x))].astype(np.float32)
-    mst = exact_hdbscan.mutual_reachability_mst(x, MIN_CLUSTER_SIZE)
+    mst = exact_hdbscan.mutual_reachability_mst(x, MIN_CLUSTER_SIZE, gpu_arithmetic=gpu_arithmetic)
     n = len(x)
     finish = [r for r in mst.stats["rounds"] if r["finish"]]
     assert finish and finish[0]["components"] > 2
@@ -198,6 +200,27 @@ def test_the_cpu_finish_screens_few_pairs_and_keeps_the_packages_tree(rng):
     assert mst.tie_order == "prim"
     for method in ("leaf", "eom"):
         assert_same_clustering(package(x, None, method), exact_hdbscan.hdbscan_from_mst(mst, MIN_CLUSTER_SIZE, method))
+
+
+def test_radius_edges_in_chunks_are_the_one_pass(rng, monkeypatch):
+    """The GPU's cheapest radius edge per point into another component, taken over chunks of whole rows,
+    equals the CPU's one pass over the lists (lattice ties: equal weights decided by the lower, then the
+    higher index)."""
+    import importlib
+
+    from elude.method._exact_hdbscan.core import core_distances
+    from elude.method._exact_hdbscan.points import Points
+
+    boruvka = importlib.import_module("elude.method._exact_hdbscan.boruvka")  # the package exports a function so named
+    x = (np.round(rng.normal(size=(900, 3)) * 2) / 2).astype(np.float32)
+    core, indptr, neighbours, _ = core_distances(Points(x, torch.device("cpu"), block_mb=1), 10)
+    comp = torch.from_numpy(rng.integers(0, 40, len(x)))
+    want = boruvka._radius_key_min(indptr.numpy(), neighbours.numpy(), core.numpy(), comp.numpy())
+    monkeypatch.setattr(boruvka.limits, "GPU_RADIUS_CHUNK_EDGES", 97)  # chunks end inside rows: they are cut at row ends
+    got = boruvka._radius_key_min_torch(indptr, neighbours, core, comp)
+    assert np.isfinite(want[0]).sum() > 800
+    for w, g in zip(want, got):
+        np.testing.assert_array_equal(g.numpy(), w)
 
 
 def test_backend_names():

@@ -6,14 +6,18 @@ PRECOMPUTED_MAX_ROWS = 6000  # hdbscan backend: exact torch distances up to this
 BLOCK_MB = {"cpu": 256, "cuda": 8192}  # torch backend: working set of one block of rows (~4 block x n float64)
 MAX_UNITS_AT_ONCE = 8  # cluster.units_at_once's automatic ceiling on a GPU
 GPU_BUDGET_MB = 40_000  # GPU memory a shard plans its units for (issue 29: <= 40 GB per paper-scale unit)
-GPU_BYTES_PER_RADIUS_EDGE = 48  # torch backend on a GPU: CSR int32 + Borůvka's flat edge tensors (int64 x4, float64)
+GPU_BYTES_PER_RADIUS_EDGE = 8  # torch backend on a GPU: the CSR's int32 and the copy that concatenates it
+GPU_RADIUS_CHUNK_EDGES = 1 << 25  # a Borůvka round's flat radius-edge tensors (~64 bytes an edge) at a time
 
 
 def unit_gpu_mb(k: int, d: int, min_samples: int) -> int:
-    """GPU memory of one unit's exact clustering (torch backend on CUDA): the points (float64), one block of
-    screened distances (BLOCK_MB, or k x k of them when smaller) and the radius edges."""
+    """GPU memory of one unit's exact clustering (torch backend on CUDA): the points (float64) twice (a copy in
+    group order for the core pass, in component order for the finish), one block of screened distances
+    (BLOCK_MB, or k x k of them when smaller), the radius edges and one chunk of a Borůvka round's flat edges."""
     block = min(BLOCK_MB["cuda"] * 2**20, 32 * k * k)
-    return int((k * d * 8 + block + k * (min(min_samples, k) + 1) * GPU_BYTES_PER_RADIUS_EDGE) / 2**20) + 1
+    edges = k * (min(min_samples, k) + 1)
+    chunk = 64 * min(edges, GPU_RADIUS_CHUNK_EDGES)
+    return int((2 * k * d * 8 + block + edges * GPU_BYTES_PER_RADIUS_EDGE + chunk) / 2**20) + 1
 
 
 def planned_units_at_once(requested: int | None, gpu: bool, k: int, d: int, min_samples: int) -> int:

@@ -5,6 +5,7 @@ import numba
 import numpy as np
 import torch
 
+from .. import limits
 from .points import Points, _no_tf32
 
 SEARCH_CANDIDATES = 16  # float32 candidates refined exactly per searched point in a Borůvka round
@@ -47,6 +48,26 @@ def _radius_key_min(indptr, nbrs, core, comp):
     return bw, blo, bhi
 
 
+def _radius_key_min_torch(indptr: torch.Tensor, nbrs: torch.Tensor, core: torch.Tensor, comp: torch.Tensor):
+    """:func:`_radius_key_min` in torch, in chunks of whole rows (~GPU_RADIUS_CHUNK_EDGES edges): the flat edge
+    tensors of all 400 M radius edges at paper scale would take ~25 GB of GPU memory at once."""
+    n, dev = len(core), core.device
+    bw = torch.full((n,), float("inf"), dtype=torch.float64, device=dev)
+    blo = torch.full((n,), -1, dtype=torch.int64, device=dev)
+    bhi = torch.full((n,), -1, dtype=torch.int64, device=dev)
+    ptr = indptr.cpu().numpy()
+    cuts = np.unique(np.r_[np.searchsorted(ptr, np.arange(0, ptr[-1], limits.GPU_RADIUS_CHUNK_EDGES), side="right") - 1, n])
+    for r0, r1 in zip(cuts[:-1].tolist(), cuts[1:].tolist()):
+        local = torch.repeat_interleave(torch.arange(r1 - r0, device=dev), indptr[r0 + 1 : r1 + 1] - indptr[r0:r1])
+        src, dst = local + r0, nbrs[int(ptr[r0]) : int(ptr[r1])].long()
+        cross = comp[src] != comp[dst]
+        src, dst, local = src[cross], dst[cross], local[cross]
+        w, lo, hi = _edge_key_min(local, torch.maximum(core[src], core[dst]), torch.minimum(src, dst),
+                                  torch.maximum(src, dst), r1 - r0)  # d <= max(core) on a radius edge
+        bw[r0:r1], blo[r0:r1], bhi[r0:r1] = w, lo, hi
+    return bw, blo, bhi
+
+
 def _better(w1, lo1, hi1, w2, lo2, hi2) -> torch.Tensor:
     return (w1 < w2) | ((w1 == w2) & ((lo1 < lo2) | ((lo1 == lo2) & (hi1 < hi2))))
 
@@ -55,11 +76,7 @@ def boruvka(pts: Points, core: torch.Tensor, indptr: torch.Tensor, neighbours: t
     """An MST of the mutual-reachability graph as (n - 1, 3) float64 rows (a, b, weight)."""
     n, dev = pts.n, pts.device
     comp = torch.arange(n, device=dev)
-    if pts.gpu_arithmetic:  # the radius edges as flat tensors (the CPU walks the lists in numba instead)
-        src = torch.repeat_interleave(torch.arange(n, device=dev), indptr[1:] - indptr[:-1])
-        dst = neighbours.long()
-        short_w = torch.maximum(core[src], core[dst])  # d <= max(core) on a radius edge: mr = max(core_a, core_b)
-    else:
+    if not pts.gpu_arithmetic:  # the CPU walks the lists in numba, the GPU in torch by chunks
         indptr_np, nbr_np, core_np = indptr.numpy(), neighbours.numpy(), core.numpy()
     edges: list[tuple[int, int, float]] = []
     rounds, searched, long_ties = 0, 0, False
@@ -72,8 +89,6 @@ def boruvka(pts: Points, core: torch.Tensor, indptr: torch.Tensor, neighbours: t
         rounds += 1
         started = pts.clock()
         if n_comp <= FINISH_COMPONENTS:  # one pass over all pairs settles every remaining merge
-            # the flat radius-edge tensors are done with: free them for the finish's grouped copy of the points
-            src = dst = short_w = cross = lo = hi = None  # noqa: F841
             fin, fin_ties = _finish(pts, core, comp, n_comp)
             edges.extend(fin)
             long_ties |= fin_ties
@@ -81,9 +96,7 @@ def boruvka(pts: Points, core: torch.Tensor, indptr: torch.Tensor, neighbours: t
             per_round.append({"finish": True, "components": n_comp, "searched": n, "s": pts.clock() - started})
             break
         if pts.gpu_arithmetic:
-            cross = comp[src] != comp[dst]
-            lo, hi = torch.minimum(src, dst), torch.maximum(src, dst)
-            pw, plo, phi = _edge_key_min(src[cross], short_w[cross], lo[cross], hi[cross], n)
+            pw, plo, phi = _radius_key_min_torch(indptr, neighbours, core, comp)
         else:
             pw, plo, phi = map(torch.from_numpy, _radius_key_min(indptr_np, nbr_np, core_np, comp.numpy()))
         certified = pw == core  # no edge at a point weighs less than its core distance
@@ -175,11 +188,9 @@ def _finish(pts: Points, core: torch.Tensor, comp: torch.Tensor, n_comp: int) ->
     Kruskal on those pair edges (in (weight, lower index, higher index) order). Returns (edges, whether
     distinct long edges tie).
 
-    Points are grouped by component. On a GPU each pair (A, B), A < B, is screened once, as the tile of A's
-    rows against the columns of every later component (half the pairs of one pass over all rows, none inside
-    a component); each tile is reduced both ways, per row and per column, to each row's cheapest screened
-    edge into every other component. On the CPU the core pass's group minima prune that pass to the rows
-    that can hold a pair's cheapest edge (:func:`_finish_minima_cpu`). A screened value is within ``tol``
+    Points are grouped by component. A first pass, pruned by the core pass's group minima to the rows that
+    can hold a pair's cheapest edge (:func:`_finish_minima`), gives each screened row its cheapest screened
+    edge into every other component. A screened value is within ``tol``
     of the truth, so every edge whose exact weight can equal a pair's minimum is screened within 2 tol of
     that pair's screened minimum:
     those candidates (the rows within ``band`` = 4 tol, against that component's columns only) are
@@ -206,17 +217,7 @@ def _finish(pts: Points, core: torch.Tensor, comp: torch.Tensor, n_comp: int) ->
     row_min = torch.full((n, n_comp), float("inf"), dtype=dt, device=dev)  # per position, per other component
     comp_p = comp[order]
     band = 4 * float(pts.tol(torch.arange(n, device=dev), dt).max())
-    if pts.group_minima is None:
-        for ca in range(n_comp - 1):
-            for r0 in range(starts[ca], ends[ca], pts.block):
-                r1 = min(ends[ca], r0 + pts.block)
-                mr2 = screen(slice(r0, r1), ends[ca], n)  # against every later component
-                for cb in range(ca + 1, n_comp):
-                    tile = mr2[:, starts[cb] - ends[ca] : ends[cb] - ends[ca]]
-                    row_min[r0:r1, cb] = torch.minimum(row_min[r0:r1, cb], tile.amin(1))
-                    row_min[starts[cb] : ends[cb], ca] = torch.minimum(row_min[starts[cb] : ends[cb], ca], tile.amin(0))
-    else:
-        _finish_minima_cpu(pts, core, comp, order, starts, ends, screen, row_min, band)
+    _finish_minima(pts, core, comp, order, starts, ends, screen, row_min, band)
     pair_min = torch.full((n_comp, n_comp), float("inf"), dtype=dt, device=dev)
     pair_min.scatter_reduce_(0, comp_p[:, None].expand(-1, n_comp), row_min, "amin")
     pair_min = torch.minimum(pair_min, pair_min.T)  # a pair's minimum may have been seen from either side
@@ -287,36 +288,50 @@ def _lower_bounds(gmin, group, sq, core2, comp, group_ptr, group_comp, group_cor
                 best[ca, c] = a
 
 
-def _finish_minima_cpu(pts: Points, core: torch.Tensor, comp: torch.Tensor, order: torch.Tensor,
-                       starts: list[int], ends: list[int], screen, row_min: torch.Tensor, band: float) -> None:
-    """The finish's first pass on the CPU, pruned by the core pass's group minima: every pair with a far
-    point (group -1) is screened directly (all rows against the far points' columns); for the other pairs a
-    row a is screened against component C's columns only where its lower bound into C (:func:`_lower_bounds`)
-    is within ``band`` of the best actual edge known between a's component A and C (from the far pairs, and
-    from screening each A's row of smallest bound into C). Why this keeps every edge the finish needs: the
+def _finish_minima(pts: Points, core: torch.Tensor, comp: torch.Tensor, order: torch.Tensor,
+                   starts: list[int], ends: list[int], screen, row_min: torch.Tensor, band: float) -> None:
+    """The finish's first pass, pruned by the core pass's group minima: every pair with a far point (group
+    -1) is screened directly (all rows against the far points' columns); for the other pairs a row a is
+    screened against component C's columns only where its lower bound into C (:func:`_lower_bounds`) is
+    within ``band`` of the best actual edge known between a's component A and C (from the far pairs, and from
+    screening each A's row of smallest bound into C). Why this keeps every edge the finish needs: the
     cheapest pair (a*, b*) between A and C weighs M; a*'s screened bound is at most M + tol and the best known
     edge's screened weight at least M - tol, so with band >= 2 tol row a* is screened against C (or, with a
-    far end, its pair directly), and ``row_min`` holds M within tol for that pair, as the full pass would."""
-    n, n_comp = pts.n, len(ends)
+    far end, its pair directly), and ``row_min`` holds M within tol for that pair, as the full pass would.
+    Screens run on the points' device; the bookkeeping (bounds, per-pair bests) on the host."""
+    n, n_comp, dev = pts.n, len(ends), pts.device
     group = pts.groups[0]
-    comp_np, core2_np, sq_np = comp.numpy(), (core * core).numpy(), pts.sq64.numpy()
-    order_np = order.numpy()
+    comp_np, core2_np, sq_np = comp.cpu().numpy(), (core * core).cpu().numpy(), pts.sq64.cpu().numpy()
+    order_np = order.cpu().numpy()
     pos_of = np.empty(n, dtype=np.int64)
     pos_of[order_np] = np.arange(n)
     comp_p = comp_np[order_np]
+    upper = np.full((n_comp, n_comp), np.inf)  # best actual edge known per pair of components
+
+    def screen_rows(p: np.ndarray, c: int, s0: int | torch.Tensor, s1: int | None = None) -> None:
+        """row_min[p, c] lowered by positions p's screen against positions s0:s1 (or index tensor s0); the
+        pairs' best known edges with it."""
+        p_t = torch.from_numpy(p).to(dev)
+        new = torch.minimum(row_min[p_t, c], screen(p_t, s0, s1).amin(1))
+        row_min[p_t, c] = new
+        np.minimum.at(upper[:, c], comp_p[p], new.cpu().numpy().astype(np.float64))
+
     far_pos = np.sort(pos_of[group < 0])  # far points' positions, so grouped by component
     if len(far_pos):  # every pair with a far end, from the rows' side
         far_comp = comp_p[far_pos]
         cuts = np.flatnonzero(np.diff(far_comp)) + 1
         segments = list(zip(np.r_[0, cuts], np.r_[cuts, len(far_pos)]))
-        far_t = torch.from_numpy(far_pos)
+        far_t = torch.from_numpy(far_pos).to(dev)
         for r0 in range(0, n, pts.block):
             r1 = min(n, r0 + pts.block)
             mr2 = screen(slice(r0, r1), far_t)
             for s0, s1 in segments:
                 c = int(far_comp[s0])
                 row_min[r0:r1, c] = torch.minimum(row_min[r0:r1, c], mr2[:, s0:s1].amin(1))
-        row_min[torch.arange(n), torch.from_numpy(comp_p)] = float("inf")  # pairs inside a component are not edges
+        row_min[torch.arange(n, device=dev), torch.from_numpy(comp_p).to(dev)] = float("inf")  # not edges
+        rm = row_min.cpu().numpy()  # position-indexed
+        for c in range(n_comp):
+            np.minimum.at(upper[:, c], comp_p, rm[:, c].astype(np.float64))
     # per group, the components its points lie in and the smallest core^2 there
     inside = group >= 0
     keys, where = np.unique(np.stack([group[inside], comp_np[inside]], 1), axis=0, return_inverse=True)
@@ -327,25 +342,16 @@ def _finish_minima_cpu(pts: Points, core: torch.Tensor, comp: torch.Tensor, orde
     best = np.full((n_comp, n_comp), -1, dtype=np.int64)
     _lower_bounds(pts.group_minima, group, sq_np, core2_np, comp_np, group_ptr, keys[:, 1].astype(np.int64),
                   group_core2, lower, best)
-    rm = row_min.numpy()  # position-indexed
-    upper = np.full((n_comp, n_comp), np.inf)  # best actual edge known per pair of components
-    for c in range(n_comp):  # the far pairs
-        np.minimum.at(upper[:, c], comp_p, rm[:, c].astype(np.float64))
-    for c in range(n_comp):  # and per other component A, A's row of smallest bound into C against C
+    for c in range(n_comp):  # per other component A, A's row of smallest bound into C against C
         rows = best[:, c][best[:, c] >= 0]
         if len(rows):
-            p = torch.from_numpy(pos_of[rows])
-            row_min[p, c] = torch.minimum(row_min[p, c], screen(p, starts[c], ends[c]).amin(1))
-            np.minimum.at(upper[:, c], comp_p[p.numpy()], rm[p.numpy(), c].astype(np.float64))
+            screen_rows(pos_of[rows], c, starts[c], ends[c])
     upper = np.minimum(upper, upper.T)
     for c in range(n_comp):
         rows = np.flatnonzero(np.isfinite(lower[:, c]) & (lower[:, c] <= upper[comp_np, c] + band))  # point indices
-        if len(rows) == 0:
-            continue
-        p = torch.from_numpy(np.sort(pos_of[rows]))
+        p = np.sort(pos_of[rows])
         for s0 in range(0, len(p), pts.block):
-            pp = p[s0 : s0 + pts.block]
-            row_min[pp, c] = torch.minimum(row_min[pp, c], screen(pp, starts[c], ends[c]).amin(1))
+            screen_rows(p[s0 : s0 + pts.block], c, starts[c], ends[c])
 
 
 def _copies_only(pts: Points, lo: np.ndarray, hi: np.ndarray, w: np.ndarray) -> bool:
