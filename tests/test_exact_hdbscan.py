@@ -223,6 +223,22 @@ def test_radius_edges_in_chunks_are_the_one_pass(rng, monkeypatch):
         np.testing.assert_array_equal(g.numpy(), w)
 
 
+def test_radius_lists_read_backwards_by_a_sort_are_the_counting_sorts(rng):
+    """The GPU path reverses the radius lists with a stable sort on the device; the CPU with a counting sort
+    in numba: the same CSR, sources in increasing order per target (Prim's offers depend on that order)."""
+    from elude.method._exact_hdbscan.core import core_distances
+    from elude.method._exact_hdbscan.points import Points
+    from elude.method._exact_hdbscan.prim import _reversed_lists, reversed_lists_torch
+
+    x = (np.round(rng.normal(size=(900, 3)) * 2) / 2).astype(np.float32)
+    _, indptr, neighbours, _ = core_distances(Points(x, torch.device("cpu"), block_mb=1), 10)
+    want = _reversed_lists(indptr.numpy(), neighbours.numpy())
+    got = reversed_lists_torch(indptr, neighbours)
+    assert len(want[1]) == len(neighbours) and np.diff(want[0]).std() > 0  # uneven in-degrees
+    for w, g in zip(want, got):
+        np.testing.assert_array_equal(g, w)
+
+
 def test_backend_names():
     assert clustering.resolve_backend("auto") == ("torch:cuda" if torch.cuda.is_available() else "torch:cpu")
     assert clustering.resolve_backend("torch") == clustering.resolve_backend("auto")

@@ -71,7 +71,7 @@ from ..limits import BLOCK_MB
 from .boruvka import boruvka, long_edge_ties
 from .core import core_distances
 from .points import Points
-from .prim import prim_order
+from .prim import prim_order, reversed_lists_torch
 from .tree import tree_to_labels
 
 log = logging.getLogger(__name__)
@@ -131,7 +131,8 @@ def mutual_reachability_mst(x: np.ndarray, min_samples: int, device: str | torch
         long_edges = np.concatenate([long_edges, long_edge_ties(pts, core, mst[is_long, 2])])
     stats["long_edges"] = int(is_long.sum())
     phase["long_edges"], t = pts.clock() - t, pts.clock()
-    rows, reached = prim_order(n, core_np, indptr.cpu().numpy(), neighbours.cpu().numpy(), long_edges)
+    backwards = reversed_lists_torch(indptr, neighbours) if pts.gpu_arithmetic else None  # on the device
+    rows, reached = prim_order(n, core_np, indptr.cpu().numpy(), neighbours.cpu().numpy(), long_edges, backwards)
     phase["prim"] = time.perf_counter() - t
     tie_order = "prim"
     if reached != n or not np.array_equal(np.sort(rows[:, 2]), np.sort(mst[:, 2])):
