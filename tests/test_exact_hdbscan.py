@@ -239,6 +239,28 @@ def test_radius_lists_read_backwards_by_a_sort_are_the_counting_sorts(rng):
         np.testing.assert_array_equal(g, w)
 
 
+def test_duplicate_groups_are_every_exact_copy(rng):
+    """A long edge's endpoints' exact copies (identical rows), found by a projection filter and an exact
+    comparison, are the groups a sort of all rows finds: copies of continuous points, of zero rows, and
+    points one float apart from a copy (near, not equal)."""
+    from elude.method._exact_hdbscan import _duplicate_groups
+    from elude.method._exact_hdbscan.points import Points
+
+    x = rng.normal(size=(600, 37)).astype(np.float32)
+    x[100:110] = x[5]
+    x[200:203] = 0.0
+    x[300] = x[7]
+    x[301] = np.nextafter(x[7], np.float32(np.inf))  # one ulp away in every coordinate: not a copy
+    pts = Points(x, torch.device("cpu"), block_mb=1)
+    _, inverse, counts = torch.unique(pts.x64, dim=0, return_inverse=True, return_counts=True)
+    asked = np.array([5, 7, 200, 301, 42, 105])
+    got = _duplicate_groups(pts, asked)
+    want = {int(p): np.flatnonzero(inverse == inverse[p]) for p in asked if counts[inverse[p]] > 1}
+    assert set(got) == set(want) == {5, 7, 200, 105}
+    for p in want:
+        np.testing.assert_array_equal(got[p], want[p])
+
+
 def test_backend_names():
     assert clustering.resolve_backend("auto") == ("torch:cuda" if torch.cuda.is_available() else "torch:cpu")
     assert clustering.resolve_backend("torch") == clustering.resolve_backend("auto")

@@ -23,10 +23,11 @@ re-evaluated in float64 as sqrt(sum((x - y)^2)). On the CPU that sum runs left t
 package's own arithmetic, so distances, core distances and tree weights are bitwise the package's; on a
 GPU it runs in torch's order. The core distance's band: on the CPU every point screened within 2 tol of the
 row's k-th screened value, found by a linear-time selection (:func:`.core._core_rows`); on a GPU the band
-among a top-k of candidates, and a row whose band runs past them is recomputed in full. On the CPU the
-screen holds the points in groups (each point's nearest of 64 pivots; the 10 % farthest in none), and the
-core pass records each row's smallest screened value per group: lower bounds that let the few-components
-finish screen only the rows that can hold a pair's cheapest edge (the proof in ``boruvka._finish_minima_cpu``).
+among a top-k of candidates, and a row whose band runs past them is recomputed in full. The core pass
+screens the points in groups (each point's nearest of 64 pivots; the 10 % farthest in none; on the CPU the
+screen is kept in that order, on a GPU a group-ordered copy lives for the pass) and records each row's
+smallest screened value per group: lower bounds that let the few-components finish screen only the rows
+that can hold a pair's cheapest edge (the proof in ``boruvka._finish_minima``).
 When few components remain, a float64 screen keeps the band narrow where high-dimensional distances
 concentrate.
 
@@ -86,14 +87,21 @@ class MST:
 
 
 def _duplicate_groups(pts: Points, points: np.ndarray) -> dict[int, np.ndarray]:
-    """For each of ``points`` that has exact copies (identical rows, d == 0), all of its copies."""
-    _, inverse, counts = torch.unique(pts.x64, dim=0, return_inverse=True, return_counts=True)
-    inverse = inverse.cpu().numpy()
-    repeated = counts.cpu().numpy()[inverse] > 1
+    """For each of ``points`` that has exact copies (identical rows, d == 0), all of its copies: the rows whose
+    projection on one random direction lies within rounding of the point's, then compared exactly. (A sort
+    of all rows, ``torch.unique(dim=0)``, would copy 9.8 GB of points at 400k x 3072.)"""
+    probe = torch.randn(pts.d, generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(pts.device)
+    proj = pts.x64 @ probe
+    # |fl(x.r) - x.r| <= d u |x| |r| in any summation order: two copies' projections differ by at most twice that
+    slack = 2 * (pts.d + 2) * float(torch.finfo(torch.float64).eps) * float(probe.norm())
     out = {}
-    for p in np.unique(points):
-        if repeated[p]:
-            out[int(p)] = np.flatnonzero(inverse == inverse[p])
+    for p in np.unique(points).tolist():
+        near = (proj - proj[p]).abs() <= slack * (float(pts.sq64[p].sqrt()) + 1e-300)
+        near[p] = False
+        cand = near.nonzero()[:, 0]
+        copies = cand[(pts.x64[cand] == pts.x64[p]).all(1)]
+        if len(copies):
+            out[p] = np.sort(np.r_[p, copies.cpu().numpy()])
     return out
 
 
