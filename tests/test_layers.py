@@ -275,15 +275,15 @@ def test_steering_an_image_encoder_reports_the_output_change(rng):
 def test_dense_layer_merges_block_by_block_as_it_would_all_at_once(rng):
     """The dense forward (sub-units a block of units at a time, never more than out_features of them) gives
     what projecting to every sub-unit and merging once gives, with and without steering gains, for a Linear
-    (bitwise: each block's GEMM rows are the full GEMM's) and a 1x1 conv (to float rounding: BLAS rounds a
-    strided channels-last input by the block's width); and the original layer's output to float rounding."""
+    and a 1x1 conv, to float rounding (BLAS may round a block's GEMM by its width: bitwise for a Linear on one
+    Intel CPU, 3e-7 apart on an AMD EPYC); and the original layer's output to float rounding."""
     torch.manual_seed(7)
     for layer, x in ((nn.Linear(24, 10), torch.randn(5, 9, 24)), (nn.Conv2d(24, 10, 1), torch.randn(3, 24, 4, 5))):
         dense = random_split(layer, rng, max_k=9)
         assert len(dense._unit_blocks()) > 2  # EF ~5: several blocks
 
         def same(a, b):
-            return torch.equal(a, b) if isinstance(layer, nn.Linear) else float((a - b).abs().max()) < 1e-6
+            return float((a - b).abs().max()) < 1e-6
 
         all_at_once = dense.merge(dense.subunits(x))
         assert same(dense(x), all_at_once)
