@@ -21,7 +21,7 @@ tested against the package in tests/test_exact_hdbscan.py).
 Presets (issue 29), each printing per rung the exact backend's phases (points, core distances, each
 Borůvka round and the few-components finish, the long edges, Prim's replay, the tree half) and its
 machine-independent counters (pairs screened, pairs recomputed exactly, points searched per round, radius
-edges, rows recomputed in full), and writing the rows as JSON (``--json``):
+edges, rows screened in full), and writing the rows as JSON (``--json``):
 
     .venv/bin/python bench/cluster_scale.py --cpu-proxy [--baseline-rev e61c9f0] [--json proxy.json]
     .venv/bin/python bench/cluster_scale.py --paper [--baseline-rev e61c9f0] [--json paper.json]
@@ -205,7 +205,7 @@ def phases_table(rows: list[dict]) -> None:
         c = lambda k: f"{st[k]:10.3g}" if k in st else f"{'-':>10}"  # noqa: E731
         print(f"{r['code']:10} {r['n']:>7} {r['seconds']:8.2f} {f('points')} {f('core_distances')} {rounds or '-':>34} "
               f"{f('long_edges')[1:]} {f('prim')[1:]} {f('tree')[1:]} {c('pairs_screened')} {c('pairs_exact')} "
-              f"{c('radius_edges')} {st.get('rows_exact_in_full', st.get('core_fallback_rows', '-')):>5} "
+              f"{c('radius_edges')} {st.get('rows_screened_in_full', st.get('rows_exact_in_full', '-')):>5} "
               f"{r.get('speedup', '-'):>8} {r.get('identical', '-'):>9}")
 
 
@@ -232,7 +232,7 @@ def preset(name: str, sizes: list[int], d: int, variant: str, baseline_rev: str 
     where = torch.cuda.get_device_name() if variant == "torch GPU" else f"{os.cpu_count()} CPU cores visible, 2 threads"
     print(f"\n{name}: d = {d}, setting {GPU_SETTING} (the paper's, Sec. E.7); {where}; {time.strftime('%Y-%m-%d')}")
     print("rounds: per Borůvka round seconds/points searched, F = the few-components finish; screened/exact: "
-          "pairs; radius: radius-list edges; full: rows recomputed exactly in full; labels: labels and "
+          "pairs; radius: radius-list edges; full: rows whose band ran past their candidates (screened in full; older code: recomputed exactly in full); labels: labels and "
           "probabilities identical to the baseline's")
     phases_table(rows)
     if json_path:

@@ -158,29 +158,33 @@ def test_core_distances_are_the_packages(rng):
         np.testing.assert_array_equal(got, ref)
 
 
-def test_radius_lists_are_every_other_point_within_the_core_distance(rng):
-    """The CPU's core pass (a sampled threshold, the band recomputed exactly, long lists redone alone): each
-    point's core distance and radius list against all n^2 exact distances, on blobs, on a lattice full of
-    exact ties, and on points whose every 8th (the sampled columns) sits in a tight centre, so that the sample's
-    threshold falls short and rows are read in full."""
+@pytest.mark.parametrize("gpu_arithmetic", [False, True])
+def test_radius_lists_are_every_other_point_within_the_core_distance(rng, gpu_arithmetic):
+    """The core pass (CPU: a sampled threshold, the band recomputed exactly, long lists redone alone; the GPU's
+    arithmetic: a top-k of candidates, a row whose band runs past them banded over its whole screened row):
+    each point's core distance and radius list against all n^2 exact distances (in the arithmetic's own
+    order), on blobs, on a lattice full of exact ties, and on points whose every 8th (the sampled columns)
+    sits in a tight centre, so that the sample's threshold falls short and rows are read in full."""
     from elude.method._exact_hdbscan.core import core_distances
-    from elude.method._exact_hdbscan.points import Points, _exact_dist_pairs
+    from elude.method._exact_hdbscan.points import Points
 
     lattice = (np.round(rng.normal(size=(1200, 3)) * 2) / 2).astype(np.float32)
     centred = rng.normal(size=(1200, 24)).astype(np.float32)
     centred[::8] *= 0.01
     for x, ms in ((blobs(rng, 1200, 64, 3, 0.9), 40), (lattice, 10), (lattice, 1), (centred, 40)):
-        pts = Points(x, torch.device("cpu"), block_mb=1)
+        pts = Points(x, torch.device("cpu"), block_mb=1, gpu_arithmetic=gpu_arithmetic)
         core, indptr, neighbours, stats = core_distances(pts, ms)
         n = len(x)
+        everyone = torch.arange(n)
         for i in range(n):
-            d = _exact_dist_pairs(pts.x64_np, np.full(n, i), np.arange(n))
+            d = pts.exact(torch.full((n,), i), everyone).numpy()
             d[i] = np.inf
             assert core[i].item() == np.sort(d)[ms - 1]
             listed = sorted(neighbours[indptr[i] : indptr[i + 1]].tolist())
             assert listed == np.flatnonzero(d <= core[i].item()).tolist()
         if x is lattice and ms == 10:
-            assert stats["core_fallback_rows"] > 0  # ties made lists longer than min_samples + slack
+            assert stats["core_fallback_rows"] > 0  # ties made lists longer than the candidates'
+            assert gpu_arithmetic == (pts.counters["rows_screened_in_full"] > 0)
 
 
 @pytest.mark.parametrize("gpu_arithmetic", [False, True])

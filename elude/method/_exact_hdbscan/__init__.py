@@ -23,7 +23,7 @@ re-evaluated in float64 as sqrt(sum((x - y)^2)). On the CPU that sum runs left t
 package's own arithmetic, so distances, core distances and tree weights are bitwise the package's; on a
 GPU it runs in torch's order. The core distance's band: on the CPU every point screened within 2 tol of the
 row's k-th screened value, found by a linear-time selection (:func:`.core._core_rows`); on a GPU the band
-among a top-k of candidates, and a row whose band runs past them is recomputed in full. The core pass
+among a top-k of candidates (a row whose band runs past them takes the band from its whole screened row). The core pass
 screens the points in groups (each point's nearest of 64 pivots; the 10 % farthest in none; on the CPU the
 screen is kept in that order, on a GPU a group-ordered copy lives for the pass) and records each row's
 smallest screened value per group: lower bounds that let the few-components finish screen only the rows

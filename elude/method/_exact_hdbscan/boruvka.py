@@ -111,7 +111,7 @@ def boruvka(pts: Points, core: torch.Tensor, indptr: torch.Tensor, neighbours: t
             mr2[comp[rows][:, None] == comp[None, :]] = float("inf")
             k = min(SEARCH_CANDIDATES, n)
             vals, idx = torch.topk(mr2, k, dim=1, largest=False, sorted=True)
-            del d2, mr2
+            del d2
             rr = rows[:, None].expand(-1, k)
             ok = torch.isfinite(vals)
             ex = torch.full(vals.shape, float("inf"), dtype=torch.float64, device=dev)
@@ -127,13 +127,14 @@ def boruvka(pts: Points, core: torch.Tensor, indptr: torch.Tensor, neighbours: t
                     break
             settled = (k == n) | ~torch.isfinite(vals[:, -1]) | \
                 ((vals[:, -1].double() - tol[:, 0].double()) > best * best * (1 + 1e-12))
-            for r in (~settled).nonzero()[:, 0].tolist():  # the band runs past the candidates: exact in full
-                full = pts.exact_rows(rows[r : r + 1])[0]
-                full = torch.maximum(full, torch.maximum(core[rows[r]], core))
-                full[comp == comp[rows[r]]] = float("inf")
+            for r in (~settled).nonzero()[:, 0].tolist():  # the band runs past the candidates: every column
+                pts.counters["rows_screened_in_full"] += 1  # of the screened row that can reach the best, exactly
+                cols = (mr2[r].double() - tol[r, 0].double() <= best[r] * best[r] * (1 + 1e-12)).nonzero()[:, 0]
+                w = torch.maximum(pts.exact(rows[r].expand(len(cols)), cols), torch.maximum(core[rows[r]], core[cols]))
                 ex[r] = float("inf")
-                ex[r, 0] = full.min()
-                idx[r, 0] = int(torch.nonzero(full == full.min())[0, 0])
+                ex[r, 0] = w.min()
+                idx[r, 0] = cols[w == w.min()][0]  # the lowest index at the minimum (cols ascend)
+            del mr2
             m = torch.isfinite(ex)
             r_i, c_i = m.nonzero(as_tuple=True)
             a, b = rows[r_i], idx[r_i, c_i]

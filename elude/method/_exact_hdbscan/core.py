@@ -109,7 +109,6 @@ def core_distances(pts: Points, min_samples: int) -> tuple[torch.Tensor, torch.T
             d2[torch.arange(len(rows), device=dev), pts.pos[rows]] = float("-inf")  # the point itself: always first
             vals, idx = torch.topk(d2, keep, dim=1, largest=False, sorted=True)
             idx = col_point[idx]  # columns back to points
-            del d2
             vals += pts.sq64[rows, None].to(vals.dtype)  # the row's |x|^2 back: screened d^2 (the point itself -inf)
             tol = pts.tol(rows)[:, None]
             v = vals[:, rank : rank + 1]
@@ -125,14 +124,18 @@ def core_distances(pts: Points, min_samples: int) -> tuple[torch.Tensor, torch.T
             core_b = band_sorted.gather(1, (rank - n_in).clamp(min=0, max=keep - 1)[:, None])[:, 0]
             member = inside | (band_d <= core_b[:, None])
             member[vals < -0.5] = False  # not the point itself
-            for r in overflow.nonzero()[:, 0].tolist():  # the band runs past the kept candidates (ties): exact in full
-                fallback += 1
-                full = pts.exact_rows(rows[r : r + 1])[0]
-                full[rows[r]] = -1.0
-                srt = full.sort().values
-                core_b[r] = srt[rank]
-                nb = ((full <= srt[rank]) & (full >= 0)).nonzero()[:, 0]
+            for r in overflow.nonzero()[:, 0].tolist():  # the band runs past the kept candidates (ties): the
+                fallback += 1  # same band over the whole screened row, still in d2
+                pts.counters["rows_screened_in_full"] += 1
+                row = d2[r] + pts.sq64[rows[r]].to(d2.dtype)
+                lo, hi = float(v[r, 0] - 2 * tol[r, 0]), float(v[r, 0] + 2 * tol[r, 0])
+                near = ((row <= hi) & (row > float("-inf"))).nonzero()[:, 0]  # not the point itself
+                sure, maybe = near[row[near] < lo], near[row[near] >= lo]
+                ex = pts.exact(rows[r].expand(len(maybe)), col_point[maybe])
+                core_b[r] = ex.sort().values[rank - 1 - len(sure)]  # rank - 1: the point itself is not in near
+                nb = torch.cat([col_point[sure], col_point[maybe[ex <= core_b[r]]]])
                 lists.append((rows[r : r + 1], nb.to(torch.int32), torch.tensor([len(nb)], device=dev)))
+            del d2
             core[rows] = core_b
             ok = ~overflow
             lists.append((rows[ok], idx[ok][member[ok]].to(torch.int32), member[ok].sum(1)))

@@ -63,7 +63,7 @@ class Points:
         self.max_sq = float(self.sq64.max()) if self.n else 0.0
         self.block = max(16, min(self.n, (block_mb * 2**20) // (4 * 8 * max(self.n, 1))))
         # machine-independent work counters (bench/cluster_scale.py prints them)
-        self.counters = {"pairs_screened": 0, "pairs_exact": 0, "rows_exact_in_full": 0}
+        self.counters = {"pairs_screened": 0, "pairs_exact": 0, "rows_screened_in_full": 0}
 
     @contextlib.contextmanager
     def in_group_order(self):
@@ -140,13 +140,6 @@ class Points:
             diff = self.x64[a[s : s + step]] - self.x64[b[s : s + step]]
             out[s : s + step] = (diff * diff).sum(1).sqrt()
         return out
-
-    def exact_rows(self, rows: torch.Tensor) -> torch.Tensor:
-        """Exact distances of ``rows`` to every point (len(rows) x n); for the rare rows the screen cannot settle."""
-        self.counters["rows_exact_in_full"] += len(rows)
-        a = rows.repeat_interleave(self.n)
-        b = torch.arange(self.n, device=self.device).repeat(len(rows))
-        return self.exact(a, b).reshape(len(rows), self.n)
 
 
 GROUPS = 64  # groups of points whose per-row minima the CPU's core pass records for the finish's bounds
