@@ -88,20 +88,23 @@ class MST:
 
 def _duplicate_groups(pts: Points, points: np.ndarray) -> dict[int, np.ndarray]:
     """For each of ``points`` that has exact copies (identical rows, d == 0), all of its copies: the rows whose
-    projection on one random direction lies within rounding of the point's, then compared exactly. (A sort
-    of all rows, ``torch.unique(dim=0)``, would copy 9.8 GB of points at 400k x 3072.)"""
+    projection on one random direction lies within rounding of the point's (a window of the sorted
+    projections), then compared exactly. (A sort of all rows, ``torch.unique(dim=0)``, would copy 9.8 GB of
+    points at 400k x 3072.)"""
     probe = torch.randn(pts.d, generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(pts.device)
     proj = pts.x64 @ probe
+    sorted_proj, order = proj.sort()
+    asked = torch.from_numpy(np.unique(points)).to(pts.device)
     # |fl(x.r) - x.r| <= d u |x| |r| in any summation order: two copies' projections differ by at most twice that
-    slack = 2 * (pts.d + 2) * float(torch.finfo(torch.float64).eps) * float(probe.norm())
+    slack = 2 * (pts.d + 2) * float(torch.finfo(torch.float64).eps) * float(probe.norm()) * pts.sq64[asked].sqrt()
+    first = torch.searchsorted(sorted_proj, proj[asked] - slack)
+    last = torch.searchsorted(sorted_proj, proj[asked] + slack, right=True)
     out = {}
-    for p in np.unique(points).tolist():
-        near = (proj - proj[p]).abs() <= slack * (float(pts.sq64[p].sqrt()) + 1e-300)
-        near[p] = False
-        cand = near.nonzero()[:, 0]
-        copies = cand[(pts.x64[cand] == pts.x64[p]).all(1)]
-        if len(copies):
-            out[p] = np.sort(np.r_[p, copies.cpu().numpy()])
+    for i in (last - first > 1).nonzero()[:, 0].tolist():  # another row's projection in the point's window
+        p, cand = int(asked[i]), order[int(first[i]) : int(last[i])]
+        copies = cand[(pts.x64[cand] == pts.x64[p]).all(1)]  # the point itself among them
+        if len(copies) > 1:
+            out[p] = np.sort(copies.cpu().numpy())
     return out
 
 
