@@ -17,11 +17,15 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-from elude.method.limits import BLOCK_MB
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the GPU machine has no installed elude
+
+from elude.method.limits import BLOCK_MB  # noqa: E402
 
 
 def timed(fn, device: torch.device, repeat: int = 3) -> float:
