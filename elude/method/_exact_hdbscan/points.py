@@ -29,7 +29,7 @@ def _exact_dist_pairs(x: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray
 
 
 class Points:
-    """The points on the device: float32 for screening, float64 (and on the CPU a numpy view) for exact values."""
+    """The points on the device: float32 (the CPU) or float64 (a GPU) for screening, float64 (and on the CPU a numpy view) for exact values."""
 
     def __init__(self, x: np.ndarray, device: torch.device, block_mb: int, gpu_arithmetic: bool | None = None):
         self.device = device
@@ -142,7 +142,7 @@ class Points:
         return out
 
 
-GROUPS = 64  # groups of points whose per-row minima the CPU's core pass records for the finish's bounds
+GROUPS = 64  # groups of points whose per-row minima the core pass records for the finish's bounds
 FAR_SHARE = 0.1  # the points farthest from their group's pivot join no group: the finish screens them directly
 
 
