@@ -29,7 +29,8 @@ def _exact_dist_pairs(x: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray
 
 
 class Points:
-    """The points on the device: float32 (the CPU) or float64 (a GPU) for screening, float64 (and on the CPU a numpy view) for exact values."""
+    """The points on the device: float32 (the CPU) or float64 (a GPU) for screening, float64 (and on the CPU a
+    numpy view) for exact values."""
 
     def __init__(self, x: np.ndarray, device: torch.device, block_mb: int, gpu_arithmetic: bool | None = None):
         self.device = device
