@@ -13,8 +13,7 @@ rule backbone:
     threads: 2
     resources:
         mem_mb=4000,
-        gpu=BACKBONE_GPUS,
-        gpu_mb=gpu_mb_request(lambda w, input: resources.CUDA_PROCESS_MB, BACKBONE_GPUS),  # the demo: a small model
+        **gpu_resources(BACKBONE_GPUS, lambda w, input: resources.CUDA_PROCESS_MB),  # the demo: a small model
         runtime=60,
     conda:
         "../envs/torch.yaml"

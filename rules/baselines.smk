@@ -18,8 +18,7 @@ rule baseline_train:
     threads: BASELINE_THREADS
     resources:
         mem_mb=baseline_train_mem_mb,
-        gpu=FORWARD_GPUS,
-        gpu_mb=gpu_mb_request(baseline_train_mem_mb, FORWARD_GPUS),  # the host's estimate: an upper bound
+        **gpu_resources(FORWARD_GPUS, baseline_train_mem_mb),  # the host's estimate: an upper bound
         runtime=240,
     conda:
         "../envs/baselines.yaml"
@@ -66,8 +65,7 @@ rule baseline_eval:
     threads: 1
     resources:
         mem_mb=baseline_eval_mem_mb,
-        gpu=FORWARD_GPUS,
-        gpu_mb=forward_gpu_mb(config["evaluate"]["batch_size"]),
+        **forward_gpu(config["evaluate"]["batch_size"]),
         runtime=30,
     conda:
         "../envs/baselines.yaml"

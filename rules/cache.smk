@@ -14,8 +14,7 @@ rule cache_shard:
     threads: FORWARD_THREADS
     resources:
         mem_mb=cache_mem_mb,
-        gpu=FORWARD_GPUS,
-        gpu_mb=forward_gpu_mb(config["cache"]["batch_size"]),
+        **forward_gpu(config["cache"]["batch_size"]),
         runtime=120,
     conda:
         "../envs/torch.yaml"

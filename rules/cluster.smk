@@ -17,8 +17,7 @@ rule cluster_shard:
     resources:
         mem_mb=shard_mem_mb,
         runtime=shard_runtime,
-        gpu=CLUSTER_GPUS,
-        gpu_mb=gpu_mb_request(cluster_gpu_mb, CLUSTER_GPUS),
+        **gpu_resources(CLUSTER_GPUS, cluster_gpu_mb),
     conda:
         CLUSTER_ENV
     script:

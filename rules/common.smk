@@ -54,36 +54,12 @@ FORWARD_GPUS, CLUSTER_GPUS, JUDGE_GPUS = _GPUS["forward"], _GPUS["cluster"], _GP
 BACKBONE_GPUS = _GPUS["backbone"]
 
 
-def _share_the_gpu():
-    """On one machine the GPU jobs share the GPU by memory (resource gpu_mb, elude.pipeline.resources): offer
-    the GPU's memory unless the command line or profile gave gpu_mb (or a gpu limit, which then serialises
-    them); without nvidia-smi, one GPU job at a time."""
-    given = workflow.global_resources
-    if not (workflow.is_main_process and workflow.local_exec and any(_GPUS.values())) or "gpu_mb" in given \
-            or "gpu" in given:
-        return given.get("gpu_mb").value
-    total = resources.local_gpu_mb()
-    workflow.register_resource("gpu_mb" if total else "gpu", total or 1)
-    return total
+include: "gpu.smk"  # the GPU jobs' resources: gpu_resources
 
 
-GPU_MB = _share_the_gpu()  # the GPU memory on offer (None: not limited here)
-
-
-def gpu_mb_request(estimate, gpus):
-    """Resource gpu_mb of a job that holds ``gpus`` GPUs: ``estimate(w, input)`` MB (at most all of it), else 0."""
-    if not gpus:
-        return 0
-    return lambda w, input: min(estimate(w, input), GPU_MB) if GPU_MB else estimate(w, input)
-
-
-def forward_gpu_mb(batch_size):
+def forward_gpu(batch_size):
     """A job that runs the model on batches of ``batch_size`` images (resources.forward_job_gpu_mb)."""
-    return gpu_mb_request(lambda w, input: resources.forward_job_gpu_mb(input.backbone, batch_size), FORWARD_GPUS)
-
-
-WHOLE_GPU_MB = GPU_MB or 0  # an LLM (a judge, the explainer) takes the whole GPU
-JUDGE_GPU_MB = WHOLE_GPU_MB if JUDGE_GPUS else 0
+    return gpu_resources(FORWARD_GPUS, lambda w, input: resources.forward_job_gpu_mb(input.backbone, batch_size))
 
 
 FORWARD_THREADS = config["compute"]["threads"]  # cache, verify, evaluate

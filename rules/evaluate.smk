@@ -16,8 +16,7 @@ rule evaluate:
     threads: FORWARD_THREADS
     resources:
         mem_mb=evaluate_mem_mb,
-        gpu=FORWARD_GPUS,
-        gpu_mb=forward_gpu_mb(config["evaluate"]["batch_size"]),
+        **forward_gpu(config["evaluate"]["batch_size"]),
         runtime=30,
     conda:
         "../envs/torch.yaml"

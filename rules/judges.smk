@@ -45,8 +45,7 @@ rule judge:
     threads: JUDGE_THREADS
     resources:
         mem_mb=JUDGE_MEM_MB,
-        gpu=JUDGE_GPUS,
-        gpu_mb=JUDGE_GPU_MB,
+        **gpu_resources(JUDGE_GPUS),  # an LLM takes the whole GPU
         runtime=720,
     conda:
         JUDGE_ENV

@@ -20,8 +20,7 @@ rule labels:
     threads: 2
     resources:
         mem_mb=labels_mem_mb,
-        gpu=FORWARD_GPUS,
-        gpu_mb=forward_gpu_mb(config["evaluate"]["batch_size"]),
+        **forward_gpu(config["evaluate"]["batch_size"]),
         runtime=60,
     conda:
         "../envs/torch.yaml"
@@ -48,8 +47,7 @@ rule explanations:
     threads: FORWARD_THREADS
     resources:
         mem_mb=EXPLAIN_MEM_MB,
-        gpu=FORWARD_GPUS,
-        gpu_mb=WHOLE_GPU_MB if FORWARD_GPUS else 0,
+        **gpu_resources(FORWARD_GPUS),  # an LLM takes the whole GPU
         runtime=240,
     conda:
         "../envs/torch.yaml"

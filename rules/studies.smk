@@ -48,8 +48,7 @@ rule efficiency:
     threads: 8  # local runs scale it down to every core: the job times alone, undisturbed by others
     resources:
         mem_mb=8000,
-        gpu=FORWARD_GPUS,
-        gpu_mb=forward_gpu_mb(config["efficiency"]["batch_size"]),
+        **gpu_resources(FORWARD_GPUS),  # Table 5's times and peak memory: alone on the GPU
         runtime=60,
     conda:
         "../envs/baselines.yaml"

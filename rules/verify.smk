@@ -15,8 +15,7 @@ rule verify:
     threads: FORWARD_THREADS
     resources:
         mem_mb=4000,
-        gpu=FORWARD_GPUS,
-        gpu_mb=forward_gpu_mb(config["verify"]["batch_size"]),
+        **forward_gpu(config["verify"]["batch_size"]),
         runtime=30,
     conda:
         "../envs/torch.yaml"

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import subprocess
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
 CONF = Path("/etc/slurm/slurm.conf")
+GRES_CONF = CONF.with_name("gres.conf")
 PARTITIONS = ("cpu", "gpu")  # profiles/slurm/partitions.yaml's names; SLURM's default is "gpu", so a job lands
 # on "cpu" only if the plugin chose it from that file (no GPU here: no job needs "gpu")
 
@@ -23,11 +25,12 @@ class SlurmUnavailable(RuntimeError):
     pass
 
 
-def _conf(tmp: Path) -> str:
+def _conf(tmp: Path, shards_per_gpu: int = 0) -> str:
     # 4 CPUs at least, whatever the machine has (config_overrides lets slurmd accept it): the workflow's jobs
     # are short and mostly start-up, and a 2-core CI machine would otherwise run them two at a time
     cpus = max(4, os.cpu_count() or 2)
     mem_mb = int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20 * 0.9)
+    gres = f" Gres=gpu:1,shard:{shards_per_gpu}" if shards_per_gpu else ""
     return f"""ClusterName=elude-test
 SlurmctldHost=localhost
 SlurmUser=root
@@ -43,6 +46,7 @@ AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none
 MinJobAge=600
 ReturnToService=2
+{"GresTypes=gpu,shard" if shards_per_gpu else ""}
 SlurmdParameters=config_overrides
 SlurmctldPort=6817
 SlurmdPort=6818
@@ -52,7 +56,7 @@ SlurmctldLogFile={tmp}/slurmctld.log
 SlurmdLogFile={tmp}/slurmd.log
 SlurmctldPidFile={tmp}/slurmctld.pid
 SlurmdPidFile={tmp}/slurmd.pid
-NodeName=localhost NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={mem_mb} State=UNKNOWN
+NodeName=localhost NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={mem_mb}{gres} State=UNKNOWN
 PartitionName={PARTITIONS[0]} Nodes=localhost Default=NO MaxTime=INFINITE State=UP
 PartitionName={PARTITIONS[1]} Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 """
@@ -67,8 +71,10 @@ def _logs(tmp: Path) -> str:
 
 
 @contextmanager
-def slurm_cluster(tmp: Path, timeout: float = 60.0):
-    """Start munged, slurmctld and slurmd; yield once `sinfo` shows the node idle; stop them by PID."""
+def slurm_cluster(tmp: Path, timeout: float = 60.0, shards_per_gpu: int = 0):
+    """Start munged, slurmctld and slurmd; yield once `sinfo` shows the node idle; stop them by PID.
+    ``shards_per_gpu`` > 0: the node has one GPU, shared as that many ``gres/shard`` (Slurm's sharding); no GPU
+    is needed: SLURM only schedules it, on a placeholder device file (a job's CUDA_VISIBLE_DEVICES names it)."""
     for tool in ("slurmctld", "slurmd", "munged", "sbatch", "sinfo", "squeue"):
         if not shutil.which(tool):
             raise SlurmUnavailable(f"{tool} not found: install Debian's slurmctld slurmd slurm-client munge")
@@ -76,9 +82,16 @@ def slurm_cluster(tmp: Path, timeout: float = 60.0):
         raise SlurmUnavailable("the SLURM test cluster needs root (it writes /etc/slurm/slurm.conf)")
     for d in ("state", "spool"):
         (tmp / d).mkdir(parents=True, exist_ok=True)
-    backup = CONF.read_bytes() if CONF.exists() else None
+    backups = {p: p.read_bytes() if p.exists() else None for p in (CONF, GRES_CONF)}
     CONF.parent.mkdir(parents=True, exist_ok=True)
-    CONF.write_text(_conf(tmp))
+    CONF.write_text(_conf(tmp, shards_per_gpu))
+    if shards_per_gpu:
+        device = tmp / "gpu0"  # a character device (/dev/null's numbers); the trailing 0 is the GPU's index
+        device.unlink(missing_ok=True)
+        os.mknod(device, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+        GRES_CONF.write_text(f"AutoDetect=off\nName=gpu File={device}\nName=shard Count={shards_per_gpu} File={device}\n")
+    else:
+        GRES_CONF.unlink(missing_ok=True)
     procs: list[subprocess.Popen] = []
     try:
         Path("/run/munge").mkdir(parents=True, exist_ok=True)
@@ -105,10 +118,11 @@ def slurm_cluster(tmp: Path, timeout: float = 60.0):
                 p.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 p.kill()
-        if backup is None:
-            CONF.unlink(missing_ok=True)
-        else:
-            CONF.write_bytes(backup)
+        for path, backup in backups.items():
+            if backup is None:
+                path.unlink(missing_ok=True)
+            else:
+                path.write_bytes(backup)
 
 
 def _wait(predicate, timeout: float, what: str, tmp: Path) -> None:

@@ -5,6 +5,7 @@ they do."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from ..method.limits import BLOCK_MB, PRECOMPUTED_MAX_ROWS, planned_units_at_once, unit_gpu_mb
@@ -116,8 +117,25 @@ def gpus(config: dict) -> dict[str, int]:
 # --- GPU memory (resource ``gpu_mb``): jobs that need a small share of a GPU share it ----------------------
 # On one machine (profiles/local) the workflow offers the GPU's memory as the resource gpu_mb (local_gpu_mb), and
 # each GPU job asks for what it holds, so the demo's small jobs run side by side on one GPU instead of queueing
-# for it; under SLURM each job gets its own GPU (gpu=1) and gpu_mb only documents the job.
+# for it; under SLURM each job gets its own GPU (gpu=1), or with compute.gpu_shards the shards of one that its
+# gpu_mb needs (gpu_shards).
 CUDA_PROCESS_MB = 1000  # a job's CUDA context, torch's kernels and the caching allocator's slack (an estimate)
+
+
+def gpu_shards(gpu_mb: int, sharing: dict, members: int = 1) -> int:
+    """Shards of one GPU (SLURM's gres/shard) that a job asks for with the config's ``compute.gpu_shards``
+    (``sharing``: ``per_gpu`` shards of a ``gpu_mb`` MB GPU): its GPU memory's share, rounded up to whole shards, at
+    least one and at most all of them (a job that needs more than one GPU holds plans its work by the GPU's free
+    memory: a cluster shard, its units at once). ``members``: jobs of one rule grouped into one SLURM job (run side by
+    side there); a job's shards come from one GPU (Slurm 22.05, measured: a request above one GPU's shards waits
+    forever), so a group that needs more fails here, before anything is submitted."""
+    per_gpu = sharing["per_gpu"]
+    one = min(per_gpu, max(1, math.ceil(per_gpu * gpu_mb / sharing["gpu_mb"])))
+    if one * members > per_gpu:
+        raise ValueError(f"compute.gpu_shards: a group of {members} jobs of {one} shard(s) each needs {one * members} "
+                         f"shards of one GPU, which has {per_gpu}: set --group-components for that group to at most "
+                         f"{per_gpu // one}, or do not group these jobs")
+    return one * members
 
 
 def forward_gpu_mb(weights_mb: float, batch_size: int, side: int, n_upstream: int) -> int:
