@@ -50,11 +50,12 @@ def planned_resources(tmp_path: Path, compute: dict, *extra: str) -> subprocess.
                           capture_output=True, text=True, timeout=300)
 
 
-def jobs_resources(proc: subprocess.CompletedProcess) -> list[tuple[str, dict]]:
-    """(rule, resources) of every job a dry run lists (a group's members indented)."""
+def jobs_resources(proc: subprocess.CompletedProcess) -> dict[str, tuple[str, dict]]:
+    """Output -> (rule, resources) of every job a dry run lists (a group's members indented)."""
     assert proc.returncode == 0, proc.stderr[-3000:]
-    found = re.findall(r"^ *(?:rule|checkpoint) (\w+):\n(?: +\w+:.*\n)*? +resources: (.*)$", proc.stdout, flags=re.M)
-    return [(rule, dict(kv.split("=", 1) for kv in res.split(", "))) for rule, res in found]
+    found = re.findall(r"^ *(?:rule|checkpoint) (\w+):\n(?: +\w+:.*\n)*? +output: (.*)\n(?: +\w+:.*\n)*? +resources: (.*)$",
+                       proc.stdout, flags=re.M)
+    return {out: (rule, dict(kv.split("=", 1) for kv in res.split(", "))) for rule, out, res in found}
 
 
 def test_gpu_jobs_ask_slurm_for_shards_of_one_gpu_by_their_gpu_memory(tmp_path):
@@ -64,8 +65,9 @@ def test_gpu_jobs_ask_slurm_for_shards_of_one_gpu_by_their_gpu_memory(tmp_path):
     the LLM judges and Table 5's timing job for the whole GPU; CPU jobs ask for neither."""
     whole = jobs_resources(planned_resources(tmp_path, {"device": "cuda"}))
     shared = jobs_resources(planned_resources(tmp_path, {"device": "cuda", "gpu_shards": SHARING}))
-    assert [rule for rule, _ in whole] == [rule for rule, _ in shared]
-    gpu_jobs = [(rule, w, s) for (rule, w), (_, s) in zip(whole, shared) if w.get("gpu") == "1"]
+    assert whole.keys() == shared.keys() and len(whole) > 40
+    pairs = [(rule, w, shared[out][1]) for out, (rule, w) in whole.items()]
+    gpu_jobs = [(rule, w, s) for rule, w, s in pairs if w.get("gpu") == "1"]
     assert {"backbone", "cache_shard", "verify", "evaluate", "baseline_train", "baseline_eval", "judge",
             "efficiency"} <= {rule for rule, _, _ in gpu_jobs}
     for rule, w, s in gpu_jobs:
@@ -78,11 +80,11 @@ def test_gpu_jobs_ask_slurm_for_shards_of_one_gpu_by_their_gpu_memory(tmp_path):
             assert s["gres"] == "shard:8"
         else:  # the demo's jobs: ~1-4 GB of a 24 GB GPU
             assert s["gres"] in ("shard:1", "shard:2"), (rule, s)
-    assert all("gres" not in s and s.get("gpu", "0") == "0" for (_, w), (_, s) in zip(whole, shared) if w.get("gpu", "0") == "0")
+    assert all("gres" not in s and s.get("gpu", "0") == "0" for _, w, s in pairs if w.get("gpu", "0") == "0")
     # jobs grouped into one SLURM job ask for their shards together, which must come from one GPU
     grouped = jobs_resources(planned_resources(tmp_path, {"device": "cuda", "gpu_shards": SHARING}, "--groups",
                                                "verify=g", "--group-components", "g=4"))
-    assert {s["gres"] for rule, s in grouped if rule == "verify"} == {"shard:8"}  # 4 x 2 of 8
+    assert {s["gres"] for rule, s in grouped.values() if rule == "verify"} == {"shard:8"}  # 4 x 2 of 8
     too_many = planned_resources(tmp_path, {"device": "cuda", "gpu_shards": SHARING}, "--groups", "verify=g",
                                  "--group-components", "g=5")
     assert too_many.returncode != 0
@@ -96,6 +98,20 @@ def test_the_shares_of_a_gpu():
     assert resources.gpu_shards(10001, h100, members=4) == 8
     with pytest.raises(ValueError, match="at most 4"):
         resources.gpu_shards(10001, h100, members=5)
+
+
+def test_the_gres_a_partition_offers_and_a_run_without_slurm(monkeypatch, tmp_path):
+    """checks.gres_counts reads sinfo's %G fields (types summed, socket bindings ignored); compute.gpu_shards
+    where no SLURM is installed fails before any job with what to do. (Against a real controller: below.)"""
+    from elude.pipeline.checks import gpu_shards_offered, gres_counts
+
+    assert gres_counts("gpu:a100:4(S:0-1),shard:32") == {"gpu": 4, "shard": 32}
+    assert gres_counts("gpu:4(S:0,2),shard:16(S:0,2)") == {"gpu": 4, "shard": 16}
+    assert gres_counts("gpu:tesla:2,gpu:kepler:2,mps:400") == {"gpu": 4, "mps": 400}
+    assert gres_counts("(null)") == {}
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(RuntimeError, match="sinfo is not found here: submit from a SLURM login node"):
+        gpu_shards_offered(SHARING)
 
 
 TOY = """
@@ -158,3 +174,15 @@ def test_jobs_share_a_gpu_through_slurm_by_shards(tmp_path):
     assert max(a0, b0) < min(a1, b1)  # side by side on the one GPU
     assert w0 >= max(a1, b1) or w1 <= min(a0, b0)  # the whole GPU alone
     assert all(t0 < t for span in spans.values() for t in span)
+    # the check a submitting run makes first (checks.preflight), against this controller's partitions
+    from elude.pipeline.checks import gpu_shards_offered
+
+    with slurm_cluster(tmp_path / "slurm-2", shards_per_gpu=4):
+        gpu_shards_offered(sharing)
+        with pytest.raises(RuntimeError, match=r"per_gpu is 8, but nodes of partition 'gpu' have shard:4 over gpu:1"):
+            gpu_shards_offered({**sharing, "per_gpu": 8})
+        with pytest.raises(RuntimeError, match="lists no nodes in partition 'nope'"):
+            gpu_shards_offered({**sharing, "partition": "nope"})
+    with slurm_cluster(tmp_path / "slurm-3"):  # no GPU sharing set up
+        with pytest.raises(RuntimeError, match="offer no gres/shard"):
+            gpu_shards_offered(sharing)

@@ -3,6 +3,10 @@ fails at once with what to do. (On SLURM, jobs run on GPU nodes: there each job 
 the same messages.)"""
 from __future__ import annotations
 
+import re
+import shutil
+import subprocess
+
 
 def dependencies(config: dict) -> None:
     """The optional libraries the jobs import in this environment (no --sdm conda): overcomplete for the
@@ -28,8 +32,9 @@ def no_other_run() -> None:
 
 
 def preflight(config: dict, local: bool) -> None:
-    """The image data exists; and, where the jobs run here (``local``), that what the run asks for (cuML,
-    CUDA, judge and CLIP models, UMAP) can run here. Raises RuntimeError, ValueError or FileNotFoundError.
+    """The image data exists; where the jobs run here (``local``), that what the run asks for (cuML,
+    CUDA, judge and CLIP models, UMAP) can run here; where they are submitted, that the cluster has the GPU shards
+    that compute.gpu_shards describes. Raises RuntimeError, ValueError or FileNotFoundError.
     Each check imports its module only when the run needs it: the workflow's main process stays free of torch
     for the runs that need none of them."""
     if config["data"]["kind"] in ("imagefolder", "filelist", "text"):  # on the shared file system: checked anywhere
@@ -37,6 +42,8 @@ def preflight(config: dict, local: bool) -> None:
 
         check_data(config["data"])
     if not local:
+        if config["compute"]["gpu_shards"]:
+            gpu_shards_offered(config["compute"]["gpu_shards"])
         return
     if config["labels"]["model"]:
         from ..evaluation.labels import clip_check
@@ -69,3 +76,40 @@ def preflight(config: dict, local: bool) -> None:
         from ..models.backbones import resolve_device
 
         resolve_device("cuda")
+
+
+def gres_counts(gres: str) -> dict[str, int]:
+    """Counts per GRES name in one of sinfo's ``%G`` fields: ``gpu:a100:4(S:0-1),shard:32`` -> {gpu: 4, shard: 32}
+    (types summed; ``(null)``: none)."""
+    counts: dict[str, int] = {}
+    for item in re.sub(r"\([^)]*\)", "", gres).split(","):
+        parts = item.strip().split(":")
+        if len(parts) >= 2 and parts[-1].isdigit():
+            counts[parts[0]] = counts.get(parts[0], 0) + int(parts[-1])
+    return counts
+
+
+def gpu_shards_offered(sharing: dict) -> None:
+    """compute.gpu_shards against the cluster, from where the run submits (sinfo): its partition exists and every
+    node there offers gres/shard, ``per_gpu`` of them per GPU. (The GPU's memory, ``gpu_mb``, is not visible from
+    a login node.) A job that asks for shards a partition lacks is refused by sbatch, or waits forever."""
+    key = "compute.gpu_shards"
+    if not shutil.which("sinfo"):
+        raise RuntimeError(f"{key} is set but SLURM's sinfo is not found here: submit from a SLURM login node, or "
+                           f"remove {key} (it is for SLURM runs)")
+    partition, per_gpu = sharing["partition"], sharing["per_gpu"]
+    proc = subprocess.run(["sinfo", "-h", "-p", partition, "-o", "%G"], capture_output=True, text=True, timeout=60)
+    fields = {line.strip() for line in proc.stdout.splitlines() if line.strip()}
+    if proc.returncode != 0 or not fields:
+        raise RuntimeError(f"{key}.partition: SLURM lists no nodes in partition {partition!r} "
+                           f"({proc.stderr.strip() or 'sinfo printed nothing'}); name one that `sinfo -s` lists")
+    for field in sorted(fields):
+        counts = gres_counts(field)
+        gpus, shards = counts.get("gpu", 0), counts.get("shard", 0)
+        if not shards:
+            raise RuntimeError(f"{key}: nodes of partition {partition!r} offer no gres/shard (sinfo: {field}): ask "
+                               f"the cluster's admins for GPU sharding (gres.conf Name=shard), or remove {key} "
+                               "(one whole GPU per job)")
+        if gpus and shards != gpus * per_gpu:
+            raise RuntimeError(f"{key}.per_gpu is {per_gpu}, but nodes of partition {partition!r} have shard:{shards} "
+                               f"over gpu:{gpus} (sinfo: {field}): set per_gpu to {shards / gpus:g}")
