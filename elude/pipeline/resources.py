@@ -23,9 +23,10 @@ def shard_memory_mb(cluster: dict, k: int, n_upstream: int, itemsize: int = 2, g
     - torch backend (auto/torch): the points in float64 and float32 (reduced width with ``reduce``), a few
       blocks of distances, and the radius lists, k x (min_samples + 1) edges at
       :data:`TORCH_BYTES_PER_RADIUS_EDGE` each (indices, Borůvka and Prim bookkeeping; 52 bytes
-      measured, doubled). With ``gpu`` the blocks and Borůvka's arrays live in GPU memory and the host
-      keeps the float64 points and Prim's int32 adjacency (16 bytes per edge: an estimate from the arrays,
-      not yet measured on a GPU);
+      measured, doubled). With ``gpu`` the points in float64, the blocks and Borůvka's arrays live in GPU
+      memory (the float64 points are made there: issue 29, item 10) and the host keeps the float32 points it
+      hands over and Prim's int32 adjacency, forward and reverse (16 bytes per edge: an estimate from the
+      arrays, not yet measured on a GPU);
     - hdbscan backend: one unit's k x k float64 distance matrix (x3 inside hdbscan) up to its precomputed limit.
     """
     backend, red = cluster["backend"], cluster.get("reduce") or {}
@@ -38,7 +39,7 @@ def shard_memory_mb(cluster: dict, k: int, n_upstream: int, itemsize: int = 2, g
     else:
         d = min(dims or n_upstream, n_upstream)
         per_edge = 16 if gpu else TORCH_BYTES_PER_RADIUS_EDGE
-        per_unit = k * d * (8 if gpu else 20) + (0 if gpu else 2 * BLOCK_MB["cpu"] * 2**20) \
+        per_unit = k * d * (4 if gpu else 20) + (0 if gpu else 2 * BLOCK_MB["cpu"] * 2**20) \
             + k * (min(min_samples, k) + 1) * per_edge
         at_once = planned_units_at_once(cluster.get("units_at_once"), gpu, k, d, min_samples)
     return int(1500 + (rows + at_once * (per_unit + 3 * k * n_upstream * 4)) / 2**20)
