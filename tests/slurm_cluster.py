@@ -83,17 +83,18 @@ def slurm_cluster(tmp: Path, timeout: float = 60.0, shards_per_gpu: int = 0):
     for d in ("state", "spool"):
         (tmp / d).mkdir(parents=True, exist_ok=True)
     backups = {p: p.read_bytes() if p.exists() else None for p in (CONF, GRES_CONF)}
-    CONF.parent.mkdir(parents=True, exist_ok=True)
-    CONF.write_text(_conf(tmp, shards_per_gpu))
-    if shards_per_gpu:
-        device = tmp / "gpu0"  # a character device (/dev/null's numbers); the trailing 0 is the GPU's index
-        device.unlink(missing_ok=True)
-        os.mknod(device, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
-        GRES_CONF.write_text(f"AutoDetect=off\nName=gpu File={device}\nName=shard Count={shards_per_gpu} File={device}\n")
-    else:
-        GRES_CONF.unlink(missing_ok=True)
     procs: list[subprocess.Popen] = []
     try:
+        CONF.parent.mkdir(parents=True, exist_ok=True)
+        CONF.write_text(_conf(tmp, shards_per_gpu))
+        if shards_per_gpu:
+            device = tmp / "gpu0"  # a character device (/dev/null's numbers); the trailing 0 is the GPU's index
+            device.unlink(missing_ok=True)
+            os.mknod(device, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+            GRES_CONF.write_text(f"AutoDetect=off\nName=gpu File={device}\nName=shard Count={shards_per_gpu} "
+                                 f"File={device}\n")
+        else:
+            GRES_CONF.unlink(missing_ok=True)
         Path("/run/munge").mkdir(parents=True, exist_ok=True)
         shutil.chown("/run/munge", "munge", "munge")
         if not Path("/etc/munge/munge.key").exists():
