@@ -53,8 +53,8 @@ def planned_resources(tmp_path: Path, compute: dict, *extra: str) -> subprocess.
 def jobs_resources(proc: subprocess.CompletedProcess) -> dict[str, tuple[str, dict]]:
     """Output -> (rule, resources) of every job a dry run lists (a group's members indented)."""
     assert proc.returncode == 0, proc.stderr[-3000:]
-    found = re.findall(r"^ *(?:rule|checkpoint) (\w+):\n(?: +\w+:.*\n)*? +output: (.*)\n(?: +\w+:.*\n)*? +resources: (.*)$",
-                       proc.stdout, flags=re.M)
+    job = r"^ *(?:rule|checkpoint) (\w+):\n(?: +\w+:.*\n)*? +output: (.*)\n(?: +\w+:.*\n)*? +resources: (.*)$"
+    found = re.findall(job, proc.stdout, flags=re.M)
     return {out: (rule, dict(kv.split("=", 1) for kv in res.split(", "))) for rule, out, res in found}
 
 
@@ -94,7 +94,8 @@ def test_gpu_jobs_ask_slurm_for_shards_of_one_gpu_by_their_gpu_memory(tmp_path):
 def test_the_shares_of_a_gpu():
     """resources.gpu_shards: a job's share of the GPU's memory in whole shards, one at least, all at most."""
     h100 = {"per_gpu": 8, "gpu_mb": 80000, "partition": "gpu"}
-    assert [resources.gpu_shards(mb, h100) for mb in (0, 1000, 10000, 10001, 39999, 80000, 400000)] == [1, 1, 1, 2, 4, 8, 8]
+    shares = [resources.gpu_shards(mb, h100) for mb in (0, 1000, 10000, 10001, 39999, 80000, 400000)]
+    assert shares == [1, 1, 1, 2, 4, 8, 8]
     assert resources.gpu_shards(10001, h100, members=4) == 8
     with pytest.raises(ValueError, match="at most 4"):
         resources.gpu_shards(10001, h100, members=5)
@@ -104,6 +105,7 @@ def test_the_gres_a_partition_offers_and_a_run_without_slurm(monkeypatch, tmp_pa
     """checks.gres_counts reads sinfo's %G fields (types summed, socket bindings ignored); compute.gpu_shards
     where no SLURM is installed fails before any job with what to do. (Against a real controller: below.)"""
     from elude.pipeline.checks import gpu_shards_offered, gres_counts
+    from elude.pipeline.doctor import slurm as doctor_slurm
 
     assert gres_counts("gpu:a100:4(S:0-1),shard:32") == {"gpu": 4, "shard": 32}
     assert gres_counts("gpu:4(S:0,2),shard:16(S:0,2)") == {"gpu": 4, "shard": 16}
@@ -112,6 +114,8 @@ def test_the_gres_a_partition_offers_and_a_run_without_slurm(monkeypatch, tmp_pa
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(RuntimeError, match="sinfo is not found here: submit from a SLURM login node"):
         gpu_shards_offered(SHARING)
+    found = doctor_slurm({"compute": {"gpu_shards": SHARING}})  # `python -m elude.doctor` on a laptop
+    assert found.status == "warn" and "compute.gpu_shards is for SLURM runs: here it does nothing" in found.text
 
 
 TOY = """
@@ -162,7 +166,8 @@ def test_jobs_share_a_gpu_through_slurm_by_shards(tmp_path):
                                "--verbose"], cwd=work, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-5000:]
     sbatch = re.findall(r"sbatch call: (sbatch .*)", proc.stderr)
-    assert len(sbatch) == 3 and all(" -p gpu" in c or " -p 'gpu'" in c for c in sbatch) and not any("--gpus" in c for c in sbatch)
+    assert len(sbatch) == 3 and all(re.search(r" -p '?gpu'?(\s|$)", c) for c in sbatch)
+    assert not any("--gpus" in c for c in sbatch)
     assert sorted(re.search(r"--gres=(shard:\d)", c).group(1) for c in sbatch) == ["shard:2", "shard:2", "shard:4"]
     assert "gpu_mb" not in "".join(re.findall(r"Provided resources: (.*)", proc.stderr))  # nothing offered from here
     spans = {}
@@ -177,8 +182,11 @@ def test_jobs_share_a_gpu_through_slurm_by_shards(tmp_path):
     # the check a submitting run makes first (checks.preflight), against this controller's partitions
     from elude.pipeline.checks import gpu_shards_offered
 
+    from elude.pipeline.doctor import slurm as doctor_slurm
+
     with slurm_cluster(tmp_path / "slurm-2", shards_per_gpu=4):
         gpu_shards_offered(sharing)
+        assert "partition 'gpu' offers 4 shards per GPU" in doctor_slurm({"compute": {"gpu_shards": sharing}}).text
         with pytest.raises(RuntimeError, match=r"per_gpu is 8, but nodes of partition 'gpu' have shard:4 over gpu:1"):
             gpu_shards_offered({**sharing, "per_gpu": 8})
         with pytest.raises(RuntimeError, match="lists no nodes in partition 'nope'"):

@@ -8,9 +8,9 @@ The config is resolved as ``snakemake [--configfile F ...]`` resolves it (withou
 check: the GPUs and their memory, what ``cluster.backend`` runs as here, cuML, vLLM (when judges need it),
 every configured model (backbone weights, judges, labeller) found locally, the data folders with their image
 counts, the target layer's shape, top-k and min_cluster_size against the instances (beside the paper's ratios), free
-disk against the run's largest artifacts (cache, top-k, clusters),
-SLURM (reachable, and the profile's partitions there), how many jobs the run plans per stage, and their time
-(:mod:`elude.pipeline.estimate`: measured per-stage costs, the forward pass timed here). Exit status
+disk against the run's largest artifacts (cache, top-k, clusters), SLURM (reachable, the profile's partitions
+there, and the GPU shards that compute.gpu_shards describes), how many jobs the run plans per stage, and their
+time (:mod:`elude.pipeline.estimate`: measured per-stage costs, the forward pass timed here). Exit status
 1 when any check FAILs (what the run would stop on), else 0; ``warn`` lines will not stop it.
 """
 from __future__ import annotations
@@ -55,7 +55,8 @@ def device(config: dict) -> str | Finding:
             for i in range(torch.cuda.device_count())]
     text = f"compute.device {config['compute']['device']}; GPUs here: {', '.join(gpus) or 'none'}; {os.cpu_count()} CPU cores"
     if config["compute"]["device"] == "cuda" and not gpus and shutil.which("sbatch"):  # a login node
-        return Finding("warn", "device", text + ": fine on SLURM (each GPU job gets one), not with profiles/local")
+        return Finding("warn", "device", text + ": fine on SLURM (each GPU job gets one, or shards of one with "
+                       "compute.gpu_shards), not with profiles/local")
     resolve_device(config["compute"]["device"])
     return text
 
@@ -265,11 +266,16 @@ def run_time(config: dict, counts: dict | None, shape: dict | None) -> str | Fin
     return line
 
 
-def slurm() -> Finding:
+def slurm(config: dict) -> Finding:
     import yaml
 
+    from .checks import gpu_shards_offered
+
+    sharing = config["compute"]["gpu_shards"]
     if not shutil.which("sinfo"):
-        return Finding("ok", "slurm", "no SLURM client here: run with profiles/local (or from a login node)")
+        return Finding("warn" if sharing else "ok", "slurm", "no SLURM client here: run with profiles/local (or "
+                       "from a login node)" + ("; compute.gpu_shards is for SLURM runs: here it does nothing" if sharing
+                                              else ""))
     proc = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, timeout=20)
     if proc.returncode:
         why = " ".join(proc.stderr.split())[:160]
@@ -277,9 +283,13 @@ def slurm() -> Finding:
     here = {p.strip().rstrip("*") for p in proc.stdout.split()}
     wanted = set(yaml.safe_load(PROFILE_PARTITIONS.read_text())["partitions"])
     missing = sorted(wanted - here)
+    if sharing:
+        gpu_shards_offered(sharing)  # raises (a FAIL line) with what to set
     return Finding("warn" if missing else "ok", "slurm", f"partitions here: {', '.join(sorted(here))}" + (
         f"; profiles/slurm/partitions.yaml names {', '.join(missing)}, which this cluster does not have: EDIT it"
-        if missing else "; profiles/slurm/partitions.yaml's partitions exist"))
+        if missing else "; profiles/slurm/partitions.yaml's partitions exist") + (
+        f"; compute.gpu_shards: partition {sharing['partition']!r} offers {sharing['per_gpu']} shards per GPU"
+        if sharing else ""))
 
 
 def jobs(config: dict, shape: dict | None) -> str:
@@ -323,7 +333,7 @@ def diagnose(configfiles: list[str], results: Path) -> list[Finding]:
     except Exception as exc:  # noqa: BLE001
         shape = None
         found.append(Finding("FAIL", "layer", str(exc).splitlines()[0]))
-    found += [_check("disk", disk, config, results, counts and counts["probe"], shape), _check("slurm", slurm),
+    found += [_check("disk", disk, config, results, counts and counts["probe"], shape), _check("slurm", slurm, config),
               _check("scale", scale, config, counts, shape), _check("jobs", jobs, config, shape),
               _check("time", run_time, config, counts, shape)]
     return found
