@@ -126,7 +126,7 @@ CUDA_PROCESS_MB = 1000  # a job's CUDA context, torch's kernels and the caching 
 def gpu_shards(gpu_mb: int, sharing: dict, members: int = 1) -> int:
     """Shards of one GPU (SLURM's gres/shard) that a job asks for with the config's ``compute.gpu_shards``
     (``sharing``: ``per_gpu`` shards of a ``gpu_mb`` MB GPU): its GPU memory's share, rounded up to whole shards, at
-    least one and at most all of them (a job that needs more than one GPU holds plans its work by the GPU's free
+    least one and at most all of them (a job whose estimate exceeds the GPU plans its work by the GPU's free
     memory: a cluster shard, its units at once). ``members``: jobs of one rule grouped into one SLURM job (run side by
     side there); a job's shards come from one GPU (Slurm 22.05, measured: a request above one GPU's shards waits
     forever), so a group that needs more fails here, before anything is submitted."""
