@@ -2,6 +2,7 @@
 tests/test_template_run.py's: a user's filled-in template, unit shards grouped into jobs, every artifact the
 local run's. Here: the profile's partition choice, and GPU jobs sharing a GPU as SLURM's gres/shard
 (compute.gpu_shards; issue 29, point 7), through a real controller whose node has one GPU in shards."""
+import os
 import re
 import subprocess
 import time
@@ -154,17 +155,27 @@ def test_jobs_share_a_gpu_through_slurm_by_shards(tmp_path):
     from slurm_cluster import slurm_cluster
     from test_resources import fake_nvidia_smi
 
+    from elude.pipeline.checks import gpu_shards_offered
+    from elude.pipeline.doctor import slurm as doctor_slurm
+
     sharing = {"per_gpu": 4, "gpu_mb": 9000, "partition": "gpu"}
     work = tmp_path / "work"
     work.mkdir()
     (work / "Snakefile").write_text(TOY.format(sharing=sharing, gpu_smk=str(REPO / "rules/gpu.smk"), small_mb=4354,
                                                job=JOB))
-    env = {**__import__("os").environ, **fake_nvidia_smi(tmp_path / "login-gpu", 'echo "6316"')}
+    env = {**os.environ, **fake_nvidia_smi(tmp_path / "login-gpu", 'echo "6316"')}
     with slurm_cluster(tmp_path / "slurm", shards_per_gpu=4):
         t0 = time.time()
         proc = subprocess.run([str(SNAKEMAKE), "--profile", str(REPO / "profiles/slurm"), "--directory", str(work),
                                "--slurm-init-seconds-before-status-checks", "2", "--latency-wait", "5", "--jobs", "4",
                                "--verbose"], cwd=work, env=env, capture_output=True, text=True, timeout=600)
+        # the check a submitting run makes first (checks.preflight; and the doctor's), against this controller
+        gpu_shards_offered(sharing)
+        assert "partition 'gpu' offers 4 shards per GPU" in doctor_slurm({"compute": {"gpu_shards": sharing}}).text
+        with pytest.raises(RuntimeError, match=r"per_gpu is 8, but nodes of partition 'gpu' have shard:4 over gpu:1"):
+            gpu_shards_offered({**sharing, "per_gpu": 8})
+        with pytest.raises(RuntimeError, match="lists no nodes in partition 'nope'"):
+            gpu_shards_offered({**sharing, "partition": "nope"})
     assert proc.returncode == 0, proc.stderr[-5000:]
     sbatch = re.findall(r"sbatch call: (sbatch .*)", proc.stderr)
     assert len(sbatch) == 3 and all(re.search(r" -p '?gpu'?(\s|$)", c) for c in sbatch)
@@ -180,18 +191,6 @@ def test_jobs_share_a_gpu_through_slurm_by_shards(tmp_path):
     assert max(a0, b0) < min(a1, b1)  # side by side on the one GPU
     assert w1 <= min(a0, b0)
     assert all(t0 < t for span in spans.values() for t in span)
-    # the check a submitting run makes first (checks.preflight), against this controller's partitions
-    from elude.pipeline.checks import gpu_shards_offered
-
-    from elude.pipeline.doctor import slurm as doctor_slurm
-
-    with slurm_cluster(tmp_path / "slurm-2", shards_per_gpu=4):
-        gpu_shards_offered(sharing)
-        assert "partition 'gpu' offers 4 shards per GPU" in doctor_slurm({"compute": {"gpu_shards": sharing}}).text
-        with pytest.raises(RuntimeError, match=r"per_gpu is 8, but nodes of partition 'gpu' have shard:4 over gpu:1"):
-            gpu_shards_offered({**sharing, "per_gpu": 8})
-        with pytest.raises(RuntimeError, match="lists no nodes in partition 'nope'"):
-            gpu_shards_offered({**sharing, "partition": "nope"})
     with slurm_cluster(tmp_path / "slurm-3"):  # no GPU sharing set up
         with pytest.raises(RuntimeError, match="offer no gres/shard"):
             gpu_shards_offered(sharing)
