@@ -26,7 +26,7 @@ from elude.demo.judge import build_demo_judge  # noqa: E402
 from elude.evaluation.judges.backends import TransformersJudge, VllmJudge, model_check  # noqa: E402
 from elude.evaluation.judges.grids import grid_image  # noqa: E402
 from elude.evaluation.judges.protocol import parse_answer  # noqa: E402
-from elude.models.backbones import demo_seed
+from elude.models import demo_seed
 
 
 def main() -> None:

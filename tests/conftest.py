@@ -2,6 +2,7 @@ import os
 
 import pytest
 import torch
+from _pytest.nodeid import NodeId
 
 # Small, reproducible CPU runs; tests use 2 threads like the CI machine.
 torch.set_num_threads(2)
@@ -13,10 +14,27 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 WORKFLOW_FIXTURES = {"tiny_run", "two_seed_run", "trained_run", "reference"}
 
 
-def pytest_collection_modifyitems(items):
+# Two workers (pytest-xdist: `-n 2 --dist loadgroup` in pyproject.toml): a workflow run is CPU-bound only part
+# of its time (a chain of single jobs, job start-up, SLURM's status polling), so a second worker fills the
+# rest. Tests that share a run (a session or module fixture) stay in one worker, so each run is made once, and
+# so do the tests that start this machine's one SLURM controller (its config and ports are the machine's).
+SHARED_RUN_GROUPS = {"two_seed_run": "two_seed_run", "tiny_run": "tiny_run", "reference": "tiny_run",
+                     "trained_run": "trained_run", "local_template_run": "slurm_and_template"}
+MODULE_GROUPS = {"test_slurm.py": "slurm_and_template", "test_template_run.py": "slurm_and_template"}
+
+
+def pytest_collection_modifyitems(config, items):
     for item in items:
-        if WORKFLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if WORKFLOW_FIXTURES & fixtures:
             item.add_marker(pytest.mark.slow)
+        mark = item.get_closest_marker("xdist_group")  # set by the test where it asks for a run at run time
+        group = mark.args[0] if mark else MODULE_GROUPS.get(item.path.name) or next(
+            (SHARED_RUN_GROUPS[f] for f in sorted(fixtures) if f in SHARED_RUN_GROUPS), None)
+        if group and getattr(config.option, "loadgroup", False):  # (a worker of `--dist loadgroup`)
+            # pytest-xdist's scheduler reads a test's group from its id ("<id>@<group>"); xdist 3.8 writes it
+            # to item._nodeid, which pytest 9 no longer reads, so its own xdist_group marks group nothing
+            item._id = NodeId.parse(f"{item.nodeid}@{group}")
 
 
 @pytest.fixture

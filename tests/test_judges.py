@@ -181,6 +181,7 @@ def test_vllm_requests_and_a_clear_error_where_it_cannot_run():
 
 # --- the workflow: grids -> a judge job per judge and token seed -> rank; Table 3 in the report -----------
 @pytest.mark.slow
+@pytest.mark.xdist_group("two_seed_run")  # the worker that makes the run (tests/conftest.py)
 def test_workflow_llm_rank_pools_seeds_resumes_a_killed_judge_and_adds_a_judge_alone(request, tmp_path):
     """Two token seeds, six methods (backbone, four baseline families, ELUDe: workflow_helpers.TWO_SEED_RUN,
     shared with tests/test_baselines.py), two tiny random judges through the real transformers backend: every

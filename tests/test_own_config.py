@@ -2,11 +2,20 @@
 off) and that file, never the digits demo's settings; the demo (config.yaml) is what runs without one."""
 import re
 import subprocess
+import sys
 
 import yaml
 from workflow_helpers import REPO, SNAKEMAKE
 
-from elude.pipeline.config import DEMO_CONFIG, load_schema, merge_config, resolve_config, with_defaults
+from elude.pipeline.config import (
+    DEMO_CONFIG,
+    SCHEMA_PATH,
+    load_schema,
+    merge_config,
+    read_yaml,
+    resolve_config,
+    with_defaults,
+)
 
 # What a user writes first: their model, their images, one setting of their own (the one that collided with a
 # demo ablation variant, "ablations.variants[1] (min_cluster_size=50): changes nothing", before).
@@ -86,3 +95,30 @@ def test_the_template_is_complete_once_its_paths_are_filled_in_and_holds_nothing
     assert cfg["baselines"]["expansion_factor"] == "match" and cfg["baselines"]["epochs"] == 50
     assert not (cfg["judges"]["models"] or cfg["labels"]["model"] or cfg["dictionary"]["enabled"]
                 or cfg["efficiency"]["enabled"] or cfg["ablations"]["variants"])
+
+
+# Runs a command's Python entry point with torch made unimportable, naming the import that asked for it.
+WITHOUT_TORCH = """
+import runpy, sys, traceback
+class NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch":
+            print("TORCH IMPORTED:", [f for f in traceback.format_stack() if "/elude/" in f or "/rules/" in f], file=sys.stderr)
+            raise ImportError("torch")
+sys.meta_path.insert(0, NoTorch())
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_the_workflows_own_process_reads_configs_and_plans_without_torch(tmp_path):
+    """Every Snakemake process (a run's, a dry run's, each SLURM job's) reads the config, checks it and plans
+    the artifacts; importing torch for that cost 2-3 s of its 5 (the labels' concept check, the overcomplete
+    check). The demo plans every study; the schema and the configs read the same through libyaml."""
+    for configfile in ([], ["--configfile", str(REPO / "configs/template.yaml")]):
+        proc = subprocess.run([sys.executable, "-c", WITHOUT_TORCH, str(SNAKEMAKE), "--dry-run", "--snakefile",
+                               str(REPO / "Snakefile"), "--directory", str(tmp_path), "--profile",
+                               str(REPO / "profiles/local"), *configfile], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0 and "TORCH IMPORTED" not in proc.stderr, proc.stderr[-3000:]
+    for path in [SCHEMA_PATH, DEMO_CONFIG, *sorted((REPO / "configs").glob("*.yaml"))]:
+        assert read_yaml(path.read_text()) == yaml.safe_load(path.read_text()), path

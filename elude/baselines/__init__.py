@@ -24,6 +24,7 @@ FAMILY_NAMES = {"vanilla": "Vanilla SAE", "topk": "TopK-SAE", "jumprelu": "JumpR
 GRID_AXES = {f: ("lr", "w_dead") for f in FAMILIES}
 GRID_AXES.update({"vanilla": ("lr", "w_dead", "w_l1"), "transcoder": ("lr", "w_dead", "w_l1"),
                   "jumprelu": ("lr", "w_dead", "w_sp")})
+WINDOW_CHUNKS = 8  # training shuffles rows within windows of this many cache chunks (.train; jobs' memory: its size)
 
 
 

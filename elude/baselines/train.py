@@ -20,11 +20,10 @@ from ..evaluation.metrics import R2
 from ..models.cache import Cache
 from ..util.files import write_atomic
 from ..util.progress import progress
-from . import overcomplete_sae
+from . import WINDOW_CHUNKS, overcomplete_sae
 from .models import Baseline, prefix_sizes
 
 log = logging.getLogger(__name__)
-WINDOW_CHUNKS = 8
 
 
 class InstanceStream:

@@ -2,4 +2,4 @@
 without a download. :mod:`.vit` (the tiny ViT trained on the digits: the default backbone), :mod:`.clip`
 (a tiny CLIP trained on the digits' names: ``labels.model: demo:<seed>``) and :mod:`.judge` (a tiny random
 LLaVA: ``judges.models: demo:<seed>``). A ``demo:<seed>`` name is recognised by
-:func:`elude.models.backbones.demo_seed`."""
+:func:`elude.models.demo_seed`."""

@@ -8,41 +8,10 @@ model. The CLIP-like model is a Hugging Face CLIP or SigLIP folder / cached id, 
 the demo's tiny CLIP trained in the job on the digits (:mod:`elude.demo.clip`)."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 
-CONCEPTS_DIR = Path(__file__).with_name("concepts")
-DEFAULT_CONCEPTS = CONCEPTS_DIR / "default.txt"
-
-
-class LabelsError(RuntimeError):
-    """A labels setting that cannot work here (missing model, package, or concept file)."""
-
-
-def concepts_file(value: str | None) -> Path:
-    """labels.concepts: null = the shipped default, a shipped set's name (``default``, ``digits``), or a file
-    (relative to the run's working directory)."""
-    if not value:
-        return DEFAULT_CONCEPTS
-    shipped = CONCEPTS_DIR / f"{value}.txt"
-    return shipped if "/" not in value and shipped.is_file() and not Path(value).is_file() else Path(value)
-
-
-def load_concepts(value: str | None) -> list[str]:
-    """The concept set: one concept per line, '#' comments and blank lines skipped, duplicates dropped."""
-    path = concepts_file(value)
-    if not path.is_file():
-        shipped = ", ".join(sorted(p.stem for p in CONCEPTS_DIR.glob("*.txt")))
-        raise LabelsError(f"labels.concepts: {str(path)!r} is not a file: give a text file with one concept per "
-                          f"line, a shipped set ({shipped}), or null for the default")
-    words = [w.strip() for w in path.read_text(encoding="utf-8").splitlines()]
-    words = list(dict.fromkeys(w for w in words if w and not w.startswith("#")))
-    if len(words) < 2:
-        raise LabelsError(f"labels.concepts: {str(path)!r} holds {len(words)} concept(s); a label needs at least 2 to "
-                          "choose from")
-    return words
+from .concept_sets import CONCEPTS_DIR, DEFAULT_CONCEPTS, LabelsError, concepts_file, load_concepts  # noqa: F401
 
 
 def soft_wpmi(sims: torch.Tensor, top_images: torch.Tensor, a: float = 10.0, lam: float = 1.0,
@@ -106,7 +75,7 @@ def _features(out) -> torch.Tensor:
 def clip_check(spec: str) -> None:
     """The model can be loaded here without a download (folder, Hugging Face cache, open_clip installed),
     or an error naming labels.model and the fix. ``demo:<seed>`` is built by the job."""
-    from ..models.backbones import demo_seed
+    from ..models import demo_seed
     from .judges.backends import model_check
 
     if demo_seed(spec) is not None:

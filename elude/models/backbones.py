@@ -14,7 +14,6 @@ from __future__ import annotations
 import difflib
 import json
 import logging
-import re
 from pathlib import Path
 
 import numpy as np
@@ -22,15 +21,6 @@ import torch
 from torch import nn
 
 log = logging.getLogger(__name__)
-DEMO_MODEL = re.compile(r"demo:(\d+)")  # a model the job builds itself (judges.models, labels.model): "demo:<seed>"
-
-
-def demo_seed(model: str) -> int | None:
-    """The seed of a ``demo:<seed>`` model name (:mod:`elude.demo`), None for any other name."""
-    m = DEMO_MODEL.fullmatch(model)
-    return int(m.group(1)) if m else None
-
-
 def build_timm(name: str, kwargs: dict) -> nn.Module:
     import timm
 

@@ -12,9 +12,9 @@ def dependencies(config: dict) -> None:
     """The optional libraries the jobs import in this environment (no --sdm conda): overcomplete for the
     baselines and Table 4's coherence (:class:`elude.baselines.BaselineDependencyError` names the extra)."""
     if config["baselines"]["families"] or config["dictionary"]["enabled"]:
-        from ..baselines import overcomplete_sae
+        from ..util.optional import overcomplete_check
 
-        overcomplete_sae()
+        overcomplete_check()
 
 
 def no_other_run() -> None:

@@ -323,7 +323,7 @@ def ef_sweep_artifacts(config: dict) -> list[dict]:
 def labels_artifact(config: dict, chain: dict) -> dict:
     """One token seed's concept labels and groups (Sec. C.3, 4.2), from its merge and evaluate artifacts; the
     concept file's bytes are part of the id, so editing the word list relabels."""
-    from ..evaluation.labels import concepts_file
+    from ..evaluation.concept_sets import concepts_file
 
     lab = config["labels"]
     params = {**lab, "concepts_sha256": hashlib.sha256(concepts_file(lab["concepts"]).read_bytes()).hexdigest(),

@@ -86,9 +86,7 @@ def baseline_memory_mb(params: dict, n_units: int, n_upstream: int, chunk_rows: 
     weights = 4 * n_feat * (d_read + n_units + 2) * 4
     if params["family"] == "archetypal":
         weights += 4 * n_feat * params["archetypal_points"] * 4 + params["archetypal_points"] * n_units * 4
-    from ..baselines.train import (
-        WINDOW_CHUNKS,  # (imported here: the DAG is built without the training code)
-    )
+    from ..baselines import WINDOW_CHUNKS
 
     window = 3 * WINDOW_CHUNKS * chunk_rows * (n_upstream + n_units) * 4
     return int(1500 + (weights + window) / 2**20)
@@ -194,7 +192,7 @@ def judge_mem_mb(config: dict) -> int:
 
 def explain_mem_mb(config: dict) -> int:
     """Host memory of an explanations job: the demo LM is tiny (3 GB for the process); an LLM as a judge's."""
-    from ..models.backbones import demo_seed
+    from ..models import demo_seed
 
     if demo_seed(config["explain"]["model"] or "") is not None:
         return 3000

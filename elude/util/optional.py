@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 import types
+from pathlib import Path
 
 EXTRA = "baselines"  # pyproject extra that installs overcomplete
 
@@ -30,14 +31,7 @@ def overcomplete_module(name: str) -> types.ModuleType:
     if f"overcomplete.{name}" in sys.modules:
         return sys.modules[f"overcomplete.{name}"]
     try:
-        bare = getattr(sys.modules.get("overcomplete"), "__path__", None)
-        if bare and getattr(sys.modules["overcomplete"], "__spec__", None) is None:
-            root = list(bare)[0]  # the bare package of an earlier call (find_spec refuses a module without a spec)
-        else:
-            spec = importlib.util.find_spec("overcomplete")
-            if spec is None or not spec.submodule_search_locations:
-                raise ImportError("no module named 'overcomplete'")
-            root = list(spec.submodule_search_locations)[0]
+        root = _overcomplete_root()
         for pkg_name, path in (("overcomplete", root), ("overcomplete.optimization", f"{root}/optimization")):
             if pkg_name not in sys.modules:
                 pkg = types.ModuleType(pkg_name)
@@ -50,9 +44,35 @@ def overcomplete_module(name: str) -> types.ModuleType:
     except ImportError as exc:
         for pkg_name in ("overcomplete", "overcomplete.optimization"):
             sys.modules.pop(pkg_name, None)
-        raise BaselineDependencyError(
-            f"the SAE/transcoder baselines and the dictionary metrics (baselines.families, dictionary) need the "
-            f"overcomplete library, which is not "
-            f"importable here ({exc}). Install the '{EXTRA}' extra: `.venv/bin/pip install -e '.[{EXTRA}]'` "
-            "(scripts/setup.sh does), or set baselines.families: [] to run ELUDe alone.") from None
+        raise _missing(str(exc)) from None
     return module
+
+
+def overcomplete_check() -> None:
+    """That overcomplete and its SAE module are installed, without importing them: the workflow's check before
+    any job, made in a process that has no other use for torch. (An installed copy that cannot import fails in
+    the job, with the same message.)"""
+    try:
+        root = _overcomplete_root()
+    except ImportError as exc:
+        raise _missing(str(exc)) from None
+    if not (Path(root) / "sae" / "__init__.py").is_file():
+        raise _missing(f"{root} has no 'sae' module")
+
+
+def _overcomplete_root() -> str:
+    bare = getattr(sys.modules.get("overcomplete"), "__path__", None)
+    if bare and getattr(sys.modules["overcomplete"], "__spec__", None) is None:
+        return list(bare)[0]  # the bare package of an earlier call (find_spec refuses a module without a spec)
+    spec = importlib.util.find_spec("overcomplete")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("no module named 'overcomplete'")
+    return list(spec.submodule_search_locations)[0]
+
+
+def _missing(reason: str) -> BaselineDependencyError:
+    return BaselineDependencyError(
+        f"the SAE/transcoder baselines and the dictionary metrics (baselines.families, dictionary) need the "
+        f"overcomplete library, which is not "
+        f"importable here ({reason}). Install the '{EXTRA}' extra: `.venv/bin/pip install -e '.[{EXTRA}]'` "
+        "(scripts/setup.sh does), or set baselines.families: [] to run ELUDe alone.")

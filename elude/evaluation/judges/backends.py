@@ -75,7 +75,7 @@ def model_check(model: str, key: str = "judges.models") -> None:
     """A model's weights are a local folder or already in the Hugging Face cache (nothing is downloaded at
     run time), or an error naming the config entry (``key``) and the fix. ``demo:<seed>`` models are built
     by the job."""
-    from ...models.backbones import demo_seed
+    from ...models import demo_seed
 
     if demo_seed(model) is not None or Path(model).is_dir():
         return

@@ -97,7 +97,7 @@ def make_judge(p: dict, text: bool = False):
     a text LLM choosing between two sets of texts (:func:`elude.evaluation.explanations.choose`)."""
     from ...demo.judge import build_demo_judge
     from ...evaluation.judges import backends
-    from ...models.backbones import demo_seed
+    from ...models import demo_seed
 
     state = {}
 

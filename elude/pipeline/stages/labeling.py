@@ -23,7 +23,7 @@ def clip_model(spec: str, concepts: list[str], data: dict, backbone_dir: str, fo
     """The run's CLIP-like model; ``demo:<seed>`` is trained here (on the probe split) into ``folder``."""
     from ...demo.clip import build_demo_clip
     from ...evaluation.labels import load_clip
-    from ...models.backbones import demo_seed
+    from ...models import demo_seed
 
     seed = demo_seed(spec)
     if seed is not None:
@@ -110,7 +110,7 @@ def make_llm(model: str, backend: str, device: str, batch_size: int, tensor_para
     """The configured text LLM (explanations, LLM Rank on texts); ``demo:<seed>``: the tiny random one, built
     into ``folder`` first."""
     from ...evaluation.explanations import TransformersLLM, VllmLLM
-    from ...models.backbones import demo_seed
+    from ...models import demo_seed
 
     if demo_seed(model) is not None:
         from ...demo.lm import build_demo_explainer
