@@ -8,7 +8,8 @@ Cases (seeded apart from tests/test_exact_hdbscan.py's): L2-normalised blobs at 
 and min_samples 1, 5 and the library default (= min_cluster_size). Per case it prints whether labels and
 probabilities are bitwise the package's ("exact"), else whether the clusterings agree up to renumbering with
 probabilities within 1e-5 ("same"), for the torch backend on the CPU, the GPU's arithmetic run on the CPU
-(float64 screen, sums in torch), and CUDA where a GPU is visible; and the seconds of each.
+(top-k selection, sums in torch) with a float64 and with a float32 screen, and CUDA where a GPU is visible
+(with its own choice of screen, and with the other one); and the seconds of each.
 """
 from __future__ import annotations
 
@@ -79,18 +80,25 @@ def main() -> None:
     from elude.method import _exact_hdbscan as exact
 
     torch.set_num_threads(2)
-    variants = {"CPU": ("cpu", None), "GPU arithmetic on CPU": ("cpu", True)}
+    variants = {"CPU": ("cpu", None, None), "GPU arithmetic on CPU": ("cpu", True, "float64"),
+                "GPU arithmetic, float32 screen": ("cpu", True, "float32")}
     if torch.cuda.is_available():
-        variants["CUDA"] = ("cuda", None)
+        from elude.method._exact_hdbscan.points import screen_dtype
+
+        own = str(screen_dtype(torch.device("cuda"), True)).removeprefix("torch.")
+        variants[f"CUDA ({own} screen)"] = ("cuda", None, own)
+        other = {"float32": "float64", "float64": "float32"}[own]
+        variants[f"CUDA ({other} screen)"] = ("cuda", None, other)
     print(f"{'case':22} {'n':>6} {'d':>4} {'mcs':>4} {'ms':>5} {'method':>6} {'package s':>9} " +
           " ".join(f"{v:>28}" for v in variants))
     bad = 0
     for name, (x, mcs) in cases(args.max_n, args.quick).items():
         for ms in (1, 5, None):
             msts = {}
-            for v, (dev, gpu) in variants.items():
+            for v, (dev, gpu, screen) in variants.items():
                 t = time.perf_counter()
-                msts[v] = (exact.mutual_reachability_mst(x, ms or mcs, device=dev, gpu_arithmetic=gpu), time.perf_counter() - t)
+                mst = exact.mutual_reachability_mst(x, ms or mcs, device=dev, gpu_arithmetic=gpu, screen=screen)
+                msts[v] = (mst, time.perf_counter() - t)
             for method in ("leaf", "eom"):
                 t = time.perf_counter()
                 ref = package(x, mcs, ms, method)

@@ -31,7 +31,10 @@ edges, rows screened in full), and writing the rows as JSON (``--json``):
 GPU ladder n = 25k .. 400k at d = 3072, the paper's setting, torch on CUDA. ``--baseline-rev`` runs the
 same child on that commit's ``elude/`` (``git archive`` into a temporary folder) on the same machine in
 the same run, and reports the speed-up and whether the labels are identical (rungs up to
-``--baseline-max-n``).
+``--baseline-max-n``). ``--screen float32|float64`` makes this code screen in that precision (default: as
+the device chooses, ``elude.method._exact_hdbscan.points.screen_dtype``); ``--rungs`` replaces a preset's
+sizes; ``--cpu-proxy --gpu-arithmetic [--proxy-d 3072]`` runs the GPU path's arithmetic on the CPU, whose
+counters (pairs recomputed exactly, rows screened in full) are what a GPU would do. Each row names its screen.
 """
 from __future__ import annotations
 
@@ -96,7 +99,10 @@ def run_variant(variant: str, n: int, d: int, setting: dict, out: Path) -> None:
         from elude.method import _exact_hdbscan
 
         ms = setting["min_samples"] or setting["min_cluster_size"]
-        mst = _exact_hdbscan.mutual_reachability_mst(x, ms, device=clustering.backend_device(backend))
+        how = {"screen": os.environ["BENCH_SCREEN"]} if os.environ.get("BENCH_SCREEN") else {}  # --screen
+        if os.environ.get("BENCH_GPU_ARITHMETIC"):  # --gpu-arithmetic
+            how["gpu_arithmetic"] = True
+        mst = _exact_hdbscan.mutual_reachability_mst(x, ms, device=clustering.backend_device(backend), **how)
         labels, probs = _exact_hdbscan.hdbscan_from_mst(mst, setting["min_cluster_size"], setting["method"])
         stats = mst.stats
     else:
@@ -117,6 +123,8 @@ def measure(variant: str, n: int, d: int, setting: dict, code: str | None = None
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, __file__, "--child", variant, str(n), str(d), json.dumps(setting), tmp]
         env = {**os.environ, "OMP_NUM_THREADS": "2", **({"ELUDE_CODE": code} if code else {})}
+        if code:  # an older commit has no screen argument: it screens as it did
+            env.pop("BENCH_SCREEN", None)
         proc = subprocess.Popen(cmd, env=env)
         _, status, usage = os.wait4(proc.pid, 0)
         if status != 0:
@@ -203,7 +211,7 @@ def phases_table(rows: list[dict]) -> None:
         f = lambda k: f"{ph[k]:7.2f}" if k in ph else f"{'-':>7}"  # noqa: E731
         rounds = " ".join(("F" if x["finish"] else "") + f"{x['s']:.1f}/{x['searched']}" for x in st.get("rounds", []))
         c = lambda k: f"{st[k]:10.3g}" if k in st else f"{'-':>10}"  # noqa: E731
-        print(f"{r['code']:10} {r['n']:>7} {r['seconds']:8.2f} {f('points')} {f('core_distances')} {rounds or '-':>34} "
+        print(f"{r['code'] + ' ' + st.get('screen', '')[5:]:10} {r['n']:>7} {r['seconds']:8.2f} {f('points')} {f('core_distances')} {rounds or '-':>34} "
               f"{f('long_edges')[1:]} {f('prim')[1:]} {f('tree')[1:]} {c('pairs_screened')} {c('pairs_exact')} "
               f"{c('radius_edges')} {st.get('rows_screened_in_full', st.get('rows_exact_in_full', '-')):>5} "
               f"{r.get('speedup', '-'):>8} {r.get('identical', '-'):>9}")
@@ -291,20 +299,33 @@ def main() -> None:
     ap.add_argument("--baseline-max-n", type=int, default=100_000, help="largest rung the baseline runs on")
     ap.add_argument("--json", default=None, help="with a preset: write its rows here")
     ap.add_argument("--tree-half", action="store_true", help="the tree half alone at n = 25k..400k, ours vs the package's")
+    ap.add_argument("--screen", choices=["float32", "float64"], default=None,
+                    help="this code's screen precision (default: as the device chooses; a baseline keeps its own)")
+    ap.add_argument("--rungs", type=int, nargs="+", default=None,
+                    help="with a preset: these n instead of its own (--paper 25k..400k, --cpu-proxy 25k)")
+    ap.add_argument("--proxy-d", type=int, default=768, help="with --cpu-proxy: the points' width")
+    ap.add_argument("--gpu-arithmetic", action="store_true",
+                    help="with --cpu-proxy: the GPU path's arithmetic run on the CPU (its counters are the GPU's)")
     args = ap.parse_args()
     import torch
+
+    if args.screen:
+        os.environ["BENCH_SCREEN"] = args.screen  # this code's children only (measure drops it for a baseline)
+    if args.gpu_arithmetic:
+        os.environ["BENCH_GPU_ARITHMETIC"] = "1"
 
     if args.tree_half:
         tree_half([25_000, 100_000, 400_000], args.json)
         return
     if args.cpu_proxy:
-        preset("CPU proxy", [25_000], 768, "torch CPU", args.baseline_rev, args.baseline_max_n, args.json)
+        preset("CPU proxy" + (", the GPU's arithmetic" if args.gpu_arithmetic else ""), args.rungs or [25_000],
+               args.proxy_d, "torch CPU", args.baseline_rev, args.baseline_max_n, args.json)
         return
     if args.paper:
         if not torch.cuda.is_available():
             sys.exit("--paper needs a CUDA GPU (it measures the GPU ladder); --cpu-proxy runs on the CPU")
-        preset("GPU ladder", [25_000, 50_000, 100_000, 200_000, 400_000], 3072, "torch GPU", args.baseline_rev,
-               args.baseline_max_n, args.json)
+        preset("GPU ladder", args.rungs or [25_000, 50_000, 100_000, 200_000, 400_000], 3072, "torch GPU",
+               args.baseline_rev, args.baseline_max_n, args.json)
         return
 
     cpu = [v for v in VARIANTS if "GPU" not in v and (args.variants is None or v in args.variants)]

@@ -158,10 +158,14 @@ def test_core_distances_are_the_packages(rng):
         np.testing.assert_array_equal(got, ref)
 
 
-@pytest.mark.parametrize("gpu_arithmetic", [False, True])
-def test_radius_lists_are_every_other_point_within_the_core_distance(rng, gpu_arithmetic):
+ARITHMETICS = [(False, None), (True, "float64"), (True, "float32")]  # the CPU's; the GPU's with either screen
+
+
+@pytest.mark.parametrize("gpu_arithmetic,screen", ARITHMETICS)
+def test_radius_lists_are_every_other_point_within_the_core_distance(rng, gpu_arithmetic, screen):
     """The core pass (CPU: a sampled threshold, the band recomputed exactly, long lists redone alone; the GPU's
-    arithmetic: a top-k of candidates, a row whose band runs past them banded over its whole screened row):
+    arithmetic, with a float64 screen (datacenter GPUs) or a float32 one (GPUs with slow float64): a top-k of
+    candidates, a row whose band runs past them banded over its whole screened row):
     each point's core distance and radius list against all n^2 exact distances (in the arithmetic's own
     order), on blobs, on a lattice full of exact ties, and on points whose every 8th (the sampled columns)
     sits in a tight centre, so that the sample's threshold falls short and rows are read in full."""
@@ -172,7 +176,8 @@ def test_radius_lists_are_every_other_point_within_the_core_distance(rng, gpu_ar
     centred = rng.normal(size=(1200, 24)).astype(np.float32)
     centred[::8] *= 0.01
     for x, ms in ((blobs(rng, 1200, 64, 3, 0.9), 40), (lattice, 10), (lattice, 1), (centred, 40)):
-        pts = Points(x, torch.device("cpu"), block_mb=1, gpu_arithmetic=gpu_arithmetic)
+        pts = Points(x, torch.device("cpu"), block_mb=1, gpu_arithmetic=gpu_arithmetic,
+                     screen=screen and getattr(torch, screen))
         core, indptr, neighbours, stats = core_distances(pts, ms)
         n = len(x)
         everyone = torch.arange(n)
@@ -187,16 +192,17 @@ def test_radius_lists_are_every_other_point_within_the_core_distance(rng, gpu_ar
             assert gpu_arithmetic == (pts.counters["rows_screened_in_full"] > 0)
 
 
-@pytest.mark.parametrize("gpu_arithmetic", [False, True])
-def test_the_finish_screens_few_pairs_and_keeps_the_packages_tree(rng, gpu_arithmetic):
+@pytest.mark.parametrize("gpu_arithmetic,screen", ARITHMETICS)
+def test_the_finish_screens_few_pairs_and_keeps_the_packages_tree(rng, gpu_arithmetic, screen):
     """The finish screens a row against a component only where its group bound can reach the pair's
     cheapest edge: far fewer pairs than the full pass, and the tree is still the package's (noisy blobs:
     the noise joins no group and is screened directly; min_samples = min_cluster_size, so mutual
-    reachability is flat and many edges tie near each pair's minimum). The GPU's arithmetic (float64
-    screen in the points' order, group minima gathered) run on the CPU as well."""
+    reachability is flat and many edges tie near each pair's minimum). The GPU's arithmetic (either screen;
+    a float64 one in the points' order with a group-ordered copy for the core pass) run on the CPU as well."""
     x = np.concatenate([blobs(rng, 2400, 64, 6, 0.8), contributions.normalise_rows(rng.normal(size=(120, 64)))])
     x = x[rng.permutation(len(x))].astype(np.float32)
-    mst = exact_hdbscan.mutual_reachability_mst(x, MIN_CLUSTER_SIZE, gpu_arithmetic=gpu_arithmetic)
+    mst = exact_hdbscan.mutual_reachability_mst(x, MIN_CLUSTER_SIZE, gpu_arithmetic=gpu_arithmetic, screen=screen)
+    assert mst.stats["screen"] == (screen or "float32")
     n = len(x)
     finish = [r for r in mst.stats["rounds"] if r["finish"]]
     assert finish and finish[0]["components"] > 2
@@ -291,18 +297,36 @@ def test_pca_reduction(rng):
     assert lab_full.max() == lab_red.max() == 2
 
 
+@pytest.mark.parametrize("screen", ["float64", "float32"])
 @pytest.mark.parametrize("min_samples", [5, None])
-def test_gpu_arithmetic_equals_package(min_samples):
-    """The GPU path's arithmetic (float64 screen, exact sums in torch), run on the CPU: same clusters."""
+def test_gpu_arithmetic_equals_package(min_samples, screen):
+    """The GPU path's arithmetic (top-k selection, exact sums in torch) with either screen, run on the CPU:
+    same clusters."""
     rng = np.random.default_rng(1)
     cases = datasets(rng)
     for name in ("noisy blobs (bridging points)", "exact duplicates", "lattice ties", "all-zero rows"):
         x = cases[name]
-        mst = exact_hdbscan.mutual_reachability_mst(x, min_samples or MIN_CLUSTER_SIZE, gpu_arithmetic=True)
+        mst = exact_hdbscan.mutual_reachability_mst(x, min_samples or MIN_CLUSTER_SIZE, gpu_arithmetic=True,
+                                                    screen=screen)
         assert mst.tie_order == "prim", name
+        assert mst.stats["screen"] == screen
         for method in ("leaf", "eom"):
             assert_same_clustering(package(x, min_samples, method),
                                    exact_hdbscan.hdbscan_from_mst(mst, MIN_CLUSTER_SIZE, method))
+
+
+def test_the_screens_precision_is_chosen_by_arithmetic_and_checked():
+    """The CPU's arithmetic screens in float32 (its selection kernel holds float32 values), the GPU's run on the
+    CPU in float64 as on a datacenter GPU; a float64 screen for the CPU's arithmetic is refused, not rounded."""
+    from elude.method._exact_hdbscan.points import screen_dtype
+
+    cpu = torch.device("cpu")
+    assert screen_dtype(cpu, False) == torch.float32 and screen_dtype(cpu, True) == torch.float64
+    x = blobs(np.random.default_rng(2), 200, 8, 2, 0.5)
+    with pytest.raises(ValueError, match="CPU's arithmetic screens in float32"):
+        exact_hdbscan.mutual_reachability_mst(x, 5, screen="float64")
+    with pytest.raises(ValueError, match="screen must be"):
+        exact_hdbscan.mutual_reachability_mst(x, 5, screen="bfloat16")
 
 
 def random_msts():

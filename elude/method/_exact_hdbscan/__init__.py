@@ -14,22 +14,23 @@ Definitions match hdbscan 0.8.x (its ``prims_kdtree`` / ``generic`` algorithms, 
 Memory: O(block x n) for one block of screened distances, plus O(n x min_samples) for the radius
 neighbour lists (int32) and the spanning-tree bookkeeping; never an n x n matrix.
 
-**Exactness.** Distances are screened by one GEMM per block (float32 on the CPU; float64 on a GPU,
-where it costs the same) and every value that decides something is recomputed exactly: a screened
-squared distance is within ``tol`` of the truth (a worst-case bound for a dot product of d terms,
-(d + 16) u (|x|^2 + max |y|^2), u the screen's unit roundoff), so every candidate inside a ``2 tol``
-band of a decision (the core distance's rank, the cheapest edge out of a component or between two) is
-re-evaluated in float64 as sqrt(sum((x - y)^2)). On the CPU that sum runs left to right (numba), the
-package's own arithmetic, so distances, core distances and tree weights are bitwise the package's; on a
-GPU it runs in torch's order. The core distance's band: on the CPU every point screened within 2 tol of the
-row's k-th screened value, found by a linear-time selection (:func:`.core._core_rows`); on a GPU the band
-among a top-k of candidates (a row whose band runs past them takes the band from its whole screened row). The core pass
-screens the points in groups (each point's nearest of 64 pivots; the 10 % farthest in none; on the CPU the
-screen is kept in that order, on a GPU a group-ordered copy lives for the pass) and records each row's
-smallest screened value per group: lower bounds that let the few-components finish screen only the rows
-that can hold a pair's cheapest edge (the proof in ``boruvka._finish_minima``).
-When few components remain, a float64 screen keeps the band narrow where high-dimensional distances
-concentrate.
+**Exactness.** Distances are screened by one GEMM per block (float32 on the CPU and on GPUs whose float64
+is slow; float64 on datacenter GPUs, where it costs the same: :func:`.points.screen_dtype`) and every value
+that decides something is recomputed exactly: a screened squared distance is within ``tol`` of the truth (a
+worst-case bound for a dot product of d terms in any summation order, (d + 16) u (|x|^2 + max |y|^2), u the
+screen's unit roundoff; it holds for cuBLAS's float32 GEMMs as for the CPU's, TF32 being turned off around
+every screen), so every candidate inside a ``2 tol`` band of a decision (the core distance's rank, the
+cheapest edge out of a component or between two) is re-evaluated in float64 as sqrt(sum((x - y)^2)). On the
+CPU that sum runs left to right (numba), the package's own arithmetic, so distances, core distances and tree
+weights are bitwise the package's; on a GPU it runs in torch's order. The core distance's band: on the CPU
+every point screened within 2 tol of the row's k-th screened value, found by a linear-time selection
+(:func:`.core._core_rows`); on a GPU the band among a top-k of candidates (a row whose band runs past them
+takes the band from its whole screened row). The core pass screens the points in groups (each point's
+nearest of 64 pivots; the 10 % farthest in none; a float32 screen is kept in that order, a float64 screen's
+group-ordered copy lives for the pass) and records each row's smallest screened value per group: lower
+bounds that let the few-components finish screen only the rows that can hold a pair's cheapest edge (the
+proof in ``boruvka._finish_minima``). When few components remain, a float64 screen keeps the band narrow
+where high-dimensional distances concentrate.
 
 **The tree.** Borůvka rounds over the mutual-reachability graph find an MST: a point whose radius list
 (its neighbours within its core distance) reaches another component through a neighbour with a smaller
@@ -109,18 +110,22 @@ def _duplicate_groups(pts: Points, points: np.ndarray) -> dict[int, np.ndarray]:
 
 
 def mutual_reachability_mst(x: np.ndarray, min_samples: int, device: str | torch.device = "cpu",
-                            block_mb: int | None = None, gpu_arithmetic: bool | None = None) -> MST:
+                            block_mb: int | None = None, gpu_arithmetic: bool | None = None,
+                            screen: str | None = None) -> MST:
     """Core distances and the MST of the mutual-reachability graph of ``x`` in the package's Prim order.
 
     ``block_mb``: memory of one block's working set (default :data:`BLOCK_MB` for the device; on a GPU a
     block must hold hundreds of rows, or each block's GEMM waits on reading all points once more).
-    ``gpu_arithmetic``: None = as the device does; True runs the GPU's arithmetic (float64 screen, exact
-    sums in torch) on any device, which is how CI tests the GPU path without a GPU."""
+    ``gpu_arithmetic``: None = as the device does; True runs the GPU's arithmetic (top-k selection, exact
+    sums in torch) on any device, which is how CI tests the GPU path without a GPU. ``screen``: 'float32' or
+    'float64' (None: :func:`.points.screen_dtype` chooses); the result is the same, only the speed differs."""
     n = len(x)
     ms = max(1, min(n - 1, min_samples))
     device = torch.device(device)
+    if screen not in (None, "float32", "float64"):
+        raise ValueError(f"screen must be 'float32', 'float64' or None, not {screen!r}")
     started = time.perf_counter()
-    pts = Points(x, device, block_mb or BLOCK_MB[device.type], gpu_arithmetic)
+    pts = Points(x, device, block_mb or BLOCK_MB[device.type], gpu_arithmetic, screen and getattr(torch, screen))
     phase = {"points": pts.clock() - started}
     t = pts.clock()
     core, indptr, neighbours, stats = core_distances(pts, ms)
@@ -151,7 +156,7 @@ def mutual_reachability_mst(x: np.ndarray, min_samples: int, device: str | torch
                     "(ties between distinct long edges); using the Borůvka tree, whose tie order may differ "
                     "from the hdbscan package's")
         rows, tie_order = mst[np.lexsort((mst[:, 1], mst[:, 0], mst[:, 2]))], "boruvka"
-    stats.update(pts.counters, phase_s=phase)
+    stats.update(pts.counters, phase_s=phase, screen=str(pts.screen).removeprefix("torch."))
     return MST(rows=rows, core=core_np, tie_order=tie_order, stats=stats)
 
 

@@ -29,38 +29,43 @@ def _exact_dist_pairs(x: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray
 
 
 class Points:
-    """The points on the device: float32 (the CPU) or float64 (a GPU) for screening, float64 (and on the CPU a
-    numpy view) for exact values."""
+    """The points on the device: float32 (the CPU, and GPUs with slow float64) or float64 (datacenter GPUs) for
+    screening, float64 (and on the CPU a numpy view) for exact values."""
 
-    def __init__(self, x: np.ndarray, device: torch.device, block_mb: int, gpu_arithmetic: bool | None = None):
+    def __init__(self, x: np.ndarray, device: torch.device, block_mb: int, gpu_arithmetic: bool | None = None,
+                 screen: torch.dtype | None = None):
         self.device = device
+        # The GPU's arithmetic (top-k selection, exact sums in torch) also runs on the CPU when asked: tests do.
+        self.gpu_arithmetic = device.type == "cuda" if gpu_arithmetic is None else gpu_arithmetic
+        # The screen's precision, chosen before any other work on the device (see screen_dtype)
+        self.screen = screen or screen_dtype(device, self.gpu_arithmetic)
+        if self.screen not in (torch.float32, torch.float64) or (self.screen == torch.float64
+                                                                  and not self.gpu_arithmetic):
+            raise ValueError(f"screen {self.screen}: the CPU's arithmetic screens in float32, the GPU's in float32 "
+                             "or float64")
         # float64 made on the device: a GPU run keeps no float64 copy on the host (9.8 GB at 400k x 3072)
         x = np.ascontiguousarray(x) if x.flags.writeable else np.array(x)  # torch wants writeable arrays
         self.x64 = torch.from_numpy(x).to(device).double()
         self.x64_np = self.x64.numpy() if device.type == "cpu" else None  # the CPU's exact sums read it
         self.sq64 = (self.x64 * self.x64).sum(1)
-        # The GPU's arithmetic (float64 screen, exact sums in torch) also runs on the CPU when asked: tests do.
-        self.gpu_arithmetic = device.type == "cuda" if gpu_arithmetic is None else gpu_arithmetic
-        # The screen's precision: float64 GEMMs run as fast as float32 ones on datacenter GPUs (no TF32
-        # here), and give a band ~1e9 times narrower; on a CPU float32 is twice as fast.
-        self.screen = torch.float64 if self.gpu_arithmetic else torch.float32
         self.n, self.d = x.shape
         # Groups of points (see _groups): the core pass records each row's minimum per group, the finish's
-        # bounds. The CPU's float32 screen holds the points in group order (each group one contiguous segment
-        # of columns; pos[p] = p's row in xs); a float64 screen (the GPU's) is the float64 points themselves,
-        # put in group order only for the core pass (:meth:`in_group_order`).
+        # bounds. A float32 screen holds the points in group order (each group one contiguous segment of
+        # columns; pos[p] = p's row in xs); a float64 screen is the float64 points themselves, put in group
+        # order only for the core pass (:meth:`in_group_order`).
         self.groups = _groups(self.x64, self.sq64)  # (group per point, ptr, points in group order), on the host
         self.pos: torch.Tensor | None = None
         self.group_minima: np.ndarray | None = None  # per point and group: the core pass's (core.core_distances)
         if self.screen == torch.float64:
-            self.xs = self.x64
+            self.xs, self.sq_cols = self.x64, self.sq64  # sq_cols: |y|^2 in the screen's dtype and column order
         else:
-            order = self.groups[2]
-            self.pos = torch.empty(self.n, dtype=torch.int64)
-            self.pos[torch.from_numpy(order)] = torch.arange(self.n)
-            self.xs = torch.empty((self.n, self.d), dtype=torch.float32)
+            order = torch.from_numpy(self.groups[2]).to(device)
+            self.pos = torch.empty(self.n, dtype=torch.int64, device=device)
+            self.pos[order] = torch.arange(self.n, device=device)
+            self.xs = torch.empty((self.n, self.d), dtype=self.screen, device=device)
             for s in range(0, self.n, 4096):  # in chunks: no float64 copy of all points in group order
-                self.xs[s : s + 4096] = self.x64[torch.from_numpy(order[s : s + 4096])]
+                self.xs[s : s + 4096] = self.x64[order[s : s + 4096]]
+            self.sq_cols = self.sq64[order].to(self.screen)
         self.max_sq = float(self.sq64.max()) if self.n else 0.0
         self.block = max(16, min(self.n, (block_mb * 2**20) // (4 * 8 * max(self.n, 1))))
         # machine-independent work counters (bench/cluster_scale.py prints them)
@@ -68,18 +73,18 @@ class Points:
 
     @contextlib.contextmanager
     def in_group_order(self):
-        """The screen in group order for the duration (already so on the CPU): a float64 screen becomes a copy
+        """The screen in group order for the duration (a float32 screen always is): a float64 screen becomes a copy
         of the points in group order, freed afterwards (9.8 GB at 400k x 3072 on a GPU)."""
         if self.pos is not None:
             yield
             return
         order = torch.from_numpy(self.groups[2]).to(self.device)
-        self.xs, self.pos = self.x64[order], torch.empty_like(order)
+        self.xs, self.pos, self.sq_cols = self.x64[order], torch.empty_like(order), self.sq64[order]
         self.pos[order] = torch.arange(self.n, device=self.device)
         try:
             yield
         finally:
-            self.xs, self.pos = self.x64, None
+            self.xs, self.pos, self.sq_cols = self.x64, None, self.sq64
 
     def clock(self) -> float:
         """Wall time after the device's queued work has finished (phase timings)."""
@@ -116,16 +121,13 @@ class Points:
 
     def d2_less_row_norm(self, rows: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """Screened |y|^2 - 2 x.y of ``rows`` to every point, columns in the screen's order (``self.groups``'s
-        order on the CPU): d^2 less the row's own |x|^2, which no ranking within a row needs (one fused GEMM, no
+        order for a float32 screen and inside :meth:`in_group_order`): d^2 less the row's own |x|^2, which no ranking within a row needs (one fused GEMM, no
         extra passes); within tol of the truth once |x|^2 is added. ``out``: a (rows x n) buffer to write into
         (reused between blocks: fresh pages cost more than the GEMM on some machines)."""
         self.counters["pairs_screened"] += len(rows) * self.n
-        sq = self.sq64.to(self.screen)
-        if self.pos is not None:
-            sq = sq[torch.from_numpy(self.groups[2]).to(self.device)]
         with _no_tf32():
-            return torch.addmm(sq[None, :].expand(len(rows), -1), self.screen_rows(rows), self.xs.T, alpha=-2.0,
-                               out=out)
+            return torch.addmm(self.sq_cols[None, :].expand(len(rows), -1), self.screen_rows(rows), self.xs.T,
+                               alpha=-2.0, out=out)
 
     def exact(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Exact distances of the pairs (a, b), as float64 on the device."""
@@ -187,3 +189,48 @@ def _no_tf32():
             _TF32_HOLDERS[0] -= 1
             if _TF32_HOLDERS[0] == 0:
                 torch.backends.cuda.matmul.allow_tf32 = _TF32_HOLDERS[1]
+
+
+FLOAT64_SLOWDOWN = 4.0  # a GPU whose float64 GEMMs run this much slower than float32's screens in float32
+
+
+def screen_dtype(device: torch.device, gpu_arithmetic: bool) -> torch.dtype:
+    """The screen's precision. The CPU's arithmetic: float32 (twice float64's rate). The GPU's: float64 where
+    float64 GEMMs run about as fast as float32 ones (datacenter GPUs: A100, H100, H200; its band, ~1e9 times
+    narrower, leaves almost nothing to recompute), float32 where they run FLOAT64_SLOWDOWN times slower or
+    more (workstation and consumer GPUs run float64 at 1/32-1/64 of float32: at 400k x 3072 the float64 screen
+    alone would take minutes there). Exact either way: only the speed depends on it. The GPU's arithmetic run
+    on the CPU (tests) keeps float64, as on a datacenter GPU."""
+    if not gpu_arithmetic:
+        return torch.float32
+    if device.type != "cuda":
+        return torch.float64
+    return torch.float32 if _float64_gemm_slowdown(device.index or 0) >= FLOAT64_SLOWDOWN else torch.float64
+
+
+_PROBE_LOCK = threading.Lock()
+_SLOWDOWN: dict[int, float] = {}  # per CUDA device index, measured once per process
+
+
+def _float64_gemm_slowdown(index: int) -> float:
+    """How many times longer a float64 GEMM takes than a float32 one (TF32 off) on CUDA device ``index``: the best
+    of 3 timed 2048^3 GEMMs each, after a warm-up (~1 ms on a datacenter GPU, ~15 ms where float64 is slow). The
+    lock keeps a shard's units (threads) from measuring it at once, against each other's GEMMs."""
+    with _PROBE_LOCK:
+        if index not in _SLOWDOWN:
+            device = torch.device("cuda", index)
+            a = torch.randn(2048, 2048, device=device)
+
+            def best(m: torch.Tensor) -> float:
+                times = []
+                for _ in range(4):
+                    torch.cuda.synchronize(device)
+                    t = time.perf_counter()
+                    m @ m
+                    torch.cuda.synchronize(device)
+                    times.append(time.perf_counter() - t)
+                return min(times[1:])
+
+            with _no_tf32():
+                _SLOWDOWN[index] = best(a.double()) / best(a)
+        return _SLOWDOWN[index]
