@@ -329,6 +329,28 @@ def test_the_screens_precision_is_chosen_by_arithmetic_and_checked():
         exact_hdbscan.mutual_reachability_mst(x, 5, screen="bfloat16")
 
 
+def test_screens_run_whatever_tf32_api_the_process_used():
+    """torch >= 2.9 raises on reading the legacy ``allow_tf32`` once anything set the new ``fp32_precision``
+    (a user's training code may): the screens' TF32 guard goes through the new API, turns TF32 off inside and
+    gives the process its setting back."""
+    from elude.method._exact_hdbscan.points import _no_tf32
+
+    matmul = torch.backends.cuda.matmul
+    torch.backends.fp32_precision = "tf32"
+    try:
+        with _no_tf32():
+            assert matmul.fp32_precision == "ieee"
+            with _no_tf32():  # nested (several units at once): still off, and on only after the outer one
+                pass
+            assert matmul.fp32_precision == "ieee"
+        assert matmul.fp32_precision == "tf32"
+        x = blobs(np.random.default_rng(4), 400, 16, 3, 0.5)
+        labels, _ = exact_hdbscan.hdbscan_from_mst(exact_hdbscan.mutual_reachability_mst(x, 5), 25, "leaf")
+        assert labels.max() >= 1
+    finally:
+        torch.backends.fp32_precision = "none"  # torch's default: the legacy flag readable again
+
+
 def random_msts():
     """Spanning trees as the MST step hands them over, in unsorted order: random attachment (bushy) and
     paths (deep), with continuous weights, heavy ties and zero weights (infinite lambdas)."""

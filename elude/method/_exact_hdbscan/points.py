@@ -169,7 +169,23 @@ def _groups(x64: torch.Tensor, sq64: torch.Tensor) -> tuple[np.ndarray, np.ndarr
 
 
 _TF32_LOCK = threading.Lock()
-_TF32_HOLDERS = [0, False]  # [threads inside _no_tf32, the setting they found]
+_TF32_HOLDERS: list = [0, None]  # [threads inside _no_tf32, the setting they found]
+
+
+def _cublas_fp32_precision(value: str | None = None) -> str:
+    """cuBLAS's float32 matmul precision: read, or set when ``value`` is given ('ieee': no TF32). Through torch's
+    ``fp32_precision`` where it exists (torch >= 2.9): there reading the legacy ``allow_tf32`` raises once anything
+    in the process set the new one (e.g. ``torch.backends.fp32_precision = "tf32"``)."""
+    matmul = torch.backends.cuda.matmul
+    try:
+        current = matmul.fp32_precision
+    except AttributeError:  # torch < 2.9: the legacy flag only
+        if value is not None:
+            matmul.allow_tf32 = value == "tf32"
+        return "tf32" if matmul.allow_tf32 else "ieee"
+    if value is not None:
+        matmul.fp32_precision = value
+    return current if value is None else value
 
 
 @contextlib.contextmanager
@@ -179,8 +195,8 @@ def _no_tf32():
     restores it, so no thread's GEMM runs while another has turned it back on."""
     with _TF32_LOCK:
         if _TF32_HOLDERS[0] == 0:
-            _TF32_HOLDERS[1] = torch.backends.cuda.matmul.allow_tf32
-            torch.backends.cuda.matmul.allow_tf32 = False
+            _TF32_HOLDERS[1] = _cublas_fp32_precision()
+            _cublas_fp32_precision("ieee")
         _TF32_HOLDERS[0] += 1
     try:
         yield
@@ -188,7 +204,7 @@ def _no_tf32():
         with _TF32_LOCK:
             _TF32_HOLDERS[0] -= 1
             if _TF32_HOLDERS[0] == 0:
-                torch.backends.cuda.matmul.allow_tf32 = _TF32_HOLDERS[1]
+                _cublas_fp32_precision(_TF32_HOLDERS[1])
 
 
 FLOAT64_SLOWDOWN = 4.0  # a GPU whose float64 GEMMs run this much slower than float32's screens in float32
