@@ -10,6 +10,11 @@ probabilities are bitwise the package's ("exact"), else whether the clusterings 
 probabilities within 1e-5 ("same"), for the torch backend on the CPU, the GPU's arithmetic run on the CPU
 (top-k selection, sums in torch) with a float64 and with a float32 screen, and CUDA where a GPU is visible
 (with its own choice of screen, and with the other one); and the seconds of each.
+
+    .venv/bin/python bench/cluster_exactness.py --grid-sweep 60
+
+runs instead 60 small grid-quantised cases (exact distance ties between distinct pairs) x 4 min_samples x 2
+selection methods in the three CPU arithmetics, printing only the comparisons that are not exact.
 """
 from __future__ import annotations
 
@@ -58,8 +63,10 @@ def compare(ref, got) -> str:
     (lr, pr), (lg, pg) = ref, got
     if np.array_equal(lr, lg) and np.array_equal(pr.astype(np.float32), pg):
         return "exact"
+    if not np.array_equal(lr < 0, lg < 0):
+        return f"DIFFERENT noise (ARI {adjusted_rand(lr, lg):.4f})"
     pairs = np.unique(np.stack([lr[lr >= 0], lg[lg >= 0]], 1), axis=0) if (lr >= 0).any() else np.zeros((0, 2))
-    same = (np.array_equal(lr < 0, lg < 0) and len(pairs) == len(np.unique(lr[lr >= 0])) == len(np.unique(lg[lg >= 0]))
+    same = (len(pairs) == len(np.unique(lr[lr >= 0])) == len(np.unique(lg[lg >= 0]))
             and np.abs(pr - pg).max() <= 1e-5)
     return "same" if same else f"DIFFERENT (ARI {adjusted_rand(lr, lg):.4f})"
 
@@ -70,10 +77,42 @@ def adjusted_rand(a, b) -> float:
     return adjusted_rand_score(a, b)
 
 
+def grid_sweep(seeds: int, arithmetics: dict) -> int:
+    """Small grid-quantised cases, where distinct pairs lie at exactly equal distances (the ties the sparse graph
+    of Prim's replay must hold): per seed n in 300..1500, d in {2, 3, 4, 6}, q in {3, 4, 6, 8} steps per unit;
+    min_samples 1, 3, 5, 10 with a drawn min_cluster_size, leaf and EOM. Prints the cases that differ; returns
+    their number."""
+    from elude.method import _exact_hdbscan as exact
+
+    bad = total = 0
+    started = time.perf_counter()
+    for seed in range(seeds):
+        rng = np.random.default_rng(1000 + seed)
+        n, d, q = int(rng.integers(300, 1500)), int(rng.choice([2, 3, 4, 6])), int(rng.choice([3, 4, 6, 8]))
+        x = np.round(blobs(rng, n, d) * q) / q
+        for ms in (1, 3, 5, 10):
+            mcs = int(rng.choice([10, 25, 40]))
+            msts = {v: exact.mutual_reachability_mst(x, ms, gpu_arithmetic=gpu, screen=screen)
+                    for v, (_, gpu, screen) in arithmetics.items()}
+            for method in ("leaf", "eom"):
+                ref = package(x, mcs, ms, method)
+                for v, mst in msts.items():
+                    verdict = compare(ref, exact.hdbscan_from_mst(mst, mcs, method))
+                    total += 1
+                    if verdict != "exact":
+                        bad += 1
+                        print(f"seed {seed} n {n} d {d} q {q} ms {ms} mcs {mcs} {method} {v}: {verdict}", flush=True)
+    print(f"grid sweep: {bad} of {total} comparisons not exact ({len(arithmetics)} arithmetics, "
+          f"{time.perf_counter() - started:.0f} s)")
+    return bad
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--max-n", type=int, default=20_000)
     ap.add_argument("--quick", action="store_true", help="at most 2,000 points per case")
+    ap.add_argument("--grid-sweep", type=int, default=0, metavar="SEEDS",
+                    help="instead: this many small grid-quantised cases (exact distance ties) in every arithmetic")
     args = ap.parse_args()
     import torch
 
@@ -89,6 +128,9 @@ def main() -> None:
         variants[f"CUDA ({own} screen)"] = ("cuda", None, own)
         other = {"float32": "float64", "float64": "float32"}[own]
         variants[f"CUDA ({other} screen)"] = ("cuda", None, other)
+    if args.grid_sweep:
+        grid_sweep(args.grid_sweep, {v: a for v, a in variants.items() if a[0] == "cpu"})
+        return
     print(f"{'case':22} {'n':>6} {'d':>4} {'mcs':>4} {'ms':>5} {'method':>6} {'package s':>9} " +
           " ".join(f"{v:>28}" for v in variants))
     bad = 0

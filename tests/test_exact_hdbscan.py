@@ -329,6 +329,22 @@ def test_the_screens_precision_is_chosen_by_arithmetic_and_checked():
         exact_hdbscan.mutual_reachability_mst(x, 5, screen="bfloat16")
 
 
+@pytest.mark.parametrize("gpu_arithmetic,screen", ARITHMETICS)
+def test_a_long_pair_tied_with_a_radius_edge_is_in_prims_graph(gpu_arithmetic, screen):
+    """Grid-quantised points: a long pair (d above both core distances) at exactly the weight of a radius MST edge
+    can be the package's Prim choice, so the tie pass must look for pairs at every MST weight, not only the long
+    edges' (before: 540 instead of 547 points clustered here, the weights identical, the merge order not)."""
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(8, 4))[rng.integers(0, 8, 1000)] + 0.9 * rng.normal(size=(1000, 4))
+    x = np.round((x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32) * 6) / 6
+    mst = exact_hdbscan.mutual_reachability_mst(x, 5, gpu_arithmetic=gpu_arithmetic, screen=screen)
+    assert mst.tie_order == "prim" and mst.stats["long_ties_seen"]
+    for method in ("leaf", "eom"):
+        ref = hdbscan.HDBSCAN(min_cluster_size=40, min_samples=5, algorithm="prims_kdtree",
+                              cluster_selection_method=method, core_dist_n_jobs=1).fit(x.astype(np.float64))
+        assert_same_clustering((ref.labels_, ref.probabilities_), exact_hdbscan.hdbscan_from_mst(mst, 40, method))
+
+
 def test_screens_run_whatever_tf32_api_the_process_used():
     """torch >= 2.9 raises on reading the legacy ``allow_tf32`` once anything set the new ``fp32_precision``
     (a user's training code may): the screens' TF32 guard goes through the new API, turns TF32 off inside and

@@ -50,15 +50,21 @@ and hdbscan's own Borůvka differs from its Prim the same way). So the final edg
 Prim's algorithm is replayed exactly on the sparse graph G = (all radius-list edges) + (the MST's long
 edges and their exact-duplicate copies). Every edge that Prim can pick on the complete graph - an edge
 that is the cheapest across some cut - lies in some MST, and every such edge is in G: an edge within a
-core distance is always in some MST and is in a radius list; a longer edge is the unique MST edge between
-its sides unless exact duplicates repeat it, or distinct pairs lie at exactly the same distance (exactly
-symmetric data, e.g. a lattice): when a search sees such a tie, one more pass adds every pair at exactly a
-long edge's weight. Hence Prim on G takes the same decisions as the package's Prim on all n^2 edges, and
-``label`` receives the same rows in the same order. Checked on every run: Prim must reach every point
-with exactly Borůvka's MST weights; where not, the Borůvka tree is used (valid, but tied edges in its own
-order), ``tie_order`` says ``boruvka`` and a warning is logged. A symmetric tie that no search sees can
-still reorder tied edges without that check noticing; no such case is known outside contrived data. On the GPU the float64 sums run in another order, so weights may
-differ from the package's in the last bit and near-ties (within ~1e-16) may break the other way.
+core distance is always in some MST and is in a radius list; a longer ("long") pair is in some MST only
+where its distance equals the heaviest MST edge on the path between its ends (the cycle property): it
+replaces that edge at a tie, and that edge is the pair itself, an exact duplicate's copy of it (added), or
+another pair at exactly the same distance, long or a radius edge (exactly symmetric data, e.g. a lattice or
+grid-quantised points): when a search sees such a tie, one more pass adds every long pair at exactly an MST
+edge's weight (before 2026-12-06 only at a long edge's weight: on grid-quantised points a long pair tied
+with a radius edge was Prim's choice, and 12 of the 480 settings of ``bench/cluster_exactness.py
+--grid-sweep 60`` clustered differently, ARI down to 0.59; now none). Hence Prim on
+G takes the same decisions as the package's Prim on all n^2 edges, and ``label`` receives the same rows in
+the same order. Checked on every run: Prim must reach every point with exactly Borůvka's MST weights; where
+not, the Borůvka tree is used (valid, but tied edges in its own order), ``tie_order`` says ``boruvka`` and a
+warning is logged. A symmetric tie that no search sees can still reorder tied edges without that check
+noticing; no such case is known outside contrived data. On the GPU
+the float64 sums run in another order, so weights may differ from the package's in the last bit and
+near-ties (within ~1e-16) may break the other way.
 """
 from __future__ import annotations
 
@@ -143,8 +149,8 @@ def mutual_reachability_mst(x: np.ndarray, min_samples: int, device: str | torch
             extra = [(p, q, we) for ea, eb, we in long_edges
                      for p in dups.get(int(ea), [int(ea)]) for q in dups.get(int(eb), [int(eb)])]
             long_edges = np.array(extra, dtype=np.float64).reshape(-1, 3)
-    if stats["long_ties_seen"] and is_long.any():
-        long_edges = np.concatenate([long_edges, long_edge_ties(pts, core, mst[is_long, 2])])
+    if stats["long_ties_seen"]:  # a long pair may tie any MST edge, a radius edge included
+        long_edges = np.concatenate([long_edges, long_edge_ties(pts, core, mst[:, 2])])
     stats["long_edges"] = int(is_long.sum())
     phase["long_edges"], t = pts.clock() - t, pts.clock()
     backwards = reversed_lists_torch(indptr, neighbours) if pts.gpu_arithmetic else None  # on the device

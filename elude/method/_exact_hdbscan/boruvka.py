@@ -127,13 +127,18 @@ def boruvka(pts: Points, core: torch.Tensor, indptr: torch.Tensor, neighbours: t
                     break
             settled = (k == n) | ~torch.isfinite(vals[:, -1]) | \
                 ((vals[:, -1].double() - tol[:, 0].double()) > best * best * (1 + 1e-12))
-            for r in (~settled).nonzero()[:, 0].tolist():  # the band runs past the candidates: every column
-                pts.counters["rows_screened_in_full"] += 1  # of the screened row that can reach the best, exactly
-                cols = (mr2[r].double() - tol[r, 0].double() <= best[r] * best[r] * (1 + 1e-12)).nonzero()[:, 0]
-                w = torch.maximum(pts.exact(rows[r].expand(len(cols)), cols), torch.maximum(core[rows[r]], core[cols]))
-                ex[r] = float("inf")
-                ex[r, 0] = w.min()
-                idx[r, 0] = cols[w == w.min()][0]  # the lowest index at the minimum (cols ascend)
+            unsettled = (~settled).nonzero()[:, 0]  # the band runs past the candidates: every column of the
+            pts.counters["rows_screened_in_full"] += len(unsettled)  # screened row that can reach the best, exactly
+            for s0 in range(0, len(unsettled), 64):  # a few rows at a time: mr2's rows are copied
+                u = unsettled[s0 : s0 + 64]
+                reach = (best[u] * best[u] * (1 + 1e-12))[:, None]
+                r_u, cols = (mr2[u].double() - tol[u].double() <= reach).nonzero(as_tuple=True)
+                a = rows[u][r_u]
+                w = torch.maximum(pts.exact(a, cols), torch.maximum(core[a], core[cols]))
+                # per row its cheapest, at the lowest index among equals
+                wmin, cmin, _ = _edge_key_min(r_u, w, cols, cols, len(u))
+                ex[u] = float("inf")
+                ex[u, 0], idx[u, 0] = wmin, cmin
             del mr2
             m = torch.isfinite(ex)
             r_i, c_i = m.nonzero(as_tuple=True)
@@ -164,8 +169,8 @@ def boruvka(pts: Points, core: torch.Tensor, indptr: torch.Tensor, neighbours: t
 
 
 def long_edge_ties(pts: Points, core: torch.Tensor, weights: np.ndarray) -> np.ndarray:
-    """Every pair (a, b) with d(a, b) exactly one of the long MST ``weights`` and max(core) below it: the
-    edges that can replace a long MST edge at a tie. One more pass over all pairs (only for symmetric data)."""
+    """Every long pair (a, b), max(core) below d(a, b), with d(a, b) exactly one of the MST ``weights``: the
+    edges that can replace an MST edge at a tie. One more pass over all pairs (only for symmetric data)."""
     w_sorted = torch.from_numpy(np.unique(weights)).to(pts.device)
     w2 = (w_sorted * w_sorted).to(pts.screen)
     found = []
@@ -237,7 +242,8 @@ def _finish(pts: Points, core: torch.Tensor, comp: torch.Tensor, n_comp: int) ->
     a = torch.cat([f[1] for f in found]).cpu().numpy()
     b = torch.cat([f[2] for f in found]).cpu().numpy()
     lo, hi = np.minimum(a, b), np.maximum(a, b)
-    _, first = np.unique(np.stack([lo, hi], 1), axis=0, return_index=True)  # each edge is found from both ends
+    _, first = np.unique(lo * n + hi, return_index=True)  # each edge is found from both ends (one int64 key:
+    # np.unique over rows of pairs sorts a void view, ~1 s per million candidates, which ties make)
     w, lo, hi = w[first], lo[first], hi[first]
     c_np = comp.cpu().numpy()
     order_e = np.lexsort((hi, lo, w))
@@ -256,6 +262,8 @@ def _finish(pts: Points, core: torch.Tensor, comp: torch.Tensor, n_comp: int) ->
         if ra != rb:
             parent[ra] = rb
             edges.append((int(lo[e]), int(hi[e]), float(w[e])))
+            if len(edges) == n_comp - 1:  # spanning: the rest (ties can make millions of candidates) all close cycles
+                break
     # distinct long edges of equal weight among the candidates: the sparse graph needs every such edge
     is_long = w > np.maximum(core_np[lo], core_np[hi])
     ties = bool(is_long.any()) and len(np.unique(w[is_long])) < int(is_long.sum()) and not _copies_only(pts, lo[is_long], hi[is_long], w[is_long])
@@ -356,15 +364,23 @@ def _finish_minima(pts: Points, core: torch.Tensor, comp: torch.Tensor, order: t
 
 
 def _copies_only(pts: Points, lo: np.ndarray, hi: np.ndarray, w: np.ndarray) -> bool:
-    """Whether edges of equal weight differ only by exact duplicate endpoints (handled by duplicate groups)."""
-    vals, counts = np.unique(w, return_counts=True)
-    for val in vals[counts > 1]:
-        m = np.flatnonzero(w == val)
-        a0, b0 = lo[m[0]], hi[m[0]]
-        for e in m[1:]:
-            ends = torch.tensor([lo[e], hi[e]])
-            d_same = pts.exact(torch.tensor([a0, b0]).to(pts.device), ends.to(pts.device))
-            d_swap = pts.exact(torch.tensor([a0, b0]).to(pts.device), ends.flip(0).to(pts.device))
-            if not (bool((d_same == 0).all()) or bool((d_swap == 0).all())):
-                return False
+    """Whether edges of equal weight differ only by exact duplicate endpoints (handled by duplicate groups): each
+    such edge against the first of its weight, both ways round, in one batch of exact distances (exact copies
+    of a point repeat every edge at it: a Python loop per edge took seconds on 100 copies)."""
+    _, inverse, counts = np.unique(w, return_inverse=True, return_counts=True)
+    inverse = inverse.ravel()
+    tied = np.flatnonzero(counts[inverse] > 1)
+    first = np.full(len(counts), len(w))
+    np.minimum.at(first, inverse[tied], tied)  # each tied weight's first edge
+    e = tied[tied != first[inverse[tied]]]
+    if not len(e):
+        return True
+    for s in range(0, len(e), 4096):  # in batches: data with distinct tied edges (a lattice) stop at the first
+        es = e[s : s + 4096]
+        f = first[inverse[es]]
+        a = torch.from_numpy(np.concatenate([lo[f], hi[f], lo[f], hi[f]]).astype(np.int64)).to(pts.device)
+        b = torch.from_numpy(np.concatenate([lo[es], hi[es], hi[es], lo[es]]).astype(np.int64)).to(pts.device)
+        zero = (pts.exact(a, b) == 0).cpu().numpy().reshape(4, len(es))
+        if not ((zero[0] & zero[1]) | (zero[2] & zero[3])).all():
+            return False
     return True
