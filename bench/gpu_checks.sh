@@ -31,15 +31,15 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 { nvidia-smi; python3 -c "import torch; print(torch.__version__, torch.cuda.get_device_name())"; } > "$OUT/machine.txt" 2>&1
 timeout 45 python3 bench/gpu_core_pass.py > "$OUT/core_pass.log" 2>&1
 echo "core pass primitives: exit $?" >> "$OUT/machine.txt"
-timeout 280 python3 bench/cluster_scale.py --paper --baseline-rev .baseline/e61c9f0 --baseline-max-n 100000 \
+timeout 300 python3 bench/cluster_scale.py --paper --baseline-rev .baseline/e61c9f0 --baseline-max-n 100000 \
     --json "$OUT/paper.json" > "$OUT/paper.log" 2>&1
 echo "paper ladder: exit $?" >> "$OUT/machine.txt"
-timeout 80 python3 bench/cluster_scale.py --paper --screen float32 --rungs 100000 400000 \
+timeout 60 python3 bench/cluster_scale.py --paper --screen float32 --rungs 100000 400000 \
     --json "$OUT/paper_float32.json" > "$OUT/paper_float32.log" 2>&1
 echo "paper ladder, float32 screen: exit $?" >> "$OUT/machine.txt"
-timeout 100 python3 bench/efficiency.py --vit-b --device cuda > "$OUT/efficiency.log" 2>&1
+timeout 90 python3 bench/efficiency.py --vit-b --device cuda > "$OUT/efficiency.log" 2>&1
 echo "efficiency: exit $?" >> "$OUT/machine.txt"
-timeout 90 python3 bench/cluster_exactness.py --quick > "$OUT/exactness.log" 2>&1
+timeout 75 python3 bench/cluster_exactness.py --quick > "$OUT/exactness.log" 2>&1
 echo "exactness: exit $?" >> "$OUT/machine.txt"
 tail -n 12 "$OUT/machine.txt" "$OUT/core_pass.log" "$OUT/paper.log" "$OUT/paper_float32.log" "$OUT/efficiency.log" \
     "$OUT/exactness.log"

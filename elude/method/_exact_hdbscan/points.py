@@ -235,7 +235,8 @@ def _float64_gemm_slowdown(index: int) -> float:
     with _PROBE_LOCK:
         if index not in _SLOWDOWN:
             device = torch.device("cuda", index)
-            a = torch.randn(2048, 2048, device=device)
+            # its own generator: the process's CUDA random state stays as the caller left it
+            a = torch.randn(2048, 2048, device=device, generator=torch.Generator(device).manual_seed(0))
 
             def best(m: torch.Tensor) -> float:
                 times = []
