@@ -315,13 +315,19 @@ def test_gpu_arithmetic_equals_package(min_samples, screen):
                                    exact_hdbscan.hdbscan_from_mst(mst, MIN_CLUSTER_SIZE, method))
 
 
-def test_the_screens_precision_is_chosen_by_arithmetic_and_checked():
+def test_the_screens_precision_is_chosen_by_arithmetic_and_checked(monkeypatch):
     """The CPU's arithmetic screens in float32 (its selection kernel holds float32 values), the GPU's run on the
-    CPU in float64 as on a datacenter GPU; a float64 screen for the CPU's arithmetic is refused, not rounded."""
+    CPU in float64 as on a datacenter GPU; on CUDA float32 where the measured float64 GEMM is 4x slower or more
+    (the measurement itself needs a GPU: bench/gpu_checks.sh); a float64 screen for the CPU's arithmetic is
+    refused, not rounded."""
+    from elude.method._exact_hdbscan import points
     from elude.method._exact_hdbscan.points import screen_dtype
 
     cpu = torch.device("cpu")
     assert screen_dtype(cpu, False) == torch.float32 and screen_dtype(cpu, True) == torch.float64
+    for slowdown, dtype in ((1.05, torch.float64), (2.0, torch.float64), (4.0, torch.float32), (64.0, torch.float32)):
+        monkeypatch.setattr(points, "_float64_gemm_slowdown", lambda index, s=slowdown: s)
+        assert screen_dtype(torch.device("cuda", 0), True) == dtype, slowdown
     x = blobs(np.random.default_rng(2), 200, 8, 2, 0.5)
     with pytest.raises(ValueError, match="CPU's arithmetic screens in float32"):
         exact_hdbscan.mutual_reachability_mst(x, 5, screen="float64")
