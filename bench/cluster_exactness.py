@@ -11,10 +11,10 @@ probabilities within 1e-5 ("same"), for the torch backend on the CPU, the GPU's 
 (top-k selection, sums in torch) with a float64 and with a float32 screen, and CUDA where a GPU is visible
 (with its own choice of screen, and with the other one); and the seconds of each.
 
-    .venv/bin/python bench/cluster_exactness.py --grid-sweep 60
+    .venv/bin/python bench/cluster_exactness.py --tie-sweep 60
 
-runs instead 60 small grid-quantised cases (exact distance ties between distinct pairs) x 4 min_samples x 2
-selection methods in the three CPU arithmetics, printing only the comparisons that are not exact.
+runs instead 60 small grid-quantised and 60 binary cases (exact distance ties between distinct pairs) x 4
+min_samples x 2 selection methods in the three CPU arithmetics, printing only the comparisons that are not exact.
 """
 from __future__ import annotations
 
@@ -77,19 +77,32 @@ def adjusted_rand(a, b) -> float:
     return adjusted_rand_score(a, b)
 
 
-def grid_sweep(seeds: int, arithmetics: dict) -> int:
-    """Small grid-quantised cases, where distinct pairs lie at exactly equal distances (the ties the sparse graph
-    of Prim's replay must hold): per seed n in 300..1500, d in {2, 3, 4, 6}, q in {3, 4, 6, 8} steps per unit;
-    min_samples 1, 3, 5, 10 with a drawn min_cluster_size, leaf and EOM. Prints the cases that differ; returns
-    their number."""
-    from elude.method import _exact_hdbscan as exact
-
-    bad = total = 0
-    started = time.perf_counter()
+def tie_cases(seeds: int):
+    """Small cases where distinct pairs lie at exactly equal distances (the ties the sparse graph of Prim's replay
+    must hold): per seed a grid-quantised one (n in 300..1500, d in {2, 3, 4, 6}, q in {3, 4, 6, 8} steps per
+    unit) and a binary one (prototypes of 0/1 features with 8 % of bits flipped, n in 300..1500, d in {8, 16, 32};
+    every other seed L2-normalised). Yields (name, rng, points)."""
     for seed in range(seeds):
         rng = np.random.default_rng(1000 + seed)
         n, d, q = int(rng.integers(300, 1500)), int(rng.choice([2, 3, 4, 6])), int(rng.choice([3, 4, 6, 8]))
-        x = np.round(blobs(rng, n, d) * q) / q
+        yield f"grid seed {seed} n {n} d {d} q {q}", rng, np.round(blobs(rng, n, d) * q) / q
+        rng = np.random.default_rng(5000 + seed)
+        n, d, k = int(rng.integers(300, 1500)), int(rng.choice([8, 16, 32])), int(rng.integers(3, 8))
+        x = ((rng.random((k, d)) < 0.3)[rng.integers(0, k, n)] ^ (rng.random((n, d)) < 0.08)).astype(np.float32)
+        if seed % 2:
+            x = (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+        yield f"binary seed {seed} n {n} d {d}", rng, x
+
+
+def tie_sweep(seeds: int, arithmetics: dict) -> int:
+    """:func:`tie_cases` with min_samples 1, 3, 5, 10 and a drawn min_cluster_size, leaf and EOM, in every
+    arithmetic. Prints the comparisons that are not exact and the totals per kind; returns the number not exact."""
+    from elude.method import _exact_hdbscan as exact
+
+    bad, total = {"grid": 0, "binary": 0}, {"grid": 0, "binary": 0}
+    started = time.perf_counter()
+    for case, rng, x in tie_cases(seeds):
+        kind = case.split()[0]
         for ms in (1, 3, 5, 10):
             mcs = int(rng.choice([10, 25, 40]))
             msts = {v: exact.mutual_reachability_mst(x, ms, gpu_arithmetic=gpu, screen=screen)
@@ -98,21 +111,23 @@ def grid_sweep(seeds: int, arithmetics: dict) -> int:
                 ref = package(x, mcs, ms, method)
                 for v, mst in msts.items():
                     verdict = compare(ref, exact.hdbscan_from_mst(mst, mcs, method))
-                    total += 1
+                    total[kind] += 1
                     if verdict != "exact":
-                        bad += 1
-                        print(f"seed {seed} n {n} d {d} q {q} ms {ms} mcs {mcs} {method} {v}: {verdict}", flush=True)
-    print(f"grid sweep: {bad} of {total} comparisons not exact ({len(arithmetics)} arithmetics, "
-          f"{time.perf_counter() - started:.0f} s)")
-    return bad
+                        bad[kind] += 1
+                        print(f"{case} ms {ms} mcs {mcs} {method} {v}: {verdict}", flush=True)
+    for kind in bad:
+        print(f"tie sweep, {kind}: {bad[kind]} of {total[kind]} comparisons not exact")
+    print(f"({len(arithmetics)} arithmetics, {time.perf_counter() - started:.0f} s)")
+    return sum(bad.values())
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--max-n", type=int, default=20_000)
     ap.add_argument("--quick", action="store_true", help="at most 2,000 points per case")
-    ap.add_argument("--grid-sweep", type=int, default=0, metavar="SEEDS",
-                    help="instead: this many small grid-quantised cases (exact distance ties) in every arithmetic")
+    ap.add_argument("--tie-sweep", type=int, default=0, metavar="SEEDS",
+                    help="instead: this many small grid-quantised and binary cases (exact distance ties) in every "
+                         "CPU arithmetic")
     args = ap.parse_args()
     import torch
 
@@ -128,8 +143,8 @@ def main() -> None:
         variants[f"CUDA ({own} screen)"] = ("cuda", None, own)
         other = {"float32": "float64", "float64": "float32"}[own]
         variants[f"CUDA ({other} screen)"] = ("cuda", None, other)
-    if args.grid_sweep:
-        grid_sweep(args.grid_sweep, {v: a for v, a in variants.items() if a[0] == "cpu"})
+    if args.tie_sweep:
+        tie_sweep(args.tie_sweep, {v: a for v, a in variants.items() if a[0] == "cpu"})
         return
     print(f"{'case':22} {'n':>6} {'d':>4} {'mcs':>4} {'ms':>5} {'method':>6} {'package s':>9} " +
           " ".join(f"{v:>28}" for v in variants))

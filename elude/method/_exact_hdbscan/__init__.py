@@ -55,9 +55,9 @@ where its distance equals the heaviest MST edge on the path between its ends (th
 replaces that edge at a tie, and that edge is the pair itself, an exact duplicate's copy of it (added), or
 another pair at exactly the same distance, long or a radius edge (exactly symmetric data, e.g. a lattice or
 grid-quantised points): when a search sees such a tie, one more pass adds every long pair at exactly an MST
-edge's weight (before 2026-12-06 only at a long edge's weight: on grid-quantised points a long pair tied
-with a radius edge was Prim's choice, and 12 of the 480 settings of ``bench/cluster_exactness.py
---grid-sweep 60`` clustered differently, ARI down to 0.59; now none). Hence Prim on
+edge's weight (before 2026-12-06 only at a long edge's weight: on grid-quantised points and binary features a
+long pair tied with a radius edge was Prim's choice, and settings of ``bench/cluster_exactness.py --tie-sweep
+60`` clustered differently, ARI down to 0.52; now none of its 2,880 comparisons). Hence Prim on
 G takes the same decisions as the package's Prim on all n^2 edges, and ``label`` receives the same rows in
 the same order. Checked on every run: Prim must reach every point with exactly Borůvka's MST weights; where
 not, the Borůvka tree is used (valid, but tied edges in its own order), ``tie_order`` says ``boruvka`` and a
