@@ -24,9 +24,17 @@ def merged_sha256(work: Path, cfg: Path) -> str | None:
 
 
 def in_progress(results: Path) -> list[str]:
-    """Work-in-progress folders (``.<name>.partial`` / ``.<name>.tmp-<pid>``) under ``results``."""
-    return sorted(str(p.relative_to(results)) for p in results.rglob(".*") if p.is_dir()
-                  and (p.name.endswith(".partial") or ".tmp-" in p.name) and ".locks" not in p.parts)
+    """Work-in-progress folders (``.<name>.partial`` / ``.<name>.tmp-<pid>``) under ``results``. os.walk skips
+    folders that vanish while it reads: a killed run's orphaned jobs still publish (rename) theirs, and
+    ``Path.rglob`` raised FileNotFoundError on one (seen once in a full suite on a loaded machine)."""
+    found = []
+    for top, dirs, _ in os.walk(results):
+        for name in dirs:
+            p = Path(top) / name
+            if name.startswith(".") and (name.endswith(".partial") or ".tmp-" in name) \
+                    and ".locks" not in p.relative_to(results).parts:
+                found.append(str(p.relative_to(results)))
+    return sorted(found)
 
 
 def progress(results: Path) -> dict[str, int]:
