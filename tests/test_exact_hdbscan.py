@@ -24,9 +24,10 @@ def blobs(rng, n: int, d: int, k: int, spread: float) -> np.ndarray:
     return contributions.normalise_rows(x.astype(np.float32))
 
 
-def package(x: np.ndarray, min_samples, method: str) -> tuple[np.ndarray, np.ndarray]:
+def package(x: np.ndarray, min_samples, method: str, min_cluster_size: int = MIN_CLUSTER_SIZE
+            ) -> tuple[np.ndarray, np.ndarray]:
     """The reference: the hdbscan package end to end, with its exact algorithm for euclidean data."""
-    model = hdbscan.HDBSCAN(min_cluster_size=MIN_CLUSTER_SIZE, min_samples=min_samples, algorithm="prims_kdtree",
+    model = hdbscan.HDBSCAN(min_cluster_size=min_cluster_size, min_samples=min_samples, algorithm="prims_kdtree",
                             cluster_selection_method=method, core_dist_n_jobs=1)
     model.fit(np.asarray(x, dtype=np.float64))
     return model.labels_, model.probabilities_
@@ -346,9 +347,7 @@ def test_a_long_pair_tied_with_a_radius_edge_is_in_prims_graph(gpu_arithmetic, s
     mst = exact_hdbscan.mutual_reachability_mst(x, 5, gpu_arithmetic=gpu_arithmetic, screen=screen)
     assert mst.tie_order == "prim" and mst.stats["long_ties_seen"]
     for method in ("leaf", "eom"):
-        ref = hdbscan.HDBSCAN(min_cluster_size=40, min_samples=5, algorithm="prims_kdtree",
-                              cluster_selection_method=method, core_dist_n_jobs=1).fit(x.astype(np.float64))
-        assert_same_clustering((ref.labels_, ref.probabilities_), exact_hdbscan.hdbscan_from_mst(mst, 40, method))
+        assert_same_clustering(package(x, 5, method, 40), exact_hdbscan.hdbscan_from_mst(mst, 40, method))
 
 
 def test_screens_run_whatever_tf32_api_the_process_used():
