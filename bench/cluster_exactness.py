@@ -15,6 +15,14 @@ probabilities within 1e-5 ("same"), for the torch backend on the CPU, the GPU's 
 
 runs instead 60 small grid-quantised and 60 binary cases (exact distance ties between distinct pairs) x 4
 min_samples x 2 selection methods in the three CPU arithmetics, printing only the comparisons that are not exact.
+
+    .venv/bin/python bench/cluster_exactness.py --edge-cases
+
+runs instead 20 cases at the edges of the screen's bounds and of the library's small-n rules (n = min_samples + 1,
+all points identical, copies in groups larger than min_samples, d = 1, coordinates scaled by 1e4 and 1e-4, an
+offset of 1e3 (|x|^2 ~ 1.6e7 against distances ~ 1: the screen's bound covers every pair), pairs one ulp apart, an
+outlier, min_samples up to n - 1, float16-quantised values), both selection methods, through the library's entry
+point (``clustering.hdbscan_labels``) and the three CPU arithmetics.
 """
 from __future__ import annotations
 
@@ -94,6 +102,57 @@ def tie_cases(seeds: int):
         yield f"binary seed {seed} n {n} d {d}", rng, x
 
 
+def edge_cases(rng):
+    """(name, points, min_cluster_size, min_samples) at the edges listed in the module docstring."""
+    x = blobs(rng, 1000, 16, 4)
+    yield "n = min_samples + 1", blobs(rng, 11, 5), 5, 10
+    yield "n = min_cluster_size", blobs(rng, 20, 5), 20, 5
+    yield "all identical", np.ones((200, 7), np.float32), 10, 5
+    yield "two identical groups", np.repeat(np.eye(2, 6, dtype=np.float32), 100, 0), 10, 5
+    yield "copies > min_samples", np.repeat(blobs(rng, 60, 20, 3), 12, 0), 15, 5
+    yield "d = 1 continuous", rng.normal(size=(800, 1)).astype(np.float32), 20, 5
+    yield "d = 1 integers", rng.integers(0, 30, size=(800, 1)).astype(np.float32), 20, 5
+    yield "scaled by 1e4", blobs(rng, 1500, 32, 5) * 1e4, 30, 5
+    yield "scaled by 1e-4", blobs(rng, 1500, 32, 5) * 1e-4, 30, 5
+    yield "offset 1e3", blobs(rng, 1500, 16, 5) + 1e3, 30, 5
+    yield "pairs one ulp apart", np.concatenate([x, np.nextafter(x, np.float32(2))]), 30, 5
+    yield "one far outlier", np.concatenate([blobs(rng, 900, 16, 3), np.full((1, 16), 50, np.float32)]), 30, 5
+    yield "min_samples 400 of 600", blobs(rng, 600, 16, 3), 30, 400
+    yield "min_samples = n - 1", blobs(rng, 300, 16, 3), 30, 299
+    yield "one blob", blobs(rng, 1200, 40, 1, 0.3), 30, 5
+    yield "gaussian, unnormalised", rng.normal(size=(2000, 50)).astype(np.float32), 25, 5
+    yield "sparse non-negative", np.maximum(rng.normal(size=(1500, 64)) - 1.5, 0).astype(np.float32), 25, 5
+    yield "half zero rows", np.concatenate([blobs(rng, 500, 30, 3), np.zeros((500, 30), np.float32)]), 25, 5
+    yield "copies among blobs", np.concatenate([blobs(rng, 800, 24, 4), np.repeat(blobs(rng, 40, 24, 4), 7, 0)]), 25, 3
+    yield "float16-quantised", blobs(rng, 1500, 8, 5).astype(np.float16).astype(np.float32), 25, 5
+
+
+def edge_sweep(arithmetics: dict) -> int:
+    """:func:`edge_cases` through ``clustering.hdbscan_labels`` (its small-n rules included) and each arithmetic's
+    MST; prints one line per case and method, returns the number of comparisons that are not exact."""
+    from elude.method import _exact_hdbscan as exact
+    from elude.method import clustering
+
+    bad = total = 0
+    started = time.perf_counter()
+    for name, x, mcs, ms in edge_cases(np.random.default_rng(20261206)):
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        msts = {v: exact.mutual_reachability_mst(x, ms, gpu_arithmetic=gpu, screen=screen)
+                for v, (_, gpu, screen) in arithmetics.items()}
+        for method in ("leaf", "eom"):
+            ref = package(x, mcs, ms, method)
+            verdicts = {"entry point": compare(ref, clustering.hdbscan_labels(
+                x, min_cluster_size=mcs, min_samples=ms, method=method, backend="torch:cpu"))}
+            verdicts |= {v: compare(ref, exact.hdbscan_from_mst(mst, mcs, method)) for v, mst in msts.items()}
+            total += len(verdicts)
+            bad += sum(v != "exact" for v in verdicts.values())
+            print(f"{name:24} n {len(x):5} d {x.shape[1]:3} mcs {mcs:3} ms {ms:3} {method:4} clusters "
+                  f"{ref[0].max() + 1:2} noise {(ref[0] < 0).sum():5} | " +
+                  " ".join(f"{v}: {verdict}" for v, verdict in verdicts.items()), flush=True)
+    print(f"edge cases: {bad} of {total} comparisons not exact ({time.perf_counter() - started:.0f} s)")
+    return bad
+
+
 def tie_sweep(seeds: int, arithmetics: dict) -> int:
     """:func:`tie_cases` with min_samples 1, 3, 5, 10 and a drawn min_cluster_size, leaf and EOM, in every
     arithmetic. Prints the comparisons that are not exact and the totals per kind; returns the number not exact."""
@@ -128,6 +187,8 @@ def main() -> None:
     ap.add_argument("--tie-sweep", type=int, default=0, metavar="SEEDS",
                     help="instead: this many small grid-quantised and binary cases (exact distance ties) in every "
                          "CPU arithmetic")
+    ap.add_argument("--edge-cases", action="store_true",
+                    help="instead: 20 cases at the edges of the screen's bounds and the small-n rules")
     args = ap.parse_args()
     import torch
 
@@ -143,9 +204,9 @@ def main() -> None:
         variants[f"CUDA ({own} screen)"] = ("cuda", None, own)
         other = {"float32": "float64", "float64": "float32"}[own]
         variants[f"CUDA ({other} screen)"] = ("cuda", None, other)
-    if args.tie_sweep:
-        tie_sweep(args.tie_sweep, {v: a for v, a in variants.items() if a[0] == "cpu"})
-        return
+    if args.tie_sweep or args.edge_cases:
+        cpu = {v: a for v, a in variants.items() if a[0] == "cpu"}
+        sys.exit(1 if (tie_sweep(args.tie_sweep, cpu) if args.tie_sweep else edge_sweep(cpu)) else 0)
     print(f"{'case':22} {'n':>6} {'d':>4} {'mcs':>4} {'ms':>5} {'method':>6} {'package s':>9} " +
           " ".join(f"{v:>28}" for v in variants))
     bad = 0

@@ -350,6 +350,24 @@ def test_a_long_pair_tied_with_a_radius_edge_is_in_prims_graph(gpu_arithmetic, s
         assert_same_clustering(package(x, 5, method, 40), exact_hdbscan.hdbscan_from_mst(mst, 40, method))
 
 
+@pytest.mark.parametrize("gpu_arithmetic,screen", ARITHMETICS)
+def test_far_from_the_origin_and_at_extreme_scales(gpu_arithmetic, screen):
+    """The screen's error bound grows with |x|^2 + |y|^2, not with the distances: blobs offset by 1e3 (|x|^2 ~ 1.6e7
+    against squared distances ~ 1, so the band holds every pair and all of it is recomputed exactly) and scaled by
+    1e4 and 1e-4 give the package's clusters in every arithmetic (bench/cluster_exactness.py --edge-cases has more
+    such cases)."""
+    rng = np.random.default_rng(11)
+    base = blobs(rng, 1200, 16, 5, 0.9)
+    for name, x in {"offset 1e3": base + 1e3, "scaled by 1e4": base * 1e4, "scaled by 1e-4": base * 1e-4}.items():
+        mst = exact_hdbscan.mutual_reachability_mst(x, 5, gpu_arithmetic=gpu_arithmetic, screen=screen)
+        ref = package(x, 5, "leaf", 30)
+        assert ref[0].max() >= 2, name  # clusters to get right, not all noise
+        try:
+            assert_same_clustering(ref, exact_hdbscan.hdbscan_from_mst(mst, 30, "leaf"))
+        except AssertionError as exc:
+            raise AssertionError(f"{name}: {exc}") from None
+
+
 def test_screens_run_whatever_tf32_api_the_process_used():
     """torch >= 2.9 raises on reading the legacy ``allow_tf32`` once anything set the new ``fp32_precision``
     (a user's training code may): the screens' TF32 guard goes through the new API, turns TF32 off inside and

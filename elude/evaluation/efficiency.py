@@ -18,14 +18,16 @@ import ctypes
 import gc
 import logging
 import re
-import time
 from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
+from ..util.timing import timed_ms
+
 log = logging.getLogger(__name__)
+
 
 def rss_mb(peak: bool = False) -> float:
     """The process's resident set (VmRSS) or its peak since the last reset (VmHWM), in MB."""
@@ -58,25 +60,6 @@ def model_bytes(*modules: nn.Module) -> int:
                 seen.add(key)
                 total += t.numel() * t.element_size()
     return total
-
-
-@torch.no_grad()
-def _timed(fn, inputs, iterations: int, device: torch.device) -> list[float]:
-    """Milliseconds of each of ``iterations`` passes: CUDA events on a GPU, ``perf_counter`` on the CPU."""
-    if device.type == "cuda":
-        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(iterations)]
-        for start, end in events:
-            start.record()
-            fn(inputs)
-            end.record()
-        torch.cuda.synchronize(device)
-        return [s.elapsed_time(e) for s, e in events]
-    times = []
-    for _ in range(iterations):
-        t0 = time.perf_counter()
-        fn(inputs)
-        times.append((time.perf_counter() - t0) * 1000)
-    return times
 
 
 def _peak_mb(device: torch.device, floor_mb: float) -> float:
@@ -123,7 +106,7 @@ def measure(model: nn.Module, inputs, variants: dict[str, Callable], *, warmup: 
                         torch.cuda.synchronize(device)
                     release(device)  # the warm-up's freed activations leave the resident set: the peak re-counts them
                     exact &= _reset_peak(device)
-                    times[name] += _timed(fn, inputs, per_round[r], device)
+                    times[name] += timed_ms(fn, inputs, per_round[r], device)
                     log.info("round %d/%d, %s: %.2f ms/batch so far", r + 1, rounds, name, float(np.mean(times[name])))
                     peaks[name] = max(peaks[name], _peak_mb(device, floor_mb))
                     del fn

@@ -9,6 +9,8 @@ import numba
 import numpy as np
 import torch
 
+from ...util.timing import timed_ms
+
 
 @numba.njit(cache=True, nogil=True)
 def exact_dist(x: np.ndarray, i: int, j: int) -> float:
@@ -239,14 +241,7 @@ def _float64_gemm_slowdown(index: int) -> float:
             a = torch.randn(2048, 2048, device=device, generator=torch.Generator(device).manual_seed(0))
 
             def best(m: torch.Tensor) -> float:
-                times = []
-                for _ in range(4):
-                    torch.cuda.synchronize(device)
-                    t = time.perf_counter()
-                    m @ m
-                    torch.cuda.synchronize(device)
-                    times.append(time.perf_counter() - t)
-                return min(times[1:])
+                return min(timed_ms(lambda m: m @ m, m, 4, device)[1:])  # the first pass warms up
 
             with _no_tf32():
                 _SLOWDOWN[index] = best(a.double()) / best(a)
