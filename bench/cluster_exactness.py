@@ -16,6 +16,12 @@ probabilities within 1e-5 ("same"), for the torch backend on the CPU, the GPU's 
 runs instead 60 small grid-quantised and 60 binary cases (exact distance ties between distinct pairs) x 4
 min_samples x 2 selection methods in the three CPU arithmetics, printing only the comparisons that are not exact.
 
+    .venv/bin/python bench/cluster_exactness.py --fuzz 40
+
+runs instead 40 random small cases (one of seven families each: grid-quantised, extra exact copies, binary, 2-d
+mixtures, rows at mixed scales, sparse non-negative, heavy-tailed norms; n 500..5,000, d 2..128) x min_samples 1, 5,
+25, 60 x 2 selection methods in the three CPU arithmetics, printing only the comparisons that are not exact.
+
     .venv/bin/python bench/cluster_exactness.py --edge-cases
 
 runs instead 20 cases at the edges of the screen's bounds and of the library's small-n rules (n = min_samples + 1,
@@ -153,29 +159,58 @@ def edge_sweep(arithmetics: dict) -> int:
     return bad
 
 
-def tie_sweep(seeds: int, arithmetics: dict) -> int:
-    """:func:`tie_cases` with min_samples 1, 3, 5, 10 and a drawn min_cluster_size, leaf and EOM, in every
-    arithmetic. Prints the comparisons that are not exact and the totals per kind; returns the number not exact."""
+def fuzz_cases(seeds: int):
+    """Random small cases, one family per seed (n 500..5,000, d 2..128): grid-quantised, extra exact copies, binary,
+    2-d mixtures, rows at mixed scales (1e-2, 1, 1e2), sparse non-negative, heavy-tailed (Cauchy) norms.
+    Yields (name, rng, points)."""
+    for seed in range(seeds):
+        rng = np.random.default_rng(9000 + seed)
+        kind = str(rng.choice(["quantised", "copies", "binary", "2-d", "scales", "sparse", "heavy-tailed"]))
+        n, d = int(rng.integers(500, 5000)), int(rng.choice([2, 3, 5, 8, 16, 48, 128]))
+        k, spread = int(rng.integers(2, 12)), float(rng.uniform(0.3, 1.5))
+        x = blobs(rng, n, d, k, spread)
+        if kind == "quantised":
+            x = np.round(x * int(rng.integers(2, 12)))
+        elif kind == "copies":
+            x = np.concatenate([x, x[rng.integers(0, n, int(rng.integers(1, n // 2)))]])
+        elif kind == "binary":
+            x = (rng.random((k, d)) < 0.3)[rng.integers(0, k, n)] ^ (rng.random((n, d)) < rng.uniform(0.02, 0.2))
+        elif kind == "2-d":
+            x = rng.normal(size=(k, 2))[rng.integers(0, k, n)] * 3 + rng.normal(size=(n, 2))
+        elif kind == "scales":
+            x = x * rng.choice([1e-2, 1.0, 1e2], size=(n, 1))
+        elif kind == "sparse":
+            x = np.maximum(x * 3 - 1, 0)
+        else:
+            x = x * rng.standard_cauchy((n, 1))
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        yield f"{kind} seed {seed} n {len(x)} d {x.shape[1]}", rng, x
+
+
+def sweep(cases, arithmetics: dict, min_samples=(1, 3, 5, 10), min_cluster_sizes=(10, 25, 40)) -> int:
+    """Each case with every min_samples and a min_cluster_size drawn for each, leaf and EOM, in every arithmetic.
+    Prints the comparisons that are not exact and the totals per kind (a case name's first word); returns the
+    number not exact."""
     from elude.method import _exact_hdbscan as exact
 
-    bad, total = {"grid": 0, "binary": 0}, {"grid": 0, "binary": 0}
+    bad, total = {}, {}
     started = time.perf_counter()
-    for case, rng, x in tie_cases(seeds):
+    for case, rng, x in cases:
         kind = case.split()[0]
-        for ms in (1, 3, 5, 10):
-            mcs = int(rng.choice([10, 25, 40]))
+        for ms in min_samples:
+            mcs = int(rng.choice(min_cluster_sizes))
             msts = {v: exact.mutual_reachability_mst(x, ms, gpu_arithmetic=gpu, screen=screen)
                     for v, (_, gpu, screen) in arithmetics.items()}
             for method in ("leaf", "eom"):
                 ref = package(x, mcs, ms, method)
                 for v, mst in msts.items():
                     verdict = compare(ref, exact.hdbscan_from_mst(mst, mcs, method))
-                    total[kind] += 1
+                    total[kind] = total.get(kind, 0) + 1
                     if verdict != "exact":
-                        bad[kind] += 1
+                        bad[kind] = bad.get(kind, 0) + 1
                         print(f"{case} ms {ms} mcs {mcs} {method} {v}: {verdict}", flush=True)
-    for kind in bad:
-        print(f"tie sweep, {kind}: {bad[kind]} of {total[kind]} comparisons not exact")
+    for kind in total:
+        print(f"{kind}: {bad.get(kind, 0)} of {total[kind]} comparisons not exact")
     print(f"({len(arithmetics)} arithmetics, {time.perf_counter() - started:.0f} s)")
     return sum(bad.values())
 
@@ -187,6 +222,8 @@ def main() -> None:
     ap.add_argument("--tie-sweep", type=int, default=0, metavar="SEEDS",
                     help="instead: this many small grid-quantised and binary cases (exact distance ties) in every "
                          "CPU arithmetic")
+    ap.add_argument("--fuzz", type=int, default=0, metavar="SEEDS",
+                    help="instead: this many random small cases of seven families in every CPU arithmetic")
     ap.add_argument("--edge-cases", action="store_true",
                     help="instead: 20 cases at the edges of the screen's bounds and the small-n rules")
     args = ap.parse_args()
@@ -204,9 +241,13 @@ def main() -> None:
         variants[f"CUDA ({own} screen)"] = ("cuda", None, own)
         other = {"float32": "float64", "float64": "float32"}[own]
         variants[f"CUDA ({other} screen)"] = ("cuda", None, other)
-    if args.tie_sweep or args.edge_cases:
-        cpu = {v: a for v, a in variants.items() if a[0] == "cpu"}
-        sys.exit(1 if (tie_sweep(args.tie_sweep, cpu) if args.tie_sweep else edge_sweep(cpu)) else 0)
+    cpu = {v: a for v, a in variants.items() if a[0] == "cpu"}
+    if args.tie_sweep:
+        sys.exit(1 if sweep(tie_cases(args.tie_sweep), cpu) else 0)
+    if args.fuzz:
+        sys.exit(1 if sweep(fuzz_cases(args.fuzz), cpu, (1, 5, 25, 60), (10, 25, 50, 100)) else 0)
+    if args.edge_cases:
+        sys.exit(1 if edge_sweep(cpu) else 0)
     print(f"{'case':22} {'n':>6} {'d':>4} {'mcs':>4} {'ms':>5} {'method':>6} {'package s':>9} " +
           " ".join(f"{v:>28}" for v in variants))
     bad = 0

@@ -65,11 +65,16 @@ def main() -> None:
             cfg.setdefault("compute", {})["device"] = args.device
             (work / "config.yaml").write_text(yaml.safe_dump(cfg))
             extra += ["--configfile", str(work / "config.yaml")]
+        print(f"working folder: {work}", flush=True)  # for --run DIR if this process is stopped
         t0 = time.perf_counter()
-        subprocess.run([str(Path(sys.executable).with_name("snakemake")), "--snakefile", str(REPO / "Snakefile"),
-                        "--directory", str(work), "--profile", str(REPO / "profiles/local"), *extra], check=True,
-                       capture_output=True)
+        # `python -m snakemake`: also where Snakemake's wheels are on PYTHONPATH (bench/gpu_default_run.sh)
+        done = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
+                               "--directory", str(work), "--profile", str(REPO / "profiles/local"), *extra],
+                              capture_output=True, text=True)
         took = time.perf_counter() - t0
+        if done.returncode:
+            sys.exit(f"the run failed (exit {done.returncode}); the end of Snakemake's output:\n"
+                     + "\n".join((done.stdout + done.stderr).splitlines()[-60:]))
     rows = stage_table(work / "results")
     print(f"{'stage':<16} {'jobs':>4} {'wall s':>8} {'cpu s':>8} {'start-up s':>10} {'work s':>8}")
     for r in rows:

@@ -11,7 +11,7 @@
 # 100k and 400k with a float32 screen, what GPUs with slow float64 choose), Table 5's dense and
 # lazy layer at ViT-B size (batch 256, EF 8), and the held-out exactness cases with their CUDA column (--quick:
 # n <= 2,000). The default run on a GPU machine (bench/default_run.py --fresh --device cuda --cores 16) does not
-# fit the same 15 minutes: give it a call of its own.
+# fit the same 15 minutes: bench/gpu_default_run.sh prepares it for a call of its own.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 if [ "${1:-}" = "--prepare" ]; then
