@@ -14,13 +14,14 @@ probabilities within 1e-5 ("same"), for the torch backend on the CPU, the GPU's 
     .venv/bin/python bench/cluster_exactness.py --tie-sweep 60
 
 runs instead 60 small grid-quantised and 60 binary cases (exact distance ties between distinct pairs) x 4
-min_samples x 2 selection methods in the three CPU arithmetics, printing only the comparisons that are not exact.
+min_samples x 2 selection methods in the three CPU arithmetics (and CUDA's two screens where a GPU is visible, as
+for every mode below), printing only the comparisons that are not exact.
 
     .venv/bin/python bench/cluster_exactness.py --fuzz 40
 
 runs instead 40 random small cases (one of seven families each: grid-quantised, extra exact copies, binary, 2-d
 mixtures, rows at mixed scales, sparse non-negative, heavy-tailed norms; n 500..5,000, d 2..128) x min_samples 1, 5,
-25, 60 x 2 selection methods in the three CPU arithmetics, printing only the comparisons that are not exact.
+25, 60 x 2 selection methods in every arithmetic, printing only the comparisons that are not exact.
 
     .venv/bin/python bench/cluster_exactness.py --edge-cases
 
@@ -28,7 +29,7 @@ runs instead 20 cases at the edges of the screen's bounds and of the library's s
 all points identical, copies in groups larger than min_samples, d = 1, coordinates scaled by 1e4 and 1e-4, an
 offset of 1e3 (|x|^2 ~ 1.6e7 against distances ~ 1: the screen's bound covers every pair), pairs one ulp apart, an
 outlier, min_samples up to n - 1, float16-quantised values), both selection methods, through the library's entry
-point (``clustering.hdbscan_labels``) and the three CPU arithmetics.
+point (``clustering.hdbscan_labels``) and every arithmetic.
 """
 from __future__ import annotations
 
@@ -143,8 +144,8 @@ def edge_sweep(arithmetics: dict) -> int:
     started = time.perf_counter()
     for name, x, mcs, ms in edge_cases(np.random.default_rng(20261206)):
         x = np.ascontiguousarray(x, dtype=np.float32)
-        msts = {v: exact.mutual_reachability_mst(x, ms, gpu_arithmetic=gpu, screen=screen)
-                for v, (_, gpu, screen) in arithmetics.items()}
+        msts = {v: exact.mutual_reachability_mst(x, ms, device=dev, gpu_arithmetic=gpu, screen=screen)
+                for v, (dev, gpu, screen) in arithmetics.items()}
         for method in ("leaf", "eom"):
             ref = package(x, mcs, ms, method)
             verdicts = {"entry point": compare(ref, clustering.hdbscan_labels(
@@ -199,8 +200,8 @@ def sweep(cases, arithmetics: dict, min_samples=(1, 3, 5, 10), min_cluster_sizes
         kind = case.split()[0]
         for ms in min_samples:
             mcs = int(rng.choice(min_cluster_sizes))
-            msts = {v: exact.mutual_reachability_mst(x, ms, gpu_arithmetic=gpu, screen=screen)
-                    for v, (_, gpu, screen) in arithmetics.items()}
+            msts = {v: exact.mutual_reachability_mst(x, ms, device=dev, gpu_arithmetic=gpu, screen=screen)
+                    for v, (dev, gpu, screen) in arithmetics.items()}
             for method in ("leaf", "eom"):
                 ref = package(x, mcs, ms, method)
                 for v, mst in msts.items():
@@ -221,9 +222,9 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="at most 2,000 points per case")
     ap.add_argument("--tie-sweep", type=int, default=0, metavar="SEEDS",
                     help="instead: this many small grid-quantised and binary cases (exact distance ties) in every "
-                         "CPU arithmetic")
+                         "arithmetic")
     ap.add_argument("--fuzz", type=int, default=0, metavar="SEEDS",
-                    help="instead: this many random small cases of seven families in every CPU arithmetic")
+                    help="instead: this many random small cases of seven families in every arithmetic")
     ap.add_argument("--edge-cases", action="store_true",
                     help="instead: 20 cases at the edges of the screen's bounds and the small-n rules")
     args = ap.parse_args()
@@ -241,13 +242,12 @@ def main() -> None:
         variants[f"CUDA ({own} screen)"] = ("cuda", None, own)
         other = {"float32": "float64", "float64": "float32"}[own]
         variants[f"CUDA ({other} screen)"] = ("cuda", None, other)
-    cpu = {v: a for v, a in variants.items() if a[0] == "cpu"}
     if args.tie_sweep:
-        sys.exit(1 if sweep(tie_cases(args.tie_sweep), cpu) else 0)
+        sys.exit(1 if sweep(tie_cases(args.tie_sweep), variants) else 0)
     if args.fuzz:
-        sys.exit(1 if sweep(fuzz_cases(args.fuzz), cpu, (1, 5, 25, 60), (10, 25, 50, 100)) else 0)
+        sys.exit(1 if sweep(fuzz_cases(args.fuzz), variants, (1, 5, 25, 60), (10, 25, 50, 100)) else 0)
     if args.edge_cases:
-        sys.exit(1 if edge_sweep(cpu) else 0)
+        sys.exit(1 if edge_sweep(variants) else 0)
     print(f"{'case':22} {'n':>6} {'d':>4} {'mcs':>4} {'ms':>5} {'method':>6} {'package s':>9} " +
           " ".join(f"{v:>28}" for v in variants))
     bad = 0
