@@ -6,9 +6,10 @@
 # scikit-image but not Snakemake, zarr or overcomplete, and reaches no package registry. Here first:
 #     bash bench/gpu_default_run.sh --prepare
 # puts in .whl-run/ (git-ignored) the wheels it lacks, at the versions pyproject.toml pins (Python 3.12): Snakemake
-# and its dependencies, zarr and numcodecs, overcomplete with matplotlib < 3.9 (it imports only with those), and
-# transformers at our pin (the machine's is older); pulp too, so that Snakemake schedules as it does here. Not
-# hdbscan: the default run clusters with the exact torch backend. Then, through the device tool (one call of its
+# and its dependencies, zarr and numcodecs, overcomplete with matplotlib < 3.9 (it imports only with those),
+# transformers at our pin (the machine's is older) with the regex it checks for at import, and pulp (so that
+# Snakemake schedules as it does here); 61 MiB, under the device tool's 64 MiB with the working tree. Not hdbscan:
+# the default run clusters with the exact torch backend. Then, through the device tool (one call of its
 # own: with bench/gpu_checks.sh it would not fit one session's 15 minutes):
 #     run(command="bash bench/gpu_default_run.sh", carry=[".whl-run"], timeout_s=590)
 set -uo pipefail
@@ -23,7 +24,7 @@ WHEELS=(annotated-types==0.8.0 argparse-dataclass==2.0.0 conda-inject==1.3.2 con
         snakemake-interface-logger-plugins==2.1.0 snakemake-interface-report-plugins==1.3.0
         snakemake-interface-scheduler-plugins==2.0.2 snakemake-interface-storage-plugins==4.4.1
         sqlalchemy==2.0.58 sqlmodel==0.0.37 tenacity==9.2.1 throttler==1.2.3 traitlets==5.16.1 truststore==0.10.5
-        typing-inspection==0.4.5 tzdata==2026.6 yte==1.9.4 zarr==3.1.6 matplotlib==3.8.4 transformers==5.24.0)
+        typing-inspection==0.4.5 tzdata==2026.6 yte==1.9.4 zarr==3.1.6 matplotlib==3.8.4 transformers==5.24.0 regex==2026.12.2)
 if [ "${1:-}" = "--prepare" ]; then
     exclude=$(git rev-parse --git-path info/exclude) && mkdir -p "$(dirname "$exclude")"
     grep -qxsF /.whl-run/ "$exclude" || echo /.whl-run/ >> "$exclude"
