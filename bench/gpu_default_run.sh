@@ -28,6 +28,16 @@ WHEELS=(annotated-types==0.8.0 argparse-dataclass==2.0.0 conda-inject==1.3.2 con
 if [ "${1:-}" = "--prepare" ]; then
     exclude=$(git rev-parse --git-path info/exclude) && mkdir -p "$(dirname "$exclude")"
     grep -qxsF /.whl-run/ "$exclude" || echo /.whl-run/ >> "$exclude"
+    # the packages pyproject.toml pins must be carried at its versions: refuse a list that drifted from it
+    python3 - "${WHEELS[@]}" <<'PY' || exit 1
+import re, sys, tomllib
+project = tomllib.load(open("pyproject.toml", "rb"))["project"]
+split = lambda pin: (re.sub(r"[-_.]+", "-", pin.split("==")[0].strip()).lower(), pin.split("==")[1].split(";")[0].strip())
+pins = dict(split(p) for p in project["dependencies"] + project["optional-dependencies"]["baselines"] if "==" in p)
+drift = [w for w in sys.argv[1:] if split(w)[0] in pins and pins[split(w)[0]] != split(w)[1]]
+if drift:
+    sys.exit(f"bench/gpu_default_run.sh: WHEELS differ from pyproject.toml's pins: {drift}")
+PY
     rm -rf .whl-run && mkdir -p .whl-run
     for w in "${WHEELS[@]}"; do
         python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \

@@ -353,9 +353,9 @@ def test_a_long_pair_tied_with_a_radius_edge_is_in_prims_graph(gpu_arithmetic, s
 @pytest.mark.parametrize("gpu_arithmetic,screen", ARITHMETICS)
 def test_far_from_the_origin_and_at_extreme_scales(gpu_arithmetic, screen):
     """The screen's error bound grows with |x|^2 + |y|^2, not with the distances: blobs offset by 1e3 (|x|^2 ~ 1.6e7
-    against squared distances ~ 1, so the band holds every pair and all of it is recomputed exactly) and scaled by
-    1e4 and 1e-4 give the package's clusters in every arithmetic (bench/cluster_exactness.py --edge-cases has more
-    such cases)."""
+    against squared distances ~ 1, so a float32 screen's band holds every pair and all of it is recomputed exactly)
+    and scaled by 1e4 and 1e-4 give the package's clusters in every arithmetic (with a bound blind to |x|^2 the
+    float32 screens fail here; bench/cluster_exactness.py --edge-cases has more such cases)."""
     rng = np.random.default_rng(11)
     base = blobs(rng, 1200, 16, 5, 0.9)
     for name, x in {"offset 1e3": base + 1e3, "scaled by 1e4": base * 1e4, "scaled by 1e-4": base * 1e-4}.items():
