@@ -20,8 +20,9 @@ tested against the package in tests/test_exact_hdbscan.py).
 
 Presets (issue 29), each printing per rung the exact backend's phases (points, core distances, each
 Borůvka round and the few-components finish, the long edges, Prim's replay, the tree half) and its
-machine-independent counters (pairs screened, pairs recomputed exactly, points searched per round, radius
-edges, rows screened in full), and writing the rows as JSON (``--json``):
+machine-independent counters (pairs screened, pairs prescreened (the core pass's cheap bounds), pairs
+recomputed exactly, points searched per round, radius edges, rows screened in full), and writing the rows
+as JSON (``--json``):
 
     .venv/bin/python bench/cluster_scale.py --cpu-proxy [--baseline-rev e61c9f0] [--json proxy.json]
     .venv/bin/python bench/cluster_scale.py --paper [--baseline-rev e61c9f0] [--json paper.json]
@@ -201,7 +202,7 @@ def export_rev(rev: str, into: Path) -> str:
 def phases_table(rows: list[dict]) -> None:
     """Per rung: the exact backend's phases (seconds) and its machine-independent counters."""
     print(f"\n{'code':10} {'n':>7} {'total s':>8} {'points':>7} {'core':>7} {'rounds (s/searched)':>34} "
-          f"{'long':>6} {'prim':>6} {'tree':>6} {'screened':>10} {'exact':>10} {'radius':>10} {'full':>5} "
+          f"{'long':>6} {'prim':>6} {'tree':>6} {'screened':>10} {'prescreen':>10} {'exact':>10} {'radius':>10} {'full':>5} "
           f"{'speed-up':>8} {'labels':>9}")
     for r in rows:
         if "failed" in r or "skipped" in r:
@@ -212,9 +213,12 @@ def phases_table(rows: list[dict]) -> None:
         rounds = " ".join(("F" if x["finish"] else "") + f"{x['s']:.1f}/{x['searched']}" for x in st.get("rounds", []))
         c = lambda k: f"{st[k]:10.3g}" if k in st else f"{'-':>10}"  # noqa: E731
         print(f"{r['code'] + ' ' + st.get('screen', '')[5:]:10} {r['n']:>7} {r['seconds']:8.2f} {f('points')} {f('core_distances')} {rounds or '-':>34} "
-              f"{f('long_edges')[1:]} {f('prim')[1:]} {f('tree')[1:]} {c('pairs_screened')} {c('pairs_exact')} "
+              f"{f('long_edges')[1:]} {f('prim')[1:]} {f('tree')[1:]} {c('pairs_screened')} {c('pairs_prescreened')} "
+              f"{c('pairs_exact')} "
               f"{c('radius_edges')} {st.get('rows_screened_in_full', st.get('rows_exact_in_full', '-')):>5} "
               f"{r.get('speedup', '-'):>8} {r.get('identical', '-'):>9}")
+        if st.get("prescreen_failed"):
+            print("  ^ the prescreen's bound failed on this rung: its core pass ran again without it (a warning says where)")
 
 
 def preset(name: str, sizes: list[int], d: int, variant: str, baseline_rev: str | None, baseline_max_n: int,

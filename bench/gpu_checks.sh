@@ -6,8 +6,7 @@
 # ladder; that machine has no git history) in .baseline/e61c9f0/, both git-ignored. Then, through the device tool:
 #     run(command="bash bench/gpu_checks.sh", carry=[".whl", ".baseline"], timeout_s=590)
 # Every step has its own time limit and writes under $OUT, so one that runs long leaves the others' results:
-# the core pass's primitives at 400k (bench/gpu_core_pass.py: today's GEMM and top-k against a TF32 split and a
-# symmetric pass), the --paper ladder (400k x 3072 against the 20 s target; e61c9f0 side by side up to 100k; then
+# the --paper ladder (400k x 3072 against the 20 s target; e61c9f0 side by side up to 100k; then
 # 100k and 400k with a float32 screen, what GPUs with slow float64 choose), Table 5's dense and
 # lazy layer at ViT-B size (batch 256, EF 8), and the held-out exactness cases with their CUDA column (--quick:
 # n <= 2,000). The default run on a GPU machine (bench/default_run.py --fresh --device cuda --cores 16) does not
@@ -29,9 +28,7 @@ export PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH=/tmp/site
 { nvidia-smi; python3 -c "import torch; print(torch.__version__, torch.cuda.get_device_name())"; } > "$OUT/machine.txt" 2>&1
-timeout 45 python3 bench/gpu_core_pass.py > "$OUT/core_pass.log" 2>&1
-echo "core pass primitives: exit $?" >> "$OUT/machine.txt"
-timeout 300 python3 bench/cluster_scale.py --paper --baseline-rev .baseline/e61c9f0 --baseline-max-n 100000 \
+timeout 345 python3 bench/cluster_scale.py --paper --baseline-rev .baseline/e61c9f0 --baseline-max-n 100000 \
     --json "$OUT/paper.json" > "$OUT/paper.log" 2>&1
 echo "paper ladder: exit $?" >> "$OUT/machine.txt"
 timeout 60 python3 bench/cluster_scale.py --paper --screen float32 --rungs 100000 400000 \
@@ -41,5 +38,5 @@ timeout 90 python3 bench/efficiency.py --vit-b --device cuda > "$OUT/efficiency.
 echo "efficiency: exit $?" >> "$OUT/machine.txt"
 timeout 75 python3 bench/cluster_exactness.py --quick > "$OUT/exactness.log" 2>&1
 echo "exactness: exit $?" >> "$OUT/machine.txt"
-tail -n 12 "$OUT/machine.txt" "$OUT/core_pass.log" "$OUT/paper.log" "$OUT/paper_float32.log" "$OUT/efficiency.log" \
+tail -n 12 "$OUT/machine.txt" "$OUT/paper.log" "$OUT/paper_float32.log" "$OUT/efficiency.log" \
     "$OUT/exactness.log"

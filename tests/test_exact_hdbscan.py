@@ -213,6 +213,67 @@ def test_the_finish_screens_few_pairs_and_keeps_the_packages_tree(rng, gpu_arith
         assert_same_clustering(package(x, None, method), exact_hdbscan.hdbscan_from_mst(mst, MIN_CLUSTER_SIZE, method))
 
 
+@pytest.mark.parametrize("gpu_arithmetic,screen", ARITHMETICS)
+def test_the_core_pass_skips_tiles_that_hold_no_neighbour(rng, gpu_arithmetic, screen, monkeypatch):
+    """The core pass screens a block of rows (in group order) only against the tiles whose prescreened
+    lower bound can reach a row's neighbours: on six noisy blobs under half of the n^2 pairs, every core
+    distance and radius list still those of all n^2 exact distances (in the arithmetic's order), and the
+    finish's group minima (from the prescreen, lowered by its bound) still below every group's true minimum.
+    Points too large for a float32 prescreen are screened in full."""
+    from elude.method._exact_hdbscan import points
+    from elude.method._exact_hdbscan.core import core_distances
+    from elude.method._exact_hdbscan.points import Points
+
+    monkeypatch.setattr(points, "BF16_SPEEDUP", 0.0)  # the CPU's prescreen whether or not bfloat16 is fast here
+    x = np.concatenate([blobs(rng, 2000, 48, 6, 0.8), contributions.normalise_rows(rng.normal(size=(100, 48)))])
+    x = x[rng.permutation(len(x))].astype(np.float32)
+    n = len(x)
+    for scale, pruned in ((1.0, True), (1e16, False)):
+        pts = Points(x * scale, torch.device("cpu"), block_mb=1, gpu_arithmetic=gpu_arithmetic,
+                     screen=screen and getattr(torch, screen))
+        core, indptr, neighbours, _ = core_distances(pts, 30)
+        assert pts.counters["pairs_prescreened"] == (n * n if pruned else 0)
+        assert (pts.counters["pairs_screened"] < 0.5 * n * n) if pruned else pts.counters["pairs_screened"] == n * n
+        for i in range(n):
+            d = pts.exact(torch.full((n,), i), torch.arange(n)).numpy()
+            d[i] = np.inf
+            assert core[i].item() == np.sort(d)[29]
+            assert sorted(neighbours[indptr[i] : indptr[i + 1]].tolist()) == np.flatnonzero(d <= core[i].item()).tolist()
+        d2 = torch.cdist(pts.x64, pts.x64) ** 2
+        tol = pts.tol(torch.arange(n)).numpy()
+        _, ptr, order = pts.groups
+        for g in range(len(ptr) - 1):
+            if ptr[g + 1] > ptr[g]:
+                true_min = d2[:, torch.from_numpy(order[ptr[g] : ptr[g + 1]])].min(1).values.numpy()
+                assert np.all(pts.group_minima[:, g] + pts.sq64.numpy() <= true_min + tol * 1.01 + 1e-9 * scale**2)
+
+
+@pytest.mark.parametrize("gpu_arithmetic", [True, False])
+def test_the_prescreens_bound_holds(rng, gpu_arithmetic, monkeypatch):
+    """The prescreen (the GPU's: float32 copies cut to TF32's 10 mantissa bits, as tensor cores take them; the
+    CPU's: bfloat16 GEMMs) is within its bound of every exact squared distance: unit rows, rows of mixed norms,
+    far from the origin, at d from 1 to 3,072 and on exact copies."""
+    from elude.method._exact_hdbscan import points
+    from elude.method._exact_hdbscan.points import Points, Prescreen
+
+    monkeypatch.setattr(points, "BF16_SPEEDUP", 0.0)  # whether or not bfloat16 is fast on this CPU
+    mixed = rng.normal(size=(300, 40)) * rng.lognormal(0, 3, size=(300, 1))
+    cases = {"unit, d 3072": contributions.normalise_rows(rng.normal(size=(300, 3072))), "mixed norms": mixed,
+             "offset 1e3": rng.normal(size=(300, 16)) + 1e3, "d 1": rng.normal(size=(300, 1)),
+             "copies": np.repeat(rng.normal(size=(30, 8)), 10, 0)}
+    for name, x in cases.items():
+        x = x.astype(np.float32)
+        pts = Points(x, torch.device("cpu"), block_mb=64, gpu_arithmetic=gpu_arithmetic)
+        with pts.in_group_order():
+            lp = Prescreen(pts)
+            assert lp.usable
+            rows = torch.arange(len(x))
+            got = lp.less_row_norm(rows).double()[:, pts.pos] + pts.sq64[:, None]  # columns back to point order
+        diff = (got - torch.cdist(pts.x64, pts.x64, compute_mode="donot_use_mm_for_euclid_dist") ** 2).abs()
+        assert bool((diff <= lp.tol(rows)[:, None]).all()), name
+        assert float((diff / lp.tol(rows)[:, None]).max()) > 1e-3, name  # the cut was felt: not a vacuous check
+
+
 def test_radius_edges_in_chunks_are_the_one_pass(rng, monkeypatch):
     """The GPU's cheapest radius edge per point into another component, taken over chunks of whole rows,
     equals the CPU's one pass over the lists (lattice ties: equal weights decided by the lower, then the

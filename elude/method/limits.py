@@ -11,13 +11,14 @@ GPU_RADIUS_CHUNK_EDGES = 1 << 25  # a Borůvka round's flat radius-edge tensors 
 
 
 def unit_gpu_mb(k: int, d: int, min_samples: int) -> int:
-    """GPU memory of one unit's exact clustering (torch backend on CUDA): the points (float64) twice (a copy in
-    group order for the core pass, in component order for the finish), one block of screened distances
-    (BLOCK_MB, or k x k of them when smaller), the radius edges and one chunk of a Borůvka round's flat edges."""
+    """GPU memory of one unit's exact clustering (torch backend on CUDA): 20 bytes per value of the points
+    during the core pass (float64, a float64 copy in group order and the prescreen's float32 one; the finish's
+    component-ordered copy comes after those are freed), one block of screened distances (BLOCK_MB, or k x k
+    of them when smaller), the radius edges and one chunk of a Borůvka round's flat edges."""
     block = min(BLOCK_MB["cuda"] * 2**20, 32 * k * k)
     edges = k * (min(min_samples, k) + 1)
     chunk = 64 * min(edges, GPU_RADIUS_CHUNK_EDGES)
-    return int((2 * k * d * 8 + block + edges * GPU_BYTES_PER_RADIUS_EDGE + chunk) / 2**20) + 1
+    return int((k * d * 20 + block + edges * GPU_BYTES_PER_RADIUS_EDGE + chunk) / 2**20) + 1
 
 
 def planned_units_at_once(requested: int | None, gpu: bool, k: int, d: int, min_samples: int) -> int:

@@ -25,9 +25,13 @@ CPU that sum runs left to right (numba), the package's own arithmetic, so distan
 weights are bitwise the package's; on a GPU it runs in torch's order. The core distance's band: on the CPU
 every point screened within 2 tol of the row's k-th screened value, found by a linear-time selection
 (:func:`.core._core_rows`); on a GPU the band among a top-k of candidates (a row whose band runs past them
-takes the band from its whole screened row). The core pass screens the points in groups (each point's
-nearest of 64 pivots; the 10 % farthest in none; a float32 screen is kept in that order, a float64 screen's
-group-ordered copy lives for the pass) and records each row's smallest screened value per group: lower
+takes the band from its whole screened row). The core pass holds the points in groups (each point's
+nearest of 64 pivots; the 10 % farthest in none, ordered by their nearest pivot; a float32 screen is kept in
+that order, a float64 screen's group-ordered copy lives for the pass), takes its rows in that order and
+screens a block of rows only against the column tiles that a prescreen (TF32 on a GPU, bfloat16 on the CPU,
+with its own worst-case bound, checked on every block) cannot rule out: a tile whose lower bound exceeds an
+upper bound of every row's core distance by 3 tol holds no candidate, band member or radius-list neighbour
+(the proof in ``core.core_distances``). The prescreen's per-group minima, lowered by its bound, are the lower
 bounds that let the few-components finish screen only the rows that can hold a pair's cheapest edge (the
 proof in ``boruvka._finish_minima``). When few components remain, a float64 screen keeps the band narrow
 where high-dimensional distances concentrate.
@@ -135,6 +139,7 @@ def mutual_reachability_mst(x: np.ndarray, min_samples: int, device: str | torch
     phase = {"points": pts.clock() - started}
     t = pts.clock()
     core, indptr, neighbours, stats = core_distances(pts, ms)
+    stats["pairs_screened_core"] = pts.counters["pairs_screened"]  # the rest: Borůvka's searches and the finish
     phase["core_distances"], t = pts.clock() - t, pts.clock()
     mst, bstats = boruvka(pts, core, indptr, neighbours)
     stats.update(bstats)

@@ -55,7 +55,9 @@ class Points:
         # bounds. A float32 screen holds the points in group order (each group one contiguous segment of
         # columns; pos[p] = p's row in xs); a float64 screen is the float64 points themselves, put in group
         # order only for the core pass (:meth:`in_group_order`).
-        self.groups = _groups(self.x64, self.sq64)  # (group per point, ptr, points in group order), on the host
+        # (group per point, ptr, points in group order) and the core pass's column tiles, on the host
+        group, ptr, order, self.tiles = _groups(self.x64, self.sq64)
+        self.groups = (group, ptr, order)
         self.pos: torch.Tensor | None = None
         self.group_minima: np.ndarray | None = None  # per point and group: the core pass's (core.core_distances)
         if self.screen == torch.float64:
@@ -71,7 +73,7 @@ class Points:
         self.max_sq = float(self.sq64.max()) if self.n else 0.0
         self.block = max(16, min(self.n, (block_mb * 2**20) // (4 * 8 * max(self.n, 1))))
         # machine-independent work counters (bench/cluster_scale.py prints them)
-        self.counters = {"pairs_screened": 0, "pairs_exact": 0, "rows_screened_in_full": 0}
+        self.counters = {"pairs_screened": 0, "pairs_prescreened": 0, "pairs_exact": 0, "rows_screened_in_full": 0}
 
     @contextlib.contextmanager
     def in_group_order(self):
@@ -121,15 +123,25 @@ class Points:
                 g = x[rows] @ x.T
         return (sq[rows, None] + sq[None, :]) - 2.0 * g
 
-    def d2_less_row_norm(self, rows: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        """Screened |y|^2 - 2 x.y of ``rows`` to every point, columns in the screen's order (``self.groups``'s
-        order for a float32 screen and inside :meth:`in_group_order`): d^2 less the row's own |x|^2, which no ranking within a row needs (one fused GEMM, no
-        extra passes); within tol of the truth once |x|^2 is added. ``out``: a (rows x n) buffer to write into
-        (reused between blocks: fresh pages cost more than the GEMM on some machines)."""
-        self.counters["pairs_screened"] += len(rows) * self.n
+    def screen_ranges(self, rows: torch.Tensor, ranges: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Screened |y|^2 - 2 x.y of ``rows`` (point indices) to the points in columns ``ranges`` (half-open, in
+        the screen's order: ``self.groups``'s for a float32 screen and inside :meth:`in_group_order`), one fused
+        GEMM per range: d^2 less the row's own |x|^2, which no ranking within a row needs; within tol of the
+        truth once |x|^2 is added. Returns (rows x the ranges' total width, those columns' positions)."""
+        x = self.screen_rows(rows)
+        width = sum(c1 - c0 for c0, c1 in ranges)
+        self.counters["pairs_screened"] += len(rows) * width
+        cols = torch.cat([torch.arange(c0, c1, device=self.device) for c0, c1 in ranges])
         with _no_tf32():
-            return torch.addmm(self.sq_cols[None, :].expand(len(rows), -1), self.screen_rows(rows), self.xs.T,
-                               alpha=-2.0, out=out)
+            if len(ranges) == 1:
+                (c0, c1), = ranges
+                return torch.addmm(self.sq_cols[None, c0:c1], x, self.xs[c0:c1].T, alpha=-2.0), cols
+            out = torch.empty((len(rows), width), dtype=self.xs.dtype, device=self.device)
+            at = 0
+            for c0, c1 in ranges:
+                out[:, at : at + c1 - c0] = torch.addmm(self.sq_cols[None, c0:c1], x, self.xs[c0:c1].T, alpha=-2.0)
+                at += c1 - c0
+        return out, cols
 
     def exact(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Exact distances of the pairs (a, b), as float64 on the device."""
@@ -147,31 +159,121 @@ class Points:
         return out
 
 
+class Prescreen:
+    """A cheap screen that only bounds, used by the core pass to skip column tiles that cannot hold a row's
+    neighbours (:func:`.core.core_distances`). The GPU's arithmetic: float32 copies of the points through TF32
+    tensor cores (~8x the float64 GEMM's rate on an H100/H200; where the GPU's arithmetic runs on the CPU, for
+    tests, the copies are cut to TF32's 10 mantissa bits, so the bound is exercised as on a GPU). The CPU's:
+    bfloat16 copies (3x float32's rate on CPUs with AVX-512 BF16 or AMX), whose GEMM torch returns in bfloat16.
+
+    Bound (:meth:`tol`): each input x_i becomes x~_i with |x~_i - x_i| <= delta |x_i| (TF32: delta = 2^-10, 10
+    mantissa bits rounded or cut; bfloat16: 2^-8, rounded to nearest; both + 2^-23 from float64), so
+    |x~.y~ - x.y| <= (2 delta + delta^2) sum|x_i y_i|. The products are exact in float32 and their float32 sum
+    errs by at most (d + 64) 2^-22 (1 + delta)^2 sum|x_i y_i| in any order (twice the usual unit roundoff:
+    tensor cores may cut instead of rounding); a bfloat16 result errs by 2^-7 of itself (cut or rounded), at
+    most 2^-7 (1 + delta)^2 (1 + (d + 64) 2^-22) sum|x_i y_i|. With C the sum of those factors, sum|x_i y_i| <= (|x|^2 + |y|^2) / 2 and d^2 = |x|^2 + |y|^2 - 2 x.y, the product term
+    errs by at most C (|x|^2 + |y|^2); |y|^2 in float32 and the addition's rounding add 2^-21 (|x|^2 + |y|^2),
+    values flushed to zero d 2^-100. The core pass checks the bound on every block's screened columns
+    (:class:`PrescreenBoundError`). Points whose squares overflow float32's range get no prescreen
+    (:attr:`usable`)."""
+
+    def __init__(self, pts: Points, enabled: bool = True):
+        self.pts = pts
+        self.tf32 = pts.gpu_arithmetic
+        # float32 sums of d products stay finite; on the CPU only where bfloat16 GEMMs are fast
+        self.usable = enabled and pts.max_sq < 1e30 and (self.tf32 or _cpu_bf16_speedup() >= BF16_SPEEDUP)
+        if not self.usable:
+            return
+        order = torch.from_numpy(pts.groups[2]).to(pts.device)
+        if pts.device.type == "cuda" and pts.xs.dtype == torch.float32 and pts.pos is not None:
+            self.x = pts.xs  # the float32 screen itself: cuBLAS cuts it to TF32
+        else:
+            self.x = torch.empty((pts.n, pts.d), dtype=torch.float32 if self.tf32 else torch.bfloat16,
+                                 device=pts.device)
+            for s in range(0, pts.n, 4096):  # in chunks: no float64 copy of all points in group order
+                self.x[s : s + 4096] = pts.x64[order[s : s + 4096]]
+            if self.tf32 and pts.device.type != "cuda":  # the GPU's TF32 inputs: 10 mantissa bits (cut)
+                self.x.view(torch.int32).bitwise_and_(~0x1FFF)
+        self.sq = pts.sq64[order].float()
+        delta = (2.0**-10 if self.tf32 else 2.0**-8) + 2.0**-23
+        summed = (pts.d + 64) * 2.0**-22 * (1 + delta) ** 2
+        result = 0.0 if self.tf32 else 2.0**-7 * (1 + delta) ** 2 * (1 + (pts.d + 64) * 2.0**-22)
+        coeff = 2 * delta + delta**2 + summed + result + 2.0**-21  # the docstring's bound
+        self._tol = coeff * (pts.sq64 + pts.max_sq) + pts.d * 2.0**-100
+
+    def tol(self, rows: torch.Tensor) -> torch.Tensor:
+        """Bound on |prescreened d^2 - d^2| for ``rows``' pairs (float64)."""
+        return self._tol[rows]
+
+    def less_row_norm(self, rows: torch.Tensor) -> torch.Tensor:
+        """Prescreened |y|^2 - 2 x.y of ``rows`` (point indices) to every point, columns in group order (float32)."""
+        pts = self.pts
+        pts.counters["pairs_prescreened"] += len(rows) * pts.n
+        x = self.x[pts.pos[rows]]
+        if not self.tf32:  # torch's bfloat16 GEMM returns bfloat16 (in the bound)
+            return torch.sub(self.sq[None, :], (x @ self.x.T).float(), alpha=2.0)
+        with _cublas_tf32(True):
+            return torch.addmm(self.sq[None, :].expand(len(rows), -1), x, self.x.T, alpha=-2.0)
+
+
+BF16_SPEEDUP = 2.0  # the CPU prescreens where a bfloat16 GEMM runs this much faster than a float32 one or more
+_CPU_BF16: list[float] = []  # measured once per process
+
+
+def _cpu_bf16_speedup() -> float:
+    """How many times faster a bfloat16 GEMM runs than a float32 one on this CPU (best of 3 of a 256 x 1,024 x
+    8,192 product after a warm-up; ~20 ms): 3x with AVX-512 BF16 or AMX, below 1 without them, where a bfloat16
+    prescreen would cost more than the float32 screen it saves."""
+    with _PROBE_LOCK:
+        if not _CPU_BF16:
+            gen = torch.Generator().manual_seed(0)
+            a, b = torch.randn(256, 1024, generator=gen), torch.randn(8192, 1024, generator=gen)
+
+            def best(m: tuple[torch.Tensor, torch.Tensor]) -> float:
+                return min(timed_ms(lambda m: m[0] @ m[1].T, m, 4, torch.device("cpu"))[1:])
+
+            _CPU_BF16.append(best((a, b)) / best((a.bfloat16(), b.bfloat16())))
+        return _CPU_BF16[0]
+
+
+class PrescreenBoundError(RuntimeError):
+    """A prescreened value lay outside its bound of the screen's: the core pass runs again without prescreen."""
+
+
 GROUPS = 64  # groups of points whose per-row minima the core pass records for the finish's bounds
 FAR_SHARE = 0.1  # the points farthest from their group's pivot join no group: the finish screens them directly
 
 
-def _groups(x64: torch.Tensor, sq64: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _groups(x64: torch.Tensor, sq64: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(each point's group or -1, group g's points at order[ptr[g]:ptr[g + 1]] with the far points after
-    ptr[-1], order). A group = the points nearest to one of GROUPS pivots spread over the index range; the
+    ptr[-1], order, tiles). A group = the points nearest to one of GROUPS pivots spread over the index range; the
     FAR_SHARE of points farthest from their pivot join none: noise-like points end up in any component, and a
-    group meeting components other than its rows' own bounds nothing there. Only the speed depends on this."""
+    group meeting components other than its rows' own bounds nothing there. The far points are ordered by their
+    nearest pivot too. ``tiles``: the core pass's column tiles in that order (the groups, then the far points
+    cut at pivot changes into tiles of about n / GROUPS). Only the speed depends on this."""
     n = len(x64)
     pivots = torch.from_numpy(np.unique(np.linspace(0, n - 1, min(GROUPS, n)).astype(np.int64))).to(x64.device)
     d2 = torch.addmm(sq64[pivots][None, :].expand(n, -1), x64, x64[pivots].T, alpha=-2.0)
     dmin, group = d2.min(1)
     dmin = (dmin + sq64).cpu().numpy()
-    group = group.cpu().numpy().astype(np.int32)
+    nearest = group.cpu().numpy().astype(np.int32)
+    group = nearest.copy()
     if n > 1:
         group[dmin > np.quantile(dmin, 1 - FAR_SHARE)] = -1
-    key = np.where(group < 0, len(pivots), group)
+    key = np.where(group < 0, len(pivots) + nearest, group)
     order = np.argsort(key, kind="stable")
-    ptr = np.searchsorted(key[order], np.arange(len(pivots) + 1)).astype(np.int64)
-    return group, ptr, order
+    sorted_key = key[order]
+    ptr = np.searchsorted(sorted_key, np.arange(len(pivots) + 1)).astype(np.int64)
+    far_cuts, last = [], int(ptr[-1])
+    for c in np.flatnonzero(np.diff(sorted_key[ptr[-1]:])) + 1 + int(ptr[-1]):  # pivot changes among far points
+        if c - last >= max(1, n // GROUPS):
+            far_cuts.append(int(c))
+            last = int(c)
+    tiles = np.unique(np.concatenate([ptr, far_cuts, [n]])).astype(np.int64)
+    return group, ptr, order, tiles
 
 
-_TF32_LOCK = threading.Lock()
-_TF32_HOLDERS: list = [0, None]  # [threads inside _no_tf32, the setting they found]
+_TF32_LOCK = threading.RLock()
 
 
 def _cublas_fp32_precision(value: str | None = None) -> str:
@@ -191,22 +293,23 @@ def _cublas_fp32_precision(value: str | None = None) -> str:
 
 
 @contextlib.contextmanager
-def _no_tf32():
-    """Screening bounds assume true float32 products: TF32 tensor cores would break them. Reentrant across
-    threads (a cluster shard clusters several units at once): the first in turns TF32 off, the last out
-    restores it, so no thread's GEMM runs while another has turned it back on."""
+def _cublas_tf32(allowed: bool):
+    """cuBLAS's float32 GEMMs launched inside run with TF32 ``allowed`` or not, whatever the process set; the
+    process's setting comes back afterwards. torch reads the setting when it launches a GEMM (the GPU runs it
+    later, in that mode), so the lock is held around launches only: threads (a cluster shard clusters several
+    units at once) take turns, and no thread's screen is launched while another has TF32 on for its prescreen."""
     with _TF32_LOCK:
-        if _TF32_HOLDERS[0] == 0:
-            _TF32_HOLDERS[1] = _cublas_fp32_precision()
-            _cublas_fp32_precision("ieee")
-        _TF32_HOLDERS[0] += 1
-    try:
-        yield
-    finally:
-        with _TF32_LOCK:
-            _TF32_HOLDERS[0] -= 1
-            if _TF32_HOLDERS[0] == 0:
-                _cublas_fp32_precision(_TF32_HOLDERS[1])
+        before = _cublas_fp32_precision()
+        _cublas_fp32_precision("tf32" if allowed else "ieee")
+        try:
+            yield
+        finally:
+            _cublas_fp32_precision(before)
+
+
+def _no_tf32():
+    """Screening bounds assume true float32 products: TF32 tensor cores would break them (:func:`_cublas_tf32`)."""
+    return _cublas_tf32(False)
 
 
 FLOAT64_SLOWDOWN = 4.0  # a GPU whose float64 GEMMs run this much slower than float32's screens in float32
