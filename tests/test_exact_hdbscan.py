@@ -451,6 +451,44 @@ def test_screens_run_whatever_tf32_api_the_process_used():
         torch.backends.fp32_precision = "none"  # torch's default: the legacy flag readable again
 
 
+def test_a_prescreen_with_tf32_on_and_a_screen_with_it_off_take_turns():
+    """Units clustered at once in threads: while one thread launches its prescreen with TF32 on, another's
+    screen waits, and runs with TF32 off; GEMMs on the CPU do not wait (cuBLAS's setting is not theirs)."""
+    import threading
+
+    from elude.method._exact_hdbscan.points import _cublas_tf32, _no_tf32
+
+    matmul = torch.backends.cuda.matmul
+    inside, release, seen = threading.Event(), threading.Event(), []
+
+    def prescreen():
+        with _cublas_tf32(True):
+            inside.set()
+            release.wait(5)
+
+    def screen():
+        with _no_tf32():
+            seen.append(matmul.fp32_precision)
+
+    def cpu_screen():
+        with _no_tf32(torch.device("cpu")):
+            seen.append("cpu")
+
+    first = threading.Thread(target=prescreen)
+    first.start()
+    inside.wait(5)
+    waiting, free = threading.Thread(target=screen), threading.Thread(target=cpu_screen)
+    waiting.start()
+    free.start()
+    free.join(5)
+    waiting.join(0.3)
+    assert seen == ["cpu"] and waiting.is_alive()  # the CUDA screen waits for the prescreen's launch
+    release.set()
+    first.join(5)
+    waiting.join(5)
+    assert seen == ["cpu", "ieee"]
+
+
 def random_msts():
     """Spanning trees as the MST step hands them over, in unsorted order: random attachment (bushy) and
     paths (deep), with continuous weights, heavy ties and zero weights (infinite lambdas)."""

@@ -215,7 +215,7 @@ def _finish(pts: Points, core: torch.Tensor, comp: torch.Tensor, n_comp: int) ->
         c = c0 if c1 is None else slice(c0, c1)
         xr, sqr, cr, xc = x[r], sq[r], core2[r], x[c]
         pts.counters["pairs_screened"] += len(xr) * len(xc)
-        with _no_tf32():
+        with _no_tf32(dev):
             g = xr @ xc.T
         d2 = (sqr[:, None] + sq[None, c]) - 2.0 * g
         return torch.maximum(torch.maximum(d2, cr[:, None]), core2[None, c])

@@ -113,13 +113,13 @@ class Points:
         self.counters["pairs_screened"] += len(rows) * self.n
         sq = self.sq64.to(dtype)
         if dtype == self.xs.dtype:
-            with _no_tf32():
+            with _no_tf32(self.device):
                 g = self.screen_rows(rows) @ self.xs.T
             if self.pos is not None:
                 g = g[:, self.pos]  # the screen's columns (group order) back to point order
         else:
             x = self.x64.to(dtype)
-            with _no_tf32():
+            with _no_tf32(self.device):
                 g = x[rows] @ x.T
         return (sq[rows, None] + sq[None, :]) - 2.0 * g
 
@@ -132,7 +132,7 @@ class Points:
         width = sum(c1 - c0 for c0, c1 in ranges)
         self.counters["pairs_screened"] += len(rows) * width
         cols = torch.cat([torch.arange(c0, c1, device=self.device) for c0, c1 in ranges])
-        with _no_tf32():
+        with _no_tf32(self.device):
             if len(ranges) == 1:
                 (c0, c1), = ranges
                 return torch.addmm(self.sq_cols[None, c0:c1], x, self.xs[c0:c1].T, alpha=-2.0), cols
@@ -212,7 +212,7 @@ class Prescreen:
         x = self.x[pts.pos[rows]]
         if not self.tf32:  # torch's bfloat16 GEMM returns bfloat16 (in the bound)
             return torch.sub(self.sq[None, :], (x @ self.x.T).float(), alpha=2.0)
-        with _cublas_tf32(True):
+        with _cublas_tf32(True, pts.device):
             return torch.addmm(self.sq[None, :].expand(len(rows), -1), x, self.x.T, alpha=-2.0)
 
 
@@ -293,11 +293,15 @@ def _cublas_fp32_precision(value: str | None = None) -> str:
 
 
 @contextlib.contextmanager
-def _cublas_tf32(allowed: bool):
+def _cublas_tf32(allowed: bool, device: torch.device | None = None):
     """cuBLAS's float32 GEMMs launched inside run with TF32 ``allowed`` or not, whatever the process set; the
     process's setting comes back afterwards. torch reads the setting when it launches a GEMM (the GPU runs it
     later, in that mode), so the lock is held around launches only: threads (a cluster shard clusters several
-    units at once) take turns, and no thread's screen is launched while another has TF32 on for its prescreen."""
+    units at once) take turns, and no thread's screen is launched while another has TF32 on for its prescreen.
+    GEMMs on the CPU (``device``) need neither: their threads run side by side."""
+    if device is not None and device.type != "cuda":
+        yield
+        return
     with _TF32_LOCK:
         before = _cublas_fp32_precision()
         _cublas_fp32_precision("tf32" if allowed else "ieee")
@@ -307,9 +311,9 @@ def _cublas_tf32(allowed: bool):
             _cublas_fp32_precision(before)
 
 
-def _no_tf32():
+def _no_tf32(device: torch.device | None = None):
     """Screening bounds assume true float32 products: TF32 tensor cores would break them (:func:`_cublas_tf32`)."""
-    return _cublas_tf32(False)
+    return _cublas_tf32(False, device)
 
 
 FLOAT64_SLOWDOWN = 4.0  # a GPU whose float64 GEMMs run this much slower than float32's screens in float32
