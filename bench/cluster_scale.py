@@ -265,7 +265,7 @@ def tree_half(sizes: list[int], json_path: str | None) -> None:
 
     tree_to_labels(np.array([[0, 1, 1.0], [1, 2, 2.0]]), 2, "leaf")  # compile (numba's cache) outside the timing
     rows_out = []
-    print(f"\nTree half, min_cluster_size 1000: seconds (ours | the package), identical outputs")
+    print("\nTree half, min_cluster_size 1000: seconds (ours | the package), identical outputs")
     print(f"{'n':>8} {'method':>6} {'ours s':>8} {'package s':>10} {'speed-up':>9} {'identical':>9}")
     for n in sizes:
         rng = np.random.default_rng(n)

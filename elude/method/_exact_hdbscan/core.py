@@ -166,14 +166,16 @@ def _round_down(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return out
 
 
-def _csr(n: int, pieces: list, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(indptr, neighbours) in row order from lists made in any row order: pieces of (rows, their lists one
-    after another (int32), their lengths)."""
+def _csr(n: int, pieces: list, like: torch.Tensor, in_order: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(indptr, neighbours) in row order from lists made in any row order (``in_order``: the pieces' rows are
+    0 .. n - 1 one after another): pieces of (rows, their lists one after another (int32), their lengths)."""
     counts = torch.zeros(n, dtype=torch.int64, device=like.device)
     for r, _, c in pieces:
         counts[r] = c
     indptr = torch.zeros(n + 1, dtype=torch.int64, device=like.device)
     indptr[1:] = counts.cumsum(0)
+    if in_order:
+        return indptr, torch.cat([nb for _, nb, _ in pieces])
     neighbours = torch.empty(int(indptr[-1]), dtype=torch.int32, device=like.device)
     for r, nb, c in pieces:
         if len(nb):
@@ -301,15 +303,17 @@ def _core_distances_cpu(pts: Points, min_samples: int, prescreen: bool
     members = np.empty((min(n, pts.block), cap), dtype=np.int32)
     exact = np.zeros(min(n, pts.block), dtype=np.int64)
     tiles = _Tiles(pts, min_samples, prescreen)
+    screened = torch.empty((min(n, pts.block), n), dtype=pts.screen)  # every block's screen, written into
     with ThreadPoolExecutor(workers) as pool:
         for start in range(0, n, pts.block):
             stop = min(n, start + pts.block)
-            rows = order[start:stop]  # point indices, in group order
+            # point indices: in group order, where tiles can be skipped (a block's rows meet few), else in order
+            rows = order[start:stop] if tiles.lp.usable else np.arange(start, stop)
             rows_t = torch.from_numpy(rows)
             b, sq_r, tol_t = stop - start, pts.sq64[rows_t], pts.tol(rows_t)
             pre, lower, first = tiles.first(rows_t, start, stop, sq_r)
-            s, cols = pts.screen_ranges(rows_t, tiles.ranges(first))
-            row_pos = torch.searchsorted(cols, torch.arange(start, stop)).numpy()  # each row's own column in s
+            s, cols = pts.screen_ranges(rows_t, tiles.ranges(first), out=screened)
+            row_pos = torch.searchsorted(cols, pts.pos[rows_t]).numpy()  # each row's own column in s
             if pre is None:
                 lower = tiles.minima(s) + (sq_r - tol_t)[:, None]
             else:
@@ -319,9 +323,9 @@ def _core_distances_cpu(pts: Points, min_samples: int, prescreen: bool
                 least = s.topk(min(min_samples + 1, s.shape[1]), dim=1, largest=False, sorted=False).values
                 upper = least.amax(1).double() + sq_r + tol_t
                 more = tiles.more(lower, upper, tol_t, first)
-                if bool(more.any()):
-                    extra, extra_cols = pts.screen_ranges(rows_t, tiles.ranges(more))
-                    s, cols = torch.cat([s, extra], 1), torch.cat([cols, extra_cols])
+                if bool(more.any()):  # screened into the columns after the first tiles'
+                    _, extra_cols = pts.screen_ranges(rows_t, tiles.ranges(more), out=screened[:, len(cols) :])
+                    s, cols = screened[:b, : len(cols) + len(extra_cols)], torch.cat([cols, extra_cols])
             tiles.group_minima(gmin, rows_t, lower, sq_r)
             s, cols = s.numpy(), cols.numpy()
             col_point = order[cols]
@@ -352,5 +356,5 @@ def _core_distances_cpu(pts: Points, min_samples: int, prescreen: bool
             core[rows] = core_b
             pieces.append((rows_t, torch.from_numpy(block), torch.from_numpy(cnt)))
     pts.group_minima = gmin
-    indptr, neighbours = _csr(n, pieces, torch.from_numpy(core))
+    indptr, neighbours = _csr(n, pieces, torch.from_numpy(core), in_order=not tiles.lp.usable)
     return torch.from_numpy(core), indptr, neighbours, {"core_fallback_rows": long_rows, "radius_edges": len(neighbours)}

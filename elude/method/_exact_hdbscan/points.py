@@ -123,23 +123,25 @@ class Points:
                 g = x[rows] @ x.T
         return (sq[rows, None] + sq[None, :]) - 2.0 * g
 
-    def screen_ranges(self, rows: torch.Tensor, ranges: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    def screen_ranges(self, rows: torch.Tensor, ranges: list[tuple[int, int]], out: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
         """Screened |y|^2 - 2 x.y of ``rows`` (point indices) to the points in columns ``ranges`` (half-open, in
         the screen's order: ``self.groups``'s for a float32 screen and inside :meth:`in_group_order`), one fused
         GEMM per range: d^2 less the row's own |x|^2, which no ranking within a row needs; within tol of the
-        truth once |x|^2 is added. Returns (rows x the ranges' total width, those columns' positions)."""
+        truth once |x|^2 is added. Returns (rows x the ranges' total width, those columns' positions). ``out``:
+        a buffer of at least that many rows and columns to write into (its top left corner is returned; fresh
+        pages cost more than the GEMM on some machines)."""
         x = self.screen_rows(rows)
         width = sum(c1 - c0 for c0, c1 in ranges)
         self.counters["pairs_screened"] += len(rows) * width
         cols = torch.cat([torch.arange(c0, c1, device=self.device) for c0, c1 in ranges])
-        with _no_tf32(self.device):
-            if len(ranges) == 1:
-                (c0, c1), = ranges
-                return torch.addmm(self.sq_cols[None, c0:c1], x, self.xs[c0:c1].T, alpha=-2.0), cols
+        if out is None:
             out = torch.empty((len(rows), width), dtype=self.xs.dtype, device=self.device)
-            at = 0
+        out = out[: len(rows), :width]
+        at = 0
+        with _no_tf32(self.device):
             for c0, c1 in ranges:
-                out[:, at : at + c1 - c0] = torch.addmm(self.sq_cols[None, c0:c1], x, self.xs[c0:c1].T, alpha=-2.0)
+                torch.addmm(self.sq_cols[None, c0:c1], x, self.xs[c0:c1].T, alpha=-2.0, out=out[:, at : at + c1 - c0])
                 at += c1 - c0
         return out, cols
 
@@ -160,26 +162,27 @@ class Points:
 
 
 class Prescreen:
-    """A cheap screen that only bounds, used by the core pass to skip column tiles that cannot hold a row's
-    neighbours (:func:`.core.core_distances`). The GPU's arithmetic: float32 copies of the points through TF32
-    tensor cores (~8x the float64 GEMM's rate on an H100/H200; where the GPU's arithmetic runs on the CPU, for
+    """A cheap screen that only bounds, used by the core pass to skip column tiles that cannot hold a row's neighbours
+    (:func:`.core.core_distances`). The GPU's arithmetic: float32 copies of the points through TF32 tensor cores
+    (~7x the float64 GEMM's rate on an H100/H200 by the data sheets; where the GPU's arithmetic runs on the CPU, for
     tests, the copies are cut to TF32's 10 mantissa bits, so the bound is exercised as on a GPU). The CPU's:
     bfloat16 copies (3x float32's rate on CPUs with AVX-512 BF16 or AMX), whose GEMM torch returns in bfloat16.
 
     Bound (:meth:`tol`): each input x_i becomes x~_i with |x~_i - x_i| <= delta |x_i| (TF32: delta = 2^-10, 10
-    mantissa bits rounded or cut; bfloat16: 2^-8, rounded to nearest; both + 2^-23 from float64), so
-    |x~.y~ - x.y| <= (2 delta + delta^2) sum|x_i y_i|. The products are exact in float32 and their float32 sum
-    errs by at most (d + 64) 2^-22 (1 + delta)^2 sum|x_i y_i| in any order (twice the usual unit roundoff:
-    tensor cores may cut instead of rounding); a bfloat16 result errs by 2^-7 of itself (cut or rounded), at
-    most 2^-7 (1 + delta)^2 (1 + (d + 64) 2^-22) sum|x_i y_i|. With C the sum of those factors, sum|x_i y_i| <= (|x|^2 + |y|^2) / 2 and d^2 = |x|^2 + |y|^2 - 2 x.y, the product term
-    errs by at most C (|x|^2 + |y|^2); |y|^2 in float32 and the addition's rounding add 2^-21 (|x|^2 + |y|^2),
-    values flushed to zero d 2^-100. The core pass checks the bound on every block's screened columns
-    (:class:`PrescreenBoundError`). Points whose squares overflow float32's range get no prescreen
+    mantissa bits rounded or cut; bfloat16: 2^-8, rounded to nearest; both + 2^-23 from float64), so |x~.y~ - x.y|
+    <= (2 delta + delta^2) sum|x_i y_i|. The products are exact in float32 and their float32 sum errs by at most (d
+    + 64) 2^-22 (1 + delta)^2 sum|x_i y_i| in any order (twice the usual unit roundoff: tensor cores may cut instead
+    of rounding); a bfloat16 result errs by 2^-7 of itself (cut or rounded), at most 2^-7 (1 + delta)^2 (1 + (d +
+    64) 2^-22) sum|x_i y_i|. With C the sum of those factors, sum|x_i y_i| <= (|x|^2 + |y|^2) / 2 and d^2 = |x|^2 +
+    |y|^2 - 2 x.y, the product term errs by at most C (|x|^2 + |y|^2); |y|^2 in float32 and the addition's rounding
+    add 2^-21 (|x|^2 + |y|^2), values flushed to zero d 2^-100. The core pass checks the bound on every block's
+    screened columns (:class:`PrescreenBoundError`). Points whose squares overflow float32's range get no prescreen
     (:attr:`usable`)."""
 
     def __init__(self, pts: Points, enabled: bool = True):
         self.pts = pts
         self.tf32 = pts.gpu_arithmetic
+        self._buffers: tuple[torch.Tensor, torch.Tensor] | None = None  # the CPU's bfloat16 product and result
         # float32 sums of d products stay finite; on the CPU only where bfloat16 GEMMs are fast
         self.usable = enabled and pts.max_sq < 1e30 and (self.tf32 or _cpu_bf16_speedup() >= BF16_SPEEDUP)
         if not self.usable:
@@ -210,8 +213,12 @@ class Prescreen:
         pts = self.pts
         pts.counters["pairs_prescreened"] += len(rows) * pts.n
         x = self.x[pts.pos[rows]]
-        if not self.tf32:  # torch's bfloat16 GEMM returns bfloat16 (in the bound)
-            return torch.sub(self.sq[None, :], (x @ self.x.T).float(), alpha=2.0)
+        if not self.tf32:  # torch's bfloat16 GEMM returns bfloat16 (in the bound); into buffers kept between blocks
+            if self._buffers is None or len(self._buffers[0]) < len(rows):
+                self._buffers = (torch.empty((len(rows), pts.n), dtype=torch.bfloat16),
+                                 torch.empty((len(rows), pts.n), dtype=torch.float32))
+            product = torch.matmul(x, self.x.T, out=self._buffers[0][: len(rows)])
+            return torch.sub(self.sq[None, :], product, alpha=2.0, out=self._buffers[1][: len(rows)])
         with _cublas_tf32(True, pts.device):
             return torch.addmm(self.sq[None, :].expand(len(rows), -1), x, self.x.T, alpha=-2.0)
 
