@@ -227,6 +227,12 @@ BF16_SPEEDUP = 2.0  # the CPU prescreens where a bfloat16 GEMM runs this much fa
 _CPU_BF16: list[float] = []  # measured once per process
 
 
+def _best_gemm_ms(a: torch.Tensor, b: torch.Tensor) -> float:
+    """The fastest of 3 timed ``a @ b.T`` (milliseconds) after a warm-up pass, on their device: the probes'
+    measure of a GEMM's rate."""
+    return min(timed_ms(lambda m: m[0] @ m[1].T, (a, b), 4, a.device)[1:])
+
+
 def _cpu_bf16_speedup() -> float:
     """How many times faster a bfloat16 GEMM runs than a float32 one on this CPU (best of 3 of a 256 x 1,024 x
     8,192 product after a warm-up; ~20 ms): 3x with AVX-512 BF16 or AMX, below 1 without them, where a bfloat16
@@ -235,11 +241,7 @@ def _cpu_bf16_speedup() -> float:
         if not _CPU_BF16:
             gen = torch.Generator().manual_seed(0)
             a, b = torch.randn(256, 1024, generator=gen), torch.randn(8192, 1024, generator=gen)
-
-            def best(m: tuple[torch.Tensor, torch.Tensor]) -> float:
-                return min(timed_ms(lambda m: m[0] @ m[1].T, m, 4, torch.device("cpu"))[1:])
-
-            _CPU_BF16.append(best((a, b)) / best((a.bfloat16(), b.bfloat16())))
+            _CPU_BF16.append(_best_gemm_ms(a, b) / _best_gemm_ms(a.bfloat16(), b.bfloat16()))
         return _CPU_BF16[0]
 
 
@@ -353,10 +355,6 @@ def _float64_gemm_slowdown(index: int) -> float:
             device = torch.device("cuda", index)
             # its own generator: the process's CUDA random state stays as the caller left it
             a = torch.randn(2048, 2048, device=device, generator=torch.Generator(device).manual_seed(0))
-
-            def best(m: torch.Tensor) -> float:
-                return min(timed_ms(lambda m: m @ m, m, 4, device)[1:])  # the first pass warms up
-
             with _no_tf32():
-                _SLOWDOWN[index] = best(a.double()) / best(a)
+                _SLOWDOWN[index] = _best_gemm_ms(a.double(), a.double()) / _best_gemm_ms(a, a)
         return _SLOWDOWN[index]
