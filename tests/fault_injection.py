@@ -12,7 +12,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from workflow_helpers import ids_for, snakemake, snakemake_cmd
+from workflow_helpers import catches, ids_for, snakemake, snakemake_cmd
 
 from elude.pipeline.housekeeping import SHARDED, verify
 
@@ -86,13 +86,10 @@ def wait_for_job(proc: subprocess.Popen, timeout: float = 120) -> bool:
     while proc.poll() is None and time.time() - t0 < timeout:
         for pid in (int(d) for d in os.listdir("/proc") if d.isdigit()):
             try:
-                if pid == proc.pid or os.getpgid(pid) != proc.pid:
-                    continue
-                caught = next(ln for ln in Path(f"/proc/{pid}/status").read_text().splitlines() if ln.startswith("SigCgt:"))
+                if pid != proc.pid and os.getpgid(pid) == proc.pid and catches(pid, signal.SIGTERM):
+                    return True
             except (OSError, StopIteration):  # the process ended meanwhile
                 continue
-            if int(caught.split()[1], 16) >> (signal.SIGTERM - 1) & 1:
-                return True
         time.sleep(0.05)
     return False
 

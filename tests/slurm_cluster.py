@@ -126,6 +126,19 @@ def slurm_cluster(tmp: Path, timeout: float = 60.0, shards_per_gpu: int = 0):
                 path.write_bytes(backup)
 
 
+def describe(tmp: Path) -> str:
+    """The cluster's state: every job with its state and reason, the node's state and reason, the daemons'
+    logs (a run that hangs on SLURM: a job held, a node down, a controller gone)."""
+    out = []
+    for cmd in (["squeue", "--states=all", "-o", "%i %j %T %M %l %R"], ["sinfo", "-N", "-o", "%N %T %E %C %e"]):
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+            out.append(f"$ {' '.join(cmd)}\n{done.stdout}{done.stderr}")
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            out.append(f"$ {' '.join(cmd)}: {exc}")
+    return "\n".join(out) + "\n" + _logs(tmp)
+
+
 def _wait(predicate, timeout: float, what: str, tmp: Path) -> None:
     t0 = time.time()
     while time.time() - t0 < timeout:

@@ -200,6 +200,31 @@ def test_build_lock_waits_for_its_holder_and_degrades_to_a_warning_without_flock
     assert "no build lock on" in caplog.text and "must not run at the same time" in caplog.text
 
 
+def test_sigusr1_writes_a_running_jobs_stacks_to_its_log_and_the_job_goes_on(tmp_path):
+    """Where a job that seems stuck is (a hang on a cluster node, in CI): ``kill -USR1`` writes every thread's
+    stack to the job's log, and the job finishes as if nothing had happened."""
+    import subprocess
+
+    log, out = tmp_path / "job.log", tmp_path / "results/cluster/0123456789ab"
+    job = subprocess.Popen([sys.executable, "-c", "import threading, time\n"
+                            "from elude.pipeline.stages import run_logged\n"
+                            "def waiting_for_the_signal(stage):\n"
+                            "    print('working', flush=True); time.sleep(3)\n"
+                            "def side_thread_sleeping():\n"
+                            "    time.sleep(3)\n"
+                            "threading.Thread(target=side_thread_sleeping).start()\n"
+                            "run_logged({'name': 'cluster', 'id': '0123456789ab', 'inputs': {}, 'params': {}}, "
+                            f"{str(log)!r}, 1, {str(out)!r}, waiting_for_the_signal)\n"
+                            "print('finished', flush=True)"], cwd=tmp_path, stdout=subprocess.PIPE, text=True)
+    assert job.stdout.readline().strip() == "working"
+    job.send_signal(signal.SIGUSR1)
+    rest = job.communicate(timeout=60)[0]
+    assert job.returncode == 0 and rest.strip() == "finished"  # the signal did not stop it
+    text = log.read_text()
+    assert "waiting_for_the_signal" in text and "side_thread_sleeping" in text  # every thread's stack
+    assert text.index("start-up") < text.index("waiting_for_the_signal")  # in the job's own log
+
+
 def test_an_artifact_another_process_finished_after_the_dag_was_built_is_kept_and_reused(tiny_run, tmp_path, reference):
     """The race two runs on one results folder can hit, made deterministic: while this run clusters,
     "another process" finishes the surgery shards it planned to build. Snakemake would remove them before

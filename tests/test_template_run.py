@@ -12,7 +12,7 @@ import torch
 import yaml
 from PIL import Image
 from test_slurm import GROUPING
-from workflow_helpers import REPO, assert_same_artifacts, executed_rules, snakemake
+from workflow_helpers import REPO, assert_same_artifacts, executed_rules, running_jobs, snakemake
 
 from elude.models.backbones import load_backbone
 from elude.pipeline.config import load_schema, resolve_config, with_defaults
@@ -132,14 +132,15 @@ def test_the_filled_in_template_runs_end_to_end_here(new_user, local_template_ru
 
 @pytest.mark.slow
 def test_the_filled_in_template_runs_through_slurm_as_here(new_user, local_template_run, tmp_path):
-    from slurm_cluster import PARTITIONS, slurm_cluster
+    from slurm_cluster import PARTITIONS, describe, slurm_cluster
 
     cfg, _ = new_user
     local = local_template_run[0]
     with slurm_cluster(tmp_path / "slurm") as cluster:
         proc = snakemake(tmp_path, cfg, *GROUPING, "--default-resources", "mem_mb=1500", "runtime=30",
                          "--slurm-init-seconds-before-status-checks", "2", "--latency-wait", "5", "--jobs", "8",
-                         "--verbose", profile="slurm", timeout=1800, check=False)
+                         "--verbose", profile="slurm", timeout=1800, check=False,
+                         on_timeout=lambda work: running_jobs(work) + describe(cluster))
         ctld_log = (cluster / "slurmctld.log").read_text()
     s = assert_finished_as_configured(tmp_path, cfg, proc)
     job_ids = re.findall(r"submitted with SLURM jobid (\d+)", proc.stderr)

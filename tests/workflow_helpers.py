@@ -1,9 +1,14 @@
 """Running the real workflow from tests: a tiny config, the executed rules, artifact ids."""
+import os
 import re
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import yaml
 
 from elude.pipeline.config import merge_config
@@ -56,12 +61,45 @@ def snakemake_cmd(workdir: Path, configfile: Path, *extra: str, profile: str = "
 
 
 def snakemake(workdir: Path, configfile: Path, *extra: str, check: bool = True, profile: str = "local",
-              timeout: float = 600) -> subprocess.CompletedProcess:
-    proc = subprocess.run(snakemake_cmd(workdir, configfile, *extra, profile=profile), capture_output=True, text=True,
-                          timeout=timeout)
+              timeout: float = 600, on_timeout: Callable[[Path], str] | None = None) -> subprocess.CompletedProcess:
+    """A run that outlives ``timeout`` fails the test with the end of its log and ``on_timeout(workdir)``
+    (default :func:`running_jobs`): what a hang needs to be understood, since CI keeps nothing else."""
+    try:
+        proc = subprocess.run(snakemake_cmd(workdir, configfile, *extra, profile=profile), capture_output=True,
+                              text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        stderr = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else exc.stderr or ""
+        pytest.fail(f"snakemake ran past {timeout:.0f} s; its log ends:\n{stderr[-6000:]}\n"
+                    f"{(on_timeout or running_jobs)(workdir)}", pytrace=False)
     if check:
         assert proc.returncode == 0, proc.stderr[-5000:]
     return proc
+
+
+def catches(pid: int, sig: int) -> bool:
+    """Whether process ``pid`` handles signal ``sig`` (its SigCgt mask); raises OSError when it is gone."""
+    caught = next(ln for ln in Path(f"/proc/{pid}/status").read_text().splitlines() if ln.startswith("SigCgt:"))
+    return bool(int(caught.split()[1], 16) >> (sig - 1) & 1)
+
+
+def running_jobs(workdir: Path) -> str:
+    """Where the jobs of a run in ``workdir`` are: each job script there (Snakemake runs it from
+    ``.snakemake/scripts``) that handles SIGUSR1 (a stage under way: elude.pipeline.stages.running) is sent it
+    and writes its threads' stacks to its log (srun also handles it, and would pass it on to a job step that
+    does not); then the tails of the run's most recently written logs."""
+    pids = []
+    for pid in (int(d) for d in os.listdir("/proc") if d.isdigit()):
+        try:
+            if (Path(f"/proc/{pid}/cwd").resolve() == workdir.resolve() and catches(pid, signal.SIGUSR1)
+                    and ".snakemake/scripts/" in Path(f"/proc/{pid}/cmdline").read_text()):
+                os.kill(pid, signal.SIGUSR1)
+                pids.append(pid)
+        except (OSError, StopIteration):  # gone, or not ours to read
+            continue
+    time.sleep(2)
+    logs = sorted((workdir / "results" / "logs").rglob("*.log"), key=lambda p: p.stat().st_mtime)[-8:]
+    return f"stages under way (stacks in their logs): {pids}\n" + "\n".join(
+        f"--- {p} ---\n{p.read_text(errors='replace')[-3000:]}" for p in logs)
 
 
 def executed_rules(output: str) -> list[str]:

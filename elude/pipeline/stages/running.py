@@ -42,6 +42,7 @@ def run_logged(stage: dict, log_file: str, threads: int, out: str, fn) -> None:
         log.info("start-up %.2f s (interpreter and imports, before any work; bench/default_run.py sums these)", age)
     _set_threads(max(1, int(threads)))
     signal.signal(signal.SIGTERM, _terminate)
+    _dump_stacks_on_sigusr1(log_file)
     what = f"stage {stage['name']} (artifact {stage['id']})"
     try:
         with build_lock(out) as holder:
@@ -68,6 +69,19 @@ def run_logged(stage: dict, log_file: str, threads: int, out: str, fn) -> None:
                   "no run started on this results folder uses, without removing anything; add --delete to remove "
                   "it), then run the same command again -- log: %s", what, exc, free / 1e6, out, out, log_file)
         raise
+
+
+_STACKS_TO: list = []  # the open log file faulthandler writes to (it must outlive the call that registers it)
+
+
+def _dump_stacks_on_sigusr1(log_file: str | None) -> None:
+    """``kill -USR1 <pid>`` writes every thread's Python stack to the job's log (stderr without one) and the
+    job goes on: where a job that seems stuck is, on a laptop or a cluster node, without a debugger."""
+    import faulthandler
+    import signal
+
+    _STACKS_TO[:] = [open(log_file, "a") if log_file else sys.stderr]  # noqa: SIM115 (open for the process's life)
+    faulthandler.register(signal.SIGUSR1, file=_STACKS_TO[0], all_threads=True)
 
 
 def _set_threads(n: int) -> None:
