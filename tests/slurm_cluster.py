@@ -3,7 +3,8 @@
 Needs root and Debian's `slurmctld slurmd slurm-client munge` (22.05). The config must live at
 /etc/slurm/slurm.conf: the executor plugin's job step strips SLURM_* variables (SLURM_CONF included)
 before its inner srun, so a config elsewhere makes every job fail. An existing slurm.conf is put back
-afterwards. State, spool and logs go to a temporary folder; daemons are stopped by PID.
+afterwards. State and logs go to a temporary folder, slurmd's spool to a short one of its own (its job steps'
+Unix sockets are named there, and a socket's path may not pass 107 bytes); daemons are stopped by PID.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import os
 import shutil
 import stat
 import subprocess
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,7 +27,11 @@ class SlurmUnavailable(RuntimeError):
     pass
 
 
-def _conf(tmp: Path, shards_per_gpu: int = 0) -> str:
+SOCKET_PATH_MAX = 107  # bytes of a Unix socket's path (sun_path holds 108 with its NUL)
+STEP_SOCKET = "localhost_4294967295.4294967295"  # the longest name slurmd gives a job step's socket in its spool
+
+
+def _conf(tmp: Path, spool: Path, shards_per_gpu: int = 0) -> str:
     # 4 CPUs at least, whatever the machine has (config_overrides lets slurmd accept it): the workflow's jobs
     # are short and mostly start-up, and a 2-core CI machine would otherwise run them two at a time
     cpus = max(4, os.cpu_count() or 2)
@@ -51,7 +57,7 @@ SlurmdParameters=config_overrides
 SlurmctldPort=6817
 SlurmdPort=6818
 StateSaveLocation={tmp}/state
-SlurmdSpoolDir={tmp}/spool
+SlurmdSpoolDir={spool}
 SlurmctldLogFile={tmp}/slurmctld.log
 SlurmdLogFile={tmp}/slurmd.log
 SlurmctldPidFile={tmp}/slurmctld.pid
@@ -80,13 +86,16 @@ def slurm_cluster(tmp: Path, timeout: float = 60.0, shards_per_gpu: int = 0):
             raise SlurmUnavailable(f"{tool} not found: install Debian's slurmctld slurmd slurm-client munge")
     if os.geteuid() != 0:
         raise SlurmUnavailable("the SLURM test cluster needs root (it writes /etc/slurm/slurm.conf)")
-    for d in ("state", "spool"):
-        (tmp / d).mkdir(parents=True, exist_ok=True)
+    (tmp / "state").mkdir(parents=True, exist_ok=True)
+    # not under ``tmp``: with pytest's long folder names a job step's socket path passed the limit once job ids
+    # reached two digits, every later launch failed, SLURM held those jobs, and the run waited for them forever
+    spool = Path(tempfile.mkdtemp(prefix="slurmd-"))
+    assert len(f"{spool}/{STEP_SOCKET}".encode()) <= SOCKET_PATH_MAX, f"{spool}: too long for slurmd's sockets"
     backups = {p: p.read_bytes() if p.exists() else None for p in (CONF, GRES_CONF)}
     procs: list[subprocess.Popen] = []
     try:
         CONF.parent.mkdir(parents=True, exist_ok=True)
-        CONF.write_text(_conf(tmp, shards_per_gpu))
+        CONF.write_text(_conf(tmp, spool, shards_per_gpu))
         if shards_per_gpu:
             device = tmp / "gpu0"  # a character device (/dev/null's numbers); the trailing 0 is the GPU's index
             device.unlink(missing_ok=True)
@@ -124,6 +133,7 @@ def slurm_cluster(tmp: Path, timeout: float = 60.0, shards_per_gpu: int = 0):
                 path.unlink(missing_ok=True)
             else:
                 path.write_bytes(backup)
+        shutil.rmtree(spool, ignore_errors=True)
 
 
 def describe(tmp: Path) -> str:
