@@ -35,7 +35,9 @@ the same run, and reports the speed-up and whether the labels are identical (run
 ``--baseline-max-n``). ``--screen float32|float64`` makes this code screen in that precision (default: as
 the device chooses, ``elude.method._exact_hdbscan.points.screen_dtype``); ``--rungs`` replaces a preset's
 sizes; ``--cpu-proxy --gpu-arithmetic [--proxy-d 3072]`` runs the GPU path's arithmetic on the CPU, whose
-counters (pairs recomputed exactly, rows screened in full) are what a GPU would do. Each row names its screen.
+counters (pairs recomputed exactly, rows screened in full) are what a GPU would do; ``--unclustered`` replaces
+the blobs with L2-normalised Gaussian points (no clusters: what the core pass's pruning costs where it finds
+nothing to prune). Each row names its screen.
 """
 from __future__ import annotations
 
@@ -68,6 +70,9 @@ VARIANTS = {  # name -> (backend, reduction dims or None)
 
 def make_points(n: int, d: int) -> np.ndarray:
     rng = np.random.default_rng(n * 7919 + d)
+    if os.environ.get("BENCH_DATA") == "unclustered":  # --unclustered: no structure for any pruning to use
+        x = rng.normal(size=(n, d)).astype(np.float32)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
     k = 12
     centres = rng.normal(size=(k, d))
     n_noise = n // 20
@@ -219,6 +224,8 @@ def phases_table(rows: list[dict]) -> None:
               f"{r.get('speedup', '-'):>8} {r.get('identical', '-'):>9}")
         if st.get("prescreen_failed"):
             print("  ^ the prescreen's bound failed on this rung: its core pass ran again without it (a warning says where)")
+        if "prescreen_stopped_after_rows" in st:
+            print(f"  ^ the prescreen stopped after {st['prescreen_stopped_after_rows']} rows: it skipped less than it cost")
 
 
 def preset(name: str, sizes: list[int], d: int, variant: str, baseline_rev: str | None, baseline_max_n: int,
@@ -310,6 +317,8 @@ def main() -> None:
     ap.add_argument("--proxy-d", type=int, default=768, help="with --cpu-proxy: the points' width")
     ap.add_argument("--gpu-arithmetic", action="store_true",
                     help="with --cpu-proxy: the GPU path's arithmetic run on the CPU (its counters are the GPU's)")
+    ap.add_argument("--unclustered", action="store_true",
+                    help="L2-normalised Gaussian points without blobs: the worst case for the core pass's pruning")
     args = ap.parse_args()
     import torch
 
@@ -317,12 +326,15 @@ def main() -> None:
         os.environ["BENCH_SCREEN"] = args.screen  # this code's children only (measure drops it for a baseline)
     if args.gpu_arithmetic:
         os.environ["BENCH_GPU_ARITHMETIC"] = "1"
+    if args.unclustered:
+        os.environ["BENCH_DATA"] = "unclustered"  # every child's points, this code's and a baseline's
 
     if args.tree_half:
         tree_half([25_000, 100_000, 400_000], args.json)
         return
     if args.cpu_proxy:
-        preset("CPU proxy" + (", the GPU's arithmetic" if args.gpu_arithmetic else ""), args.rungs or [25_000],
+        preset("CPU proxy" + (", the GPU's arithmetic" if args.gpu_arithmetic else "") + (", unclustered" if args.unclustered else ""),
+               args.rungs or [25_000],
                args.proxy_d, "torch CPU", args.baseline_rev, args.baseline_max_n, args.json)
         return
     if args.paper:

@@ -213,6 +213,37 @@ def test_the_finish_screens_few_pairs_and_keeps_the_packages_tree(rng, gpu_arith
         assert_same_clustering(package(x, None, method), exact_hdbscan.hdbscan_from_mst(mst, MIN_CLUSTER_SIZE, method))
 
 
+def assert_core_distances_and_lists_exact(pts, min_samples: int, core, indptr, neighbours) -> None:
+    """Every core distance and radius list is that of the point's n exact distances."""
+    n = pts.n
+    for i in range(n):
+        d = pts.exact(torch.full((n,), i), torch.arange(n)).numpy()
+        d[i] = np.inf
+        assert core[i].item() == np.sort(d)[min_samples - 1]
+        assert sorted(neighbours[indptr[i] : indptr[i + 1]].tolist()) == np.flatnonzero(d <= core[i].item()).tolist()
+
+
+@pytest.mark.parametrize("gpu_arithmetic,screen", ARITHMETICS)
+def test_the_prescreen_stops_where_it_skips_less_than_it_costs(rng, gpu_arithmetic, screen, monkeypatch):
+    """Points without clusters (unit rows in 48 dimensions): after its first blocks the prescreen has let the
+    screen skip less than it costs, so it stops, and the rest of the blocks are screened in full; the core
+    distances and radius lists are exact all the same."""
+    from elude.method._exact_hdbscan import core as core_module
+    from elude.method._exact_hdbscan import points
+    from elude.method._exact_hdbscan.core import core_distances
+    from elude.method._exact_hdbscan.points import Points
+
+    monkeypatch.setattr(points, "BF16_SPEEDUP", 0.0)  # the CPU's prescreen whether or not bfloat16 is fast here
+    x = contributions.normalise_rows(rng.normal(size=(2100, 48))).astype(np.float32)
+    n = len(x)
+    pts = Points(x, torch.device("cpu"), block_mb=1, gpu_arithmetic=gpu_arithmetic, screen=screen and getattr(torch, screen))
+    core, indptr, neighbours, _ = core_distances(pts, 30)
+    stopped = pts.counters["prescreen_stopped_after_rows"]
+    assert stopped == core_module.STOP_AFTER * pts.block < n
+    assert pts.counters["pairs_prescreened"] == stopped * n and pts.counters["pairs_screened"] > 0.9 * n * n
+    assert_core_distances_and_lists_exact(pts, 30, core, indptr, neighbours)
+
+
 @pytest.mark.parametrize("gpu_arithmetic,screen", ARITHMETICS)
 def test_the_core_pass_skips_tiles_that_hold_no_neighbour(rng, gpu_arithmetic, screen, monkeypatch):
     """The core pass screens a block of rows (in group order) only against the tiles whose prescreened
@@ -232,13 +263,9 @@ def test_the_core_pass_skips_tiles_that_hold_no_neighbour(rng, gpu_arithmetic, s
         pts = Points(x * scale, torch.device("cpu"), block_mb=1, gpu_arithmetic=gpu_arithmetic,
                      screen=screen and getattr(torch, screen))
         core, indptr, neighbours, _ = core_distances(pts, 30)
-        assert pts.counters["pairs_prescreened"] == (n * n if pruned else 0)
+        assert pts.counters["pairs_prescreened"] == (n * n if pruned else 0)  # (it paid: it never stopped)
         assert (pts.counters["pairs_screened"] < 0.5 * n * n) if pruned else pts.counters["pairs_screened"] == n * n
-        for i in range(n):
-            d = pts.exact(torch.full((n,), i), torch.arange(n)).numpy()
-            d[i] = np.inf
-            assert core[i].item() == np.sort(d)[29]
-            assert sorted(neighbours[indptr[i] : indptr[i + 1]].tolist()) == np.flatnonzero(d <= core[i].item()).tolist()
+        assert_core_distances_and_lists_exact(pts, 30, core, indptr, neighbours)
         d2 = torch.cdist(pts.x64, pts.x64) ** 2
         tol = pts.tol(torch.arange(n)).numpy()
         _, ptr, order = pts.groups

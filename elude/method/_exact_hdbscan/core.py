@@ -13,6 +13,7 @@ from .points import Points, Prescreen, PrescreenBoundError, exact_dist
 log = logging.getLogger(__name__)
 
 SAMPLE_STEP = 8  # the CPU's selection reads every 8th screened value of a row for its first threshold
+STOP_AFTER = 4  # blocks prescreened before the core pass judges whether the prescreen pays (_Tiles.account)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -94,6 +95,8 @@ class _Tiles:
     def __init__(self, pts: Points, rank: int, prescreen: bool):
         self.pts, self.rank, self.bounds = pts, rank, pts.tiles
         self.lp = Prescreen(pts, prescreen)
+        self.active = self.lp.usable  # prescreening: stopped for the rest of the pass where it does not pay
+        self._blocks = self._screened = self._rows = 0
         dev = pts.device
         self.sizes = torch.from_numpy(np.diff(self.bounds)).to(dev)
         self.tile_of = torch.from_numpy(np.repeat(np.arange(len(self.sizes)), np.diff(self.bounds))).to(dev)
@@ -118,7 +121,7 @@ class _Tiles:
         """(the prescreen of the block, per row and tile a lower bound of its squared distances (float64), the
         tiles to screen first: per row the tiles of smallest bound until they hold rank + 1 other points, and
         the rows' own). Without a prescreen: (None, None, every tile)."""
-        if not self.lp.usable:
+        if not self.active:
             return None, None, torch.ones(len(self.sizes), dtype=torch.bool, device=self.pts.device)
         pre = self.lp.less_row_norm(rows)
         lower = self.minima(pre) + (sq_r - self.lp.tol(rows))[:, None]
@@ -128,6 +131,18 @@ class _Tiles:
         first[near[before < self.rank + 2]] = True
         first[self.tile_of[start:stop]] = True  # the rows' own columns
         return pre, lower, first
+
+    def account(self, rows: int, screened: int) -> None:
+        """A block of ``rows`` rows was screened against ``screened`` columns. Once STOP_AFTER blocks are in, and
+        whenever after, the prescreen stops for the rest of the pass where the share of columns skipped so far is
+        below its cost (:attr:`.points.Prescreen.cost`): on points without clusters it skips little and only adds
+        its own GEMM (a third more on the CPU). Only the speed depends on this."""
+        if not self.active:
+            return
+        self._blocks, self._rows, self._screened = self._blocks + 1, self._rows + rows, self._screened + rows * screened
+        if self._blocks >= STOP_AFTER and 1 - self._screened / (self._rows * self.pts.n) < self.lp.cost:
+            self.active = False
+            self.pts.counters["prescreen_stopped_after_rows"] = self._rows
 
     def minima(self, block: torch.Tensor) -> torch.Tensor:
         """Per row of ``block`` (every column, group order) its smallest value in each tile, as float64."""
@@ -200,8 +215,9 @@ def core_distances(pts: Points, min_samples: int) -> tuple[torch.Tensor, torch.T
     lower it), so outside the band v +- 2 tol and every radius list: the core distances and lists are
     those of the full rows. The finish's group minima come from the prescreen, lowered by its bound (they
     need only be lower bounds, see ``boruvka._finish_minima``). On clustered data a block's rows meet few
-    tiles. Where the prescreen's bound fails on the columns screened (it never has), the pass runs again
-    without it and a warning says so."""
+    tiles; where a pass's first blocks skip less than the prescreen costs, it stops (:meth:`_Tiles.account`)
+    and the rest of the blocks are screened in full. Where the prescreen's bound fails on the columns screened
+    (it never has), the pass runs again without it and a warning says so."""
     try:
         return _core_pass(pts, min_samples, prescreen=True)
     except PrescreenBoundError as exc:
@@ -229,7 +245,8 @@ def _core_pass(pts: Points, min_samples: int, prescreen: bool):
             b, sq_r, tol = stop - start, pts.sq64[rows], pts.tol(rows)
             pre, lower, first = tiles.first(rows, start, stop, sq_r)
             d2, cols = pts.screen_ranges(rows, tiles.ranges(first))
-            if pre is None:  # the group minima from the screen itself (every column, in order)
+            prescreened = pre is not None
+            if not prescreened:  # the group minima from the screen itself (every column, in order)
                 lower = tiles.minima(d2) + (sq_r - tol)[:, None]
             else:
                 tiles.check(pre, d2, cols, rows)
@@ -240,7 +257,7 @@ def _core_pass(pts: Points, min_samples: int, prescreen: bool):
             screens = [(d2, cols)]  # the block's screen: its rows' whole rows, as far as any reaches the band
             vals, idx = torch.topk(d2, min(keep, d2.shape[1]), dim=1, largest=False, sorted=True)
             idx = cols[idx]
-            if tiles.lp.usable:
+            if prescreened:
                 more = tiles.more(lower, vals[:, rank].double() + sq_r + tol, tol, first)
                 if bool(more.any()):  # their screen, merged with the candidates so far
                     extra, extra_cols = pts.screen_ranges(rows, tiles.ranges(more))
@@ -250,6 +267,7 @@ def _core_pass(pts: Points, min_samples: int, prescreen: bool):
                     idx = torch.cat([idx, extra_cols[None, :].expand(b, -1)], 1).gather(1, pick)
                     del extra, merged
             width = sum(len(c) for _, c in screens)
+            tiles.account(b, width)
             idx = col_point[idx]  # columns back to points
             vals += sq_r[:, None].to(vals.dtype)  # the row's |x|^2 back: screened d^2 (the point itself -inf)
             v = vals[:, rank : rank + 1]
@@ -326,6 +344,7 @@ def _core_distances_cpu(pts: Points, min_samples: int, prescreen: bool
                 if bool(more.any()):  # screened into the columns after the first tiles'
                     _, extra_cols = pts.screen_ranges(rows_t, tiles.ranges(more), out=screened[:, len(cols) :])
                     s, cols = screened[:b, : len(cols) + len(extra_cols)], torch.cat([cols, extra_cols])
+            tiles.account(b, len(cols))
             tiles.group_minima(gmin, rows_t, lower, sq_r)
             s, cols = s.numpy(), cols.numpy()
             col_point = order[cols]

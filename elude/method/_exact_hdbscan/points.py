@@ -185,6 +185,10 @@ class Prescreen:
         self._buffers: tuple[torch.Tensor, torch.Tensor] | None = None  # the CPU's bfloat16 product and result
         # float32 sums of d products stay finite; on the CPU only where bfloat16 GEMMs are fast
         self.usable = enabled and pts.max_sq < 1e30 and (self.tf32 or _cpu_bf16_speedup() >= BF16_SPEEDUP)
+        # its time per column as a share of the screen's, on the low side (the core pass stops prescreening
+        # where it skips less than this share): the CPU's measured rate; TF32's below the data sheets' 1/7 of
+        # float64 (H100, H200) and 1/2 to 1/8 of float32 (the GPUs that screen in float32)
+        self.cost = TF32_COST if self.tf32 else 1 / _cpu_bf16_speedup() if self.usable else 1.0
         if not self.usable:
             return
         order = torch.from_numpy(pts.groups[2]).to(pts.device)
@@ -224,6 +228,7 @@ class Prescreen:
 
 
 BF16_SPEEDUP = 2.0  # the CPU prescreens where a bfloat16 GEMM runs this much faster than a float32 one or more
+TF32_COST = 1 / 8  # the share of the screen's time per column a TF32 prescreen is taken to cost (see Prescreen)
 _CPU_BF16: list[float] = []  # measured once per process
 
 
