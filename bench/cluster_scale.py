@@ -224,8 +224,8 @@ def phases_table(rows: list[dict]) -> None:
               f"{r.get('speedup', '-'):>8} {r.get('identical', '-'):>9}")
         if st.get("prescreen_failed"):
             print("  ^ the prescreen's bound failed on this rung: its core pass ran again without it (a warning says where)")
-        if "prescreen_stopped_after_rows" in st:
-            print(f"  ^ the prescreen stopped after {st['prescreen_stopped_after_rows']} rows: it skipped less than it cost")
+        if st.get("rows_not_prescreened"):
+            print(f"  ^ {st['rows_not_prescreened']} rows without the prescreen: there it skipped less than it cost")
 
 
 def preset(name: str, sizes: list[int], d: int, variant: str, baseline_rev: str | None, baseline_max_n: int,

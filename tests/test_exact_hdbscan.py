@@ -224,24 +224,38 @@ def assert_core_distances_and_lists_exact(pts, min_samples: int, core, indptr, n
 
 
 @pytest.mark.parametrize("gpu_arithmetic,screen", ARITHMETICS)
-def test_the_prescreen_stops_where_it_skips_less_than_it_costs(rng, gpu_arithmetic, screen, monkeypatch):
-    """Points without clusters (unit rows in 48 dimensions): after its first blocks the prescreen has let the
-    screen skip less than it costs, so it stops, and the rest of the blocks are screened in full; the core
-    distances and radius lists are exact all the same."""
+def test_the_prescreen_sits_out_where_it_skips_less_than_it_costs(rng, gpu_arithmetic, screen, monkeypatch):
+    """Points without clusters (unit Gaussian rows in 48 dimensions): no tile can be ruled out, so after its
+    first blocks only one block in PROBE_EVERY prescreens, and every core distance and radius list is exact.
+    Where the probes find tiles to skip again (one group diffuse, the next tight), it is back on for every
+    block."""
     from elude.method._exact_hdbscan import core as core_module
     from elude.method._exact_hdbscan import points
-    from elude.method._exact_hdbscan.core import core_distances
+    from elude.method._exact_hdbscan.core import _Tiles, core_distances
     from elude.method._exact_hdbscan.points import Points
 
-    monkeypatch.setattr(points, "BF16_SPEEDUP", 0.0)  # the CPU's prescreen whether or not bfloat16 is fast here
+    monkeypatch.setattr(points, "_cpu_bf16_speedup", lambda: 3.0)  # a CPU with fast bfloat16, whatever this one is
+    window, every = core_module.PRESCREEN_WINDOW, core_module.PROBE_EVERY
     x = contributions.normalise_rows(rng.normal(size=(2100, 48))).astype(np.float32)
     n = len(x)
     pts = Points(x, torch.device("cpu"), block_mb=1, gpu_arithmetic=gpu_arithmetic, screen=screen and getattr(torch, screen))
     core, indptr, neighbours, _ = core_distances(pts, 30)
-    stopped = pts.counters["prescreen_stopped_after_rows"]
-    assert stopped == core_module.STOP_AFTER * pts.block < n
-    assert pts.counters["pairs_prescreened"] == stopped * n and pts.counters["pairs_screened"] > 0.9 * n * n
+    blocks, left_out = -(-n // pts.block), pts.counters["rows_not_prescreened"]
+    assert pts.counters["pairs_prescreened"] == (n - left_out) * n and pts.counters["pairs_screened"] > 0.9 * n * n
+    assert n - left_out <= (window + blocks // every) * pts.block  # the first blocks and the probes
     assert_core_distances_and_lists_exact(pts, 30, core, indptr, neighbours)
+
+    with pts.in_group_order():  # the decision alone, block by block: a diffuse group, then a tight one
+        tiles, rows = _Tiles(pts, 30, True), torch.arange(pts.block)
+        sq_r = pts.sq64[rows]
+        prescreens = []
+        for block in range(1, 4 * every + 1):
+            pre, _, first = tiles.first(rows, 0, pts.block, sq_r)
+            prescreens.append(pre is not None)
+            tight = block > every  # from the second PROBE_EVERY blocks on, 90 % of the columns skipped
+            tiles.account(pts.block, n // 10 if tight else n, pre is not None)
+        assert prescreens[:every] == [True] * window + [False] * (every - window - 1) + [True]  # off; a probe
+        assert sum(prescreens[every : 2 * every]) == 1 and all(prescreens[-every:])  # one more probe: back on
 
 
 @pytest.mark.parametrize("gpu_arithmetic,screen", ARITHMETICS)
@@ -255,7 +269,7 @@ def test_the_core_pass_skips_tiles_that_hold_no_neighbour(rng, gpu_arithmetic, s
     from elude.method._exact_hdbscan.core import core_distances
     from elude.method._exact_hdbscan.points import Points
 
-    monkeypatch.setattr(points, "BF16_SPEEDUP", 0.0)  # the CPU's prescreen whether or not bfloat16 is fast here
+    monkeypatch.setattr(points, "_cpu_bf16_speedup", lambda: 3.0)  # a CPU with fast bfloat16, whatever this one is
     x = np.concatenate([blobs(rng, 2000, 48, 6, 0.8), contributions.normalise_rows(rng.normal(size=(100, 48)))])
     x = x[rng.permutation(len(x))].astype(np.float32)
     n = len(x)
@@ -263,7 +277,9 @@ def test_the_core_pass_skips_tiles_that_hold_no_neighbour(rng, gpu_arithmetic, s
         pts = Points(x * scale, torch.device("cpu"), block_mb=1, gpu_arithmetic=gpu_arithmetic,
                      screen=screen and getattr(torch, screen))
         core, indptr, neighbours, _ = core_distances(pts, 30)
-        assert pts.counters["pairs_prescreened"] == (n * n if pruned else 0)  # (it paid: it never stopped)
+        left_out = pts.counters["rows_not_prescreened"]  # the far points' blocks at the end: nothing to skip there
+        assert pts.counters["pairs_prescreened"] == ((n - left_out) * n if pruned else 0)
+        assert left_out < 0.15 * n if pruned else left_out == 0
         assert (pts.counters["pairs_screened"] < 0.5 * n * n) if pruned else pts.counters["pairs_screened"] == n * n
         assert_core_distances_and_lists_exact(pts, 30, core, indptr, neighbours)
         d2 = torch.cdist(pts.x64, pts.x64) ** 2
@@ -283,7 +299,7 @@ def test_the_prescreens_bound_holds(rng, gpu_arithmetic, monkeypatch):
     from elude.method._exact_hdbscan import points
     from elude.method._exact_hdbscan.points import Points, Prescreen
 
-    monkeypatch.setattr(points, "BF16_SPEEDUP", 0.0)  # whether or not bfloat16 is fast on this CPU
+    monkeypatch.setattr(points, "_cpu_bf16_speedup", lambda: 3.0)  # a CPU with fast bfloat16, whatever this one is
     mixed = rng.normal(size=(300, 40)) * rng.lognormal(0, 3, size=(300, 1))
     cases = {"unit, d 3072": contributions.normalise_rows(rng.normal(size=(300, 3072))), "mixed norms": mixed,
              "offset 1e3": rng.normal(size=(300, 16)) + 1e3, "d 1": rng.normal(size=(300, 1)),

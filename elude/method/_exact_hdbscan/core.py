@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
 import numba
@@ -13,7 +14,8 @@ from .points import Points, Prescreen, PrescreenBoundError, exact_dist
 log = logging.getLogger(__name__)
 
 SAMPLE_STEP = 8  # the CPU's selection reads every 8th screened value of a row for its first threshold
-STOP_AFTER = 4  # blocks prescreened before the core pass judges whether the prescreen pays (_Tiles.account)
+PRESCREEN_WINDOW = 4  # the last prescreened blocks whose skipped shares decide whether the next blocks prescreen
+PROBE_EVERY = 16  # where the prescreen does not pay, one block in this many still prescreens (_Tiles.account)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -95,8 +97,9 @@ class _Tiles:
     def __init__(self, pts: Points, rank: int, prescreen: bool):
         self.pts, self.rank, self.bounds = pts, rank, pts.tiles
         self.lp = Prescreen(pts, prescreen)
-        self.active = self.lp.usable  # prescreening: stopped for the rest of the pass where it does not pay
-        self._blocks = self._screened = self._rows = 0
+        self.active = self.lp.usable  # prescreening every block: off while it does not pay (account)
+        self._shares: deque[float] = deque(maxlen=PRESCREEN_WINDOW)
+        self._block = 0
         dev = pts.device
         self.sizes = torch.from_numpy(np.diff(self.bounds)).to(dev)
         self.tile_of = torch.from_numpy(np.repeat(np.arange(len(self.sizes)), np.diff(self.bounds))).to(dev)
@@ -121,7 +124,8 @@ class _Tiles:
         """(the prescreen of the block, per row and tile a lower bound of its squared distances (float64), the
         tiles to screen first: per row the tiles of smallest bound until they hold rank + 1 other points, and
         the rows' own). Without a prescreen: (None, None, every tile)."""
-        if not self.active:
+        self._block += 1
+        if not (self.active or (self.lp.usable and self._block % PROBE_EVERY == 0)):
             return None, None, torch.ones(len(self.sizes), dtype=torch.bool, device=self.pts.device)
         pre = self.lp.less_row_norm(rows)
         lower = self.minima(pre) + (sq_r - self.lp.tol(rows))[:, None]
@@ -132,17 +136,20 @@ class _Tiles:
         first[self.tile_of[start:stop]] = True  # the rows' own columns
         return pre, lower, first
 
-    def account(self, rows: int, screened: int) -> None:
-        """A block of ``rows`` rows was screened against ``screened`` columns. Once STOP_AFTER blocks are in, and
-        whenever after, the prescreen stops for the rest of the pass where the share of columns skipped so far is
-        below its cost (:attr:`.points.Prescreen.cost`): on points without clusters it skips little and only adds
-        its own GEMM (a third more on the CPU). Only the speed depends on this."""
-        if not self.active:
+    def account(self, rows: int, screened: int, prescreened: bool) -> None:
+        """A block of ``rows`` rows was screened against ``screened`` columns, after a prescreen or not. Each block
+        prescreens while the share of columns skipped, averaged over the last PRESCREEN_WINDOW prescreened
+        blocks, is at least the prescreen's cost (:attr:`.points.Prescreen.cost`); below it only every
+        PROBE_EVERY-th block does, and turns it back on where the share rises (rows run in group order, and one
+        group may be diffuse where others are tight). On points without clusters it skips little and would only
+        add its cost (on the CPU more than the screen's third: its tile minima, a screen split into ranges).
+        Only the speed depends on this."""
+        if not prescreened:
+            self.pts.counters["rows_not_prescreened"] += rows if self.lp.usable else 0
             return
-        self._blocks, self._rows, self._screened = self._blocks + 1, self._rows + rows, self._screened + rows * screened
-        if self._blocks >= STOP_AFTER and 1 - self._screened / (self._rows * self.pts.n) < self.lp.cost:
-            self.active = False
-            self.pts.counters["prescreen_stopped_after_rows"] = self._rows
+        self._shares.append(1 - screened / self.pts.n)
+        if len(self._shares) == self._shares.maxlen:
+            self.active = sum(self._shares) / len(self._shares) >= self.lp.cost
 
     def minima(self, block: torch.Tensor) -> torch.Tensor:
         """Per row of ``block`` (every column, group order) its smallest value in each tile, as float64."""
@@ -215,8 +222,8 @@ def core_distances(pts: Points, min_samples: int) -> tuple[torch.Tensor, torch.T
     lower it), so outside the band v +- 2 tol and every radius list: the core distances and lists are
     those of the full rows. The finish's group minima come from the prescreen, lowered by its bound (they
     need only be lower bounds, see ``boruvka._finish_minima``). On clustered data a block's rows meet few
-    tiles; where a pass's first blocks skip less than the prescreen costs, it stops (:meth:`_Tiles.account`)
-    and the rest of the blocks are screened in full. Where the prescreen's bound fails on the columns screened
+    tiles; where the last blocks skipped less than the prescreen costs, most blocks are screened in full
+    without it (:meth:`_Tiles.account`). Where the prescreen's bound fails on the columns screened
     (it never has), the pass runs again without it and a warning says so."""
     try:
         return _core_pass(pts, min_samples, prescreen=True)
@@ -267,7 +274,7 @@ def _core_pass(pts: Points, min_samples: int, prescreen: bool):
                     idx = torch.cat([idx, extra_cols[None, :].expand(b, -1)], 1).gather(1, pick)
                     del extra, merged
             width = sum(len(c) for _, c in screens)
-            tiles.account(b, width)
+            tiles.account(b, width, prescreened)
             idx = col_point[idx]  # columns back to points
             vals += sq_r[:, None].to(vals.dtype)  # the row's |x|^2 back: screened d^2 (the point itself -inf)
             v = vals[:, rank : rank + 1]
@@ -332,7 +339,8 @@ def _core_distances_cpu(pts: Points, min_samples: int, prescreen: bool
             pre, lower, first = tiles.first(rows_t, start, stop, sq_r)
             s, cols = pts.screen_ranges(rows_t, tiles.ranges(first), out=screened)
             row_pos = torch.searchsorted(cols, pts.pos[rows_t]).numpy()  # each row's own column in s
-            if pre is None:
+            prescreened = pre is not None
+            if not prescreened:
                 lower = tiles.minima(s) + (sq_r - tol_t)[:, None]
             else:
                 tiles.check(pre, s, cols, rows_t)
@@ -344,7 +352,7 @@ def _core_distances_cpu(pts: Points, min_samples: int, prescreen: bool
                 if bool(more.any()):  # screened into the columns after the first tiles'
                     _, extra_cols = pts.screen_ranges(rows_t, tiles.ranges(more), out=screened[:, len(cols) :])
                     s, cols = screened[:b, : len(cols) + len(extra_cols)], torch.cat([cols, extra_cols])
-            tiles.account(b, len(cols))
+            tiles.account(b, len(cols), prescreened)
             tiles.group_minima(gmin, rows_t, lower, sq_r)
             s, cols = s.numpy(), cols.numpy()
             col_point = order[cols]

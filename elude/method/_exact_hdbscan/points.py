@@ -73,7 +73,8 @@ class Points:
         self.max_sq = float(self.sq64.max()) if self.n else 0.0
         self.block = max(16, min(self.n, (block_mb * 2**20) // (4 * 8 * max(self.n, 1))))
         # machine-independent work counters (bench/cluster_scale.py prints them)
-        self.counters = {"pairs_screened": 0, "pairs_prescreened": 0, "pairs_exact": 0, "rows_screened_in_full": 0}
+        self.counters = {"pairs_screened": 0, "pairs_prescreened": 0, "pairs_exact": 0, "rows_screened_in_full": 0,
+                         "rows_not_prescreened": 0}
 
     @contextlib.contextmanager
     def in_group_order(self):
@@ -185,8 +186,8 @@ class Prescreen:
         self._buffers: tuple[torch.Tensor, torch.Tensor] | None = None  # the CPU's bfloat16 product and result
         # float32 sums of d products stay finite; on the CPU only where bfloat16 GEMMs are fast
         self.usable = enabled and pts.max_sq < 1e30 and (self.tf32 or _cpu_bf16_speedup() >= BF16_SPEEDUP)
-        # its time per column as a share of the screen's, on the low side (the core pass stops prescreening
-        # where it skips less than this share): the CPU's measured rate; TF32's below the data sheets' 1/7 of
+        # its time per column as a share of the screen's, on the low side (the core pass leaves it out where
+        # it skips less than this share): the CPU's measured rate; TF32's below the data sheets' 1/7 of
         # float64 (H100, H200) and 1/2 to 1/8 of float32 (the GPUs that screen in float32)
         self.cost = TF32_COST if self.tf32 else 1 / _cpu_bf16_speedup() if self.usable else 1.0
         if not self.usable:
