@@ -89,7 +89,7 @@ def slurm_cluster(tmp: Path, timeout: float = 60.0, shards_per_gpu: int = 0):
     (tmp / "state").mkdir(parents=True, exist_ok=True)
     # not under ``tmp``: with pytest's long folder names a job step's socket path passed the limit once job ids
     # reached two digits, every later launch failed, SLURM held those jobs, and the run waited for them forever
-    spool = Path(tempfile.mkdtemp(prefix="slurmd-"))
+    spool = Path(tempfile.mkdtemp(prefix="slurmd-", dir="/tmp"))  # not $TMPDIR, which may be long too
     assert len(f"{spool}/{STEP_SOCKET}".encode()) <= SOCKET_PATH_MAX, f"{spool}: too long for slurmd's sockets"
     backups = {p: p.read_bytes() if p.exists() else None for p in (CONF, GRES_CONF)}
     procs: list[subprocess.Popen] = []
