@@ -333,9 +333,9 @@ def main() -> None:
         tree_half([25_000, 100_000, 400_000], args.json)
         return
     if args.cpu_proxy:
-        preset("CPU proxy" + (", the GPU's arithmetic" if args.gpu_arithmetic else "") + (", unclustered" if args.unclustered else ""),
-               args.rungs or [25_000],
-               args.proxy_d, "torch CPU", args.baseline_rev, args.baseline_max_n, args.json)
+        title = "CPU proxy" + (", the GPU's arithmetic" if args.gpu_arithmetic else "")
+        preset(title + (", unclustered" if args.unclustered else ""), args.rungs or [25_000], args.proxy_d, "torch CPU",
+               args.baseline_rev, args.baseline_max_n, args.json)
         return
     if args.paper:
         if not torch.cuda.is_available():

@@ -238,7 +238,8 @@ def test_the_prescreen_sits_out_where_it_skips_less_than_it_costs(rng, gpu_arith
     window, every = core_module.PRESCREEN_WINDOW, core_module.PROBE_EVERY
     x = contributions.normalise_rows(rng.normal(size=(2100, 48))).astype(np.float32)
     n = len(x)
-    pts = Points(x, torch.device("cpu"), block_mb=1, gpu_arithmetic=gpu_arithmetic, screen=screen and getattr(torch, screen))
+    pts = Points(x, torch.device("cpu"), block_mb=1, gpu_arithmetic=gpu_arithmetic,
+                 screen=screen and getattr(torch, screen))
     core, indptr, neighbours, _ = core_distances(pts, 30)
     blocks, left_out = -(-n // pts.block), pts.counters["rows_not_prescreened"]
     assert pts.counters["pairs_prescreened"] == (n - left_out) * n and pts.counters["pairs_screened"] > 0.9 * n * n
