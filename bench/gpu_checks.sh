@@ -8,9 +8,10 @@
 # Every step has its own time limit and writes under $OUT, so one that runs long leaves the others' results:
 # the --paper ladder (400k x 3072 against the 20 s target; e61c9f0 side by side up to 100k; then
 # 100k and 400k with a float32 screen, what GPUs with slow float64 choose), Table 5's dense and
-# lazy layer at ViT-B size (batch 256, EF 8), and the held-out exactness cases with their CUDA column (--quick:
-# n <= 2,000). The default run on a GPU machine (bench/default_run.py --fresh --device cuda --cores 16) does not
-# fit the same 15 minutes: bench/gpu_default_run.sh prepares it for a call of its own.
+# lazy layer at ViT-B size (batch 256, EF 8; no SAE rows: that machine has no overcomplete), and the
+# held-out exactness cases with their CUDA column (--quick: n <= 2,000). The default run on a GPU machine
+# (bench/default_run.py --fresh --device cuda --cores 16) does not fit the same 15 minutes:
+# bench/gpu_default_run.sh prepares it for a call of its own.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 if [ "${1:-}" = "--prepare" ]; then
@@ -34,7 +35,7 @@ echo "paper ladder: exit $?" >> "$OUT/machine.txt"
 timeout 60 python3 bench/cluster_scale.py --paper --screen float32 --rungs 100000 400000 \
     --json "$OUT/paper_float32.json" > "$OUT/paper_float32.log" 2>&1
 echo "paper ladder, float32 screen: exit $?" >> "$OUT/machine.txt"
-timeout 90 python3 bench/efficiency.py --vit-b --device cuda > "$OUT/efficiency.log" 2>&1
+timeout 90 python3 bench/efficiency.py --vit-b --families none --device cuda > "$OUT/efficiency.log" 2>&1
 echo "efficiency: exit $?" >> "$OUT/machine.txt"
 timeout 75 python3 bench/cluster_exactness.py --quick > "$OUT/exactness.log" 2>&1
 echo "exactness: exit $?" >> "$OUT/machine.txt"

@@ -151,10 +151,14 @@ def test_labels_name_the_digit_each_subunit_responds_to_and_groups_are_a_view(tr
     assert len(subs) == layer.n_subunits and len(doc["units"]) == acts["units"].shape[1]
     assert [s["label"] is not None for s in subs] == alive  # every sub-unit that fires, and only those
     assert {s["label"] for s in subs} - {None} <= set(DIGIT_NAMES)
-    # the labels agree with what the sub-units respond to: the class each is most selective for
+    # the labels agree with what the sub-units respond to: the class each is most selective for. Measured over
+    # backbone seeds 0-4 and demo CLIP seeds 0-2 (2026-12-06, an AMD EPYC without AVX-512): 0.49-0.61 of 93-126
+    # labelled sub-units; the same labels shuffled among the sub-units 0.08-0.12. The rate follows the CPU's
+    # rounding through training: 0.6 held on earlier machines and failed here (0.55, seed 0); torch's vector
+    # kernels at their baseline ISA (ATEN_CPU_CAPABILITY=default) train other weights and give 0.57.
     sel = class_selectivity(model, path, layer, ds)
     hits = [s["label"] == DIGIT_NAMES[int(np.argmax(sel[i]))] for i, s in enumerate(subs) if s["label"]]
-    assert np.mean(hits) > 0.6, np.mean(hits)
+    assert np.mean(hits) > 0.4, np.mean(hits)
     table = pd.read_csv(folder / "labels.csv")
     assert len(table) == len(subs) + len(doc["units"]) and set(table["kind"]) == {"unit", "subunit"}
     assert table[table.kind == "subunit"]["label"].fillna("").tolist() == [s["label"] or "" for s in subs]
